@@ -1,0 +1,126 @@
+"""Eigen-spectra of kernels and automatic cliff detection.
+
+Conventions: eigenvalues are returned in *descending* order as float64 numpy arrays of
+shape ``(k,)``; eigenvectors as ``(n, k)`` float64 arrays whose column ``i`` belongs to
+eigenvalue ``i`` and has unit norm. Signs are fixed so that the entry of largest
+magnitude of each eigenvector is positive (so repeated runs give identical vectors).
+
+Cliff rule (:func:`detect_cliffs`)
+----------------------------------
+A *cliff* is a block of consecutive eigenvalues followed by a sharp drop. With
+``r_i = log(λ_i / λ_{i+1})`` the log-gap after index ``i`` (``i = 0 .. k-2``), a drop
+after index ``i`` is *sharp* when
+
+* ``λ_i / λ_{i+1} >= min_ratio`` (default 1.25), and
+* ``r_i >= rel_factor * m_i`` (default 4), where ``m_i`` is the median log-gap of the
+  ``window`` gaps on each side (default 10; ``m_i`` is floored at 1e-3 so flat plateaus
+  do not turn noise into cliffs).
+
+Eigenvalues at or below ``tol * λ_0`` (numerical zeros) are ignored. Cliffs are the
+segments between consecutive sharp drops, starting at index 0; the last segment (after
+the last drop) is not a cliff because no drop ends it inside the top-k. Each cliff is
+reported with ``start`` (first index), ``size`` (number of eigenvalues), ``end``
+(last index, inclusive) and ``ratio`` (``λ_end / λ_{end+1}``, the height of its drop).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["Cliff", "detect_cliffs", "top_eigenpairs", "fix_signs"]
+
+
+@dataclass(frozen=True)
+class Cliff:
+    start: int
+    size: int
+    ratio: float
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size - 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["end"] = self.end
+        return d
+
+
+def fix_signs(vecs: np.ndarray) -> np.ndarray:
+    """Flip columns so each column's largest-magnitude entry is positive (in place)."""
+    if vecs.size == 0:
+        return vecs
+    idx = np.abs(vecs).argmax(axis=0)
+    signs = np.sign(vecs[idx, np.arange(vecs.shape[1])])
+    signs[signs == 0] = 1.0
+    vecs *= signs
+    return vecs
+
+
+def top_eigenpairs(
+    K: torch.Tensor | np.ndarray, k: int | None = None, *, ridge: float = 0.0, vectors: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Top-``k`` eigenpairs of a dense symmetric PSD matrix ``K`` of shape ``(n, n)``.
+
+    Uses LAPACK's divide-and-conquer driver through ``torch.linalg.eigh`` (scipy's
+    default ``evr`` driver can stall on the rank-deficient matrices eNTKs are). The
+    input is symmetrised as ``(K + K^T) / 2`` and not modified. ``ridge`` adds
+    ``ridge * mean(diag K)`` to the diagonal, as the paper's code does (default 0).
+
+    Returns:
+      ``(eigenvalues (k,), eigenvectors (n, k))`` in descending order, float64 numpy
+      (eigenvectors ``None`` when ``vectors=False``).
+    """
+    T = torch.as_tensor(K)
+    if T.ndim != 2 or T.shape[0] != T.shape[1]:
+        raise ValueError(f"expected a square matrix, got shape {tuple(T.shape)}")
+    if not torch.isfinite(T).all():
+        raise ValueError("the kernel contains NaN or infinite entries")
+    n = T.shape[0]
+    k = n if k is None else max(1, min(int(k), n))
+    S = (T + T.T) / 2
+    if ridge:
+        S = S + ridge * torch.diagonal(S).mean() * torch.eye(n, dtype=S.dtype)
+    if vectors:
+        vals, vecs = torch.linalg.eigh(S)
+        vals = vals.flip(0)[:k].double().numpy()
+        vecs = np.ascontiguousarray(vecs.flip(1)[:, :k].double().numpy())
+        return vals, fix_signs(vecs)
+    vals = torch.linalg.eigvalsh(S).flip(0)[:k].double().numpy()
+    return vals, None
+
+
+def detect_cliffs(
+    eigenvalues: np.ndarray,
+    *,
+    min_ratio: float = 1.25,
+    rel_factor: float = 4.0,
+    window: int = 10,
+    tol: float = 1e-10,
+) -> list[Cliff]:
+    """Detect spectral cliffs in descending ``eigenvalues`` (see the module docstring)."""
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    if lam.ndim != 1:
+        raise ValueError("eigenvalues must be a 1-D array")
+    if lam.size < 2 or not np.isfinite(lam).all() or lam[0] <= 0:
+        return []
+    keep = lam > tol * lam[0]
+    n = int(keep.sum()) if keep.all() else int(np.argmin(keep))
+    lam = lam[:n]
+    if n < 2:
+        return []
+    r = np.log(lam[:-1] / lam[1:])
+    drops = []
+    for i, ri in enumerate(r):
+        lo, hi = max(0, i - window), min(len(r), i + window + 1)
+        neigh = np.concatenate([r[lo:i], r[i + 1 : hi]])
+        m = max(float(np.median(neigh)) if neigh.size else 0.0, 1e-3)
+        if ri >= np.log(min_ratio) and ri >= rel_factor * m:
+            drops.append(i)
+    cliffs, start = [], 0
+    for i in drops:
+        cliffs.append(Cliff(start=start, size=i - start + 1, ratio=float(np.exp(r[i]))))
+        start = i + 1
+    return cliffs
