@@ -154,6 +154,14 @@ class ModelFamily:
         """Per-class Jacobian row weights for importance rescaling (``None``: none)."""
         return None
 
+    def align_report(self, run: Any, epoch: int, **options: Any) -> dict[str, Any]:
+        """JSON-able alignment report for ``python -m entk_core align`` (family specific).
+
+        ``options`` come from the CLI: ``group`` (str or None), ``beta`` (float or None),
+        ``cache`` (an :class:`~entk_core.cache.ArrayCache` or None) and ``progress``.
+        """
+        raise ValueError(f"the align command is not available for the {self.name} family yet")
+
     def validate_state(self, cfg: Any, state: dict[str, torch.Tensor]) -> None:
         """Raise ``ValueError`` if a loaded state dict does not fit ``cfg``."""
         model = self.build_model(cfg)

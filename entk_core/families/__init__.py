@@ -4,3 +4,4 @@ To add a family, write a module here that defines a :class:`entk_core.models.Mod
 subclass decorated with :func:`entk_core.models.register`, and import it below.
 """
 from . import modadd_mlp  # noqa: F401
+from . import modadd_transformer  # noqa: F401

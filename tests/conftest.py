@@ -1,0 +1,44 @@
+"""Shared fixtures. Every test runs with its own runs folder and cache folder
+(``ENTK_RUNS_DIR`` / ``ENTK_CACHE_DIR`` point into tmp), so nothing touches ./runs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENTK_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("ENTK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ENTK_PROGRESS", "off")
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory) -> Path:
+    """A tiny modular-addition MLP run (p=7, width 32, 30 epochs, checkpoints every 10)."""
+    from entk_core.models import get_family
+    from entk_core.training import train
+
+    fam = get_family("modadd-mlp")
+    out = tmp_path_factory.mktemp("tiny") / "tiny-mlp"
+    train(fam, fam.Config(p=7, width=32, epochs=30, checkpoint_every=10, seed=0), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mlp29_run_dir(tmp_path_factory) -> Path:
+    """The paper's p=29 width-512 MLP, 500 epochs, seed 0 (about 10 s to train)."""
+    from entk_core.models import get_family
+    from entk_core.training import train
+
+    fam = get_family("modadd-mlp")
+    out = tmp_path_factory.mktemp("mlp29") / "modadd-mlp-p29-seed0"
+    train(fam, fam.Config(), out)
+    return out
