@@ -12,10 +12,14 @@ import streamlit as st  # noqa: E402
 
 from pages import _shared  # noqa: E402
 
-st.set_page_config(page_title="eNTK Explorer", page_icon="📉", layout="wide")
+st.set_page_config(page_title="eNTK Explorer", page_icon=":material/show_chart:", layout="wide")
 
 PAGES = [
-    st.Page("pages/1_Spectrum.py", title="Spectrum", icon="📉", url_path="spectrum", default=True),
+    st.Page("pages/1_Spectrum.py", title="Spectrum", icon=":material/show_chart:", url_path="spectrum", default=True),
+    st.Page("pages/2_Grokking.py", title="Grokking", icon=":material/timeline:", url_path="grokking"),
+    st.Page("pages/5_Alignment.py", title="Alignment", icon=":material/grid_on:", url_path="alignment"),
+    st.Page("pages/4_Transformer.py", title="Transformer", icon=":material/hub:", url_path="transformer"),
+    st.Page("pages/3_TMS.py", title="TMS", icon=":material/scatter_plot:", url_path="tms"),
 ]
 
 nav = st.navigation(PAGES)

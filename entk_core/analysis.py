@@ -162,7 +162,7 @@ def spectrum(
     epoch = run.resolve_epoch(epoch)
     reduction = _check_reduction(run, reduction)
     members = _group_members(run, group)
-    top = int(top or run.family.default_top)
+    top = run.family.default_top if top is None else int(top)
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
     cache = cache or default_cache()

@@ -9,8 +9,11 @@ and ``str`` keys, and its :class:`SafeDisk` refuses to decode a pickled key or v
 
 where the payload is an ``.npz`` archive of plain (non-object) arrays plus the JSON
 metadata stored as a ``uint8`` array under ``__meta__``; it is read with
-``numpy.load(allow_pickle=False)``. A corrupt, truncated or foreign entry is
-discarded and recomputed, never trusted.
+``numpy.load(allow_pickle=False)``. A corrupt, truncated or foreign entry (a pickled
+value, a value file outside the cache folder, a compressed archive, a corrupt index) is
+discarded and recomputed, never trusted. The folder is private to its user (0700; a
+folder owned by someone else is refused). Least-recently-stored entries are evicted
+beyond the size limit (8 GiB, or ``$ENTK_CACHE_SIZE_LIMIT``).
 
 :meth:`ArrayCache.get_or_compute` computes each missing entry once across threads and
 processes: it holds an ``fcntl`` lock file per key while computing (the OS releases it
@@ -23,8 +26,10 @@ import hashlib
 import io
 import json
 import os
+import sqlite3
 import stat
 import threading
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -39,6 +44,8 @@ CODE_VERSION = "1"
 
 MAGIC = b"ENTKC001"
 DEFAULT_SIZE_LIMIT = 8 * 2**30  # kernels are large: 8 GiB with least-recently-stored eviction
+SIZE_LIMIT_ENV = "ENTK_CACHE_SIZE_LIMIT"
+"""Environment variable overriding :data:`DEFAULT_SIZE_LIMIT` (``"2GB"``, ``"512MiB"``...)."""
 
 
 class ForeignEntry(Exception):
@@ -66,7 +73,23 @@ class SafeDisk(diskcache.Disk):
     def fetch(self, mode, filename, value, read):
         if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
             raise ForeignEntry(f"value stored in mode {mode}")
+        if mode == diskcache.core.MODE_BINARY and not self._inside(filename):
+            raise ForeignEntry("value file outside the cache folder")
         return super().fetch(mode, filename, value, read)
+
+    def remove(self, file_path):
+        # a foreign row may name any file: never delete outside the cache folder
+        if self._inside(file_path):
+            super().remove(file_path)
+
+    def _inside(self, filename) -> bool:
+        if not isinstance(filename, str) or not filename or "\0" in filename:
+            return False
+        rel = Path(filename)
+        if rel.is_absolute() or ".." in rel.parts:
+            return False
+        root = Path(self._directory).resolve()
+        return (root / rel).resolve().is_relative_to(root)
 
 
 def cache_dir() -> Path:
@@ -103,14 +126,23 @@ def _encode(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
 
 
 def _decode(blob: bytes) -> CacheEntry:
-    if len(blob) < 40 or blob[:8] != MAGIC:
+    if type(blob) is not bytes or len(blob) < 40 or blob[:8] != MAGIC:
         raise ValueError("bad magic")
     payload = blob[40:]
     if hashlib.sha256(payload).digest() != blob[8:40]:
         raise ValueError("checksum mismatch")
+    # np.savez stores members uncompressed: anything else (a zip bomb, say) is foreign
+    with zipfile.ZipFile(io.BytesIO(payload)) as zf:
+        infos = zf.infolist()
+    if not infos or any(i.compress_type != zipfile.ZIP_STORED or i.file_size > len(payload) for i in infos):
+        raise ValueError("not an uncompressed npz archive")
     with np.load(io.BytesIO(payload), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
+    if any(a.dtype.kind == "O" for a in arrays.values()):
+        raise ValueError("object arrays")
     meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+    if not isinstance(meta, dict):
+        raise ValueError("metadata is not a JSON object")
     return CacheEntry(arrays, meta)
 
 
@@ -135,22 +167,32 @@ class ArrayCache:
         self.directory = Path(directory) if directory is not None else cache_dir()
         _ensure_private_dir(self.directory)
         (self.directory / "locks").mkdir(exist_ok=True, mode=0o700)
-        self._cache = diskcache.Cache(
-            str(self.directory), disk=SafeDisk, size_limit=size_limit, eviction_policy="least-recently-stored"
-        )
+        self.size_limit = int(size_limit)
+        try:
+            self._cache = self._open()
+        except sqlite3.DatabaseError:
+            # the index itself is corrupt: it only ever holds recomputable results
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.unlink(self.directory / f"cache.db{suffix}")
+                except FileNotFoundError:
+                    pass
+            self._cache = self._open()
         self._thread_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.computed = 0  # number of computations this object ran (for tests and stats)
+
+    def _open(self) -> diskcache.Cache:
+        return diskcache.Cache(
+            str(self.directory), disk=SafeDisk, size_limit=self.size_limit, eviction_policy="least-recently-stored"
+        )
 
     # ------------------------------------------------------------ basic ops
     def get(self, key: str) -> CacheEntry | None:
         """The entry under ``key``, or ``None`` (also for corrupt/foreign entries, which are deleted)."""
         try:
             blob = self._cache.get(key, default=None, retry=True)
-        except ForeignEntry:
-            self._discard(key)
-            return None
-        except OSError:
+        except (ForeignEntry, OSError, sqlite3.DatabaseError):
             self._discard(key)
             return None
         if blob is None:
@@ -221,11 +263,27 @@ class ArrayCache:
 
 
 _default: ArrayCache | None = None
+_default_lock = threading.Lock()
+
+
+def default_size_limit() -> int:
+    """``$ENTK_CACHE_SIZE_LIMIT`` (e.g. ``"2GB"``) or :data:`DEFAULT_SIZE_LIMIT`."""
+    env = os.environ.get(SIZE_LIMIT_ENV, "").strip()
+    if not env:
+        return DEFAULT_SIZE_LIMIT
+    from .planner import parse_bytes
+
+    try:
+        return parse_bytes(env)
+    except ValueError as e:
+        raise ValueError(f"{SIZE_LIMIT_ENV}: {e}") from None
 
 
 def default_cache() -> ArrayCache:
-    """A process-wide :class:`ArrayCache` on :func:`cache_dir` (created on first use)."""
+    """A process-wide :class:`ArrayCache` on :func:`cache_dir` (created on first use;
+    size limit :func:`default_size_limit`). Thread-safe: every thread gets the same one."""
     global _default
-    if _default is None or _default.directory != cache_dir():
-        _default = ArrayCache()
-    return _default
+    with _default_lock:
+        if _default is None or _default.directory != cache_dir():
+            _default = ArrayCache(size_limit=default_size_limit())
+        return _default

@@ -52,9 +52,11 @@ def spectrum_figure(
     ))
     for i, c in enumerate(cliffs):
         color = CLIFF_COLORS[i % len(CLIFF_COLORS)]
-        fig.add_vrect(x0=c.start - 0.5, x1=c.end + 0.5, fillcolor=color, opacity=0.15, line_width=0,
-                      annotation_text=f"cliff {i + 1}: {c.size}", annotation_position="top left",
-                      annotation={"font": {"color": color, "size": 12}})
+        fig.add_vrect(x0=c.start - 0.5, x1=c.end + 0.5, fillcolor=color, opacity=0.15, line_width=0)
+        # labels above the plot, staggered so narrow neighbouring cliffs stay readable
+        fig.add_annotation(x=(c.start + c.end) / 2, y=1.0 + 0.07 * (i % 2), xref="x", yref="paper",
+                           text=f"cliff {i + 1}: {c.size}", showarrow=False, yanchor="bottom",
+                           font={"color": color, "size": 12})
         fig.add_vline(x=c.end + 0.5, line={"color": color, "width": 1, "dash": "dash"})
     for label, x in (reference_lines or {}).items():
         fig.add_vline(x=x, line={"color": "#888", "width": 1, "dash": "dot"},
@@ -62,9 +64,11 @@ def spectrum_figure(
     if selected is not None and 0 <= selected < len(vals):
         fig.add_trace(go.Scatter(x=[selected], y=[vals[selected]], mode="markers", name=f"selected #{selected}",
                                  marker={"size": 12, "color": "#EF553B", "symbol": "circle-open", "line": {"width": 2}}))
+    if log:
+        fig.update_yaxes(dtick="D2", exponentformat="power")  # label 1, 2, 5 per decade only
     fig.update_layout(
         title={"text": title}, xaxis_title="eigenvalue index", yaxis_title="eigenvalue",
-        yaxis_type="log" if log else "linear", height=460, margin={"l": 60, "r": 20, "t": 60, "b": 50},
+        yaxis_type="log" if log else "linear", height=480, margin={"l": 60, "r": 20, "t": 90, "b": 50},
         legend={"orientation": "h", "y": -0.18}, hovermode="closest",
     )
     return fig

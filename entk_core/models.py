@@ -95,6 +95,7 @@ class ModelFamily:
       default_reduction: the eNTK reduction the paper uses for this family.
       default_top: how many eigenpairs are shown by default.
       derived_groups: extra layer groups, each the sum of listed base groups.
+      train_threads: torch threads during training (None: unchanged).
     """
 
     name: ClassVar[str] = ""
@@ -103,6 +104,8 @@ class ModelFamily:
     default_reduction: ClassVar[str] = "trace"
     default_top: ClassVar[int] = 200
     derived_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
+    train_threads: ClassVar[int | None] = None
+    """torch threads while training (``None``: leave as is). Tiny models train faster on one."""
 
     # ------------------------------------------------------------------ config
     def config_from_dict(self, d: dict[str, Any]) -> Any:

@@ -7,16 +7,18 @@ checkpoint at epoch ``e`` holds the parameters after ``e`` epochs of training.
 
 An interrupted run (killed process, Ctrl-C, a cancelled dashboard job) resumes from its
 last checkpoint with the saved optimizer state; the resumed run reaches the same
-parameters as an uninterrupted one (batches are drawn from a generator seeded by
-``(seed, epoch)``).
+parameters as an uninterrupted one, because a family's ``batches(data, cfg, epoch)`` hook
+is a pure function of the config and the epoch (full batch for the MLP and TMS; for the
+Transformer a replay of the author's seeded DataLoader stream).
 """
 from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -31,6 +33,17 @@ Progress = Callable[[int, int, str], None]
 """``progress(done, total, message)``; may raise (e.g. KeyboardInterrupt) to cancel."""
 
 METRIC_KEYS = ("train_loss", "test_loss", "train_acc", "test_acc")
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @torch.no_grad()
@@ -158,7 +171,9 @@ def train(
 
     def checkpoint(epoch: int) -> None:
         rel = f"checkpoints/epoch_{epoch:06d}.safetensors"
-        sha = save_checkpoint(out / rel, model.state_dict(), {"family": fam.name, "epoch": str(epoch)})
+        # no safetensors metadata: its key order is not deterministic, and identical
+        # parameters must give identical files (the sha256 keys the cache)
+        sha = save_checkpoint(out / rel, model.state_dict())
         if epoch > 0:
             _save_resume_state(out, opt, epoch)
         manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["epoch"] != epoch]
@@ -168,28 +183,29 @@ def train(
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if start_epoch == 0 and not manifest["checkpoints"]:
-        record(0, 0.0)
-        checkpoint(0)
-    model.train()
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        for idx in fam.batches(data, cfg, epoch):
-            opt.zero_grad(set_to_none=True)
-            loss = fam.loss(model(data.x[idx]), data.y[idx])
-            if not torch.isfinite(loss):
-                raise RunError(f"{out}: training diverged at epoch {epoch} (loss {loss.item()}); last good checkpoint kept")
-            loss.backward()
-            opt.step()
-        record(epoch, time.perf_counter() - t0)
-        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-            checkpoint(epoch)
-        if progress is not None:
-            last = manifest["metrics"]
-            acc = last["test_acc"][-1]
-            msg = f"epoch {epoch}/{cfg.epochs} train loss {last['train_loss'][-1]:.3g}" + (
-                f" test acc {acc:.1%}" if acc is not None else ""
-            )
-            progress(epoch, cfg.epochs, msg)
+    with _torch_threads(fam.train_threads):
+        if start_epoch == 0 and not manifest["checkpoints"]:
+            record(0, 0.0)
+            checkpoint(0)
+        model.train()
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            for idx in fam.batches(data, cfg, epoch):
+                opt.zero_grad(set_to_none=True)
+                loss = fam.loss(model(data.x[idx]), data.y[idx])
+                if not torch.isfinite(loss):
+                    raise RunError(f"{out}: training diverged at epoch {epoch} (loss {loss.item()}); last good checkpoint kept")
+                loss.backward()
+                opt.step()
+            record(epoch, time.perf_counter() - t0)
+            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+                checkpoint(epoch)
+            if progress is not None:
+                last = manifest["metrics"]
+                acc = last["test_acc"][-1]
+                msg = f"epoch {epoch}/{cfg.epochs} train loss {last['train_loss'][-1]:.3g}" + (
+                    f" test acc {acc:.1%}" if acc is not None else ""
+                )
+                progress(epoch, cfg.epochs, msg)
 
     model.eval()
     manifest["status"] = "complete"

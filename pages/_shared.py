@@ -84,15 +84,21 @@ def sidebar() -> None:
     broken = [(name, r) for name, r in runs if not isinstance(r, Run)]
 
     st.sidebar.caption(f"Runs folder: `{root}`")
+    st.session_state["selection_error"] = None
+    st.session_state["url_messages"] = []  # messages about the link live for one script run
+    st.session_state.pop("url_error", None)
+    for bname, err in broken:  # a run that cannot be opened: one line naming the file and the fault
+        st.sidebar.error(f"{bname}: {one_line(err)}", icon="⚠️")
     if not good:
         st.session_state["selection"] = (None, None)
-        st.sidebar.info("No runs yet.")
+        st.sidebar.info("No runs yet." if not broken else "No usable runs.")
         return
     # URL -> state on a fresh session
     if "run" not in st.session_state:
         want = qp.get("run")
         if want is not None and want not in good:
-            st.session_state["url_error"] = f"run '{want}' from the link is not in the runs folder; showing {good[0]}"
+            _url_message("error", _url_run_fault(root, want, dict(runs)))
+            _url_message("warning", f"run '{want}' from the link is not in the runs folder; showing {good[0]}")
             want = None
         st.session_state["run"] = want or good[0]
         ep = qp.get("epoch")
@@ -104,19 +110,18 @@ def sidebar() -> None:
     try:
         run = load_run(name)
     except RunError as e:
-        st.sidebar.error(one_line(e))
+        st.sidebar.error(one_line(e), icon="⚠️")
         st.session_state["selection"] = (None, None)
+        st.session_state["selection_error"] = one_line(e)
         return
     epochs = run.epochs
     pending = st.session_state.pop("epoch_from_url", None)
     if pending is not None:
         try:
-            e = int(pending)
-            if e not in epochs:
-                raise ValueError
-            st.session_state["epoch"] = e
-        except ValueError:
-            st.session_state["url_error"] = f"epoch '{pending}' from the link is not a checkpoint of {name}; showing the last"
+            st.session_state["epoch"] = run.resolve_epoch(int(pending))
+        except ValueError as e:  # int() failed, or a RunError naming the run and the nearest checkpoint
+            why = one_line(e) if isinstance(e, RunError) else "not a number"
+            _url_message("error", f"epoch '{pending[:40]}' from the link: {why}; showing epoch {epochs[-1]}")
     if st.session_state.get("epoch") not in epochs:
         st.session_state["epoch"] = epochs[-1]
     if len(epochs) > 1:
@@ -125,8 +130,6 @@ def sidebar() -> None:
         epoch = epochs[0]
         st.sidebar.write(f"Checkpoint: epoch {epoch}")
     st.sidebar.caption(f"{run.family.title} · {run.status} · {len(epochs)} checkpoints")
-    for bname, err in broken:
-        st.sidebar.warning(f"{bname}: {one_line(err)}")
     qp["run"] = name
     qp["epoch"] = str(epoch)
     st.session_state["selection"] = (run, epoch)
@@ -137,12 +140,40 @@ def selection() -> tuple[Run | None, int | None]:
     return st.session_state.get("selection", (None, None))
 
 
+def _url_message(kind: str, text: str) -> None:
+    """Queue a message about the link's parameters for the page (:func:`show_link_messages`)."""
+    msgs = st.session_state.setdefault("url_messages", [])
+    msgs.append((kind, text))
+    st.session_state["url_error"] = "; ".join(t for _, t in msgs)  # for pages reading the old key
+
+
+def show_link_messages() -> None:
+    """Show what was wrong with the link's ``?run=`` / ``?epoch=`` (errors, then the fallback
+    used). :func:`require_run` calls it; pages that do not use require_run call it themselves."""
+    st.session_state.pop("url_error", None)
+    for kind, msg in st.session_state.pop("url_messages", []):
+        (st.error if kind == "error" else st.warning)(msg, icon="⚠️")
+
+
+def _url_run_fault(root: Path, want: str, runs: dict) -> str:
+    """Why the run named by a link cannot be shown (one line, from the confined resolver)."""
+    if isinstance(runs.get(want), RunError):
+        return f"run '{want}' from the link: {one_line(runs[want])}"
+    try:
+        run = open_run(want, root, confine=True)
+    except RunError as e:
+        return f"run from the link refused: {one_line(e)}"
+    return f"run '{want}' from the link has no checkpoints yet ({run.path})"
+
+
 def require_run() -> tuple[Run, int]:
-    """The current selection, or stop the page with an offer to train the demo run."""
-    msg = st.session_state.pop("url_error", None)
-    if msg:
-        st.warning(msg)
+    """The current selection, or stop the page: with the reason when the selected run
+    cannot be opened, else with an offer to train the demo run."""
+    show_link_messages()
     run, epoch = selection()
+    if run is None and st.session_state.get("selection_error"):
+        st.error(f"cannot open the selected run: {st.session_state['selection_error']}", icon="⚠️")
+        st.stop()
     if run is None:
         st.info(
             "No runs yet. Train the paper's modular-addition MLP (p = 29, width 512, 500 epochs, seed 0) "
@@ -153,6 +184,35 @@ def require_run() -> tuple[Run, int]:
         st.caption("Or from a terminal: `python -m entk_core train modadd-mlp --out runs/" + DEMO_NAME + "`")
         st.stop()
     return run, epoch
+
+
+class ProgressBar:
+    """A ``progress(done, total, message)`` callback for :mod:`entk_core` drawing an
+    ``st.progress`` bar (created on the first update, so cache hits show nothing).
+
+    Each update is also where Streamlit stops a run the user stopped or superseded (it
+    raises its control exception from the element call), so a long computation given
+    this callback is cancelled mid-way; the cache stores a result only once compute()
+    has returned, so nothing partial is kept. Use as a context manager to remove the bar::
+
+        with ProgressBar("Computing the eNTK…") as bar:
+            res = analysis.spectrum(run, epoch, progress=bar)
+    """
+
+    def __init__(self, text: str):
+        self.text = text
+        self._slot = st.empty()
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        frac = min(1.0, max(0.0, done / total)) if total else 0.0
+        self._slot.progress(frac, text=f"{self.text} {message}".strip())
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._slot.empty()
+        return False
 
 
 def fmt_pct(x) -> str:

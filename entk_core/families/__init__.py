@@ -5,3 +5,4 @@ subclass decorated with :func:`entk_core.models.register`, and import it below.
 """
 from . import modadd_mlp  # noqa: F401
 from . import modadd_transformer  # noqa: F401
+from . import tms  # noqa: F401

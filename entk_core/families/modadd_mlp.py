@@ -113,3 +113,18 @@ class ModAddMLPFamily(ModelFamily):
         from ..features import modadd_families
 
         return modadd_families(cfg.p, seed=cfg.seed)
+
+    def align_report(self, run: Any, epoch: int, **options: Any) -> dict[str, Any]:
+        """Per detected cliff: overlap with each Fourier family before/after the two-stage
+        rotation, the mean best phase-insensitive correlation, per-direction best (family, k),
+        and the eNTK linearisation check (see :mod:`entk_core.modadd_analysis`)."""
+        from ..modadd_analysis import align_report
+
+        return align_report(run, epoch, **options)
+
+    def sweep_spec(self, cfg: Any, group: str):
+        """What :func:`entk_core.sweep.sweep` measures for this family (see
+        :func:`entk_core.modadd_analysis.sweep_spec`)."""
+        from ..modadd_analysis import sweep_spec
+
+        return sweep_spec(cfg, group)

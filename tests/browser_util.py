@@ -1,0 +1,189 @@
+"""Helpers for the real-browser end-to-end tests (tests/test_browser.py): a Streamlit server
+in a subprocess, Debian's chromium driven by Playwright, and waits that understand
+Streamlit's script runs and Plotly's asynchronous drawing."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+
+def chromium_missing_reason() -> str | None:
+    """Why the browser tests cannot run here (``None`` when they can)."""
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        return f"{CHROMIUM} is missing (apt-get install chromium; .ci/run installs it)"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "the playwright package is missing (pip install -r requirements-dev.txt)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StreamlitServer:
+    """``python -m streamlit run app.py`` on 127.0.0.1:<free port>; logs in ``log_path``."""
+
+    def __init__(self, repo: Path, env: dict[str, str], log_path: Path):
+        self.repo, self.env, self.log_path = repo, env, log_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "StreamlitServer":
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.port", str(self.port), "--server.address", "127.0.0.1",
+             "--browser.gatherUsageStats", "false"],
+            cwd=self.repo, env={**os.environ, **self.env}, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"streamlit did not answer /_stcore/health within 60 s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+# ---------------------------------------------------------------- page helpers
+_IDLE_JS = """(ms) => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    if (!app) return false;
+    const state = app.getAttribute('data-test-script-state');
+    const busy = state !== 'notRunning'
+        || document.querySelector('[data-testid="stSkeleton"], [data-testid="stSpinner"]') !== null;
+    if (busy) { window.__entkIdle = null; return false; }
+    if (window.__entkIdle == null) window.__entkIdle = Date.now();
+    // every Plotly chart element has drawn its SVG
+    const charts = document.querySelectorAll('[data-testid="stPlotlyChart"]');
+    for (const c of charts) { if (!c.querySelector('.js-plotly-plot .main-svg')) return false; }
+    return Date.now() - window.__entkIdle >= ms;
+}"""
+
+
+def wait_idle(page, timeout_s: float = 150, quiet_ms: int = 700) -> None:
+    """Wait until Streamlit has finished the current script run (state ``notRunning``, no
+    spinner, for ``quiet_ms``) and every Plotly chart has drawn."""
+    page.wait_for_function(_IDLE_JS, arg=quiet_ms, timeout=timeout_s * 1000, polling=100)
+
+
+def after_interaction(page, timeout_s: float = 150) -> None:
+    """Wait for the rerun an interaction triggers (if it starts within 3 s), then for idle."""
+    try:
+        page.wait_for_function(
+            """() => { const a = document.querySelector('[data-testid="stApp"]');
+                       return a && a.getAttribute('data-test-script-state') !== 'notRunning'; }""",
+            timeout=3000, polling=20)
+    except Exception:  # noqa: BLE001 - the rerun may already be over
+        pass
+    page.evaluate("() => { window.__entkIdle = null; }")
+    wait_idle(page, timeout_s)
+
+
+def plot_titles(page) -> list[str]:
+    """The titles of every Plotly chart (SVG text: read with text_content)."""
+    return [t.text_content() or "" for t in page.locator(".js-plotly-plot .gtitle").all()]
+
+
+def chart_count(page) -> int:
+    return page.locator(".js-plotly-plot .main-svg").count()
+
+
+def error_texts(page) -> list[str]:
+    """Exceptions and st.error boxes on the page (main area and sidebar)."""
+    out = [("exception: " + (e.text_content() or "")) for e in page.locator('[data-testid="stException"]').all()]
+    out += [("error: " + (e.text_content() or "")) for e in page.locator('[data-testid="stAlertContentError"]').all()]
+    return out
+
+
+def info_texts(page) -> list[str]:
+    return [e.text_content() or "" for e in page.locator('[data-testid="stAlertContentInfo"]').all()]
+
+
+def nav_links(page) -> list[tuple[str, str]]:
+    """``(title, href)`` of every page link in the sidebar navigation (from app.py's pages)."""
+    sel = '[data-testid="stSidebarNav"] a[data-testid="stSidebarNavLink"]'
+    page.wait_for_selector(sel, timeout=60_000)
+    out = []
+    for a in page.locator(sel).all():
+        title = a.locator("span[label]").first.get_attribute("label") or (a.text_content() or "").strip()
+        out.append((title, a.get_attribute("href") or ""))
+    return out
+
+
+def select_option(page, label: str, option: str) -> list[str]:
+    """Pick ``option`` in the selectbox (a combobox) labelled ``label``; return the options
+    the open list showed."""
+    page.get_by_role("combobox", name=label).click()
+    page.get_by_role("option").first.wait_for()
+    shown = [o.text_content() or "" for o in page.get_by_role("option").all()]
+    page.get_by_role("option", name=option, exact=True).click()
+    return shown
+
+
+def sliders(page, where: str = "main") -> list:
+    """Slider thumbs (role=slider) in the sidebar or the main area."""
+    root = page.get_by_test_id("stSidebar") if where == "sidebar" else page.get_by_test_id("stMain")
+    return root.get_by_role("slider").all()
+
+
+def press_slider(page, thumb, key: str) -> tuple[str | None, str | None]:
+    """Focus a slider thumb, press ``key``; return its aria-valuetext/now before and after."""
+    def value():
+        return thumb.get_attribute("aria-valuetext") or thumb.get_attribute("aria-valuenow")
+
+    before = value()
+    thumb.focus()
+    page.keyboard.press(key)
+    after_interaction(page)
+    return before, value()
+
+
+def screenshot(page, path: Path) -> None:
+    """A screenshot of the whole page: the viewport grows to the main column's height first
+    (Streamlit scrolls inside its main container, so full_page alone would cut it)."""
+    h = page.evaluate("""() => {
+        const m = document.querySelector('[data-testid="stMainBlockContainer"]');
+        return m ? m.scrollHeight + 160 : document.body.scrollHeight; }""")
+    vp = page.viewport_size or {"width": 1400, "height": 1000}
+    page.set_viewport_size({"width": vp["width"], "height": int(min(max(h, vp["height"]), 7000))})
+    wait_idle(page, 60, quiet_ms=300)  # Plotly redraws on resize
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(vp)
