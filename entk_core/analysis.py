@@ -103,6 +103,15 @@ def _base_key(run: Run, epoch: int) -> dict[str, Any]:
     }
 
 
+def kernel_size(run: Run, reduction: str) -> int:
+    """Rows of the reduced kernel: ``N`` kernel inputs, or ``N * C`` for ``"flat"``."""
+    n = len(run.data.kernel_idx)
+    if reduction == "flat":
+        with torch.no_grad():
+            n *= run.family.build_model(run.config)(run.data.kernel_x[:1]).shape[-1]
+    return n
+
+
 def kernel_matrix(
     run: Run,
     epoch: int | None = None,
@@ -154,7 +163,8 @@ def spectrum(
     Args:
       group: ``"full"``, a layer group or a derived group (:func:`kernel_groups`).
       reduction: ``"trace"``, ``"mean"`` or ``"flat"`` (default: the family's).
-      top: number of eigenpairs (default: the family's ``default_top``).
+      top: number of eigenpairs, at most the kernel's size ``n`` (default: the family's
+        ``default_top``, or ``n`` if smaller).
       beta: importance rescaling β (families with class weights, e.g. TMS).
       model: the already loaded model at ``epoch`` (saves a reload).
     """
@@ -162,9 +172,10 @@ def spectrum(
     epoch = run.resolve_epoch(epoch)
     reduction = _check_reduction(run, reduction)
     members = _group_members(run, group)
-    top = run.family.default_top if top is None else int(top)
-    if top < 1:
-        raise ValueError(f"top must be at least 1, got {top}")
+    n = kernel_size(run, reduction)
+    top = min(run.family.default_top, n) if top is None else int(top)
+    if not 1 <= top <= n:
+        raise ValueError(f"top must be between 1 and n = {n} (the kernel's size), got {top}")
     cache = cache or default_cache()
     key = make_key("spectrum", **_base_key(run, epoch), group=group, reduction=reduction, top=top, beta=beta)
 

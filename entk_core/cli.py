@@ -245,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # e.g. `... | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("error: interrupted (nothing saved is lost; `train` resumes from the last checkpoint)", file=sys.stderr)
         return 130

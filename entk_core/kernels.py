@@ -841,8 +841,9 @@ def _contract(ctx: _Ctx, key: str, fl: _Fac, fr: _Fac, B1: int, B2: int, out: to
     if fl.flat is not None:
         add(lambda o: torch.mm(fl.flat[rows], fr.flat[cols].T, out=o))
     for (kind, GL, AL), (_, GR, AR) in zip(fl.pairs, fr.pairs):
-        for t in range(GL.shape[0]):
-            for u in range(GR.shape[0]):
+        TL, TR = GL.shape[0], GR.shape[0]
+        for t in range(TL):
+            for u in range(TR):
                 if kind == "linear":
                     AA = AL[t] @ AR[u].T
                 else:

@@ -126,7 +126,7 @@ class SweepSpec:
         return replace(
             self,
             reduction=self.reduction or run.family.default_reduction,
-            top=int(self.top or run.family.default_top),
+            top=min(int(self.top or run.family.default_top), analysis.kernel_size(run, self.reduction or run.family.default_reduction)),
             window_group=self.window_group or self.group,
             reference_epoch=run.resolve_epoch(self.reference_epoch),
             families=tuple(self.families) if self.families is not None else None,

@@ -34,13 +34,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import scipy.linalg
 import torch
+from threadpoolctl import threadpool_limits
 
 from . import analysis
 from .alignment import best_feature
@@ -184,63 +184,11 @@ def stats(run: Run, epoch: int | None = None, *, model: torch.nn.Module | None =
     return st
 
 
-_blas_lock = threading.Lock()
-_blas_controls: list | None = None
-
-
-def _openblas_controls() -> list:
-    """``(get, set)`` thread-count functions of the OpenBLAS builds bundled with scipy/numpy
-    wheels (what ``threadpoolctl`` does); empty where none is found."""
-    global _blas_controls
-    if _blas_controls is None:
-        import ctypes
-        import glob
-        import os
-
-        found = []
-        for mod in (scipy, np):
-            libdir = os.path.join(os.path.dirname(os.path.dirname(mod.__file__)), f"{mod.__name__}.libs")
-            for path in glob.glob(os.path.join(libdir, "lib*openblas*.so*")):
-                try:
-                    lib = ctypes.CDLL(path)
-                except OSError:
-                    continue
-                for get, set_ in (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-                                  ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-                                  ("openblas_get_num_threads", "openblas_set_num_threads")):
-                    if hasattr(lib, get) and hasattr(lib, set_):
-                        found.append((getattr(lib, get), getattr(lib, set_)))
-                        break
-        _blas_controls = found
-    return _blas_controls
-
-
-_blas_active = 0
-_blas_saved: list[int] = []
-
-
-@contextmanager
 def _single_threaded_blas():
-    """Run BLAS/LAPACK on one thread. On a shared 2-core machine the multi-threaded ``?syevx`` of
-    a 550 x 550 Gram matrix took 0.4-6 s (threads spinning against other processes) against
-    0.06-0.12 s single-threaded. Process-wide while any such block runs (the first to enter
-    saves the thread counts, the last to leave restores them); blocks may run concurrently."""
-    global _blas_active, _blas_saved
-    with _blas_lock:
-        controls = _openblas_controls()
-        if _blas_active == 0:
-            _blas_saved = [get() for get, _ in controls]
-            for _, set_ in controls:
-                set_(1)
-        _blas_active += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_active -= 1
-            if _blas_active == 0:
-                for (_, set_), n in zip(controls, _blas_saved):
-                    set_(n)
+    """Run BLAS/LAPACK on one thread (threadpoolctl). A 550 x 550 subset ``?syevx`` is too
+    small to gain from threads, and on a busy 2-core machine spinning threads made it 5-50x
+    slower (0.4-6 s against 0.06-0.12 s)."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def gram_top_eigenpairs(G: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,9 +23,11 @@ from typing import Any, Callable, Iterator
 import torch
 
 from .models import ModelFamily, get_family
-from .runs import MANIFEST, FORMAT, Run, RunError, atomic_write_bytes, atomic_write_json, finite_or_none, save_checkpoint
-from safetensors.torch import load as st_load
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
+
+from .runs import (FORMAT, MANIFEST, Run, RunError, atomic_write_bytes, atomic_write_json, finite_or_none,
+                   remove_stale_temp_files, save_checkpoint)
 
 __all__ = ["train", "evaluate", "Progress"]
 
@@ -86,22 +88,35 @@ def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tens
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _resume_file(out: Path, epoch: int) -> Path:
+    return out / "resume" / f"optimizer_epoch_{epoch:06d}.safetensors"
+
+
 def _save_resume_state(out: Path, opt: torch.optim.Optimizer, epoch: int) -> None:
+    """One file per checkpointed epoch: the optimizer tensors, with the rest of its state as
+    JSON in the safetensors metadata (one atomic write, so the two can never disagree).
+    Written before the manifest names the epoch; other epochs' files are pruned after."""
     tensors, meta = _optimizer_state(opt)
     meta["epoch"] = epoch
-    atomic_write_bytes(out / "resume" / "optimizer.safetensors", st_save(tensors))
-    atomic_write_json(out / "resume" / "optimizer.json", meta)
+    atomic_write_bytes(_resume_file(out, epoch), st_save(tensors, metadata={"entk_optimizer": json.dumps(meta)}))
+
+
+def _prune_resume_state(out: Path, keep: int) -> None:
+    for f in (out / "resume").glob("optimizer*"):
+        if f != _resume_file(out, keep):
+            f.unlink(missing_ok=True)
 
 
 def _load_resume_state(out: Path, opt: torch.optim.Optimizer, epoch: int) -> bool:
     try:
-        meta = json.loads((out / "resume" / "optimizer.json").read_text())
+        with safe_open(_resume_file(out, epoch), framework="pt") as f:
+            meta = json.loads(f.metadata()["entk_optimizer"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
         if meta.get("epoch") != epoch:
             return False
-        tensors = st_load((out / "resume" / "optimizer.safetensors").read_bytes())
         _restore_optimizer(opt, tensors, meta)
         return True
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError):
         return False
 
 
@@ -140,6 +155,7 @@ def train(
         if run.status == "complete":
             return run
         manifest = run.manifest
+        remove_stale_temp_files(out)  # left by a killed writer; no manifest references them
         start_epoch = run.epochs[-1] if run.epochs else 0
         if run.epochs:
             model.load_state_dict(run.load_state(start_epoch))
@@ -180,6 +196,8 @@ def train(
         manifest["checkpoints"].append({"epoch": epoch, "file": rel, "sha256": sha})
         manifest["epochs_done"] = epoch
         atomic_write_json(out / MANIFEST, manifest)  # the commit point
+        if epoch > 0:
+            _prune_resume_state(out, epoch)
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@ import streamlit as st
 
 from entk_core import analysis
 from entk_core.figures import spectrum_figure
-from pages._shared import fmt_pct, guarded, load_model, require_run
+from pages._shared import ProgressBar, fmt_pct, guarded, load_model, require_run
 
 st.header("eNTK spectrum")
 run, epoch = require_run()
@@ -17,7 +17,9 @@ reductions = list(analysis.REDUCTIONS)
 reduction = c2.selectbox("Reduction", reductions, index=reductions.index(fam.default_reduction), key="spec_reduction",
                          help="trace: mean over classes of K[:,:,c,c]; mean: mean over all class pairs; "
                               "flat: the class-major flattened (N·C)² kernel")
-top = c3.number_input("Eigenvalues (k)", min_value=5, max_value=1000, value=fam.default_top, step=10, key="spec_top")
+n = analysis.kernel_size(run, reduction)
+top = c3.number_input("Eigenvalues (k)", min_value=1, max_value=min(n, 2000), value=min(fam.default_top, n), step=10,
+                      key=f"spec_top_{n}", help=f"at most n = {n}, the kernel's size")
 log = c4.toggle("Log scale", value=True, key="spec_log")
 
 metrics = run.metrics_at(epoch)
@@ -27,9 +29,10 @@ m2.metric("Train accuracy", fmt_pct(metrics.get("train_acc")))
 m3.metric("Test accuracy", fmt_pct(metrics.get("test_acc")))
 
 with guarded("cannot compute the spectrum"):
-    with st.spinner("Computing the eNTK and its spectrum…"):
+    with ProgressBar("Computing the eNTK and its spectrum…") as bar:
         model = load_model(run, epoch)
-        res = analysis.spectrum(run, epoch, group=group, reduction=reduction, top=int(top), model=model)
+        res = analysis.spectrum(run, epoch, group=group, reduction=reduction, top=int(top), model=model,
+                                progress=bar)
     title = f"{fam.title}: {group} eNTK ({reduction}), epoch {epoch}"
     st.plotly_chart(spectrum_figure(res.eigenvalues, res.cliffs, title=title, log=log), key="spec_chart")
     if res.cliffs:

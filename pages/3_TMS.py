@@ -3,18 +3,16 @@ spectrum with its cliffs, the eigenvector x feature heatmap (a β slider redraws
 a fragment), and the paper's three configurations side by side."""
 import threading
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-import torch
 
 from entk_core import tms as T
 from entk_core.families.tms import REPRESENTED_THRESHOLD, feature_norms
 from entk_core.figures import spectrum_figure
 from entk_core.runs import Run, list_runs, runs_root
-from pages._shared import guarded, load_model, selection
+from pages._shared import show_link_messages, guarded, load_model, selection
 
 FAMILY = "tms"
 PAPER = [(10, 0.3, "dense"), (10, 0.9, "sparse, high superposition"), (40, 0.9, "dense")]
@@ -30,16 +28,6 @@ def paper_name(m: int, S: float, seed: int = 0) -> str:
 st.header("Toy Models of Superposition")
 
 
-@contextmanager
-def _single_thread():
-    """A 50-feature model trains several times faster with one intra-op thread on a busy
-    2-core machine (threads spin against each other). Process-wide while it runs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _select_run(name: str) -> None:  # a button callback: runs before the sidebar widget
@@ -110,7 +98,7 @@ def _train_paper_runs(missing: list[tuple[int, float]]) -> None:
 
     fam = get_family(FAMILY)
     bar = st.progress(0.0, text="Training the paper's TMS runs…")
-    with guarded("training failed"), _single_thread():
+    with guarded("training failed"):
         for i, (m, S) in enumerate(missing):
             name = paper_name(m, S)
 
@@ -169,9 +157,7 @@ def beta_view(run: Run, epoch: int, represented: int, top: int, log: bool) -> No
 
 
 run, epoch = selection()
-msg = st.session_state.pop("url_error", None)
-if msg:
-    st.warning(msg)
+show_link_messages()
 tms_runs = _tms_runs()
 
 if run is None or run.family.name != FAMILY:

@@ -1,17 +1,15 @@
 """Transformer page (spec §5): key frequencies of the token embedding, layerwise eNTK
 spectra, the overlap of the top unembedding modes with the key-frequency families at the
 selected checkpoint, and that overlap over training against the accuracy curves."""
-from contextlib import contextmanager
 
 import plotly.graph_objects as go
 import streamlit as st
-import torch
 
 from entk_core import analysis
 from entk_core import transformer as T
 from entk_core.figures import spectrum_figure
 from entk_core.runs import Run, list_runs, runs_root
-from pages._shared import fmt_pct, guarded, load_model, selection
+from pages._shared import fmt_pct, guarded, load_model, selection, show_link_messages
 
 DEFAULT_NAME = "modadd-transformer-p29-seed2"
 BLOCK_LABELS = {0: "block 1 (constant + sum)", 1: "block 2 (axis_sum)"}
@@ -19,16 +17,6 @@ BLOCK_LABELS = {0: "block 1 (constant + sum)", 1: "block 2 (axis_sum)"}
 st.header("1-layer Transformer on modular addition")
 
 
-@contextmanager
-def _single_thread():
-    """The model is tiny: one intra-op thread trains it ~10x faster on a busy 2-core box
-    than the default (threads spin against each other). Process-wide while it runs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _rounded(values, digits: int) -> list:
@@ -60,7 +48,7 @@ def _offer_training(existing: list[str]) -> None:
         def progress(done: int, total: int, message: str) -> None:
             bar.progress(done / total, text=message)
 
-        with guarded("training failed"), _single_thread():
+        with guarded("training failed"):
             run = train(fam, fam.Config(seed=2), runs_root() / DEFAULT_NAME, progress=progress)
             bar.progress(1.0, text="done")
             st.success(f"Trained {run.name}: key frequencies {run.summary.get('key_frequencies')}.")
@@ -69,6 +57,7 @@ def _offer_training(existing: list[str]) -> None:
 
 
 run, epoch = selection()
+show_link_messages()
 if run is None or run.family.name != T.FAMILY:
     others = [n for n, r in list_runs(runs_root()) if isinstance(r, Run) and r.family.name == T.FAMILY and r.epochs]
     if run is None:
@@ -118,7 +107,9 @@ groups = analysis.kernel_groups(run)
 c1, c2, c3 = st.columns([3, 2, 2])
 group = c1.selectbox("Layer group", groups, index=groups.index("unembed"), key="tf_group",
                      help="full = all parameters; attn.OV = attn.W_O + attn.W_V")
-top = int(c2.number_input("Eigenvalues (k)", min_value=5, max_value=400, value=fam.default_top, step=10, key="tf_top"))
+n_kernel = analysis.kernel_size(run, "mean")
+top = int(c2.number_input("Eigenvalues (k)", min_value=1, max_value=min(n_kernel, 400), value=min(fam.default_top, n_kernel),
+                          step=10, key=f"tf_top_{n_kernel}"))
 log = c3.toggle("Log scale", value=True, key="tf_log")
 res = None
 with guarded("cannot compute the spectrum"):
@@ -157,7 +148,7 @@ c1, c2, c3 = st.columns([2, 2, 2])
 fam_name = c1.selectbox("Family", list(T.ALIGN_FAMILIES), key="tf_ot_family")
 block = c2.selectbox("Modes", [0, 1], format_func=lambda b: f"{blocks[b][0]}:{blocks[b][1]}", key="tf_ot_block")
 epochs_all = run.epochs
-want = (run.name, run.checkpoint_sha(epochs_all[-1]), group)
+want = (run.name, run.manifest["checkpoints"][-1].get("sha256"), group)  # identity only; loads are guarded
 done = st.session_state.setdefault("tf_ot_done", set())
 go_ = c3.button("Compute", key="tf_ot_go", type="primary", disabled=want in done,
                 help=f"one {group} eNTK spectrum per checkpoint ({len(epochs_all)}), all families and both mode "

@@ -36,7 +36,9 @@ windows_from = c2.selectbox("Cliffs detected in", [analysis.FULL] + [g for g in 
                             key="align_windows_from",
                             help="the cliffs (index windows) come from this group's spectrum at the same epoch; the "
                                  "paper reads the full kernel's windows inside each layer's kernel")
-top = int(c3.number_input("Eigenvalues (k)", min_value=5, max_value=1000, value=fam.default_top, step=10, key="align_top"))
+n = analysis.kernel_size(run, fam.default_reduction)
+top = int(c3.number_input("Eigenvalues (k)", min_value=1, max_value=min(n, 2000), value=min(fam.default_top, n), step=10,
+                          key=f"align_top_{n}", help=f"at most n = {n}, the kernel's size"))
 rotated = c4.toggle("After rotation", value=True, key="align_rotated",
                     help="two-stage graph-Laplacian rotation inside the cliff (axis Laplacians for a/b cliffs, "
                          "sum/diff Laplacians for sum/diff cliffs), so each direction is one Fourier mode")

@@ -10,9 +10,6 @@ checks that
 * nothing on disk changed (every file under the runs folder hashed before and after);
 * a pickle placed where a checkpoint or a cache entry is expected is never unpickled
   (its payload would create a marker file).
-
-Cases marked ``pending`` need a change outside this suite's files (see each reason);
-they are strict xfails, so they turn into failures once the change lands: then drop the mark.
 """
 from __future__ import annotations
 
@@ -214,11 +211,6 @@ class Case:
     needles: tuple[str, ...]  # what the one-line error must contain (CLI and UI)
     query: dict[str, str] | None = field(default_factory=dict)  # URL parameters; None: no UI variant
     ui_needles: tuple[str, ...] | None = None  # when the UI words it differently
-    marks: tuple = ()
-
-
-def pending(reason: str):
-    return pytest.mark.xfail(strict=True, reason=f"pending change outside this suite: {reason}")
 
 
 SPECTRUM = ("spectrum", "{run}", "--top", "10")
@@ -246,10 +238,9 @@ CASES = [
          query={"run": "../outside"}),
     Case("epoch-not-checkpointed", nothing, ("spectrum", "{run}", "--epoch", "7"), (RUN, "no checkpoint at epoch 7"),
          query={"epoch": "7"}),
-    Case("negative-top", nothing, ("spectrum", "{run}", "--top", "-5"), ("top must be at least 1",), query=None),
-    Case("huge-top", nothing, ("spectrum", "{run}", "--top", "1000000000"), ("top", "1000000000"), query=None,
-         marks=(pending("entk_core/analysis.py spectrum(): reject top > kernel size n (N, or N*C for flat) "
-                        "with ValueError 'top must be between 1 and n'; today it is silently clipped"),)),
+    Case("negative-top", nothing, ("spectrum", "{run}", "--top", "-5"), ("top must be between 1 and n = 49", "-5"), query=None),
+    Case("huge-top", nothing, ("spectrum", "{run}", "--top", "1000000000"), ("top must be between 1 and n = 49", "1000000000"),
+         query=None),
 ]
 
 
@@ -265,7 +256,7 @@ def runs_root(tiny_run_dir, tmp_path, monkeypatch) -> Path:
     return root
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
 def test_bad_input_cli_and_ui(case: Case, runs_root: Path, tmp_path: Path):
     run = runs_root / RUN
     case.damage(run, tmp_path)
@@ -291,12 +282,15 @@ def test_bad_input_cli_and_ui(case: Case, runs_root: Path, tmp_path: Path):
 
 def test_ui_widgets_refuse_bad_top(runs_root):
     """The dashboard cannot even ask for a negative or huge k: the widget keeps a valid value."""
+    def top_input(at):  # keyed by the kernel size n, so it resets when n changes
+        return next(w for w in at.number_input if w.key.startswith("spec_top"))
+
     at = app_run()
-    before = at.number_input(key="spec_top").value
+    before = top_input(at).value
     for bad in (-5, 0, 10**9):
-        at.number_input(key="spec_top").set_value(bad).run()
+        top_input(at).set_value(bad).run()
         assert not at.exception and not at.error
-        assert at.number_input(key="spec_top").value == before
+        assert top_input(at).value == before
     assert at.get("plotly_chart")
 
 

@@ -43,7 +43,7 @@ def test_train_info_spectrum_json(tmp_path):
     (["info", "/nonexistent/run"], "no such run folder"),
     (["spectrum", "{run}", "--epoch", "7"], "no checkpoint at epoch 7"),
     (["spectrum", "{run}", "--group", "net.9"], "unknown layer group"),
-    (["spectrum", "{run}", "--top", "0"], "top must be at least 1"),
+    (["spectrum", "{run}", "--top", "0"], "top must be between 1 and n = 49"),
     (["train", "modadd-mlp", "--p", "7", "--epochs", "0", "--out", "{tmp}/x"], "epochs"),
 ])
 def test_bad_input_is_one_line_error(tiny_run_dir, tmp_path, args, needle):

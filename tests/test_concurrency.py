@@ -324,11 +324,6 @@ def _reference(tmp_path: Path, epochs: int, every: int) -> Run:
     return train(fam, fam.Config(p=7, width=32, epochs=epochs, checkpoint_every=every, seed=0), tmp_path / "ref")
 
 
-PENDING_TRAINING = ("pending entk_core/training.py fix: keep one resume file per checkpointed epoch (optimizer "
-                    "tensors and their JSON in one safetensors file), drop older ones only after the manifest commit")
-KNOWN_RESUME_BUG = "is missing or corrupt; cannot resume exactly"
-
-
 @pytest.mark.slow
 def test_sigkill_during_training_at_random_moments(tmp_path):
     """Kill a training process at random moments, over and over; after each kill the run opens
@@ -353,8 +348,6 @@ def test_sigkill_during_training_at_random_moments(tmp_path):
             proc.send_signal(signal.SIGKILL)
             kills += 1
         _, err = proc.communicate(timeout=60)
-        if proc.returncode == 1 and KNOWN_RESUME_BUG in err:
-            pytest.xfail(f"killed between the optimizer-state and manifest writes: {PENDING_TRAINING}")
         assert proc.returncode in (0, -signal.SIGKILL), err
         run = _check_consistent(out)
         if run is not None and run.status == "complete":
@@ -362,20 +355,16 @@ def test_sigkill_during_training_at_random_moments(tmp_path):
     assert kills >= 3, "the training finished before it could be killed enough times"
     proc = _train_proc(tmp_path, out, epochs=epochs, every=every)  # resume to the end
     _, err = proc.communicate(timeout=300)
-    if proc.returncode == 1 and KNOWN_RESUME_BUG in err:
-        pytest.xfail(f"killed between the optimizer-state and manifest writes: {PENDING_TRAINING}")
     assert proc.returncode == 0, err
     run = _check_consistent(out)
     assert run.status == "complete" and run.epochs == ref.epochs
-    if run.checkpoint_sha(epochs) != ref.checkpoint_sha(epochs):
-        pytest.xfail(f"inexact resume, likely killed between the two optimizer files: {PENDING_TRAINING}")
+    assert run.checkpoint_sha(epochs) == ref.checkpoint_sha(epochs), "the resumed run is not exact"
     assert run.metrics["epoch"] == list(range(epochs + 1))
     referenced = {c["file"] for c in run.manifest["checkpoints"]}
     assert all((out / f).is_file() for f in referenced)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=PENDING_TRAINING)
 def test_sigkill_after_each_write_of_a_checkpoint_resumes_exactly(tmp_path):
     """Checkpointing epoch e writes several files (checkpoint, optimizer state, manifest last).
     Kill the process right after the 1st, 2nd, ... of them (whatever they are); every time the
