@@ -39,7 +39,7 @@ import numpy as np
 
 __all__ = ["ArrayCache", "CacheEntry", "SafeDisk", "default_cache", "cache_dir", "make_key", "CODE_VERSION"]
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 """Bumped whenever a cached computation changes its results; part of every key."""
 
 MAGIC = b"ENTKC001"

@@ -6,10 +6,9 @@ entk_core align``), its ``sweep_spec`` hook and the Alignment dashboard page.
 Cliffs and windows
 ------------------
 Cliffs are detected automatically in the spectrum of ``windows_from`` (default: the full
-kernel; :func:`entk_core.spectra.detect_cliffs` with ``min_ratio = CLIFF_MIN_RATIO = 1.1``
-instead of the rule's default 1.25: the drop that ends the sum/diff cliff is 1.46x for
-p=29/width 512 but only 1.13x for p=23/width 256, while the rule's local test, a log-gap at
-least 4x the median of its neighbours, still rejects noise) and labelled by
+kernel; :func:`entk_core.spectra.detect_cliffs`, the same rule as ``spectrum``: the drop that
+ends the sum/diff cliff is 1.46x for p=29/width 512 but only 1.13x for p=23/width 256, above
+the rule's 1.1 minimum, while its local test rejects noise) and labelled by
 :func:`entk_core.sweep.label_cliffs` (``constant`` = the isolated constant mode at index 0,
 then ``cliff 1``, ``cliff 2``, ...). The same index windows are then read in the
 eigenvectors of the requested layer group, as the paper's layerwise table does: for
@@ -62,7 +61,6 @@ from .sweep import CONSTANT_LABEL, SweepSpec, family_bases, label_cliffs, window
 
 __all__ = [
     "FOURIER",
-    "CLIFF_MIN_RATIO",
     "REPORT_FAMILIES",
     "sweep_spec",
     "fourier_bank_all",
@@ -77,7 +75,6 @@ __all__ = [
 FOURIER = ("a", "b", "sum", "diff")
 """The Fourier families of modular addition, in the order of the stacked bank."""
 
-CLIFF_MIN_RATIO = 1.1
 """The cliff rule's minimum drop for this family (module docstring)."""
 
 REPORT_FAMILIES = ("a", "b", "sum", "diff", "random")
@@ -90,7 +87,7 @@ def sweep_spec(cfg: Any, group: str) -> SweepSpec:
     kernel for per-layer sweeps); primary family ``sum`` (the paper's Fig. 2 curve) except
     for layer 1, which carries no sum modes (there the curve that rises most is used)."""
     return SweepSpec(group=group, families=REPORT_FAMILIES, window_group=analysis.FULL,
-                     primary=None if group == "net.0" else "sum", min_ratio=CLIFF_MIN_RATIO)
+                     primary=None if group == "net.0" else "sum")
 
 
 def _families(run: Run) -> dict[str, FeatureFamily]:
@@ -166,7 +163,7 @@ def cliff_windows(run: Run, epoch: int, *, windows_from: str = analysis.FULL, to
                   cache: ArrayCache | None = None, progress=None) -> list[tuple[str, int, int, float]]:
     """``[(label, start, end, drop ratio)]``: cliffs detected in ``windows_from``'s spectrum at ``epoch``."""
     ref = analysis.spectrum(run, epoch, group=windows_from, top=top, cache=cache, progress=progress)
-    cliffs = detect_cliffs(ref.eigenvalues, min_ratio=CLIFF_MIN_RATIO)
+    cliffs = detect_cliffs(ref.eigenvalues)
     labels = label_cliffs(cliffs, ref.eigenvectors)
     return [(lab, c.start, c.end, round(c.ratio, 4)) for lab, c in zip(labels, cliffs)]
 
@@ -226,7 +223,7 @@ def align_report(run: Run, epoch: int, *, group: str | None = None, beta: float 
         "families": {k: int(b.shape[1]) for k, b in bases.items()},
         "metrics": res.meta.get("metrics", {}),
         "cliffs": cliffs,
-        "own_cliffs": [c.to_dict() for c in detect_cliffs(res.eigenvalues, min_ratio=CLIFF_MIN_RATIO)],
+        "own_cliffs": [c.to_dict() for c in detect_cliffs(res.eigenvalues)],
     }
     if linearised:
         report["linearised"] = linearised_report(run, epoch, group=group, cache=cache)

@@ -11,10 +11,16 @@ A *cliff* is a block of consecutive eigenvalues followed by a sharp drop. With
 ``r_i = log(λ_i / λ_{i+1})`` the log-gap after index ``i`` (``i = 0 .. k-2``), a drop
 after index ``i`` is *sharp* when
 
-* ``λ_i / λ_{i+1} >= min_ratio`` (default 1.25), and
+* ``λ_i / λ_{i+1} >= min_ratio`` (default 1.1),
 * ``r_i >= rel_factor * m_i`` (default 4), where ``m_i`` is the median log-gap of the
   ``window`` gaps on each side (default 10; ``m_i`` is floored at 1e-3 so flat plateaus
-  do not turn noise into cliffs).
+  do not turn noise into cliffs), and
+* ``r_i`` is the largest log-gap within that window (one drop spread over neighbouring
+  indices counts once).
+
+On the modular-addition MLP (p = 17, 23, 29, 31, width 512, seed 0) this finds exactly
+1, 4⌊p/2⌋, 4⌊p/2⌋ at the last epoch (second-cliff drops 1.24-1.46x against a local
+median of 1.01x), and no spurious cliff at any epoch.
 
 Eigenvalues at or below ``tol * λ_0`` (numerical zeros) are ignored. Cliffs are the
 segments between consecutive sharp drops, starting at index 0; the last segment (after
@@ -95,7 +101,7 @@ def top_eigenpairs(
 def detect_cliffs(
     eigenvalues: np.ndarray,
     *,
-    min_ratio: float = 1.25,
+    min_ratio: float = 1.1,
     rel_factor: float = 4.0,
     window: int = 10,
     tol: float = 1e-10,
@@ -117,7 +123,7 @@ def detect_cliffs(
         lo, hi = max(0, i - window), min(len(r), i + window + 1)
         neigh = np.concatenate([r[lo:i], r[i + 1 : hi]])
         m = max(float(np.median(neigh)) if neigh.size else 0.0, 1e-3)
-        if ri >= np.log(min_ratio) and ri >= rel_factor * m:
+        if ri >= np.log(min_ratio) and ri >= rel_factor * m and (neigh.size == 0 or ri >= neigh.max()):
             drops.append(i)
     cliffs, start = [], 0
     for i in drops:

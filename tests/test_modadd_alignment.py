@@ -62,24 +62,6 @@ def test_eigenvector_image_and_power():
         ma.eigenvector_image(np.zeros(10), p)
 
 
-def test_closed_form_kernel_matches_the_engine(tiny_run_dir):
-    import torch
-
-    from entk_core.kernels import empirical_ntk
-
-    run = open_run(tiny_run_dir)
-    model, x = run.load_model(20), run.data.kernel_x
-    fam = run.family
-    for reduction in ("trace", "mean"):
-        for groups in (None, ["net.0"], ["net.3"]):
-            K = fam.closed_form_kernel(model, x, reduction=reduction, groups=groups)
-            E = empirical_ntk(model, x, reduction=reduction, groups=groups).double()
-            assert K.dtype == torch.float64 and K.shape == E.shape
-            torch.testing.assert_close(K, E, rtol=1e-5, atol=1e-6 * float(E.abs().max()))
-    assert fam.closed_form_kernel(model, x, reduction="flat") is None
-    assert fam.closed_form_kernel(model, x, reduction="trace", class_weights=torch.ones(7)) is None
-
-
 def test_align_report_structure(tiny_run_dir):
     run = open_run(tiny_run_dir)
     rep = run.family.align_report(run, 30)

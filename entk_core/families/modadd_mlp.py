@@ -128,35 +128,3 @@ class ModAddMLPFamily(ModelFamily):
         from ..modadd_analysis import sweep_spec
 
         return sweep_spec(cfg, group)
-
-    def closed_form_kernel(self, model: nn.Module, x: torch.Tensor, *, reduction: str,
-                           groups: list[str] | None = None, class_weights=None) -> torch.Tensor | None:
-        """The reduced eNTK in closed form (spec §4.5), float64, or ``None`` where it does not apply.
-
-        With ``h = W1 x / sqrt(2p)``, ``act = h²`` and outputs ``W2 act / width``:
-        ``K_net.3 = act·act' · s / width²`` and
-        ``K_net.0 = 4 (x·x') Σ_j u_j h_j h'_j / (2p · width²)`` where, for ``"trace"``,
-        ``s = 1`` and ``u_j = mean_c W2[c, j]²``; for ``"mean"``, ``s = 1/C`` and
-        ``u_j = (mean_c W2[c, j])²``. Two ``(N, width)`` products instead of the generic
-        per-class contraction (about 20x less work at p=29, width 512); tests check it
-        against :func:`entk_core.kernels.empirical_ntk`. ``None`` for other reductions,
-        class weights, or a model that is not a :class:`ModAddMLP`.
-        """
-        if reduction not in ("trace", "mean") or class_weights is not None or not isinstance(model, ModAddMLP):
-            return None
-        members = set(groups) if groups is not None else {"net.0", "net.3"}
-        if not members <= {"net.0", "net.3"}:
-            return None
-        with torch.no_grad():
-            W1, W2 = model.net[0].weight.double(), model.net[3].weight.double()
-            xd = x.double()
-            h = xd @ W1.T / math.sqrt(2 * model.p)
-            w2 = float(model.width) ** 2
-            K = torch.zeros(len(x), len(x), dtype=torch.float64)
-            if "net.3" in members:
-                act = h * h
-                K += (act @ act.T) / (w2 * (1 if reduction == "trace" else W2.shape[0]))
-            if "net.0" in members:
-                u = (W2 * W2).mean(0) if reduction == "trace" else W2.mean(0) ** 2
-                K += 4.0 * (xd @ xd.T) * ((h * u) @ h.T) / (2 * model.p * w2)
-        return K
