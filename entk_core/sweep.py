@@ -107,7 +107,7 @@ class SweepSpec:
       primary: family whose overlap derivative defines ``peak_epoch`` (see module docstring).
       max_cliffs: at most this many of each epoch's own detected cliffs are recorded.
       min_ratio: the cliff rule's minimum drop ``λ_end/λ_end+1`` for windows and own cliffs
-        (:func:`entk_core.spectra.detect_cliffs`; default: the rule's own, 1.25).
+        (:func:`entk_core.spectra.detect_cliffs`; default ``None``: the rule's own, 1.1).
     """
 
     group: str = analysis.FULL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,18 @@ def mlp29_run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mlp29") / "modadd-mlp-p29-seed0"
     train(fam, fam.Config(), out)
     return out
+
+
+@pytest.fixture
+def install_run(tmp_path, monkeypatch):
+    """``install_run(run_dir) -> name``: copy a run into a fresh runs folder and point
+    ``ENTK_RUNS_DIR`` at it (for AppTest runs of the dashboard)."""
+    root = tmp_path / "runs"
+
+    def install(run_dir: Path) -> str:
+        root.mkdir(exist_ok=True)
+        shutil.copytree(run_dir, root / run_dir.name)
+        monkeypatch.setenv("ENTK_RUNS_DIR", str(root))
+        return run_dir.name
+
+    return install

@@ -1,6 +1,5 @@
 """AppTest runs of the dashboard shell and the Spectrum page (no browser)."""
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -32,16 +31,8 @@ def test_demo_training_from_the_ui(monkeypatch):
     assert at.get("plotly_chart")
 
 
-def _install(run_dir: Path, tmp_path: Path, monkeypatch) -> str:
-    root = tmp_path / "runs"
-    root.mkdir(exist_ok=True)
-    shutil.copytree(run_dir, root / run_dir.name)
-    monkeypatch.setenv("ENTK_RUNS_DIR", str(root))
-    return run_dir.name
-
-
-def test_spectrum_page_renders_and_reacts(tiny_run_dir, tmp_path, monkeypatch):
-    name = _install(tiny_run_dir, tmp_path, monkeypatch)
+def test_spectrum_page_renders_and_reacts(install_run, tiny_run_dir):
+    name = install_run(tiny_run_dir)
     at = _app().run()
     assert not at.exception and not at.error
     assert at.session_state["run"] == name and at.session_state["epoch"] == 30
@@ -59,8 +50,8 @@ def test_spectrum_page_renders_and_reacts(tiny_run_dir, tmp_path, monkeypatch):
     assert "net.3" in spec["layout"]["title"]["text"] and "epoch 10" in spec["layout"]["title"]["text"]
 
 
-def test_url_parameters_select_the_view_and_are_confined(tiny_run_dir, tmp_path, monkeypatch):
-    name = _install(tiny_run_dir, tmp_path, monkeypatch)
+def test_url_parameters_select_the_view_and_are_confined(install_run, tiny_run_dir):
+    name = install_run(tiny_run_dir)
     at = _app()
     at.query_params["run"] = name
     at.query_params["epoch"] = "20"

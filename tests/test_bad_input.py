@@ -457,7 +457,7 @@ def test_cache_keys_cover_every_dependency(runs_root, tmp_path):
         assert keys[-1] != base
     finally:
         mp.undo()
-    for part in ("checkpoint", "group", "reduction", "beta", "config", "|v1|"):
+    for part in ("checkpoint", "group", "reduction", "beta", "config", f"|v{cache_mod.CODE_VERSION}|"):
         assert part in base, part
     # a checkpoint replaced behind the manifest's back is refused, never served from the cache
     flip_bytes(runs_root / RUN, tmp_path)

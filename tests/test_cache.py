@@ -1,7 +1,6 @@
 """The array cache: round trips, foreign/corrupt entries, compute-once under concurrency."""
 import multiprocessing as mp
 import os
-import pickle
 import sqlite3
 import stat
 import threading

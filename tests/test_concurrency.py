@@ -328,7 +328,9 @@ def _reference(tmp_path: Path, epochs: int, every: int) -> Run:
 def test_sigkill_during_training_at_random_moments(tmp_path):
     """Kill a training process at random moments, over and over; after each kill the run opens
     and verifies, and the run finally resumes to exactly the uninterrupted parameters."""
-    epochs, every = 120, 1  # a checkpoint every epoch: most of the time is spent writing files
+    epochs, every = 600, 1  # a checkpoint every epoch: most of the time is spent writing files
+    # (long enough that a fast machine cannot finish before the kills below; each attempt
+    # lives 0-0.4 s after its first manifest write)
     ref = _reference(tmp_path, epochs, every)
     out = tmp_path / "run"
     rng = random.Random(int(os.environ.get("ENTK_KILL_SEED", "0")))

@@ -1,7 +1,6 @@
 """Fourier-feature alignment of the modular-addition MLP: report helpers, `align` CLI, Alignment page."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,22 +93,14 @@ def test_align_cli(tiny_run_dir):
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "beta" in r.stderr
 
 
-def _install(run_dir: Path, tmp_path: Path, monkeypatch) -> str:
-    root = tmp_path / "runs"
-    root.mkdir(exist_ok=True)
-    shutil.copytree(run_dir, root / run_dir.name)
-    monkeypatch.setenv("ENTK_RUNS_DIR", str(root))
-    return run_dir.name
-
-
 def _titles(at):
     return [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
 
 
-def test_alignment_page(tiny_run_dir, tmp_path, monkeypatch):
+def test_alignment_page(install_run, tiny_run_dir):
     from streamlit.testing.v1 import AppTest
 
-    _install(tiny_run_dir, tmp_path, monkeypatch)
+    install_run(tiny_run_dir)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
     at.switch_page("pages/5_Alignment.py").run()
     assert not at.exception and not at.error
@@ -162,10 +153,10 @@ def test_mlp29_alignment_figures(mlp29_run_dir):
 
 
 @pytest.mark.slow
-def test_mlp29_pages(mlp29_run_dir, tmp_path, monkeypatch):
+def test_mlp29_pages(install_run, mlp29_run_dir):
     from streamlit.testing.v1 import AppTest
 
-    _install(mlp29_run_dir, tmp_path, monkeypatch)
+    install_run(mlp29_run_dir)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600).run()
     for page in ("pages/2_Grokking.py", "pages/5_Alignment.py"):
         at.switch_page(page).run()

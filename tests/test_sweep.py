@@ -1,7 +1,6 @@
 """Grokking sweeps (entk_core.sweep), the `sweep` CLI command and the Grokking page."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,8 +53,8 @@ def test_sweep_structure_and_cache_hit(tiny_run_dir, tmp_path):
     # the family hook: a, b, sum, diff and the random control; windows from the full kernel's last epoch
     assert res.families == ["a", "b", "sum", "diff", "random"] and list(res.dims) == [6] * 5
     ref = analysis.spectrum(run, 30, top=res.spec.top, cache=cache)
-    ref_cliffs = detect_cliffs(ref.eigenvalues, min_ratio=res.spec.min_ratio)
-    assert res.spec.min_ratio == 1.1 and ref_cliffs
+    ref_cliffs = detect_cliffs(ref.eigenvalues)  # the same rule as `spectrum`
+    assert res.spec.min_ratio is None and ref_cliffs
     assert [(w.start, w.end) for w in res.windows] == [(c.start, c.end) for c in ref_cliffs]
     W, F = len(res.windows), len(res.families)
     assert res.overlap.shape == res.derivative.shape == (E, W, F)
@@ -67,7 +66,7 @@ def test_sweep_structure_and_cache_hit(tiny_run_dir, tmp_path):
     # each epoch's own cliffs match the cached spectrum at that epoch
     for i, e in enumerate(run.epochs):
         ev = analysis.spectrum(run, e, top=res.spec.top, cache=cache).eigenvalues
-        own = detect_cliffs(ev, min_ratio=1.1)[: res.spec.max_cliffs]
+        own = detect_cliffs(ev)[: res.spec.max_cliffs]
         assert [(c.start, c.size) for c in res.own_cliffs(i)] == [(c.start, c.size) for c in own]
     assert res.meta["cache"] == "miss"
     n_computed = cache.computed
@@ -134,22 +133,14 @@ def test_sweep_cli(tiny_run_dir):
     assert r.returncode == 2 and r.stderr.startswith("error: unknown feature families")
 
 
-def _install(run_dir: Path, tmp_path: Path, monkeypatch) -> str:
-    root = tmp_path / "runs"
-    root.mkdir(exist_ok=True)
-    shutil.copytree(run_dir, root / run_dir.name)
-    monkeypatch.setenv("ENTK_RUNS_DIR", str(root))
-    return run_dir.name
-
-
 def _chart_titles(at) -> list[str]:
     return [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
 
 
-def test_grokking_page(tiny_run_dir, tmp_path, monkeypatch):
+def test_grokking_page(install_run, tiny_run_dir):
     from streamlit.testing.v1 import AppTest
 
-    _install(tiny_run_dir, tmp_path, monkeypatch)
+    install_run(tiny_run_dir)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
     at.switch_page("pages/2_Grokking.py").run()
     assert not at.exception and not at.error
