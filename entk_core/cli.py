@@ -18,7 +18,7 @@ from . import analysis
 from .models import get_family, list_families
 from .runs import RunError, open_run, runs_root
 
-__all__ = ["main", "build_parser", "tqdm_progress"]
+__all__ = ["main", "build_parser", "one_line", "tqdm_progress"]
 
 
 class _Progress:
@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message: the CLI's and the dashboard's error format."""
     msg = str(e).strip().splitlines()
     return msg[0] if msg else e.__class__.__name__
 
@@ -251,12 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RunError, ValueError, FileNotFoundError, PermissionError, MemoryError) as e:
         if os.environ.get("ENTK_DEBUG"):
             raise
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - the CLI never shows a traceback
         if os.environ.get("ENTK_DEBUG"):
             raise
-        print(f"error: unexpected {e.__class__.__name__}: {_one_line(e)} (set ENTK_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(f"error: unexpected {e.__class__.__name__}: {one_line(e)} (set ENTK_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
 
 

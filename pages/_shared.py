@@ -11,15 +11,11 @@ from typing import Iterator
 
 import streamlit as st
 
+from entk_core.cli import one_line
 from entk_core.runs import Run, RunError, list_runs, open_run, runs_root
 
 DEMO_FAMILY = "modadd-mlp"
 DEMO_NAME = "modadd-mlp-p29-seed0"
-
-
-def one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else e.__class__.__name__
 
 
 @contextmanager
@@ -86,7 +82,6 @@ def sidebar() -> None:
     st.sidebar.caption(f"Runs folder: `{root}`")
     st.session_state["selection_error"] = None
     st.session_state["url_messages"] = []  # messages about the link live for one script run
-    st.session_state.pop("url_error", None)
     for bname, err in broken:  # a run that cannot be opened: one line naming the file and the fault
         st.sidebar.error(f"{bname}: {one_line(err)}", icon="⚠️")
     if not good:
@@ -144,13 +139,11 @@ def _url_message(kind: str, text: str) -> None:
     """Queue a message about the link's parameters for the page (:func:`show_link_messages`)."""
     msgs = st.session_state.setdefault("url_messages", [])
     msgs.append((kind, text))
-    st.session_state["url_error"] = "; ".join(t for _, t in msgs)  # for pages reading the old key
 
 
 def show_link_messages() -> None:
     """Show what was wrong with the link's ``?run=`` / ``?epoch=`` (errors, then the fallback
     used). :func:`require_run` calls it; pages that do not use require_run call it themselves."""
-    st.session_state.pop("url_error", None)
     for kind, msg in st.session_state.pop("url_messages", []):
         (st.error if kind == "error" else st.warning)(msg, icon="⚠️")
 
@@ -218,5 +211,3 @@ class ProgressBar:
 def fmt_pct(x) -> str:
     return "–" if x is None else f"{x:.1%}"
 
-
-ROOT = Path(__file__).resolve().parent.parent
