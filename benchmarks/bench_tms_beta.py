@@ -11,8 +11,8 @@ from pathlib import Path
 
 os.environ["ENTK_CACHE_DIR"] = tempfile.mkdtemp()  # a cold cache: every beta is computed
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from entk_core import tms as T
-from entk_core.runs import open_run  # noqa: E402
+from entk_core.families.tms import analysis as T
+from entk_core.store.runs import open_run  # noqa: E402
 from entk_core.figures import spectrum_figure
 import plotly.graph_objects as go
 def heat(H):

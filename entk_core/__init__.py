@@ -4,12 +4,12 @@ their alignment with ground-truth features. No Streamlit import anywhere in here
 The public API is re-exported below; everything else is internal. Shapes and axis
 conventions are documented on each function and in docs/ARCHITECTURE.md.
 """
-from .kernels import MemoryBudgetError, empirical_ntk, empirical_ntk_by_layer, layer_groups, param_group
-from .models import Dataset, FeatureFamily, ModelFamily, get_family, list_families, register
-from .operators import KernelOperator, flat_jacobian, flat_top_eigenpairs, gram_eigenpairs
-from .runs import Run, RunError, open_run
-from .spectra import Cliff, detect_cliffs, top_eigenpairs
-from .training import train
+from .engine.kernels import MemoryBudgetError, empirical_ntk, empirical_ntk_by_layer, layer_groups, param_group
+from .families.base import Dataset, FeatureFamily, ModelFamily, get_family, list_families, register
+from .engine.operators import KernelOperator, flat_jacobian, flat_top_eigenpairs, gram_eigenpairs
+from .store.runs import Run, RunError, open_run
+from .engine.spectra import Cliff, detect_cliffs, top_eigenpairs
+from .workflows.training import train
 
 __all__ = [
     "Cliff",

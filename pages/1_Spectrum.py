@@ -1,7 +1,7 @@
 """Spectrum page: the eNTK eigenvalue spectrum of the selected checkpoint, cliffs marked."""
 import streamlit as st
 
-from entk_core import analysis
+from entk_core.workflows import analysis
 from entk_core.figures import spectrum_figure
 from pages._shared import ProgressBar, fmt_pct, guarded, load_model, require_run
 
@@ -36,7 +36,7 @@ with guarded("cannot compute the spectrum"):
     title = f"{fam.title}: {group} eNTK ({reduction}), epoch {epoch}"
     st.plotly_chart(spectrum_figure(res.eigenvalues, res.cliffs, title=title, log=log), key="spec_chart")
     if res.cliffs:
-        st.markdown("**Detected cliffs** (a block of eigenvalues ended by a sharp drop; rule in `entk_core/spectra.py`)")
+        st.markdown("**Detected cliffs** (a block of eigenvalues ended by a sharp drop; rule in `entk_core/engine/spectra.py`)")
         st.dataframe(
             [{"cliff": i + 1, "start": c.start, "end": c.end, "size": c.size, "drop ratio": round(c.ratio, 3)}
              for i, c in enumerate(res.cliffs)],

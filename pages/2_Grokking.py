@@ -1,6 +1,6 @@
 """Grokking page: how the eNTK's cliffs line up with the Fourier features over training.
 
-The sweep over every checkpoint (:func:`entk_core.sweep.sweep`) is computed once with a
+The sweep over every checkpoint (:func:`entk_core.workflows.sweep.sweep`) is computed once with a
 progress bar and cached on disk. The epoch scrubber lives in an ``st.fragment``: moving it
 reruns only the charts below it, from the cached sweep (no kernel is recomputed). The
 scrubber starts at the sidebar's checkpoint and follows it when the sidebar changes;
@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from entk_core import analysis, sweep
+from entk_core.workflows import analysis, sweep
 from entk_core.figures import CLIFF_COLORS, accuracy_figure, spectrum_figure
 from pages._shared import fmt_pct, guarded, require_run
 

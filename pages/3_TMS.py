@@ -8,10 +8,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from entk_core import tms as T
+from entk_core.families.tms import analysis as T
 from entk_core.families.tms import REPRESENTED_THRESHOLD, feature_norms
 from entk_core.figures import spectrum_figure
-from entk_core.runs import Run, list_runs, runs_root
+from entk_core.store.runs import Run, list_runs, runs_root
 from pages._shared import show_link_messages, guarded, load_model, selection
 
 FAMILY = "tms"
@@ -93,8 +93,8 @@ def _cliff_text(res: T.TMSSpectrum) -> str:
 
 # -------------------------------------------------------------- training offer
 def _train_paper_runs(missing: list[tuple[int, float]]) -> None:
-    from entk_core.models import get_family
-    from entk_core.training import train
+    from entk_core.families.base import get_family
+    from entk_core.workflows.training import train
 
     fam = get_family(FAMILY)
     bar = st.progress(0.0, text="Training the paper's TMS runs…")

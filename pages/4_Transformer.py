@@ -5,10 +5,10 @@ selected checkpoint, and that overlap over training against the accuracy curves.
 import plotly.graph_objects as go
 import streamlit as st
 
-from entk_core import analysis
-from entk_core import transformer as T
+from entk_core.workflows import analysis
+from entk_core.families.modadd_transformer import analysis as T
 from entk_core.figures import spectrum_figure
-from entk_core.runs import Run, list_runs, runs_root
+from entk_core.store.runs import Run, list_runs, runs_root
 from pages._shared import fmt_pct, guarded, load_model, selection, show_link_messages
 
 DEFAULT_NAME = "modadd-transformer-p29-seed2"
@@ -39,8 +39,8 @@ def _offer_training(existing: list[str]) -> None:
         f"into `{DEFAULT_NAME}`: a few minutes on 2 CPU cores. An interrupted training resumes where it stopped."
     )
     if st.button("Train modadd-transformer (seed 2)", key="train_transformer", type="primary"):
-        from entk_core.models import get_family
-        from entk_core.training import train
+        from entk_core.families.base import get_family
+        from entk_core.workflows.training import train
 
         fam = get_family(fam_cfg)
         bar = st.progress(0.0, text="Training the Transformer…")
@@ -97,7 +97,7 @@ with guarded("cannot show the key frequencies"):
                       xaxis={"dtick": 1}, margin={"l": 60, "r": 20, "t": 60, "b": 50})
     st.plotly_chart(fig, width="stretch", key="tf_kf_chart")
     st.caption(
-        f"Key frequencies of the final model: {key_freqs} (found automatically; rule in `entk_core/features.py`). "
+        f"Key frequencies of the final model: {key_freqs} (found automatically; rule in `entk_core/families/features.py`). "
         f"At this checkpoint the rule gives {kf['key_frequencies']} ({kf['rule']}, drop ×{kf['ratio']:.1f})."
     )
 
@@ -198,7 +198,7 @@ else:
         ms = tab["accuracy_milestones"]
         onset = "none" if tab["grokking_onset"] is None else f"{tab['grokking_onset']:g}"
         st.caption(f"Derivative peak at epoch {'–' if peak is None else f'{peak:g}'}; grokking onset (rule in "
-                   f"`entk_core/alignment.py`) {onset}; test accuracy stays ≥ "
+                   f"`entk_core/engine/measures.py`) {onset}; test accuracy stays ≥ "
                    + ", ".join(f"{k} from epoch {v}" for k, v in ms.items() if v is not None) + ".")
         with st.expander("Per-checkpoint table"):
             st.dataframe(

@@ -2,19 +2,20 @@
 
 Heatmaps of the phase-insensitive correlation between the directions of one cliff and the
 stacked Fourier banks, before or after the two-stage Laplacian rotation inside the cliff
-(:mod:`entk_core.modadd_analysis`); click an eigenvalue (or pick an index) to see its
+(:mod:`entk_core.families.modadd_mlp.analysis`); click an eigenvalue (or pick an index) to see its
 eigenvector as a p × p image over (a, b) with its 2-D Fourier power.
 """
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from entk_core import analysis, modadd_analysis as ma
-from entk_core.alignment import best_phase_corr, phase_insensitive_corr
-from entk_core.features import concat_families, modadd_families
+from entk_core.workflows import analysis
+from entk_core.families.modadd_mlp import analysis as ma
+from entk_core.engine.measures import best_phase_corr, phase_insensitive_corr
+from entk_core.families.features import concat_families, modadd_families
 from entk_core.figures import spectrum_figure
-from entk_core.spectra import Cliff
-from entk_core.sweep import CONSTANT_LABEL
+from entk_core.engine.spectra import Cliff
+from entk_core.workflows.sweep import CONSTANT_LABEL
 from pages._shared import guarded, load_model, require_run
 
 st.header("Alignment with Fourier features")

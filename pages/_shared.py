@@ -12,7 +12,7 @@ from typing import Iterator
 import streamlit as st
 
 from entk_core.cli import one_line
-from entk_core.runs import Run, RunError, list_runs, open_run, runs_root
+from entk_core.store.runs import Run, RunError, list_runs, open_run, runs_root
 
 DEMO_FAMILY = "modadd-mlp"
 DEMO_NAME = "modadd-mlp-p29-seed0"
@@ -54,8 +54,8 @@ def load_model(run: Run, epoch: int):
 
 
 def _train_demo() -> None:
-    from entk_core.models import get_family
-    from entk_core.training import train
+    from entk_core.families.base import get_family
+    from entk_core.workflows.training import train
 
     fam = get_family(DEMO_FAMILY)
     cfg = fam.Config()

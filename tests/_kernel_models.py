@@ -2,7 +2,7 @@
 
 The brute force differentiates every output of every example separately with
 ``torch.autograd.grad`` (float64) and contracts the full Jacobian rows: it shares no
-code with :mod:`entk_core.kernels`.
+code with :mod:`entk_core.engine.kernels`.
 """
 from __future__ import annotations
 

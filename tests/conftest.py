@@ -24,8 +24,8 @@ def _isolated_dirs(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory) -> Path:
     """A tiny modular-addition MLP run (p=7, width 32, 30 epochs, checkpoints every 10)."""
-    from entk_core.models import get_family
-    from entk_core.training import train
+    from entk_core.families.base import get_family
+    from entk_core.workflows.training import train
 
     fam = get_family("modadd-mlp")
     out = tmp_path_factory.mktemp("tiny") / "tiny-mlp"
@@ -36,8 +36,8 @@ def tiny_run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def mlp29_run_dir(tmp_path_factory) -> Path:
     """The paper's p=29 width-512 MLP, 500 epochs, seed 0 (about 10 s to train)."""
-    from entk_core.models import get_family
-    from entk_core.training import train
+    from entk_core.families.base import get_family
+    from entk_core.workflows.training import train
 
     fam = get_family("modadd-mlp")
     out = tmp_path_factory.mktemp("mlp29") / "modadd-mlp-p29-seed0"

@@ -1,0 +1,66 @@
+"""Helpers shared by the CLI's command modules: progress bars, output, error text."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable
+
+__all__ = ["tqdm_progress", "emit", "one_line", "add_family_options"]
+
+
+class _Progress:
+    """A ``progress(done, total, message)`` callback drawing a tqdm bar on stderr."""
+
+    def __init__(self, desc: str, mode: str = "auto"):
+        # mode "auto": draw only on a terminal; "on": always; "off": never.
+        self.desc, self.bar = desc, None
+        self.enabled = mode == "on" or (mode == "auto" and sys.stderr.isatty())
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+        self.bar.total = total
+        self.bar.n = done
+        if message:
+            self.bar.set_postfix_str(message, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def tqdm_progress(desc: str) -> _Progress:
+    return _Progress(desc, mode=os.environ.get("ENTK_PROGRESS", "auto"))
+
+
+def emit(args: argparse.Namespace, obj: dict[str, Any], text: Callable[[dict[str, Any]], str]) -> None:
+    if args.json:
+        print(json.dumps(obj, indent=1, allow_nan=False, default=float))
+    else:
+        print(text(obj))
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message: the CLI's and the dashboard's error format."""
+    msg = str(e).strip().splitlines()
+    return msg[0] if msg else e.__class__.__name__
+
+
+
+
+def add_family_options(p: argparse.ArgumentParser, fam) -> None:
+    """One ``--option`` per field of the family's ``Config`` dataclass."""
+    import dataclasses
+
+    for f in dataclasses.fields(fam.Config):
+        default = getattr(fam.Config(), f.name)
+        typ = type(default)
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=typ, default=None,
+                       metavar=typ.__name__.upper(), help=f"(default {default})")

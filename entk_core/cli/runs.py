@@ -1,0 +1,70 @@
+"""CLI commands about runs: ``train`` and ``info``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from ..families.base import get_family, list_families
+from ..store.runs import open_run, runs_root
+from ..workflows import analysis
+from .common import add_family_options, emit, tqdm_progress
+
+__all__ = ["add_commands"]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..workflows.training import train
+
+    fam = get_family(args.family)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(fam.Config) if getattr(args, f.name) is not None}
+    cfg = fam.Config(**overrides)
+    out = args.out or str(runs_root() / f"{fam.name}-seed{cfg.seed}")
+    bar = tqdm_progress(f"train {fam.name}")
+    try:
+        run = train(fam, cfg, out, progress=bar)
+    finally:
+        bar.close()
+    info = run.info()
+    emit(args, info, lambda i: (
+        f"run {i['name']} ({i['family']}) {i['status']}: {len(i['checkpoints'])} checkpoints in {run.path}\n"
+        + "final " + ", ".join(f"{k} {v:.4g}" for k, v in i["final_metrics"].items() if isinstance(v, float))
+    ))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    run = open_run(args.run)
+    info = run.info()
+    info["groups"] = analysis.kernel_groups(run)
+
+    def text(i: dict[str, Any]) -> str:
+        lines = [f"{i['name']}: {i['family']} ({i['status']})", f"  path: {i['path']}",
+                 "  config: " + ", ".join(f"{k}={v}" for k, v in i["config"].items()),
+                 f"  checkpoints: {len(i['checkpoints'])} (epochs {i['checkpoints'][0]}..{i['checkpoints'][-1]})" if i["checkpoints"] else "  checkpoints: none",
+                 "  final: " + ", ".join(f"{k}={v:.4g}" for k, v in i["final_metrics"].items() if isinstance(v, float)),
+                 "  layer groups: " + ", ".join(i["groups"])]
+        extra = {k: v for k, v in i.items() if k not in {"name", "family", "status", "path", "config", "checkpoints", "final_metrics", "groups"}}
+        lines += [f"  {k}: {v}" for k, v in extra.items()]
+        return "\n".join(lines)
+
+    emit(args, info, text)
+    return 0
+
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="train a model family into a run folder (resumes an interrupted run)")
+    fams = p.add_subparsers(dest="family", required=True, metavar="FAMILY")
+    for name in list_families():
+        fam = get_family(name)
+        fp = fams.add_parser(name, help=fam.title)
+        add_family_options(fp, fam)
+        fp.add_argument("--out", help="run folder (default runs/FAMILY-seedSEED)")
+        fp.add_argument("--json", action="store_true", help="print the run's info as JSON")
+        fp.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("info", help="config, checkpoints and summary metrics of a run")
+    p.add_argument("run", help="run folder, or a name under $ENTK_RUNS_DIR (default ./runs)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)

@@ -1,0 +1,212 @@
+"""Cached high-level operations shared by the CLI and the dashboard.
+
+Every result is keyed by everything it depends on (the checkpoint's sha256, the run's
+family and config, the layer group, reduction, k, β, dtype and
+:data:`entk_core.store.cache.CODE_VERSION`) and stored in the :class:`~entk_core.store.cache.ArrayCache`.
+
+Kernel rows are the family's kernel inputs (``run.data.kernel_x``) in their dataset
+order (``a*p + b`` for modular arithmetic); flattened kernels are class-major.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..store.cache import ArrayCache, default_cache, make_key
+from ..store.runs import Run
+from ..engine.spectra import Cliff, detect_cliffs, top_eigenpairs
+
+__all__ = ["SpectrumResult", "kernel_groups", "spectrum", "kernel_matrix", "REDUCTIONS", "FULL"]
+
+FULL = "full"
+"""The layer-group name of the whole model (all parameters)."""
+
+REDUCTIONS = ("trace", "mean", "flat")
+"""Reductions offered by the CLI and dashboard (``"full"`` 4-D kernels are library-only)."""
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class SpectrumResult:
+    """Top-k spectrum of one kernel.
+
+    ``eigenvalues``: ``(k,)`` descending; ``eigenvectors``: ``(n, k)`` or ``None``;
+    ``cliffs``: detected cliffs (see :func:`entk_core.engine.spectra.detect_cliffs`).
+    """
+
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray | None
+    cliffs: list[Cliff]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.meta,
+            "eigenvalues": [float(v) for v in self.eigenvalues],
+            "cliffs": [c.to_dict() for c in self.cliffs],
+        }
+
+
+def kernel_groups(run_or_model: Run | torch.nn.Module, family=None) -> list[str]:
+    """``["full", <each layer group in model order>, <derived groups>]``."""
+    from ..engine.kernels import layer_groups
+
+    if isinstance(run_or_model, Run):
+        family = run_or_model.family
+        model = family.build_model(run_or_model.config)
+    else:
+        model = run_or_model
+    groups = [FULL, *layer_groups(model)]
+    if family is not None:
+        groups += list(family.derived_groups)
+    return groups
+
+
+def _group_members(run: Run, group: str) -> list[str] | None:
+    """Base groups making up ``group`` (``None`` = all parameters)."""
+    if group == FULL:
+        return None
+    derived = run.family.derived_groups
+    if group in derived:
+        return list(derived[group])
+    valid = kernel_groups(run)
+    if group not in valid:
+        raise ValueError(f"unknown layer group '{group}' for {run.family.name}; choose one of: {', '.join(valid)}")
+    return [group]
+
+
+def _check_reduction(run: Run, reduction: str | None) -> str:
+    reduction = reduction or run.family.default_reduction
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction '{reduction}'; choose one of: {', '.join(REDUCTIONS)}")
+    return reduction
+
+
+def _class_weights(run: Run, beta: float | None) -> torch.Tensor | None:
+    if beta is None:
+        return None
+    if not 0.0 <= beta <= 10.0:
+        raise ValueError(f"beta must lie in [0, 10], got {beta}")
+    return run.family.class_weights(run.config, beta)
+
+
+def _base_key(run: Run, epoch: int) -> dict[str, Any]:
+    return {
+        "family": run.family.name,
+        "config": asdict(run.config),
+        "checkpoint": run.checkpoint_sha(epoch),
+    }
+
+
+def kernel_size(run: Run, reduction: str) -> int:
+    """Rows of the reduced kernel: ``N`` kernel inputs, or ``N * C`` for ``"flat"``."""
+    n = len(run.data.kernel_idx)
+    if reduction == "flat":
+        with torch.no_grad():
+            n *= run.family.build_model(run.config)(run.data.kernel_x[:1]).shape[-1]
+    return n
+
+
+def kernel_matrix(
+    run: Run,
+    epoch: int | None = None,
+    *,
+    group: str = FULL,
+    reduction: str | None = None,
+    beta: float | None = None,
+    model: torch.nn.Module | None = None,
+    cache: ArrayCache | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """The reduced ``(N, N)`` kernel ("trace" or "mean") of ``group`` at ``epoch``, cached."""
+    from ..engine.kernels import empirical_ntk
+
+    epoch = run.resolve_epoch(epoch)
+    reduction = _check_reduction(run, reduction)
+    if reduction == "flat":
+        raise ValueError("kernel_matrix serves (N, N) reductions; use spectrum() for flattened kernels")
+    members = _group_members(run, group)
+    cache = cache or default_cache()
+    key = make_key("kernel", **_base_key(run, epoch), group=group, reduction=reduction, beta=beta)
+
+    def compute():
+        m = model if model is not None else run.load_model(epoch)
+        t0 = time.perf_counter()
+        K = empirical_ntk(
+            m, run.data.kernel_x, reduction=reduction, groups=members,
+            class_weights=_class_weights(run, beta), progress=progress,
+        )
+        return {"K": K.detach().cpu().numpy()}, {"kernel_s": time.perf_counter() - t0}
+
+    return cache.get_or_compute(key, compute)["K"]
+
+
+def spectrum(
+    run: Run,
+    epoch: int | None = None,
+    *,
+    group: str = FULL,
+    reduction: str | None = None,
+    top: int | None = None,
+    beta: float | None = None,
+    model: torch.nn.Module | None = None,
+    cache: ArrayCache | None = None,
+    progress: Progress | None = None,
+) -> SpectrumResult:
+    """Top-``top`` eigenpairs of the eNTK of ``run`` at ``epoch`` with cliffs, cached.
+
+    Args:
+      group: ``"full"``, a layer group or a derived group (:func:`kernel_groups`).
+      reduction: ``"trace"``, ``"mean"`` or ``"flat"`` (default: the family's).
+      top: number of eigenpairs, at most the kernel's size ``n`` (default: the family's
+        ``default_top``, or ``n`` if smaller).
+      beta: importance rescaling β (families with class weights, e.g. TMS).
+      model: the already loaded model at ``epoch`` (saves a reload).
+    """
+    t_start = time.perf_counter()
+    epoch = run.resolve_epoch(epoch)
+    reduction = _check_reduction(run, reduction)
+    members = _group_members(run, group)
+    n = kernel_size(run, reduction)
+    top = min(run.family.default_top, n) if top is None else int(top)
+    if not 1 <= top <= n:
+        raise ValueError(f"top must be between 1 and n = {n} (the kernel's size), got {top}")
+    cache = cache or default_cache()
+    key = make_key("spectrum", **_base_key(run, epoch), group=group, reduction=reduction, top=top, beta=beta)
+
+    def compute():
+        t0 = time.perf_counter()
+        if reduction == "flat":
+            from ..engine.operators import flat_top_eigenpairs
+
+            m = model if model is not None else run.load_model(epoch)
+            vals, vecs = flat_top_eigenpairs(
+                m, run.data.kernel_x, top, groups=members, class_weights=_class_weights(run, beta)
+            )
+            t1 = time.perf_counter()
+        else:
+            K = kernel_matrix(run, epoch, group=group, reduction=reduction, beta=beta,
+                              model=model, cache=cache, progress=progress)
+            t1 = time.perf_counter()
+            vals, vecs = top_eigenpairs(K, top)
+        return {"eigenvalues": vals, "eigenvectors": vecs}, {
+            "kernel_s": round(t1 - t0, 4), "eig_s": round(time.perf_counter() - t1, 4),
+        }
+
+    entry = cache.get_or_compute(key, compute)
+    vals = entry["eigenvalues"]
+    meta = {
+        "run": run.name, "family": run.family.name, "epoch": epoch, "group": group,
+        "reduction": reduction, "top": int(len(vals)), "beta": beta,
+        "n": int(entry["eigenvectors"].shape[0]),
+        "timing": {"kernel_s": entry.meta.get("kernel_s"), "eig_s": entry.meta.get("eig_s"),
+                   "total_s": round(time.perf_counter() - t_start, 4)},
+        "cache": entry.meta.get("cache"),
+        "metrics": run.metrics_at(epoch),
+    }
+    return SpectrumResult(vals, entry["eigenvectors"], detect_cliffs(vals), meta)

@@ -1,0 +1,64 @@
+"""AppTest runs of the dashboard shell and the Spectrum page (no browser)."""
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parents[2]
+APP = str(REPO / "app.py")
+
+
+def _app() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=180)
+
+
+def test_no_runs_offers_demo():
+    at = _app().run()
+    assert not at.exception
+    assert any("No runs yet" in i.value for i in at.info)
+    assert at.button(key="train_demo")
+
+
+@pytest.mark.slow
+def test_demo_training_from_the_ui(monkeypatch):
+    from pages import _shared
+
+    at = _app().run()
+    at.button(key="train_demo").click().run()
+    assert not at.exception
+    assert at.session_state["run"] == _shared.DEMO_NAME
+    assert at.get("plotly_chart")
+
+
+def test_spectrum_page_renders_and_reacts(install_run, tiny_run_dir):
+    name = install_run(tiny_run_dir)
+    at = _app().run()
+    assert not at.exception and not at.error
+    assert at.session_state["run"] == name and at.session_state["epoch"] == 30
+    charts = at.get("plotly_chart")
+    assert charts
+    spec = json.loads(charts[0].proto.spec)
+    assert "epoch 30" in spec["layout"]["title"]["text"]
+    assert at.query_params["run"] == name and at.query_params["epoch"] == "30"
+    # change group, reduction and checkpoint
+    at.selectbox(key="spec_group").set_value("net.3").run()
+    at.selectbox(key="spec_reduction").set_value("mean").run()
+    at.select_slider(key="epoch").set_value(10).run()
+    assert not at.exception and not at.error
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert "net.3" in spec["layout"]["title"]["text"] and "epoch 10" in spec["layout"]["title"]["text"]
+
+
+def test_url_parameters_select_the_view_and_are_confined(install_run, tiny_run_dir):
+    name = install_run(tiny_run_dir)
+    at = _app()
+    at.query_params["run"] = name
+    at.query_params["epoch"] = "20"
+    at.run()
+    assert not at.exception and at.session_state["epoch"] == 20
+    at = _app()
+    at.query_params["run"] = "../../etc"
+    at.run()
+    assert not at.exception
+    assert any("not in the runs folder" in w.value for w in at.warning)

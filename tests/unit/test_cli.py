@@ -1,0 +1,54 @@
+"""The command line, end to end, through subprocesses (as a user runs it)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, env=None):
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "entk_core", *map(str, args)], cwd=REPO, env=e,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_train_info_spectrum_json(tmp_path):
+    out = tmp_path / "r"
+    r = cli("train", "modadd-mlp", "--p", 7, "--width", 32, "--epochs", 20, "--checkpoint-every", 10, "--out", out, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["checkpoints"] == [0, 10, 20] and info["config"]["p"] == 7
+    r = cli("info", out, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["status"] == "complete" and "net.0" in info["groups"]
+    r = cli("spectrum", out, "--epoch", 10, "--top", 20, "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["epoch"] == 10 and len(s["eigenvalues"]) == 20 and isinstance(s["cliffs"], list)
+    assert s["eigenvalues"] == sorted(s["eigenvalues"], reverse=True)
+    assert s["cache"] == "miss"
+    r2 = cli("spectrum", out, "--epoch", 10, "--top", 20, "--json")
+    s2 = json.loads(r2.stdout)
+    assert s2["cache"] == "hit" and s2["eigenvalues"] == s["eigenvalues"]
+    r = cli("spectrum", out, "--group", "net.3", "--reduction", "mean", "--top", 5, "--json")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["info", "/nonexistent/run"], "no such run folder"),
+    (["spectrum", "{run}", "--epoch", "7"], "no checkpoint at epoch 7"),
+    (["spectrum", "{run}", "--group", "net.9"], "unknown layer group"),
+    (["spectrum", "{run}", "--top", "0"], "top must be between 1 and n = 49"),
+    (["train", "modadd-mlp", "--p", "7", "--epochs", "0", "--out", "{tmp}/x"], "epochs"),
+])
+def test_bad_input_is_one_line_error(tiny_run_dir, tmp_path, args, needle):
+    args = [a.format(run=tiny_run_dir, tmp=tmp_path) for a in args]
+    r = cli(*args)
+    assert r.returncode == 2
+    assert needle in r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr

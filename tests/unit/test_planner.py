@@ -1,0 +1,104 @@
+"""Memory planner: byte parsing, estimates, choice of path, one-line refusals."""
+from __future__ import annotations
+
+import pytest
+
+from entk_core.engine import planner
+from entk_core.engine.planner import MemoryBudgetError, ParamSpec, choose, estimate, parse_bytes
+
+MLP = {  # modular-addition MLP, p=29, width 512
+    "net.0": [ParamSpec("net.0.weight", (512, 58), "linear_weight")],
+    "net.3": [ParamSpec("net.3.weight", (29, 512), "linear_weight")],
+}
+
+
+def test_parse_bytes():
+    assert parse_bytes("4GB") == 4 * 10**9
+    assert parse_bytes("4 GiB") == 4 * 2**30
+    assert parse_bytes("512MiB") == 512 * 2**20
+    assert parse_bytes("1e9") == 10**9
+    assert parse_bytes(12345) == 12345
+    assert parse_bytes("1.5k") == 1500
+    for bad in ("lots", "-1GB", 0, "4 XB"):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)
+
+
+def test_budget_resolution(monkeypatch):
+    monkeypatch.setenv("ENTK_MEMORY_BUDGET", "3GB")
+    assert planner.resolve_budget() == 3 * 10**9
+    assert planner.resolve_budget("1GB") == 10**9
+    monkeypatch.delenv("ENTK_MEMORY_BUDGET")
+    avail = planner.available_memory()
+    assert avail > 0
+    assert 0.3 * avail <= planner.resolve_budget() <= 0.7 * avail + 2**30
+
+
+def test_estimate_picks_structured_and_reports_every_path():
+    p = estimate(841, None, 29, MLP, "trace", "float32", by_layer=True, memory_budget="8GB")
+    assert p.fits and p.method == "structured"
+    assert set(p.paths) == {"structured", "jacobian", "ntk_vp"}
+    assert p.output_bytes == 2 * 841 * 841 * 4
+    assert p.paths["jacobian"]["flops"] > 10 * p.paths["structured"]["flops"]
+    assert p.bytes <= p.budget
+    d = p.to_dict()
+    assert d["method"] == "structured" and "summary" not in d
+    assert "structured" in p.summary() and "\n" not in p.summary()
+
+
+def test_flat_output_size_and_chunking():
+    p = estimate(841, None, 29, MLP, "flat", "float32", memory_budget="8GB")
+    assert p.output_bytes == (29 * 841) ** 2 * 4
+    assert p.chunk_size < 841          # the (C·B)² tiles are capped
+    p64 = estimate(841, None, 29, MLP, "flat", "float64", memory_budget="16GB")
+    assert p64.output_bytes == 2 * p.output_bytes
+
+
+def test_refusal_is_one_line_with_suggestions():
+    with pytest.raises(MemoryBudgetError) as ei:
+        choose(841, None, 29, MLP, "flat", "float32", memory_budget="1GB")
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert "reduction='flat'" in msg and "1 GB" in msg and f"output {planner.format_bytes((29 * 841) ** 2 * 4)}" in msg
+    assert "at most" in msg and "reduction='trace'" in msg and "flat_top_eigenpairs" in msg
+    # the suggested input count really fits
+    n = int(msg.split("at most ")[1].split()[0])
+    assert estimate(n, None, 29, MLP, "flat", "float32", memory_budget="1GB").fits
+    assert not estimate(n + 1, None, 29, MLP, "flat", "float32", memory_budget="1GB").fits
+
+
+def test_refusal_suggests_a_single_group():
+    groups = {"big": [("big.w", (4000, 4000), "other")], "small": [("small.w", (10, 10), "other")]}
+    with pytest.raises(MemoryBudgetError, match="one layer group \\('small'\\)"):
+        choose(50, None, 10, groups, "trace", "float32", method="jacobian", memory_budget="100MB")
+
+
+def test_choose_form():
+    # an MLP layer (one position): pairwise beats per-example gradients
+    assert planner.choose_form("linear", 58, 512, 1, 29, 29, "outer") == "pair"
+    # long sequences with a small layer: per-example gradients win
+    assert planner.choose_form("linear", 16, 16, 128, 1, 1, "outer") == "perex"
+
+
+def test_bad_requests():
+    with pytest.raises(ValueError, match="reduction"):
+        estimate(10, None, 2, MLP, "diag")
+    with pytest.raises(ValueError, match="kind"):
+        estimate(10, None, 2, {"g": [("w", (2, 2), "conv")]})
+    with pytest.raises(ValueError, match="method"):
+        estimate(10, None, 2, MLP, method="magic")
+
+
+def test_estimate_model_matches_what_runs():
+    import torch
+
+    from _kernel_models import make
+    from entk_core.engine.kernels import _Ctx
+
+    m, x1, _ = make("attn")
+    p = planner.estimate_model(m, x1, reduction="flat", memory_budget="1GB")
+    assert p.fits and p.method in ("structured", "jacobian", "ntk_vp")
+    ctx = _Ctx(m, x1, None, reduction="flat", memory_budget="1GB")
+    assert ctx.plan.method == p.method and ctx.plan.chunk_size == p.chunk_size
+    small = planner.estimate_model(m, torch.randint(0, 5, (400, 3)), reduction="full", memory_budget="1MB")
+    assert not small.fits and small.method is None and "what would fit" in small.suggestion
