@@ -22,7 +22,7 @@ def test_no_runs_offers_demo():
 
 @pytest.mark.slow
 def test_demo_training_from_the_ui(monkeypatch):
-    from pages import _shared
+    from app_pages import _shared
 
     at = _app().run()
     at.button(key="train_demo").click().run()

@@ -102,7 +102,7 @@ def test_alignment_page(install_run, tiny_run_dir):
 
     install_run(tiny_run_dir)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/5_Alignment.py").run()
+    at.switch_page("app_pages/alignment.py").run()
     assert not at.exception and not at.error
     titles = _titles(at)
     assert any("phase-insensitive correlation" in t for t in titles)
@@ -129,7 +129,7 @@ def test_alignment_page_other_family_shows_info(tmp_path, monkeypatch):
     train(fam, fam.Config(n=5, m=2, n_points=20, epochs=2, checkpoint_every=1), root / "tms-tiny")
     monkeypatch.setenv("ENTK_RUNS_DIR", str(root))
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/5_Alignment.py").run()
+    at.switch_page("app_pages/alignment.py").run()
     assert not at.exception and not at.error
     assert any("needs a modular-arithmetic run" in i.value for i in at.info)
 
@@ -158,7 +158,7 @@ def test_mlp29_pages(install_run, mlp29_run_dir):
 
     install_run(mlp29_run_dir)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600).run()
-    for page in ("pages/2_Grokking.py", "pages/5_Alignment.py"):
+    for page in ("app_pages/grokking.py", "app_pages/alignment.py"):
         at.switch_page(page).run()
         assert not at.exception and not at.error
         assert at.get("plotly_chart")

@@ -142,7 +142,7 @@ def test_grokking_page(install_run, tiny_run_dir):
 
     install_run(tiny_run_dir)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/2_Grokking.py").run()
+    at.switch_page("app_pages/grokking.py").run()
     assert not at.exception and not at.error
     titles = _chart_titles(at)
     assert len(titles) == 3 and any("spectrum at epoch 30" in t for t in titles)

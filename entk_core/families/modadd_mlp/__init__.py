@@ -128,3 +128,14 @@ class ModAddMLPFamily(ModelFamily):
         from .analysis import sweep_spec
 
         return sweep_spec(cfg, group)
+
+    def eigenvector_view(self, cfg: Any) -> str:
+        """Kernel rows are the p² pairs (a, b), row ``a*p + b``: a p x p image."""
+        return "grid"
+
+    def group_labels(self, cfg: Any) -> dict[str, str]:
+        return {"net.0": "W1, input → hidden", "net.3": "W2, hidden → output"}
+
+    def hidden_activations(self, model: nn.Module, x: Any) -> torch.Tensor:
+        """The hidden layer after the quadratic activation, ``(N, width)`` (the input of ``net.3``)."""
+        return model.net[:3](x)

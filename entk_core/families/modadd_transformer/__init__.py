@@ -375,3 +375,21 @@ class ModAddTransformerFamily(ModelFamily):
             raise ValueError(f"beta (importance rescaling) is not used by the {self.name} family")
         return align_report(run, epoch, group=options.get("group") or self.default_align_group,
                             cache=options.get("cache"), progress=options.get("progress"))
+
+    def eigenvector_view(self, cfg: Any) -> str:
+        """Kernel rows are the p² pairs (a, b), row ``a*p + b``: a p x p image."""
+        return "grid"
+
+    def group_labels(self, cfg: Any) -> dict[str, str]:
+        return {"embed": "W_E, token embedding", "pos_embed": "W_pos, positions", "attn.W_Q": "queries",
+                "attn.W_K": "keys", "attn.W_V": "values", "attn.W_O": "attention output",
+                "attn.OV": "W_O + W_V", "mlp.W_in": "MLP in", "mlp.W_out": "MLP out",
+                "unembed": "W_U, residual → logits"}
+
+    def hidden_activations(self, model: nn.Module, x: Any) -> torch.Tensor:
+        """The residual stream at the last position after the MLP, ``(N, d_model)`` (what the
+        unembedding reads)."""
+        h = model.pos_embed(model.embed(x))
+        h = h + model.attn(h)
+        h = h + model.mlp(h)
+        return h[:, -1]

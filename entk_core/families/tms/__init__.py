@@ -181,3 +181,10 @@ class TMSFamily(ModelFamily):
 
         return align_report(run, epoch, beta=options.get("beta"), group=options.get("group"),
                             cache=options.get("cache"))
+
+    def eigenvector_view(self, cfg: Any) -> str:
+        """Flattened class-major rows, one class per feature: a vector over the features."""
+        return "features"
+
+    def group_labels(self, cfg: Any) -> dict[str, str]:
+        return {"W": "tied encoder/decoder, m × n", "b": "output bias"}
