@@ -33,6 +33,7 @@ for each control, then draw; stop early with :func:`stop`. Long work: :func:`lon
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import traceback
@@ -421,7 +422,7 @@ def _list_runs_cached(root: str, mtime: float):
     return list_runs(Path(root))
 
 
-def _runs_listing(root: Path):
+def runs_listing(root: Path):
     try:
         mtime = root.stat().st_mtime
     except OSError:
@@ -433,7 +434,7 @@ def sidebar() -> None:
     """The run and checkpoint picker (URL ``run``, ``epoch``) and the cache panel."""
     begin_view()
     root = runs_root()
-    runs = _runs_listing(root)
+    runs = runs_listing(root)
     good = [name for name, r in runs if isinstance(r, Run) and r.epochs]
     broken = [(name, r) for name, r in runs if not isinstance(r, Run)]
     st.sidebar.caption("Runs folder: `runs/`" if root.name == "runs" else f"Runs folder: `{root.name}/`")
@@ -583,7 +584,7 @@ def long_call(key: str, label: str, fn: Callable, run: Run, *, target: str, kwar
     if small:
         with ProgressBar(label) as bar:
             return fn(run, **kwargs, progress=bar)
-    wkey = "long_" + str(abs(hash(key)) % 10**10)
+    wkey = "long_" + hashlib.sha256(key.encode()).hexdigest()[:10]
     if st.session_state.get(wkey + "_stop"):
         state.pop(key, None)
         st.warning("Stopped. Nothing was cached; start again when you like.")
@@ -790,7 +791,7 @@ def compare_options(run: Run, epoch: int) -> list[str]:
     this run (``"200"``) and the checkpoints of other runs of the same family
     (``"RUN@EPOCH"``)."""
     opts = [""] + [str(e) for e in run.epochs if e != epoch]
-    for name, r in _runs_listing(runs_root()):
+    for name, r in runs_listing(runs_root()):
         if isinstance(r, Run) and name != run.name and r.epochs and r.family.name == run.family.name:
             opts += [f"{name}@{e}" for e in r.epochs]
     return opts

@@ -1,134 +1,141 @@
-"""Grokking page: how the eNTK's cliffs line up with the Fourier features over training.
+"""Grokking page: how the eNTK's cliffs line up with the feature families over training,
+beside the PCA baseline of the hidden activations.
 
-The sweep over every checkpoint (:func:`entk_core.workflows.sweep.sweep`) is computed once with a
-progress bar and cached on disk. The epoch scrubber lives in an ``st.fragment``: moving it
-reruns only the charts below it, from the cached sweep (no kernel is recomputed). The
-scrubber starts at the sidebar's checkpoint and follows it when the sidebar changes;
-moving the scrubber does not change the sidebar (so other pages keep their checkpoint).
+The sweep over every checkpoint (:func:`entk_core.workflows.alignment.grokking_sweep`) is
+computed once (progress; a worker with Stop when it is long) and cached on disk. The epoch
+is the sidebar's checkpoint slider, the page's one epoch control: moving it redraws the
+charts from the cached sweep (no kernel is recomputed).
 """
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
-from entk_core.workflows import analysis, sweep
-from entk_core.figures import CLIFF_COLORS, accuracy_figure, spectrum_figure
-from pages._shared import fmt_pct, guarded, require_run
+from entk_core.figures import accuracy_figure, overlap_figure
+from entk_core.workflows import alignment, analysis
+from entk_core.workflows.sweep import CONSTANT_LABEL
+from app_pages._shared import (cache_caption, compare_control, estimate_seconds, export_buttons, fmt_pct,
+                               group_name, groups_of, guarded, long_call, not_available, require_run,
+                               spectrum_explorer, stop, timed, url_multiselect, url_selectbox, vector_figures)
 
 st.header("Grokking: eNTK feature alignment over training")
-run, sidebar_epoch = require_run()
+run, epoch = require_run()
 fam = run.family
+if not fam.offers("grokking"):
+    not_available(run, "The grokking view", "It needs a classification family trained here (accuracy over "
+                  "training); pick a modular-addition run in the sidebar.")
 
-groups = analysis.kernel_groups(run)
-c1, c2 = st.columns([2, 6])
-group = c1.selectbox("Layer group", groups, key="grok_group",
-                     help="full = all parameters; net.0 / net.3 = one layer's eNTK (the layerwise localisation)")
-c2.caption(
-    "Each checkpoint's eNTK spectrum is compared with the ground-truth feature families. Windows are the cliffs "
-    "detected automatically at the reference checkpoint (the last), tracked at every epoch, as in the paper's "
-    "Fig. 2. Onset: the logging interval where test accuracy rises, for good, 10% of the way from chance to its "
-    "plateau. Peak: where the first derivative of the primary overlap curve is largest."
+groups = groups_of(run)
+c1, c2 = st.columns([2, 2])
+group = url_selectbox("group", "Layer group", groups, analysis.FULL, key="grok_group", where=c1,
+                      format_func=lambda g: group_name(run, g),
+                      help="full = all parameters; one layer = that layer's eNTK (the layerwise localisation)")
+other = compare_control(run, epoch, key="grok_compare", where=c2)
+st.caption(
+    "Each checkpoint's eNTK spectrum is compared with the ground-truth feature families. Windows are the blocks "
+    "detected at the reference checkpoint (the last), tracked at every epoch, as in the paper's Fig. 2. Onset: "
+    "the logging interval where test accuracy rises, for good, 10% of the way from chance to its plateau. Peak: "
+    "where the first derivative of the primary overlap curve is largest. PCA (dashed): the top principal "
+    "directions of the hidden activations, as many as the window has eigenvectors."
 )
 
 
-def overlap_figure(res: sweep.SweepResult, window: int, families: list[str], current: int) -> go.Figure:
-    """% overlap (top) and its first derivative per logging step (bottom) of one window."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.62, 0.38],
-                        subplot_titles=("% overlap with the feature subspace", "first derivative (points per logging step)"))
-    x = res.epochs
-    for n, f in enumerate(families):
-        k = res.family_index(f)
-        color = CLIFF_COLORS[n % len(CLIFF_COLORS)]
-        fig.add_trace(go.Scatter(x=x, y=res.percent[:, window, k], mode="lines+markers", name=f"{f} ({res.dims[k]}-dim)",
-                                 line={"color": color}, marker={"size": 4}, legendgroup=f,
-                                 hovertemplate="epoch %{x}<br>%{y:.1f}%<extra>" + f + "</extra>"), row=1, col=1)
-        fig.add_trace(go.Scatter(x=x, y=res.derivative[:, window, k], mode="lines", name=f"d {f}",
-                                 line={"color": color, "dash": "dot"}, legendgroup=f, showlegend=False,
-                                 hovertemplate="epoch %{x}<br>%{y:+.2f} pts/step<extra>d " + f + "</extra>"),
-                      row=2, col=1)
-    # marker lines on both rows, labelled once (current epoch below, onset and peak above)
-    for row in (1, 2):
-        fig.add_vline(x=current, line={"color": "#EF553B", "width": 2}, row=row, col=1,
-                      **({"annotation_text": f"epoch {current}", "annotation_position": "bottom right"} if row == 2 else {}))
-        if res.onset_epoch is not None:
-            fig.add_vline(x=res.onset_epoch, line={"color": "#555", "width": 1.5, "dash": "dash"}, row=row, col=1,
-                          **({"annotation_text": f"onset {res.onset_epoch:g}", "annotation_position": "top right"}
-                             if row == 1 else {}))
-        if res.peak_epoch is not None:
-            fig.add_vline(x=res.peak_epoch, line={"color": "#00CC96", "width": 1.5, "dash": "dot"}, row=row, col=1,
-                          **({"annotation_text": f"peak {res.peak_epoch:g}", "annotation_position": "top left"}
-                             if row == 1 else {}))
-    w = res.windows[window]
-    fig.update_layout(title={"text": f"Overlap of {w.label} (eigenvectors {w.start}–{w.end}) with the feature families"},
-                      height=520, margin={"l": 60, "r": 20, "t": 80, "b": 50}, hovermode="x unified",
-                      legend={"orientation": "h", "y": -0.12})
-    fig.update_yaxes(title_text="% overlap", range=[0, 100], row=1, col=1)
-    fig.update_xaxes(title_text="epoch", row=2, col=1)
-    return fig
+def _sweep(r, label):
+    n_ck = len(r.epochs)
+    est = n_ck * estimate_seconds(r, reduction=r.family.default_reduction, group=group, top=r.family.default_top) / 2
+    return long_call(f"sweep|{r.path}|{group}", f"the sweep of {label}", alignment.grokking_sweep, r,
+                     target="entk_core.workflows.alignment:grokking_sweep", kwargs={"group": group}, estimate_s=est)
 
 
-@st.fragment
-def scrubber(res: sweep.SweepResult, group: str) -> None:
-    epochs = [int(e) for e in res.epochs]
-    if st.session_state.get("grok_epoch") not in epochs:
-        st.session_state["grok_epoch"] = epochs[-1]
-    ep = st.select_slider("Epoch (scrub through training)", options=epochs, key="grok_epoch")
-    i = res.epoch_index(ep)
-    m = run.metrics
+with guarded("cannot compute the sweep"):
+    res, dt = timed(_sweep, run, "every checkpoint")
+    if res is None:
+        stop()
+    i = res.epoch_index(epoch)
+    wins = list(range(len(res.windows)))
+    default_w = res.primary[0] if res.primary else 0
+    wlabel = lambda j: (("constant mode" if res.windows[j].label == CONSTANT_LABEL else res.windows[j].label)  # noqa: E731
+                        + f" [{res.windows[j].start}–{res.windows[j].end}]")
+    d1, d2 = st.columns([2, 5])
+    wi = url_selectbox("window", "Window", wins, default_w, key="grok_window", where=d1, format_func=wlabel,
+                       url_format=lambda j: res.windows[j].label.replace(" ", "") if j < len(res.windows) else str(j))
+    fams_default = [f for f in res.families if f != "random"] or res.families
+    fams = url_multiselect("families", "Families", res.families, fams_default, key="grok_fams", where=d2)
+
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Epoch", ep)
+    m1.metric("Epoch", epoch)
     m2.metric("Test accuracy", fmt_pct(None if np.isnan(res.test_acc[i]) else float(res.test_acc[i])))
     m3.metric("Grokking onset", "–" if res.onset_epoch is None else f"{res.onset_epoch:g}")
     m4.metric("Overlap-derivative peak", "–" if res.peak_epoch is None else f"{res.peak_epoch:g}",
               help=(f"{res.windows[res.primary[0]].label} vs {res.primary[1]}" if res.primary else None))
 
-    left, right = st.columns(2)
-    markers = {}
-    if res.onset_epoch is not None:
-        markers[f"onset {res.onset_epoch:g}"] = res.onset_epoch
+    m = run.metrics
+    markers = {f"onset {res.onset_epoch:g}": res.onset_epoch} if res.onset_epoch is not None else {}
     series = {k: m.get(k, []) for k in ("train_acc", "test_acc") if m.get(k)}
-    left.plotly_chart(accuracy_figure(m.get("epoch", []), series, current=ep, markers=markers), key="grok_acc")
-    extra = {f"epoch {epochs[0]}": res.eigenvalues[0], f"epoch {epochs[-1]}": res.eigenvalues[-1]}
-    # shade the cliffs detected at this epoch, numbered like the windows (the constant mode apart)
-    cliffs = [c for c, lab in zip(res.own_cliffs(i), res.own_labels(i)) if lab != sweep.CONSTANT_LABEL]
-    right.plotly_chart(spectrum_figure(res.eigenvalues[i], cliffs, extra=extra,
-                                       title=f"{group} eNTK spectrum at epoch {ep} (cliffs detected at this epoch)"),
-                       key="grok_spec")
+    left, right = st.columns(2)
+    acc_fig = accuracy_figure(m.get("epoch", []), series, current=epoch, markers=markers)
+    left.plotly_chart(acc_fig, key="grok_acc", width="stretch")
 
-    labels = [f"{w.label} [{w.start}–{w.end}]" for w in res.windows]
-    default_w = res.primary[0] if res.primary else 0
-    c1, c2 = st.columns([2, 5])
-    wi = c1.selectbox("Window", range(len(labels)), index=default_w, format_func=lambda j: labels[j], key="grok_window")
-    fams = c2.multiselect("Families", res.families, default=[f for f in res.families if f != "random"] or res.families,
-                          key="grok_fams")
-    st.plotly_chart(overlap_figure(res, wi, fams, ep), key="grok_overlap")
+    # the spectrum at this epoch, its own blocks labelled like the windows; click for an eigenvector
+    spec = analysis.spectrum(run, epoch, group=res.spec.group, reduction=res.spec.reduction, top=res.spec.top)
+    extra = None
+    if other is not None and other[0].path == run.path:
+        extra = {other[2]: res.eigenvalues[res.epoch_index(other[1])]}
+    with right:
+        _, spec_fig, vfigs = spectrum_explorer(
+            run, key="grok", eigenvalues=res.eigenvalues[i], cliffs=res.own_cliffs(i), labels=res.own_labels(i),
+            title=f"{group} eNTK spectrum at epoch {epoch} (blocks detected at this epoch)", log=True,
+            n_vectors=spec.eigenvectors.shape[1], default_vector=res.windows[wi].start, extra=extra, height=380,
+            vector_of=lambda j: vector_figures(run, spec.eigenvectors[:, j], title=f"eigenvector {j} at epoch {epoch}"))
+
+    # overlap over training: eNTK windows, PCA with the same budget, and the compared run
+    w = res.windows[wi]
+    curves, ders, dashed = {}, {}, []
+    for f in fams:
+        k = res.family_index(f)
+        name = f"{f} ({res.dims[k]}-dim)"
+        curves[name], ders[name] = res.percent[:, wi, k], res.derivative[:, wi, k]
+    pca_note = ""
+    if fam.offers("pca") and fams:
+        pca = long_call(f"pca|{run.path}|{w.size}|{fams}", "the PCA baseline over training", alignment.pca_over_training,
+                        run, target="entk_core.workflows.alignment:pca_over_training",
+                        kwargs={"sizes": [w.size], "families": list(fams)}, estimate_s=0.05 * len(run.epochs))
+        if pca is not None:
+            for kf, f in enumerate(fams):
+                name = f"{f} · PCA"
+                curves[name] = 100 * pca[:, 0, kf] / max(res.dims[res.family_index(f)], 1)
+                dashed.append(name)
+    elif not fam.offers("pca"):
+        pca_note = " (no PCA baseline: the family declares no hidden activations)"
+    if other is not None and other[0].path != run.path:
+        res2 = _sweep(other[0], other[0].name)
+        if res2 is not None:
+            try:
+                w2 = res2.window_index(w.label)
+                for f in fams:
+                    if f in res2.families:
+                        name = f"{f} · {other[0].name}"
+                        curves[name] = np.interp(res.epochs, res2.epochs, res2.percent[:, w2, res2.family_index(f)])
+                        dashed.append(name)
+            except ValueError as e:
+                st.info(f"compare: {e}")
+    ov_fig = overlap_figure(res.epochs, curves, derivatives=ders, dashed=dashed, current=epoch,
+                            markers={**markers, **({f"peak {res.peak_epoch:g}": res.peak_epoch}
+                                                   if res.peak_epoch is not None else {})},
+                            title=f"Overlap of {wlabel(wi)} with the feature families{pca_note}")
+    st.plotly_chart(ov_fig, key="grok_overlap", width="stretch")
 
     rows = []
-    for j, w in enumerate(res.windows):
-        row = {"window": f"{w.label} [{w.start}–{w.end}]"}
+    for j, wj in enumerate(res.windows):
+        row = {"window": wlabel(j)}
         row.update({f: round(float(res.overlap[i, j, k]), 2) for k, f in enumerate(res.families)})
         rows.append(row)
-    st.markdown(f"**Subspace overlap at epoch {ep}** (out of each family's dimension: "
+    st.markdown(f"**Subspace overlap at epoch {epoch}** (out of each family's dimension: "
                 + ", ".join(f"{f} {d}" for f, d in zip(res.families, res.dims)) + ")")
     st.dataframe(rows, hide_index=True, width="content")
-
-
-with guarded("cannot compute the sweep"):
-    spec = sweep.default_spec(run, group)
-    bar = st.progress(0.0, text="Computing the eNTK at every checkpoint…")
-
-    def progress(done: int, total: int, message: str) -> None:
-        bar.progress(min(done / max(total, 1), 1.0), text=f"Computing the eNTK at every checkpoint: {message} ({done}/{total})")
-
-    try:
-        res = sweep.sweep(run, spec, progress=progress)
-    finally:
-        bar.empty()
-    # the scrubber starts at the sidebar's checkpoint and follows it when the sidebar changes
-    if st.session_state.get("grok_synced") != (run.name, sidebar_epoch):
-        st.session_state["grok_synced"] = (run.name, sidebar_epoch)
-        st.session_state["grok_epoch"] = sidebar_epoch
-    scrubber(res, group)
     st.caption(f"{len(res.epochs)} checkpoints · windows from the {res.meta['window_group']} kernel at epoch "
-               f"{res.meta['reference_epoch']} · "
-               + ("served from the cache" if res.meta["cache"] == "hit" else f"computed in {res.meta['total_s']:.1f} s and cached"))
+               f"{res.meta['reference_epoch']} · " + cache_caption(res.meta, dt, res.meta.get("compute_s")))
+    curve_rows = [{"epoch": int(e), **{n: round(float(c[t]), 3) for n, c in curves.items()}}
+                  for t, e in enumerate(res.epochs)]
+    export_buttons(f"{run.name}_grokking_{group}", arrays={"epochs": res.epochs, "eigenvalues": res.eigenvalues,
+                                                           "overlap": res.overlap, "dims": res.dims},
+                   tables={"overlap_curves": curve_rows, f"overlap_at_{epoch}": rows},
+                   figures={"accuracy": acc_fig, "spectrum": spec_fig, "overlap": ov_fig}, key="grok_export")

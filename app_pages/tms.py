@@ -1,114 +1,30 @@
 """TMS page (spec §3): represented features, the β importance-rescaled flattened eNTK
-spectrum with its cliffs, the eigenvector x feature heatmap (a β slider redraws both in
-a fragment), and the paper's three configurations side by side."""
-import threading
-import time
-
+spectrum with its cliffs, the eigenvector × feature heatmap, one eigenvector over the
+features (click an eigenvalue), and the paper's three configurations side by side. One β
+control drives every view (a fragment redraws them when it moves)."""
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
+from entk_core.families.tms import REPRESENTED_THRESHOLD, TMSFamily, feature_norms, represented_features
 from entk_core.families.tms import analysis as T
-from entk_core.families.tms import REPRESENTED_THRESHOLD, feature_norms
-from entk_core.figures import spectrum_figure
-from entk_core.store.runs import Run, list_runs, runs_root
-from pages._shared import show_link_messages, guarded, load_model, selection
+from entk_core.figures import feature_norms_figure, heatmap_figure, spectrum_figure
+from entk_core.store.runs import Run
+from app_pages._shared import (runs_listing, cache_caption, export_buttons, guarded, load_model, runs_root,
+                               select_run_button, selection, spectrum_explorer, sync_url, timed, train_runs,
+                               url_float, url_int, url_toggle, vector_figures)
 
-FAMILY = "tms"
 PAPER = [(10, 0.3, "dense"), (10, 0.9, "sparse, high superposition"), (40, 0.9, "dense")]
 PAPER_COUNTS = {(10, 0.3): 10, (10, 0.9): 21, (40, 0.9): 42}
 BETA_STEP = 0.05
-BETA_GRID = [round(i * BETA_STEP, 2) for i in range(int(round(1 / BETA_STEP)) + 1)]
 
 
 def paper_name(m: int, S: float, seed: int = 0) -> str:
     return f"tms-m{m}-s{S}-seed{seed}"
 
 
-st.header("Toy Models of Superposition")
-
-
-
-
-def _select_run(name: str) -> None:  # a button callback: runs before the sidebar widget
-    st.session_state["run"] = name
-    st.session_state.pop("epoch", None)
-
-
 def _tms_runs() -> dict[str, Run]:
-    return {n: r for n, r in list_runs(runs_root()) if isinstance(r, Run) and r.family.name == FAMILY and r.epochs}
-
-
-@st.cache_resource(show_spinner=False)
-def _warmups() -> dict:
-    return {"started": set(), "lock": threading.Lock()}
-
-
-def _warm_beta_grid(run: Run, epoch: int, top: int, model, around: float) -> None:
-    """Precompute every slider position of this checkpoint in the background, nearest to
-    ``around`` first (cached on disk), so later slider moves are cache hits."""
-    reg, key = _warmups(), (str(run.path), run.checkpoint_sha(epoch), top)
-    with reg["lock"]:
-        if key in reg["started"]:
-            return
-        reg["started"].add(key)
-
-    def work() -> None:
-        for b in sorted(BETA_GRID, key=lambda b: abs(b - around)):
-            try:
-                T.analyse(run, epoch, beta=b, top=top, model=model)
-            except Exception:  # noqa: BLE001 - best effort; the foreground reports errors
-                return
-
-    threading.Thread(target=work, name=f"tms-warm-{run.name}", daemon=True).start()
-
-
-def heatmap_figure(H: np.ndarray, *, title: str, height: int = 460, best: np.ndarray | None = None) -> go.Figure:
-    """Feature (rows) x eigenvector (columns) heatmap of column-normalised |cos|."""
-    n, k = H.shape
-    fig = go.Figure(go.Heatmap(
-        z=H, x=np.arange(k), y=np.arange(n), colorscale="Viridis", zmin=0, zmax=1,
-        colorbar={"title": {"text": "|cos|"}, "thickness": 12},
-        hovertemplate="eigenvector %{x}<br>feature %{y}<br>|cos| %{z:.3f}<extra></extra>",
-    ))
-    if best is not None:
-        fig.add_trace(go.Scatter(x=np.arange(k), y=best, mode="markers", name="best feature",
-                                 marker={"size": 3, "color": "#EF553B"}, hoverinfo="skip", showlegend=False))
-    fig.update_layout(title={"text": title}, xaxis_title="eigenvector index", yaxis_title="feature (importance order)",
-                      yaxis={"autorange": "reversed"}, height=height, margin={"l": 60, "r": 20, "t": 60, "b": 50})
-    return fig
-
-
-def _spectrum_fig(res: T.TMSSpectrum, represented: int, n: int, *, title: str, log: bool, height: int = 460):
-    refs = {f"{represented} represented": represented - 0.5, f"n = {n}": n - 0.5}
-    fig = spectrum_figure(res.eigenvalues, res.cliffs, title=title, log=log, reference_lines=refs)
-    fig.update_layout(height=height)
-    return fig
-
-
-def _cliff_text(res: T.TMSSpectrum) -> str:
-    s = res.sharpest
-    return "no sharp cliff" if s is None else f"sharpest cliff {s.start}–{s.end} (size {s.size}, drop ×{s.ratio:.2f})"
-
-
-# -------------------------------------------------------------- training offer
-def _train_paper_runs(missing: list[tuple[int, float]]) -> None:
-    from entk_core.families.base import get_family
-    from entk_core.workflows.training import train
-
-    fam = get_family(FAMILY)
-    bar = st.progress(0.0, text="Training the paper's TMS runs…")
-    with guarded("training failed"):
-        for i, (m, S) in enumerate(missing):
-            name = paper_name(m, S)
-
-            def progress(done: int, total: int, message: str, i=i, name=name) -> None:
-                if done % 50 == 0 or done == total:
-                    bar.progress((i + done / total) / len(missing), text=f"{name} ({i + 1}/{len(missing)}): {message}")
-
-            train(fam, fam.Config(m=m, sparsity=S, seed=0), runs_root() / name, progress=progress)
-        bar.progress(1.0, text="done")
-        st.rerun()  # the sidebar lists the new runs
+    return {n: r for n, r in runs_listing(runs_root())
+            if isinstance(r, Run) and isinstance(r.family, TMSFamily) and r.epochs}
 
 
 def _offer_paper_training(runs: dict[str, Run], key: str) -> None:
@@ -119,129 +35,116 @@ def _offer_paper_training(runs: dict[str, Run], key: str) -> None:
     st.markdown(f"Train the paper's configurations {names} (n = 50, I = 0.8, 500 points, 5,000 full-batch Adam "
                 "steps, seed 0): 15–30 s each on 2 CPU cores.")
     if st.button(f"Train {len(missing)} TMS run{'s' if len(missing) > 1 else ''}", key=key, type="primary"):
-        _train_paper_runs(missing)
+        train_runs([("tms", {"m": m, "sparsity": S, "seed": 0}, paper_name(m, S)) for m, S in missing])
     st.caption("Or from a terminal: " + " ; ".join(
         f"`python -m entk_core train tms --m {m} --sparsity {S} --seed 0 --out runs/{paper_name(m, S)}`"
         for m, S in missing))
 
 
-# --------------------------------------------------------------- selected run
-@st.fragment
-def beta_view(run: Run, epoch: int, represented: int, top: int, log: bool) -> None:
-    """The β slider and everything it drives; reruns alone when β changes."""
-    beta = st.slider("Importance rescaling β (class rows scaled by I_c^{β/2})", 0.0, 1.0, 0.3, BETA_STEP,
-                     key="tms_beta", help="β = 0: the plain flattened eNTK; β = 1: D^{1/2} K D^{1/2}, the principled "
-                                          "choice; the paper's heatmaps use β = 1 and β = 0.3")
-    t0 = time.perf_counter()
-    with guarded("cannot compute the spectrum"):
-        with st.spinner("Computing the β-rescaled spectrum…"):
-            res = T.analyse(run, epoch, beta=beta, top=top, model=load_model(run, epoch))
-        t1 = time.perf_counter()
-        n = res.heatmap.shape[0]
-        c1, c2 = st.columns(2)
-        c1.plotly_chart(_spectrum_fig(res, represented, n, log=log,
-                                      title=f"Flattened eNTK spectrum, β = {beta:g} (epoch {epoch})"),
-                        width="stretch", key="tms_spec_chart")
-        c2.plotly_chart(heatmap_figure(res.heatmap, best=res.best_feature,
-                                       title=f"Eigenvector × feature |cos| (column-normalised), β = {beta:g}"),
-                        width="stretch", key="tms_heatmap")
-        upto = min(n, len(res.eigenvalues))
-        dt = time.perf_counter() - t0
-        st.session_state["tms_fragment_s"] = dt
-        st.caption(
-            f"{_cliff_text(res)} · eigenvectors 0..{upto - 1} matching feature i: {res.in_order()}/{upto} · "
-            f"mean max |cos| {res.max_cosine[:upto].mean():.3f} · red dots: each eigenvector's best feature · "
-            f"β update {1000 * dt:.0f} ms (spectrum + heatmap {1000 * (t1 - t0):.0f} ms, "
-            f"{'cached' if res.meta.get('cache') == 'hit' else 'computed'}; P = {res.meta.get('P')})")
-        _warm_beta_grid(run, epoch, top, load_model(run, epoch), around=beta)
+def _cliff_text(res: T.TMSSpectrum) -> str:
+    s = res.sharpest
+    return "no sharp cliff" if s is None else f"sharpest cliff {s.start}–{s.end} (size {s.size}, drop ×{s.ratio:.2f})"
 
 
+st.header("Toy Models of Superposition")
 run, epoch = selection()
-show_link_messages()
 tms_runs = _tms_runs()
-
-if run is None or run.family.name != FAMILY:
+is_tms = run is not None and isinstance(run.family, TMSFamily)
+if not is_tms:
     if run is None:
-        st.info("No runs yet. This page analyses Toy Models of Superposition (`tms`) runs.")
+        st.info("No runs yet. This page analyses Toy Models of Superposition runs.")
     else:
-        st.info(f"The selected run `{run.name}` is a {run.family.title} (`{run.family.name}`); this page analyses "
-                "Toy Models of Superposition (`tms`) runs.")
+        st.info(f"This view is not available for this family: `{run.name}` is a {run.family.title} run; this page "
+                "analyses Toy Models of Superposition runs.")
     if tms_runs:
         st.markdown("TMS runs in the runs folder:")
         cols = st.columns(min(4, len(tms_runs)))
         for i, name in enumerate(tms_runs):
-            cols[i % len(cols)].button(f"Open {name}", key=f"tms_open_{name}", on_click=_select_run, args=(name,))
+            select_run_button(name, key=f"tms_open_{name}", where=cols[i % len(cols)])
     _offer_paper_training(tms_runs, key="tms_train_top")
-else:
+
+top = 80
+log = True
+if is_tms:
     cfg = run.config
-    with guarded("cannot load the checkpoint"):
-        model = load_model(run, epoch)
-        norms = feature_norms(model.W)
-        represented = int((norms >= REPRESENTED_THRESHOLD).sum())
-        loss = run.metrics_at(epoch).get("train_loss")
-        m1, m2, m3, m4, m5 = st.columns(5)
-        m1.metric("Represented features", f"{represented} / {cfg.n}",
-                  help=f"features with ‖W_i‖² = (WᵀW)_ii ≥ {REPRESENTED_THRESHOLD} at this checkpoint (spec §3.4)")
-        m2.metric("Hidden size m", cfg.m)
-        m3.metric("Sparsity S", f"{cfg.sparsity:g}")
-        m4.metric("Epoch", epoch)
-        m5.metric("Train loss", "–" if loss is None else f"{loss:.3g}")
-
-        c1, c2 = st.columns([2, 3])
-        top = int(c1.number_input("Eigenvalues (k)", min_value=10, max_value=300, value=run.family.default_top,
-                                  step=10, key="tms_top"))
-        log = c2.toggle("Log scale", value=True, key="tms_log")
-        beta_view(run, epoch, represented, top, log)
-
-        with st.expander("Feature norms ‖W_i‖²"):
-            fig = go.Figure(go.Bar(x=np.arange(cfg.n), y=norms,
-                                   marker_color=["#00CC96" if v >= REPRESENTED_THRESHOLD else "#636EFA" for v in norms],
-                                   hovertemplate="feature %{x}<br>‖W_i‖² = %{y:.3f}<extra></extra>"))
-            fig.add_hline(y=REPRESENTED_THRESHOLD, line={"dash": "dot", "color": "#888"},
-                          annotation_text=f"{REPRESENTED_THRESHOLD}")
-            fig.update_layout(xaxis_title="feature (importance order)", yaxis_title="‖W_i‖²", height=300,
-                              margin={"l": 60, "r": 20, "t": 30, "b": 50})
-            st.plotly_chart(fig, width="stretch", key="tms_norms")
-
-
-# ------------------------------------------------------------- side by side
-st.subheader("The paper's three configurations")
-st.caption("n = 50 features, importance I_i = 0.8^i, seed 0: (m, S) = (10, 0.3) dense, (10, 0.9) sparse (high "
-           "superposition), (40, 0.9) dense. Paper: 10, 21 and 42 represented features; at β = 0 the dense "
-           "models' spectra drop after index 49 (n = 50), and at β = 0.3 the eigenvectors of (10, 0.3) match "
-           "the features in importance order.")
+    c1, c2 = st.columns([2, 3])
+    top = url_int("top", "Eigenvalues k (10–300)", 10, 300, run.family.default_top, key="tms_top", where=c1, step=10)
+    log = url_toggle("log", "Log scale", True, key="tms_log", where=c2)
 
 
 @st.fragment
-def paper_view(runs: dict[str, Run]) -> None:
+def beta_views(run: Run | None, epoch: int | None, top: int, log: bool, runs: dict[str, Run]) -> None:
+    """The page's one β control and everything it drives; reruns alone when β changes."""
+    beta = url_float("beta", "Importance rescaling β (class rows scaled by I_c^{β/2})", 0.0, 1.0, 0.3,
+                     key="tms_beta", step=BETA_STEP,
+                     help="β = 0: the plain flattened eNTK; β = 1: D^{1/2} K D^{1/2}, the principled choice; the "
+                          "paper's heatmaps use β = 1 and β = 0.3")
+    if run is not None:
+        with guarded("cannot compute the spectrum"):
+            model = load_model(run, epoch)
+            represented = represented_features(model.W)
+            cfg = run.config
+            m1, m2, m3, m4, m5 = st.columns(5)
+            m1.metric("Represented features", f"{represented} / {cfg.n}",
+                      help=f"features with ‖W_i‖² = (WᵀW)_ii ≥ {REPRESENTED_THRESHOLD} at this checkpoint (spec §3.4)")
+            m2.metric("Hidden size m", cfg.m)
+            m3.metric("Sparsity S", f"{cfg.sparsity:g}")
+            m4.metric("Epoch", epoch)
+            loss = run.metrics_at(epoch).get("train_loss")
+            m5.metric("Train loss", "–" if loss is None else f"{loss:.3g}")
+            res, dt = timed(T.analyse, run, epoch, beta=beta, top=top, model=model)
+            n = res.heatmap.shape[0]
+            refs = {f"{represented} represented": represented - 0.5, f"n = {n}": n - 0.5}
+            hfig = heatmap_figure(res.heatmap, best=res.best_feature,
+                                  title=f"Eigenvector × feature |cos| (column-normalised), β = {beta:g}")
+            idx, sfig, vfigs = spectrum_explorer(
+                run, key="tms", eigenvalues=res.eigenvalues, cliffs=res.cliffs, labels=None, log=log,
+                title=f"Flattened eNTK spectrum, β = {beta:g} (epoch {epoch})", reference_lines=refs,
+                n_vectors=len(res.eigenvalues), default_vector=0,
+                vector_of=lambda i: vector_figures(run, None, feature_values=res.heatmap[:, i], value_name="|cos|",
+                                                   title=f"eigenvector {i} over the features (|cos| with each "
+                                                         f"feature, column-normalised)"))
+            st.plotly_chart(hfig, width="stretch", key="tms_heatmap")
+            upto = min(n, len(res.eigenvalues))
+            st.caption(
+                f"{_cliff_text(res)} · eigenvectors 0..{upto - 1} matching feature i: {res.in_order()}/{upto} · "
+                f"mean max |cos| {res.max_cosine[:upto].mean():.3f} · red dots: each eigenvector's best feature · "
+                f"{cache_caption(res.meta, dt, sum(res.meta.get(k) or 0 for k in ('gram_s', 'eig_s', 'heatmap_s')))}"
+                f" · P = {res.meta.get('P')}")
+            with st.expander("Feature norms ‖W_i‖²"):
+                nfig = feature_norms_figure(feature_norms(model.W), REPRESENTED_THRESHOLD)
+                st.plotly_chart(nfig, width="stretch", key="tms_norms")
+            export_buttons(f"{run.name}_e{epoch}_beta{beta:g}", arrays={"eigenvalues": res.eigenvalues,
+                                                                        "heatmap": res.heatmap},
+                           figures={"spectrum": sfig, "heatmap": hfig, "norms": nfig}, key="tms_export")
+
+    st.subheader("The paper's three configurations")
+    st.caption("n = 50 features, importance I_i = 0.8^i, seed 0: (m, S) = (10, 0.3) dense, (10, 0.9) sparse (high "
+               "superposition), (40, 0.9) dense. Paper: 10, 21 and 42 represented features; at β = 0 the dense "
+               "models' spectra drop after index 49 (n = 50), and at β = 0.3 the eigenvectors of (10, 0.3) match "
+               "the features in importance order. Same β as above.")
     present = [(m, S, label) for m, S, label in PAPER if paper_name(m, S) in runs]
-    if not present:
-        return
-    c1, c2 = st.columns([3, 2])
-    beta = c1.segmented_control("β", [0.0, 0.3, 1.0], default=0.3, key="tms_paper_beta",
-                                format_func=lambda b: f"β = {b:g}") or 0.0
-    log = c2.toggle("Log scale", value=True, key="tms_paper_log")
-    cols = st.columns(len(present))
+    cols = st.columns(len(present)) if present else []
     for col, (m, S, label) in zip(cols, present):
         run_ = runs[paper_name(m, S)]
         with col, guarded(f"{run_.name}"):
             ep = run_.epochs[-1]
-            with st.spinner(f"{run_.name}…"):
-                model_ = load_model(run_, ep)
-                res = T.analyse(run_, ep, beta=beta, model=model_)
-            rep = int((feature_norms(model_.W) >= REPRESENTED_THRESHOLD).sum())
+            model_ = load_model(run_, ep)
+            res = T.analyse(run_, ep, beta=beta, model=model_)
+            rep = represented_features(model_.W)
             st.markdown(f"**m = {m}, S = {S}** ({label}) · `{run_.name}`")
             st.metric("Represented features", f"{rep}", delta=f"{rep - PAPER_COUNTS[(m, S)]:+d} vs paper's "
                       f"{PAPER_COUNTS[(m, S)]}", delta_color="off")
-            st.plotly_chart(_spectrum_fig(res, rep, res.heatmap.shape[0], log=log, height=330,
-                                          title=f"spectrum, β = {beta:g}"), width="stretch", key=f"tms_p_spec_{m}_{S}")
+            n_ = res.heatmap.shape[0]
+            f = spectrum_figure(res.eigenvalues, res.cliffs, log=log, height=330, title=f"spectrum, β = {beta:g}",
+                                reference_lines={f"{rep} represented": rep - 0.5, f"n = {n_}": n_ - 0.5})
+            st.plotly_chart(f, width="stretch", key=f"tms_p_spec_{m}_{S}")
             st.plotly_chart(heatmap_figure(res.heatmap, height=330, title=f"heatmap, β = {beta:g}"),
                             width="stretch", key=f"tms_p_heat_{m}_{S}")
-            upto = min(res.heatmap.shape[0], len(res.eigenvalues))
-            st.caption(f"{_cliff_text(res)} · in order: {res.in_order()}/{upto}")
+            st.caption(f"{_cliff_text(res)} · in order: {res.in_order()}/{min(n_, len(res.eigenvalues))}")
+    sync_url()
 
 
-with guarded("cannot show the paper's configurations"):
-    paper_view(tms_runs)
-    if run is not None and run.family.name == FAMILY:
-        _offer_paper_training(tms_runs, key="tms_train_bottom")
+beta_views(run if is_tms else None, epoch, top, log, tms_runs)
+if is_tms:
+    _offer_paper_training(tms_runs, key="tms_train_bottom")

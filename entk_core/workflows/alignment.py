@@ -97,3 +97,80 @@ def pca_for(run, epoch: int, model=None) -> np.ndarray | None:
 
 
 __all__ += ["pca_for"]
+
+
+def grokking_sweep(run, group: str = "full", *, cache=None, progress=None):
+    """The family's per-checkpoint sweep of ``group``
+    (:func:`entk_core.workflows.sweep.sweep` with :func:`~entk_core.workflows.sweep.default_spec`),
+    with JSON-able arguments only (a :class:`~entk_core.workflows.jobs.Job` target)."""
+    from . import sweep as _sweep
+
+    return _sweep.sweep(run, _sweep.default_spec(run, group), cache=cache, progress=progress)
+
+
+def pca_over_training(run, sizes: Sequence[int], families: Sequence[str], *, cache=None, progress=None,
+                      seed: int = 0) -> np.ndarray:
+    """The PCA baseline at every checkpoint: ``(E, len(sizes), len(families))`` overlaps of the
+    top-``size`` principal directions of the family's hidden activations with each feature
+    family (mean-centred, as the sweep measures the eNTK windows). Cached as one entry
+    (keyed by every checkpoint's sha256). ``ValueError`` if the family declares no hidden
+    activations."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from ..families.features import families_with_rows
+    from ..store.cache import default_cache, make_key
+    from .sweep import family_bases, window_overlaps
+
+    if not run.family.offers("pca"):
+        raise ValueError(f"the {run.family.name} family declares no hidden activations (no PCA baseline)")
+    cache = cache or default_cache()
+    digest = hashlib.sha256(json.dumps([(e, run.checkpoint_sha(e)) for e in run.epochs]).encode()).hexdigest()
+    key = make_key("pca-over-training", family=run.family.name, config=asdict(run.config), checkpoints=digest,
+                   sizes=[int(s) for s in sizes], families=list(families), seed=seed)
+
+    def compute():
+        last = run.load_model(run.epochs[-1])
+        fams = families_with_rows(run.family.feature_families(run.config, run.data, last), len(run.data.kernel_idx))
+        missing = [f for f in families if f not in fams]
+        if missing:
+            raise ValueError(f"unknown feature families {missing}; choose from {', '.join(fams)}")
+        bases = family_bases({f: fams[f] for f in families})
+        out = np.full((len(run.epochs), len(sizes), len(families)), np.nan)
+        for i, e in enumerate(run.epochs):
+            H = hidden_activations(run, e)
+            for j, k in enumerate(sizes):
+                out[i, j] = window_overlaps(pca_directions(H, int(k)), bases)
+            if progress:
+                progress(i + 1, len(run.epochs), f"PCA at epoch {e}")
+        return {"overlap": out}, {}
+
+    return cache.get_or_compute(key, compute)["overlap"]
+
+
+__all__ += ["grokking_sweep", "pca_over_training"]
+
+
+def feature_families_for(run, epoch: int | None = None, *, model=None, rows: int | None = None) -> dict:
+    """The family's ground-truth feature families whose rows match the kernel (``rows``,
+    default: the number of kernel inputs), built from the model at ``epoch`` (default: last)."""
+    from ..families.features import families_with_rows
+
+    epoch = run.resolve_epoch(epoch)
+    m = model if model is not None else run.load_model(epoch)
+    fams = run.family.feature_families(run.config, run.data, m)
+    return families_with_rows(fams, rows if rows is not None else len(run.data.kernel_idx))
+
+
+def direction_correlations(dirs: np.ndarray, families: dict, chosen: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Phase-insensitive correlations ``(rows, k)`` of directions ``(N, k)`` with the stacked
+    banks of the ``chosen`` families (rows labelled ``"a k=3"``...)."""
+    from ..engine.measures import phase_insensitive_corr
+    from ..families.features import concat_families
+
+    bank = concat_families("+".join(chosen), [families[f] for f in chosen])
+    return phase_insensitive_corr(dirs, bank), list(bank.labels)
+
+
+__all__ += ["feature_families_for", "direction_correlations"]
