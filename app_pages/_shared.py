@@ -73,7 +73,7 @@ def relative_paths(text: str) -> str:
             if p and p not in ("/", "."):
                 subs.append((p, shown))
     for p, shown in sorted(subs, key=lambda t: -len(t[0])):
-        text = text.replace(p + "/", shown + "/").replace(p, shown)
+        text = text.replace(p + "/", shown + "/").replace(p, shown + "/")
     return text
 
 
@@ -186,7 +186,9 @@ def _message(text: str) -> None:
 def _seed(name: str, key: str, default: Any, parse: Callable[[str], Any], valid: Callable[[Any], bool],
           fmt: Callable[[Any], str]) -> None:
     start = st.session_state.get(_START, {})
-    if link_external() or key not in st.session_state:
+    first = _LAST not in st.session_state  # the session's first run: a value set before it (tests) stays
+    if (link_external() and not (first and name not in start and key in st.session_state and valid(st.session_state[key]))) \
+            or key not in st.session_state:
         raw = start.get(name)
         value = default
         if raw is not None:
@@ -196,8 +198,9 @@ def _seed(name: str, key: str, default: Any, parse: Callable[[str], Any], valid:
                     raise ValueError("not available here")
             except (ValueError, TypeError, KeyError, LookupError) as e:
                 value = default
+                reported = name in st.session_state[_BAD]
                 st.session_state[_BAD].add(name)
-                if link_external():
+                if link_external() and not reported:
                     _message(f"`{name}={raw[:60]}` from the link: {one_line(e)}; showing {name} = {fmt(default)}")
         st.session_state[key] = value
     elif not valid(st.session_state[key]):  # the options changed (another run): back to the default

@@ -27,7 +27,7 @@ if run is None or not isinstance(run.family, ModAddTransformerFamily):
         st.info("No runs yet. This page analyses a 1-layer Transformer (`modadd-transformer`) run.")
     else:
         st.info(f"This view is not available for this family: `{run.name}` is a {run.family.title} run; this page "
-                "analyses the 1-layer Transformer: its seed-dependent key frequencies and the eNTK modes aligned "
+                "analyses the 1-layer Transformer (`modadd-transformer`): its seed-dependent key frequencies and the eNTK modes aligned "
                 "with them.")
     for name in others:
         select_run_button(name, key=f"open_{name}")

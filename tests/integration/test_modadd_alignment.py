@@ -110,7 +110,7 @@ def test_alignment_page(install_run, tiny_run_dir):
     at.toggle(key="align_rotated").set_value(False).run()
     assert not at.exception and not at.error
     assert any("raw eigenvectors" in t for t in _titles(at))
-    at.number_input(key="align_idx").set_value(3).run()
+    at.number_input(key="align_vector").set_value(3).run()
     assert any(t.startswith("eigenvector 3 as") for t in _titles(at))
     at.selectbox(key="align_group").set_value("net.0").run()
     assert not at.exception and not at.error
