@@ -34,9 +34,12 @@ PAGES = [
     st.Page("app_pages/tms.py", title="TMS", icon=":material/scatter_plot:", url_path="tms"),
 ]
 
-nav = st.navigation(PAGES)
+# Streamlit's own page menu drops the query string on a page switch; the sidebar draws page
+# links carrying the whole view instead (_shared.sync_url fills them at the end of the run).
+nav = st.navigation(PAGES, position="hidden")
+_shared.nav_menu(PAGES)
 st.sidebar.title("eNTK Explorer")
 _shared.sidebar()
 _shared.url_box()
 nav.run()
-_shared.sync_url()
+_shared.sync_url(final=True)

@@ -171,6 +171,7 @@ def begin_view() -> None:
     st.session_state[_REG] = {}
     st.session_state[_BAD] = set()
     st.session_state[_RUN0] = qp.get("run")
+    st.session_state["_in_full_run"] = True
 
 
 def link_external() -> bool:
@@ -334,17 +335,38 @@ def set_control(key: str, value: Any) -> None:
 def _canonical(reg: dict[str, tuple[str, str]], start: dict[str, str]) -> dict[str, str]:
     run_changed = reg.get("run", (None,))[0] != st.session_state.get(_RUN0) and st.session_state.get(_RUN0) is not None
     carried = {} if run_changed else {k: v for k, v in start.items() if k not in reg}
-    if not carried and all(v == d for v, d in reg.values()):
+    if not carried and not start and all(v == d for v, d in reg.values()):
         return {}
-    out = {k: v for k, (v, d) in reg.items() if v != d or k in ("run", "epoch")}
+    # explicit values stay explicit (a page whose default differs must not rewrite the link)
+    out = {k: v for k, (v, d) in reg.items() if v != d or k in ("run", "epoch") or start.get(k) == v}
     out.update(carried)
     order = {k: i for i, k in enumerate(PARAM_ORDER)}
     return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
 
 
-def sync_url() -> None:
+def nav_menu(pages: list) -> None:
+    """Reserve the sidebar's page menu (filled by :func:`sync_url` with links carrying the view)."""
+    st.session_state["_nav"] = (pages, st.sidebar.container())
+
+
+def _fill_nav(query: dict[str, str]) -> None:
+    pages, box = st.session_state.get("_nav", (None, None))
+    if box is None:
+        return
+    with box:
+        for pg in pages:
+            st.page_link(pg, label=pg.title, icon=pg.icon, query_params=query or None)
+        st.divider()
+    st.session_state["_nav"] = (pages, None)
+
+
+def sync_url(final: bool = False) -> None:
     """Write the view to the URL in one update (module docstring); call at the end of
-    every run (app.py does) and at the end of every fragment."""
+    every run (app.py does, with ``final=True``: it also draws the page menu, whose links
+    carry the view) and at the end of every fragment (a no-op when the fragment runs as part
+    of a full run: app.py writes once at its end)."""
+    if not final and st.session_state.get("_in_full_run"):
+        return
     reg = st.session_state.get(_REG, {})
     current = st.query_params.to_dict()
     if link_external():
@@ -357,11 +379,14 @@ def sync_url() -> None:
         st.query_params.from_dict(new)
     st.session_state[_LAST] = new
     st.session_state[_START] = new
+    if final:
+        st.session_state["_in_full_run"] = False
+        _fill_nav(new)
 
 
 def stop() -> None:
     """End the page here (``st.stop``) after writing the view to the URL."""
-    sync_url()
+    sync_url(final=True)
     st.stop()
 
 

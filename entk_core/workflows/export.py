@@ -36,7 +36,7 @@ def array_csv(a: np.ndarray, header: Sequence[str] | None = None) -> bytes:
     """A 1-D array as ``index,value`` rows; a 2-D array with one column per array column."""
     a = np.asarray(a)
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")
     if a.ndim == 1:
         w.writerow(header or ["index", "value"])
         w.writerows([i, repr(float(v))] for i, v in enumerate(a))
@@ -54,7 +54,7 @@ def table_csv(rows: list[dict[str, Any]]) -> bytes:
     for r in rows:
         cols += [k for k in r if k not in cols]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if v is None else v) for k, v in r.items()})
