@@ -387,7 +387,8 @@ def sweep(
             "window_start": np.array([s for s, _ in spans], dtype=np.int64).reshape(-1),
             "window_end": np.array([t for _, t in spans], dtype=np.int64).reshape(-1),
         }
-        return arrays, {"families": names, "labels": labels, "compute_s": round(time.perf_counter() - t0, 3)}
+        return arrays, {"families": names, "labels": labels, "compute_s": round(time.perf_counter() - t0, 3),
+                        "workers": n_workers}
 
     entry = cache.get_or_compute(key, compute)
     if progress:
@@ -460,7 +461,7 @@ def _assemble(run: Run, spec: SweepSpec, epochs: list[int], entry, elapsed: floa
         "group": spec.group, "reduction": spec.reduction, "top": spec.top,
         "reference_epoch": spec.reference_epoch, "window_group": spec.window_group,
         "cache": entry.meta.get("cache"), "compute_s": entry.meta.get("compute_s"),
-        "total_s": round(elapsed, 3),
+        "workers": entry.meta.get("workers"), "total_s": round(elapsed, 3),
     }
     return SweepResult(
         run=run.name, spec=spec, epochs=np.asarray(epochs, dtype=np.int64),
