@@ -7,7 +7,7 @@ from typing import Any
 
 from ..store.runs import open_run
 from ..workflows import analysis
-from .common import emit, tqdm_progress
+from .common import add_executor_options, emit, tqdm_progress
 
 __all__ = ["add_commands"]
 
@@ -55,7 +55,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                               window_group=args.window_group, primary=args.primary)
     bar = tqdm_progress(f"sweep {args.group}")
     try:
-        res = sweep.sweep(run, spec, progress=bar)
+        res = sweep.sweep(run, spec, progress=bar, ray=args.ray, workers=args.workers)
     finally:
         bar.close()
     obj = res.to_json()
@@ -76,6 +76,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return "\n".join(lines)
 
     emit(args, obj, text)
+    if obj.get("failed"):
+        f = obj["failed"]
+        raise ValueError(f"{len(f)} of {len(obj['table'])} checkpoints failed and were not cached "
+                         f"(first: epoch {f[0]['epoch']}: {f[0]['error']}); run the sweep again to retry them")
     return 0
 
 
@@ -108,5 +112,6 @@ def add_commands(sub) -> None:
     p.add_argument("--window-group", default=None,
                    help="group whose last-checkpoint cliffs define the tracked windows (default: the family's)")
     p.add_argument("--primary", default=None, help="family whose overlap derivative defines peak_epoch")
+    add_executor_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sweep)
