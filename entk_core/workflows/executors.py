@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import sys
 import time
+from pathlib import Path
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -285,6 +286,12 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, threads_per_unit: int = 1):
+        if address:
+            _token_auth_for(address)  # before ray is imported: it reads the mode at import
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # no C++ log lines on the CLI's stderr
+        import logging
+
+        logging.getLogger("ray").setLevel(logging.ERROR)
         try:
             import ray
         except ImportError:  # pragma: no cover - ray is pinned in requirements.txt
@@ -348,6 +355,17 @@ class RayExecutor(Executor):
         if self._started and self._ray.is_initialized():
             self._ray.shutdown()
             self._started = False
+
+
+def _token_auth_for(address: str) -> None:
+    """Ray (2.5x+) clusters started by ``ray start`` use token authentication by default; a
+    driver connecting by explicit address finds the token only in token mode. Turn it on
+    when a token is at hand (``$RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``, which ``ray start``
+    writes) and the user has not chosen a mode."""
+    if address == "auto" or os.environ.get("RAY_AUTH_MODE"):
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _ray_call(fn: Callable[..., Any], kwargs: dict[str, Any], threads: int) -> tuple[Any, float]:
