@@ -11,7 +11,8 @@ import streamlit as st
 from entk_core.families.tms import analysis as T
 from entk_core.families.tms import REPRESENTED_THRESHOLD, feature_norms
 from entk_core.figures import spectrum_figure
-from entk_core.store.runs import Run, list_runs, runs_root
+from entk_core.families.run import Run, list_runs
+from entk_core.store.runs import runs_root
 from pages._shared import show_link_messages, guarded, load_model, selection
 
 FAMILY = "tms"

@@ -8,7 +8,9 @@ import streamlit as st
 from entk_core.workflows import analysis
 from entk_core.families.modadd_transformer import analysis as T
 from entk_core.figures import spectrum_figure
-from entk_core.store.runs import Run, list_runs, runs_root
+from entk_core.families.run import Run, list_runs
+from entk_core.store.runs import runs_root
+from entk_core.workflows.services import Services
 from pages._shared import fmt_pct, guarded, load_model, selection, show_link_messages
 
 DEFAULT_NAME = "modadd-transformer-p29-seed2"
@@ -126,7 +128,7 @@ with guarded("cannot compute the spectrum"):
 # ------------------------------------------------------------ overlap table
 st.subheader(f"Overlap of the top {group} modes with the key-frequency families")
 with guarded("cannot compute the overlaps"):
-    rep = T.align_report(run, epoch, group=group, key_freqs=key_freqs, top=max(top, blocks[1][1]),
+    rep = T.align_report(run, epoch, services=Services(), group=group, key_freqs=key_freqs, top=max(top, blocks[1][1]),
                          model=load_model(run, epoch))
     rows = []
     for b in rep["blocks"]:
@@ -162,7 +164,7 @@ if go_ or want in done:
             bar.progress(n / max(total, 1), text=f"{message} ({n}/{total})")
 
     with guarded("cannot compute the overlap over training"):
-        tab = T.overlap_over_training(run, group=group, family=fam_name, block=block, progress=progress)
+        tab = T.overlap_over_training(run, services=Services(), group=group, family=fam_name, block=block, progress=progress)
         done.add(want)
     if bar is not None:
         bar.empty()

@@ -15,6 +15,7 @@ from entk_core.engine.measures import best_phase_corr, phase_insensitive_corr
 from entk_core.families.features import concat_families, modadd_families
 from entk_core.figures import spectrum_figure
 from entk_core.engine.spectra import Cliff
+from entk_core.workflows.services import Services
 from entk_core.workflows.sweep import CONSTANT_LABEL
 from pages._shared import guarded, load_model, require_run
 
@@ -76,7 +77,7 @@ with guarded("cannot compute the alignment"):
     with st.spinner("Computing the eNTK and its spectrum…"):
         model = load_model(run, epoch)
         res = analysis.spectrum(run, epoch, group=group, top=top, model=model)
-        wins = ma.cliff_windows(run, epoch, windows_from=windows_from, top=top)
+        wins = ma.cliff_windows(run, epoch, services=Services(), windows_from=windows_from, top=top)
     V = res.eigenvectors
     wins = [w for w in wins if w[2] < V.shape[1]]
     fourier = [w for w in wins if w[0] != CONSTANT_LABEL]

@@ -12,7 +12,8 @@ from typing import Iterator
 import streamlit as st
 
 from entk_core.cli import one_line
-from entk_core.store.runs import Run, RunError, list_runs, open_run, runs_root
+from entk_core.families.run import Run, list_runs, open_run
+from entk_core.store.runs import RunError, runs_root
 
 DEMO_FAMILY = "modadd-mlp"
 DEMO_NAME = "modadd-mlp-p29-seed0"

@@ -5,8 +5,9 @@ import argparse
 import json
 from typing import Any
 
-from ..store.runs import open_run
-from ..workflows import analysis
+from ..families.run import open_run
+from ..workflows import analysis, sweep
+from ..workflows.services import Services
 from .common import add_executor_options, emit, tqdm_progress
 
 __all__ = ["add_commands"]
@@ -23,7 +24,8 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     obj = res.to_json()
 
     def text(o: dict[str, Any]) -> str:
-        cl = ", ".join(f"[{c['start']}..{c['end']}] size {c['size']} (drop x{c['ratio']:.2f})" for c in o["cliffs"]) or "none"
+        cl = ", ".join(f"{c['label']} [{c['start']}..{c['end']}] size {c['size']} (drop x{c['ratio']:.2f})"
+                       for c in o["cliffs"]) or "none"
         ev = o["eigenvalues"]
         return (f"{o['run']} epoch {o['epoch']} group {o['group']} reduction {o['reduction']}: top {o['top']} of n={o['n']}\n"
                 f"  eigenvalues: {ev[0]:.4g} ... {ev[-1]:.4g}\n  cliffs: {cl}\n"
@@ -38,7 +40,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     epoch = run.resolve_epoch(args.epoch)
     bar = tqdm_progress("align")
     try:
-        report = run.family.align_report(run, epoch, group=args.group, beta=args.beta, progress=bar)
+        report = run.family.align_report(run, epoch, services=Services(), group=args.group, beta=args.beta,
+                                         progress=bar)
     finally:
         bar.close()
     report = {"run": run.name, "family": run.family.name, "epoch": epoch, **report}
@@ -47,8 +50,6 @@ def cmd_align(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..workflows import sweep
-
     run = open_run(args.run)
     families = tuple(f.strip() for f in args.families.split(",") if f.strip()) if args.families else None
     spec = sweep.default_spec(run, args.group, reduction=args.reduction, top=args.top, families=families,
@@ -81,7 +82,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ValueError(f"{len(f)} of {len(obj['table'])} checkpoints failed and were not cached "
                          f"(first: epoch {f[0]['epoch']}: {f[0]['error']}); run the sweep again to retry them")
     return 0
-
 
 
 def add_commands(sub) -> None:

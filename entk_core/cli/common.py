@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Any, Callable
 
+from ..store.runs import one_line
+
 __all__ = ["tqdm_progress", "emit", "one_line", "add_family_options", "add_executor_options"]
 
 
@@ -45,14 +47,6 @@ def emit(args: argparse.Namespace, obj: dict[str, Any], text: Callable[[dict[str
         print(json.dumps(obj, indent=1, allow_nan=False, default=float))
     else:
         print(text(obj))
-
-
-def one_line(e: BaseException) -> str:
-    """The first line of an exception's message: the CLI's and the dashboard's error format."""
-    msg = str(e).strip().splitlines()
-    return msg[0] if msg else e.__class__.__name__
-
-
 
 
 def add_family_options(p: argparse.ArgumentParser, fam) -> None:

@@ -1,12 +1,13 @@
-"""CLI commands about runs: ``train`` and ``info``."""
+"""CLI commands about runs and families: ``families``, ``train``, ``import`` and ``info``."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 from typing import Any
 
-from ..families.base import get_family, list_families
-from ..store.runs import open_run, runs_root
+from ..families.base import family_errors, family_origin, get_family, list_families
+from ..families.run import open_run
+from ..store.runs import runs_root
 from ..workflows import analysis
 from .common import add_family_options, emit, tqdm_progress
 
@@ -33,6 +34,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_families(args: argparse.Namespace) -> int:
+    fams = []
+    for name in list_families():
+        fam = get_family(name)
+        fams.append({"name": name, "title": fam.title, "origin": family_origin(name),
+                     "class": f"{type(fam).__module__}:{type(fam).__qualname__}",
+                     "default_reduction": fam.default_reduction,
+                     "offers": [w for w in fam.CAPABILITIES if fam.offers(w)]})
+    obj = {"families": fams, "errors": family_errors()}
+
+    def text(o: dict[str, Any]) -> str:
+        lines = [f"{f['name']:<22} {f['title']}  [{f['origin']}]  offers: {', '.join(f['offers'])}" for f in o["families"]]
+        lines += [f"{n:<22} cannot be loaded: {err}" for n, err in o["errors"].items()]
+        return "\n".join(lines) or "no model families found"
+
+    emit(args, obj, text)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     run = open_run(args.run)
     info = run.info()
@@ -52,12 +72,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def add_commands(sub) -> None:
+    p = sub.add_parser("families", help="the model families found (built-in and installed plug-ins)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_families)
+
     p = sub.add_parser("train", help="train a model family into a run folder (resumes an interrupted run)")
     fams = p.add_subparsers(dest="family", required=True, metavar="FAMILY")
     for name in list_families():
         fam = get_family(name)
+        if not fam.offers("train"):
+            continue
         fp = fams.add_parser(name, help=fam.title)
         add_family_options(fp, fam)
         fp.add_argument("--out", help="run folder (default runs/FAMILY-seedSEED)")

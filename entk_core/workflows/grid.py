@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..families.base import get_family
-from .executors import Executor, Unit, UnitResult, run_units
+from .executors import Executor, Unit, UnitResult, make_executor
 
 __all__ = ["GridResult", "grid_runs", "grid", "train_unit", "run_name"]
 
@@ -76,7 +76,8 @@ def grid_runs(family: str, options: Mapping[str, Sequence[Any]]) -> list[tuple[s
 
 def train_unit(family: str, config: dict[str, Any], out: str) -> dict[str, Any]:
     """Unit: train (or resume, or return as it is) one run; a JSON-able summary."""
-    from ..store.runs import MANIFEST, Run
+    from ..families.run import Run
+    from ..store.runs import MANIFEST
     from .training import train
 
     fam = get_family(family)
@@ -129,8 +130,6 @@ def grid(family: str, options: Mapping[str, Sequence[Any]], out: Path | str, *, 
     root.mkdir(parents=True, exist_ok=True)
     units = [Unit(name, train_unit, {"family": fam.name, "config": dataclasses.asdict(cfg),
                                      "out": str((root / name).resolve())}) for name, cfg in runs]
-    from .executors import make_executor
-
     ex = executor or make_executor(ray=ray, workers=workers, n_units=len(units))
     try:
         results: list[UnitResult] = ex.run(units, progress=progress)

@@ -28,7 +28,7 @@ import pytest
 
 from entk_core.workflows import analysis
 from entk_core.store.cache import ArrayCache
-from entk_core.store.runs import Run
+from entk_core.families.run import Run
 
 REPO = Path(__file__).resolve().parents[2]
 SLOW_COMPUTE_S = 0.6  # each counted computation sleeps this long, so the requests overlap
@@ -105,7 +105,7 @@ WORKER = textwrap.dedent("""
     from pathlib import Path
     import entk_core.engine.kernels as kernels
     from entk_core.workflows import analysis
-    from entk_core.store.runs import Run
+    from entk_core.families.run import Run
 
     marker, barrier, slow = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
     real_ntk, real_eig = kernels.empirical_ntk, analysis.top_eigenpairs

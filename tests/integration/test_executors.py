@@ -66,16 +66,21 @@ def test_cancel_stops_the_workers(tmp_path):
     class Stop(Exception):
         pass
 
-    def progress(done, total, msg):
+    raised = []
+
+    def progress(done, total, msg):  # after the quick unit: Stop once a slow unit is running
+        deadline = time.time() + 120
+        while not list(tmp_path.glob("running-*")) and time.time() < deadline:
+            time.sleep(0.05)
+        raised.append(time.perf_counter())
         raise Stop
 
-    t0 = time.perf_counter()
     with pytest.raises(Stop):
         LocalExecutor(2).run(units, progress=progress)
-    assert time.perf_counter() - t0 < 20  # not the 30 s a slow unit takes
+    assert time.perf_counter() - raised[0] < 15  # it did not wait for the 30 s units to end
     pids = [int(p.name.rsplit("-", 1)[1]) for p in tmp_path.glob("running-*")]
     assert pids, "the slow units had started"
-    for pid in pids:  # the workers that ran them are gone
+    for pid in pids:  # the workers that ran them are gone, long before the 30 s a slow unit takes
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 

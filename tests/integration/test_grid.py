@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from entk_core.store.runs import open_run
+from entk_core.families.run import open_run
 from entk_core.workflows.grid import grid, grid_runs
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from entk_core.store.cache import ArrayCache
-from entk_core.store.runs import open_run
+from entk_core.families.run import open_run
 from entk_core.workflows import analysis
 from entk_core.workflows.executors import InlineExecutor
 from entk_core.workflows.sweep import sweep
