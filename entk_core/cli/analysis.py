@@ -8,7 +8,7 @@ from typing import Any
 from ..families.run import open_run
 from ..workflows import analysis, sweep
 from ..workflows.services import Services
-from .common import emit, tqdm_progress
+from .common import add_executor_options, emit, tqdm_progress
 
 __all__ = ["add_commands"]
 
@@ -56,7 +56,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                               window_group=args.window_group, primary=args.primary)
     bar = tqdm_progress(f"sweep {args.group}")
     try:
-        res = sweep.sweep(run, spec, progress=bar, workers=args.workers)
+        res = sweep.sweep(run, spec, progress=bar, ray=args.ray, workers=args.workers)
     finally:
         bar.close()
     obj = res.to_json()
@@ -77,6 +77,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return "\n".join(lines)
 
     emit(args, obj, text)
+    if obj.get("failed"):
+        f = obj["failed"]
+        raise ValueError(f"{len(f)} of {len(obj['table'])} checkpoints failed and were not cached "
+                         f"(first: epoch {f[0]['epoch']}: {f[0]['error']}); run the sweep again to retry them")
     return 0
 
 
@@ -108,7 +112,6 @@ def add_commands(sub) -> None:
     p.add_argument("--window-group", default=None,
                    help="group whose last-checkpoint cliffs define the tracked windows (default: the family's)")
     p.add_argument("--primary", default=None, help="family whose overlap derivative defines peak_epoch")
+    add_executor_options(p)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--workers", type=int, default=None,
-                   help="worker processes computing the spectra (default: up to 4 for 8+ checkpoints)")
     p.set_defaults(func=cmd_sweep)

@@ -25,7 +25,7 @@ from ..families.base import FULL, check_beta
 from ..families.run import Run
 from ..store.cache import ArrayCache, default_cache, make_key
 
-__all__ = ["SpectrumResult", "kernel_groups", "kernel_size", "spectrum", "kernel_matrix",
+__all__ = ["SpectrumResult", "kernel_groups", "kernel_size", "spectrum", "spectrum_key", "compute_spectrum", "kernel_matrix",
            "REDUCTIONS", "FULL"]
 
 REDUCTIONS = tuple(r for r in kernels.REDUCTIONS if r not in ("full", "block"))
@@ -98,6 +98,17 @@ def kernel_size(run: Run, reduction: str) -> int:
     return n
 
 
+def _compute_kernel(run: Run, epoch: int, members, reduction: str, beta: float | None,
+                    model: torch.nn.Module | None, progress: Progress | None) -> tuple[dict, dict]:
+    m = model if model is not None else run.load_model(epoch)
+    t0 = time.perf_counter()
+    K = kernels.empirical_ntk(
+        m, run.data.kernel_x, reduction=reduction, groups=members,
+        class_weights=_class_weights(run, beta), progress=progress,
+    )
+    return {"K": K.detach().cpu().numpy()}, {"kernel_s": time.perf_counter() - t0}
+
+
 def kernel_matrix(
     run: Run,
     epoch: int | None = None,
@@ -117,17 +128,65 @@ def kernel_matrix(
     members = run.group_members(group)
     cache = cache or default_cache()
     key = make_key("kernel", **_base_key(run, epoch), group=group, reduction=reduction, beta=beta)
+    return cache.get_or_compute(
+        key, lambda: _compute_kernel(run, epoch, members, reduction, beta, model, progress))["K"]
 
-    def compute():
+
+def _spectrum_request(run: Run, epoch: int | None, group: str, reduction: str | None, top: int | None,
+                      beta: float | None) -> tuple[int, str, list[str] | None, int, str]:
+    """Validated ``(epoch, reduction, members, top, cache key)`` of a spectrum request."""
+    epoch = run.resolve_epoch(epoch)
+    reduction = _check_reduction(run, reduction)
+    members = run.group_members(group)
+    n = kernel_size(run, reduction)
+    top = min(run.family.default_top, n) if top is None else int(top)
+    if not 1 <= top <= n:
+        raise ValueError(f"top must be between 1 and n = {n} (the kernel's size), got {top}")
+    key = make_key("spectrum", **_base_key(run, epoch), group=group, reduction=reduction, top=top, beta=beta)
+    return epoch, reduction, members, top, key
+
+
+def spectrum_key(run: Run, epoch: int | None = None, *, group: str = FULL, reduction: str | None = None,
+                 top: int | None = None, beta: float | None = None) -> str:
+    """The cache key under which :func:`spectrum` stores this request's eigenpairs."""
+    return _spectrum_request(run, epoch, group, reduction, top, beta)[4]
+
+
+def compute_spectrum(
+    run: Run,
+    epoch: int | None = None,
+    *,
+    group: str = FULL,
+    reduction: str | None = None,
+    top: int | None = None,
+    beta: float | None = None,
+    model: torch.nn.Module | None = None,
+    cache: ArrayCache | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``({"eigenvalues", "eigenvectors"}, timing meta)`` of a :func:`spectrum` request,
+    computed now and not stored: what a worker process returns to the driver, which
+    stores it under :func:`spectrum_key`. With ``cache``, an ``(N, N)`` kernel is read from
+    (or stored in) it; without, nothing touches a cache."""
+    epoch, reduction, members, top, _ = _spectrum_request(run, epoch, group, reduction, top, beta)
+    t0 = time.perf_counter()
+    if reduction == "flat":
         m = model if model is not None else run.load_model(epoch)
-        t0 = time.perf_counter()
-        K = kernels.empirical_ntk(
-            m, run.data.kernel_x, reduction=reduction, groups=members,
-            class_weights=_class_weights(run, beta), progress=progress,
+        vals, vecs = operators.flat_top_eigenpairs(
+            m, run.data.kernel_x, top, groups=members, class_weights=_class_weights(run, beta)
         )
-        return {"K": K.detach().cpu().numpy()}, {"kernel_s": time.perf_counter() - t0}
-
-    return cache.get_or_compute(key, compute)["K"]
+        t1 = time.perf_counter()
+    else:
+        if cache is not None:
+            K = kernel_matrix(run, epoch, group=group, reduction=reduction, beta=beta,
+                              model=model, cache=cache, progress=progress)
+        else:
+            K = _compute_kernel(run, epoch, members, reduction, beta, model, progress)[0]["K"]
+        t1 = time.perf_counter()
+        vals, vecs = top_eigenpairs(K, top)
+    return {"eigenvalues": vals, "eigenvectors": vecs}, {
+        "kernel_s": round(t1 - t0, 4), "eig_s": round(time.perf_counter() - t1, 4),
+    }
 
 
 def spectrum(
@@ -153,32 +212,12 @@ def spectrum(
       model: the already loaded model at ``epoch`` (saves a reload).
     """
     t_start = time.perf_counter()
-    epoch = run.resolve_epoch(epoch)
-    reduction = _check_reduction(run, reduction)
-    members = run.group_members(group)
-    n = kernel_size(run, reduction)
-    top = min(run.family.default_top, n) if top is None else int(top)
-    if not 1 <= top <= n:
-        raise ValueError(f"top must be between 1 and n = {n} (the kernel's size), got {top}")
+    epoch, reduction, _members, top, key = _spectrum_request(run, epoch, group, reduction, top, beta)
     cache = cache or default_cache()
-    key = make_key("spectrum", **_base_key(run, epoch), group=group, reduction=reduction, top=top, beta=beta)
 
     def compute():
-        t0 = time.perf_counter()
-        if reduction == "flat":
-            m = model if model is not None else run.load_model(epoch)
-            vals, vecs = operators.flat_top_eigenpairs(
-                m, run.data.kernel_x, top, groups=members, class_weights=_class_weights(run, beta)
-            )
-            t1 = time.perf_counter()
-        else:
-            K = kernel_matrix(run, epoch, group=group, reduction=reduction, beta=beta,
-                              model=model, cache=cache, progress=progress)
-            t1 = time.perf_counter()
-            vals, vecs = top_eigenpairs(K, top)
-        return {"eigenvalues": vals, "eigenvectors": vecs}, {
-            "kernel_s": round(t1 - t0, 4), "eig_s": round(time.perf_counter() - t1, 4),
-        }
+        return compute_spectrum(run, epoch, group=group, reduction=reduction, top=top, beta=beta, model=model,
+                                cache=cache, progress=progress)
 
     entry = cache.get_or_compute(key, compute)
     vals = entry["eigenvalues"]

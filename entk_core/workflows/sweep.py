@@ -30,14 +30,17 @@ What is measured
   at least 50% aligned with it, the (window, family) curve whose % overlap rises most
   from the first to the last checkpoint. The peak of every curve is reported too.
 
-Speed: the per-checkpoint spectra are computed by ``workers`` *processes* (spawned,
-one torch thread each) that write them to the shared on-disk cache; the calling process
-reads each one back as it completes and measures the overlaps. Per checkpoint the work is
-a kernel and an ``N x N`` eigendecomposition: LAPACK's ``eigh`` gains little from a second
-thread and slows down badly when the cores are oversubscribed, while two checkpoints at
-once use both cores fully. Processes rather than threads, because the kernel code
-changes process-global state (warning filters, matmul precision) that threads would race
-on. Progress is reported from the calling thread (safe for Streamlit).
+Speed and scale-out: each checkpoint whose spectrum is not cached yet is a *unit*
+(:func:`spectrum_unit`) run through the executor seam (:mod:`entk_core.workflows.executors`):
+in this process for a few checkpoints, in ``workers`` spawned processes (one torch thread
+each) by default, or on Ray (``ray=``; the checkpoint's safetensors bytes travel with the
+unit, so workers need no shared filesystem). Per checkpoint the work is a kernel and an
+``N x N`` eigendecomposition: LAPACK's ``eigh`` gains little from a second thread and slows
+down badly when the cores are oversubscribed, while two checkpoints at once use both cores
+fully. Units return their eigenpairs to this process, which alone writes them to the cache
+(under the same key as :func:`entk_core.workflows.analysis.spectrum`, so the Spectrum page
+reuses them) and measures the overlaps. Progress is reported from the calling thread (safe
+for Streamlit).
 
 Cliff labels: :func:`entk_core.engine.spectra.label_cliffs`, the one labelling used
 everywhere (``constant`` for the constant mode, then ``cliff 1, cliff 2, ...`` in spectral
@@ -60,15 +63,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-import os
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from ..engine.measures import (derivative_peak_epoch, family_bases, grokking_onset, local_first_derivative,
                                window_overlaps, windows_overlaps)
@@ -76,8 +77,10 @@ from ..engine.spectra import CONSTANT_LABEL, Cliff, detect_cliffs, is_constant_m
 from ..families.base import FULL, SweepSpec, family_ref, get_family, load_family_ref
 from ..families.features import families_with_rows
 from ..families.run import Run
-from ..store.cache import ArrayCache, default_cache, make_key
+from ..store.cache import ArrayCache, CacheEntry, default_cache, make_key
+from ..store.runs import MANIFEST
 from . import analysis
+from .executors import Executor, InlineExecutor, Unit, make_executor
 
 __all__ = ["SweepSpec", "Window", "SweepResult", "default_spec", "resolve_spec", "sweep",
            # re-exported from the layers below, where they live:
@@ -291,6 +294,8 @@ def sweep(
     cache: ArrayCache | None = None,
     progress: Progress | None = None,
     workers: int | None = None,
+    ray: bool | str | None = None,
+    executor: Executor | None = None,
 ) -> SweepResult:
     """Sweep every checkpoint of ``run`` (see the module docstring); cached as one entry.
 
@@ -298,8 +303,14 @@ def sweep(
       spec: what to measure (default: :func:`default_spec` for the full kernel).
       progress: ``progress(done, total, message)`` after each checkpoint (called from
         this thread).
-      workers: worker processes computing the spectra (default: the CPU count, at most 4,
-        for runs with 8 or more checkpoints, else 1 = in this process).
+      workers: local worker processes computing the spectra (default: the CPU count, at
+        most 4, for runs with 8 or more checkpoints to compute, else 1 = in this process).
+      ray: run the per-checkpoint units on Ray (``True``: a local instance or
+        ``$ENTK_RAY_ADDRESS``; or a cluster address); see :mod:`entk_core.workflows.executors`.
+      executor: an executor to use instead (not closed here).
+
+    A checkpoint whose unit fails twice is reported in ``meta["failed"]`` (its rows are NaN)
+    and the sweep is not cached, so the next call computes just the missing checkpoints.
     """
     t0 = time.perf_counter()
     spec = resolve_spec(spec or default_spec(run), run)
@@ -359,73 +370,125 @@ def sweep(
                 own_start[i, m], own_size[i, m] = c.start, c.size
                 own_ov[i, m] = allov[len(inside) + m]
 
-        ref_name = family_ref(run.family)
-        n_workers = _n_workers(workers, E) if ref_name is not None else 1
-        if n_workers > 1:
-            # worker processes compute and cache the spectra; this process reads them back
-            # (pending work is cancelled if this thread is interrupted, e.g. a Streamlit rerun)
-            pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_worker_init)
-            try:
-                futures = [pool.submit(_worker_spectrum, str(run.path.resolve()), e, spec.group, spec.reduction,
-                                       spec.top, str(cache.directory), run.family.name, ref_name) for e in epochs]
-                for done, fut in enumerate(as_completed(futures), start=2):
-                    e = fut.result()
-                    one(epochs.index(e))
-                    if progress:
-                        progress(done, total, f"epoch {e}")
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+        # each checkpoint's spectrum is a unit; the driver (this thread) caches what comes back
+        keys = {e: analysis.spectrum_key(run, e, group=spec.group, reduction=spec.reduction, top=spec.top)
+                for e in epochs}
+        todo = [e for e in epochs if keys[e] not in cache]
+        done = [1]
+
+        def advance(e: int) -> None:
+            done[0] += 1
+            if progress:
+                progress(done[0], total, f"epoch {e}")
+
+        for e in epochs:
+            if e not in todo:
+                one(epochs.index(e))
+                advance(e)
+        ship = bool(ray) or executor is not None
+        ref_name = family_ref(run.family)  # how a worker imports the family (None: it cannot)
+        units = [Unit(f"epoch {e}", spectrum_unit, _unit_kwargs(run, e, spec, ship=ship, ref=ref_name))
+                 for e in todo]
+        by_key = {u.key: e for u, e in zip(units, todo)}
+
+        def on_result(r) -> None:
+            e = by_key[r.key]
+            if r.ok:
+                cache.set(keys[e], r.value["arrays"], r.value["meta"])
+                one(epochs.index(e))
+            else:
+                failed[e] = r.error
+            advance(e)
+
+        if executor is None and ref_name is None:
+            ex = InlineExecutor()  # a family registered at run time only exists in this process
         else:
-            for i, e in enumerate(epochs):
-                one(i)
-                if progress:
-                    progress(i + 2, total, f"epoch {e}")
+            ex = executor or make_executor(ray=ray, workers=workers, n_units=len(units))
+        try:
+            ex.run(units, on_result=on_result)
+            exec_desc.update(ex.describe())
+        finally:
+            if ex is not executor:
+                ex.close()
         arrays = {
             "eigenvalues": eig, "overlap": ov, "own_start": own_start, "own_size": own_size,
             "own_overlap": own_ov, "top_constant": top_constant, "dims": dims,
             "window_start": np.array([s for s, _ in spans], dtype=np.int64).reshape(-1),
             "window_end": np.array([t for _, t in spans], dtype=np.int64).reshape(-1),
         }
-        return arrays, {"families": names, "labels": labels, "compute_s": round(time.perf_counter() - t0, 3),
-                        "workers": n_workers}
+        meta = {"families": names, "labels": labels, "compute_s": round(time.perf_counter() - t0, 3)}
+        if failed:
+            raise _Incomplete(arrays, meta)
+        return arrays, meta
 
-    entry = cache.get_or_compute(key, compute)
+    failed: dict[int, str] = {}
+    exec_desc: dict[str, Any] = {}
+    try:
+        entry = cache.get_or_compute(key, compute)
+    except _Incomplete as inc:  # some checkpoints failed twice: report them, cache nothing
+        entry = CacheEntry(inc.arrays, {**inc.meta, "cache": "incomplete"})
     if progress:
         progress(total, total, "done")
-    return _assemble(run, spec, epochs, entry, time.perf_counter() - t0)
+    res = _assemble(run, spec, epochs, entry, time.perf_counter() - t0)
+    res.meta["failed"] = [{"epoch": e, "error": err} for e, err in sorted(failed.items())]
+    if exec_desc:
+        res.meta["executor"] = exec_desc
+    return res
+
+
+class _Incomplete(Exception):
+    """Raised out of the cache's compute() so that an incomplete sweep is not stored."""
+
+    def __init__(self, arrays, meta):
+        super().__init__("incomplete sweep")
+        self.arrays, self.meta = arrays, meta
 
 
 def _cliffs(res: analysis.SpectrumResult, spec: SweepSpec) -> list[Cliff]:
     return res.cliffs if spec.min_ratio is None else detect_cliffs(res.eigenvalues, min_ratio=spec.min_ratio)
 
 
-def _n_workers(workers: int | None, n_epochs: int) -> int:
-    if workers is None:
-        workers = min(os.cpu_count() or 1, 4) if n_epochs >= 8 else 1
-    return max(1, min(int(workers), n_epochs))
+def _unit_kwargs(run: Run, epoch: int, spec: SweepSpec, *, ship: bool, ref: str | None) -> dict[str, Any]:
+    """A checkpoint's unit arguments: the run folder's path, or (``ship``) the manifest and the
+    checkpoint's safetensors bytes, so a worker on another machine needs no shared filesystem;
+    ``ref`` (``module:Class``) lets a worker import a family that no entry point declares."""
+    kw: dict[str, Any] = {"epoch": epoch, "group": spec.group, "reduction": spec.reduction, "top": spec.top,
+                          "family": run.family.name, "family_ref": ref}
+    if ship:
+        kw["manifest"] = run.manifest
+        kw["checkpoint"] = run.checkpoint_path(epoch).read_bytes()
+    else:
+        kw["run_path"] = str(run.path.resolve())
+    return kw
 
 
-_WORKER: dict[str, Any] = {}
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)
-
-
-def _worker_spectrum(path: str, epoch: int, group: str, reduction: str, top: int, cache_dir: str,
-                     family: str, ref: str) -> int:
-    """Worker process: compute (and cache) one checkpoint's spectrum; returns the epoch.
-    ``family``/``ref``: the run's family name and ``module:Class``, imported here when the
-    family is not declared by an entry point (registered at run time in the caller)."""
-    if _WORKER.get("key") != (path, cache_dir):
-        try:
-            get_family(family)
-        except ValueError:
-            load_family_ref(ref, name=family)
-        _WORKER.update(key=(path, cache_dir), run=Run(path), cache=ArrayCache(cache_dir))
-    analysis.spectrum(_WORKER["run"], epoch, group=group, reduction=reduction, top=top, cache=_WORKER["cache"])
-    return epoch
+def spectrum_unit(*, epoch: int, group: str, reduction: str, top: int, family: str, family_ref: str | None = None,
+                  run_path: str | None = None, manifest: dict | None = None,
+                  checkpoint: bytes | None = None) -> dict[str, Any]:
+    """Unit: one checkpoint's spectrum (:func:`entk_core.workflows.analysis.compute_spectrum`),
+    computed without touching any cache. The run is the folder ``run_path``, or is rebuilt in
+    a private temporary folder from the shipped ``manifest`` and ``checkpoint`` bytes (checked
+    against the manifest's sha256 when read, like any checkpoint). A family that no entry
+    point declares (registered at run time in the driver) is imported from ``family_ref``."""
+    try:
+        get_family(family)
+    except ValueError:
+        if family_ref is None:
+            raise
+        load_family_ref(family_ref, name=family)
+    if run_path is not None:
+        run = Run(run_path)
+        arrays, meta = analysis.compute_spectrum(run, epoch, group=group, reduction=reduction, top=top)
+        return {"arrays": arrays, "meta": meta}
+    entry = next(c for c in manifest["checkpoints"] if c["epoch"] == epoch)
+    with tempfile.TemporaryDirectory(prefix="entk-unit-") as tmp:
+        folder = Path(tmp) / "run"
+        (folder / Path(entry["file"]).parent).mkdir(parents=True)
+        (folder / entry["file"]).write_bytes(checkpoint)
+        (folder / MANIFEST).write_text(json.dumps({**manifest, "checkpoints": [entry]}))
+        run = Run(folder)
+        arrays, meta = analysis.compute_spectrum(run, epoch, group=group, reduction=reduction, top=top)
+    return {"arrays": arrays, "meta": meta}
 
 
 def _kernel_rows(run: Run, spec: SweepSpec) -> int:
@@ -461,7 +524,7 @@ def _assemble(run: Run, spec: SweepSpec, epochs: list[int], entry, elapsed: floa
         "group": spec.group, "reduction": spec.reduction, "top": spec.top,
         "reference_epoch": spec.reference_epoch, "window_group": spec.window_group,
         "cache": entry.meta.get("cache"), "compute_s": entry.meta.get("compute_s"),
-        "workers": entry.meta.get("workers"), "total_s": round(elapsed, 3),
+        "total_s": round(elapsed, 3),
     }
     return SweepResult(
         run=run.name, spec=spec, epochs=np.asarray(epochs, dtype=np.int64),

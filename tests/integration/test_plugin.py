@@ -64,7 +64,7 @@ def test_plugin_family_end_to_end_from_the_cli(site, tmp_path):
     assert all("label" in c for c in spec["cliffs"])
 
     sw = ok(cli(site, "sweep", out, "--workers", 2, "--json"))
-    assert sw["workers"] == 2 and [row["epoch"] for row in sw["table"]] == [0, 10, 20, 30, 40]
+    assert sw["executor"] == {"executor": "local", "workers": 2} and [row["epoch"] for row in sw["table"]] == [0, 10, 20, 30, 40]
     assert set(sw["families"]) == {"linear", "xor", "random"}
     # the worker processes wrote every checkpoint's spectrum: the same numbers as one process computes
     one = ok(cli(site, "spectrum", out, "--epoch", 20, "--json"))
@@ -163,18 +163,18 @@ def test_runtime_registered_family_reaches_the_workers(tmp_path):
             fam = Fam()
             run = train(fam, fam.Config(p=5, width=8, epochs=20, checkpoint_every=5), sys.argv[1])
             res = sweep(run, workers=2)
-            print(json.dumps({"workers": res.meta["workers"], "epochs": [int(e) for e in res.epochs]}))
+            print(json.dumps({"executor": res.meta["executor"], "epochs": [int(e) for e in res.epochs]}))
     """)
     # the usual guard for a script that starts worker processes; a family defined in
     # __main__ cannot reach them, so that sweep runs in-process (and needs no guard)
     (tmp_path / "module.py").write_text(body + 'if __name__ == "__main__":\n    main()\n')
     (tmp_path / "main.py").write_text(body + "main()\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    for how, workers in (("module", 2), ("main", 1)):
+    for how, executor in (("module", {"executor": "local", "workers": 2}), ("main", {"executor": "inline"})):
         r = subprocess.run([sys.executable, str(tmp_path / f"{how}.py"), str(tmp_path / how), how], cwd=tmp_path,
                            env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
-        assert json.loads(r.stdout.strip().splitlines()[-1]) == {"workers": workers, "epochs": [0, 5, 10, 15, 20]}
+        assert json.loads(r.stdout.strip().splitlines()[-1]) == {"executor": executor, "epochs": [0, 5, 10, 15, 20]}
 
 
 def test_installed_distribution_declares_the_builtin_families(tmp_path):
