@@ -34,6 +34,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from ..workflows.importing import import_run, parse_checkpoint_args, read_config
+
+    fam = get_family(args.family)
+    cfg = read_config(fam, args.config)
+    checkpoints = parse_checkpoint_args(args.checkpoint or [])
+    bar = tqdm_progress(f"import {fam.name}")
+    try:
+        run = import_run(fam, cfg, checkpoints, args.out, progress=bar)
+    finally:
+        bar.close()
+    info = run.info()
+    emit(args, info, lambda i: f"imported {len(i['checkpoints'])} checkpoints of {i['family']} into {run.path}")
+    return 0
+
+
 def cmd_families(args: argparse.Namespace) -> int:
     fams = []
     for name in list_families():
@@ -88,6 +104,16 @@ def add_commands(sub) -> None:
         fp.add_argument("--out", help="run folder (default runs/FAMILY-seedSEED)")
         fp.add_argument("--json", action="store_true", help="print the run's info as JSON")
         fp.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("import", help="import checkpoints trained elsewhere (safetensors) as a run folder")
+    p.add_argument("family", metavar="FAMILY", help="a model family (python -m entk_core families lists them)")
+    p.add_argument("--config", default=None, metavar="CONFIG.json",
+                   help="the family's config as a JSON object (missing fields keep their defaults)")
+    p.add_argument("--checkpoint", action="append", metavar="EPOCH=FILE.safetensors", required=True,
+                   help="a state dict and its epoch; repeat for each checkpoint")
+    p.add_argument("--out", required=True, help="the new run folder (must not exist, or be empty)")
+    p.add_argument("--json", action="store_true", help="print the run's info as JSON")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("info", help="config, checkpoints and summary metrics of a run")
     p.add_argument("run", help="run folder, or a name under $ENTK_RUNS_DIR (default ./runs)")

@@ -199,7 +199,7 @@ def _train_locked(fam: ModelFamily, cfg: Any, out: Path, progress: Progress | No
 
     if (out / MANIFEST).exists():
         run = Run(out)
-        if run.family.name != fam.name or asdict(run.config) != config:
+        if type(run.family) is not type(fam) or asdict(run.config) != config:
             raise RunError(f"{out}: already holds a run with a different config; choose another --out or delete it")
         if run.status == "complete":
             return run
