@@ -77,10 +77,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     def text(i: dict[str, Any]) -> str:
         lines = [f"{i['name']}: {i['family']} ({i['status']})", f"  path: {i['path']}",
                  "  config: " + ", ".join(f"{k}={v}" for k, v in i["config"].items()),
-                 f"  checkpoints: {len(i['checkpoints'])} (epochs {i['checkpoints'][0]}..{i['checkpoints'][-1]})" if i["checkpoints"] else "  checkpoints: none",
+                 (f"  checkpoints: {len(i['checkpoints'])} (epochs {i['checkpoints'][0]}..{i['checkpoints'][-1]})"
+                  if i["checkpoints"] else "  checkpoints: none"),
                  "  final: " + ", ".join(f"{k}={v:.4g}" for k, v in i["final_metrics"].items() if isinstance(v, float)),
                  "  layer groups: " + ", ".join(i["groups"])]
-        extra = {k: v for k, v in i.items() if k not in {"name", "family", "status", "path", "config", "checkpoints", "final_metrics", "groups"}}
+        shown = {"name", "family", "status", "path", "config", "checkpoints", "final_metrics", "groups"}
+        extra = {k: v for k, v in i.items() if k not in shown}
         lines += [f"  {k}: {v}" for k, v in extra.items()]
         return "\n".join(lines)
 
