@@ -45,7 +45,8 @@ import numpy as np
 import streamlit as st
 
 from entk_core.cli import one_line
-from entk_core.store.runs import Run, RunError, list_runs, open_run, runs_root
+from entk_core.families.run import Run, list_runs, open_run
+from entk_core.store.runs import RunError, runs_root
 
 DEMO_FAMILY = "modadd-mlp"
 DEMO_NAME = "modadd-mlp-p29-seed0"
@@ -526,7 +527,7 @@ def require_run() -> tuple[Run, int]:
             "as a demo run: it takes about 10–20 seconds on 2 CPU cores."
         )
         if st.button("Train the demo run", key="train_demo", type="primary"):
-            train_runs([(DEMO_FAMILY, {}, DEMO_NAME)], select=DEMO_NAME)
+            train_runs([DEMO_NAME], select=DEMO_NAME)
         st.caption("Or from a terminal: `python -m entk_core train modadd-mlp --out runs/" + DEMO_NAME + "`")
         stop()
     return run, epoch
@@ -547,21 +548,19 @@ def select_run_button(name: str, *, key: str, where=None) -> None:
     (where or st).button(f"Open {name}", key=key, on_click=pick)
 
 
-def train_runs(jobs: list[tuple[str, dict, str]], *, select: str | None = None) -> None:
-    """Train ``[(family, config overrides, run name)]`` into the runs folder with a progress
-    bar (:func:`entk_core.workflows.training.train`); select ``select`` afterwards."""
-    from entk_core.families.base import get_family
-    from entk_core.workflows.training import train
+def train_runs(names: list[str], *, select: str | None = None) -> None:
+    """Train the paper's named runs (:data:`entk_core.workflows.presets.PRESETS`) into the runs
+    folder with a progress bar; select ``select`` afterwards."""
+    from entk_core.workflows.presets import train_preset
 
     bar = st.progress(0.0, text="Training…")
     with guarded("training failed"):
-        for i, (family, cfg, name) in enumerate(jobs):
-            fam = get_family(family)
-
+        for i, name in enumerate(names):
             def progress(done: int, total: int, message: str, i=i, name=name) -> None:
-                bar.progress(min(1.0, (i + done / max(total, 1)) / len(jobs)), text=f"{name} ({i + 1}/{len(jobs)}): {message}")
+                bar.progress(min(1.0, (i + done / max(total, 1)) / len(names)),
+                             text=f"{name} ({i + 1}/{len(names)}): {message}")
 
-            train(fam, fam.config_from_dict(cfg), runs_root() / name, progress=progress)
+            train_preset(name, progress=progress)
         bar.progress(1.0, text="done")
         _list_runs_cached.clear()
         if select:

@@ -15,6 +15,7 @@ from entk_core.engine.spectra import Cliff
 from entk_core.families.modadd_mlp import analysis as ma
 from entk_core.figures import heatmap_figure
 from entk_core.workflows import alignment, analysis
+from entk_core.workflows.services import Services
 from entk_core.workflows.sweep import CONSTANT_LABEL
 from app_pages._shared import (cache_caption, compare_control, export_buttons, group_name, groups_of, guarded,
                                kernel_size_of, load_model, not_available, require_run, spectrum_explorer, timed,
@@ -53,7 +54,7 @@ other = compare_control(run, epoch, key="align_compare")
 with guarded("cannot compute the alignment"):
     model = load_model(run, epoch)
     res, dt = timed(analysis.spectrum, run, epoch, group=group, top=top, model=model)
-    wins = ma.cliff_windows(run, epoch, windows_from=windows_from, top=top)
+    wins = ma.cliff_windows(run, epoch, services=Services(), windows_from=windows_from, top=top)
     V = res.eigenvectors
     wins = [w for w in wins if w[2] < V.shape[1]]
     fourier = [w for w in wins if w[0] != CONSTANT_LABEL]

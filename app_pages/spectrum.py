@@ -1,9 +1,8 @@
 """Spectrum page: the eNTK eigenvalue spectrum of the selected checkpoint, its cliffs, one
 eigenvector in its family's form, a comparison with another checkpoint or run, exports."""
-import numpy as np
 import streamlit as st
 
-from entk_core.workflows.sweep import label_cliffs
+from entk_core.engine.spectra import label_cliffs
 from entk_core.figures import principal_angles_figure
 from entk_core.workflows import analysis
 from entk_core.workflows.alignment import compare_spectra

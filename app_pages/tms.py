@@ -2,13 +2,12 @@
 spectrum with its cliffs, the eigenvector × feature heatmap, one eigenvector over the
 features (click an eigenvalue), and the paper's three configurations side by side. One β
 control drives every view (a fragment redraws them when it moves)."""
-import numpy as np
 import streamlit as st
 
 from entk_core.families.tms import REPRESENTED_THRESHOLD, TMSFamily, feature_norms, represented_features
 from entk_core.families.tms import analysis as T
 from entk_core.figures import feature_norms_figure, heatmap_figure, spectrum_figure
-from entk_core.store.runs import Run
+from entk_core.families.run import Run
 from app_pages._shared import (runs_listing, cache_caption, export_buttons, guarded, load_model, runs_root,
                                select_run_button, selection, spectrum_explorer, sync_url, timed, train_runs,
                                url_float, url_int, url_toggle, vector_figures)
@@ -35,7 +34,7 @@ def _offer_paper_training(runs: dict[str, Run], key: str) -> None:
     st.markdown(f"Train the paper's configurations {names} (n = 50, I = 0.8, 500 points, 5,000 full-batch Adam "
                 "steps, seed 0): 15–30 s each on 2 CPU cores.")
     if st.button(f"Train {len(missing)} TMS run{'s' if len(missing) > 1 else ''}", key=key, type="primary"):
-        train_runs([("tms", {"m": m, "sparsity": S, "seed": 0}, paper_name(m, S)) for m, S in missing])
+        train_runs([paper_name(m, S) for m, S in missing])
     st.caption("Or from a terminal: " + " ; ".join(
         f"`python -m entk_core train tms --m {m} --sparsity {S} --seed 0 --out runs/{paper_name(m, S)}`"
         for m, S in missing))

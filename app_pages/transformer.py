@@ -8,7 +8,8 @@ import streamlit as st
 from entk_core.families.modadd_transformer import ModAddTransformerFamily
 from entk_core.families.modadd_transformer import analysis as T
 from entk_core.figures import key_frequency_figure, overlap_figure
-from entk_core.store.runs import Run
+from entk_core.families.run import Run
+from entk_core.workflows.services import Services
 from entk_core.workflows import alignment, analysis
 from entk_core.workflows.sweep import family_bases
 from app_pages._shared import (cache_caption, export_buttons, fmt_pct, group_name, groups_of, guarded,
@@ -34,7 +35,7 @@ if run is None or not isinstance(run.family, ModAddTransformerFamily):
     st.markdown(f"Train the paper's Transformer (p = 29, seed 2, 4,000 epochs, a checkpoint every 20) into "
                 f"`{DEFAULT_NAME}`: a few minutes on 2 CPU cores. An interrupted training resumes where it stopped.")
     if st.button("Train modadd-transformer (seed 2)", key="train_transformer", type="primary"):
-        train_runs([("modadd-transformer", {"seed": 2}, DEFAULT_NAME)], select=DEFAULT_NAME)
+        train_runs([DEFAULT_NAME], select=DEFAULT_NAME)
     st.caption(f"Or from a terminal: `python -m entk_core train modadd-transformer --p 29 --seed 2 "
                f"--out runs/{DEFAULT_NAME}`")
     stop()
@@ -94,7 +95,7 @@ with guarded("cannot compute the spectrum"):
 st.subheader(f"Overlap of the top {group} modes with the key-frequency families")
 tables = {}
 with guarded("cannot compute the overlaps"):
-    rep = T.align_report(run, epoch, group=group, key_freqs=key_freqs, top=top, model=model)
+    rep = T.align_report(run, epoch, services=Services(), group=group, key_freqs=key_freqs, top=top, model=model)
     fams = run.family.feature_families(run.config, run.data, key_freqs=key_freqs)
     names = list(T.ALIGN_FAMILIES)
     bases = family_bases({f: fams[f] for f in names})
@@ -121,9 +122,10 @@ block = url_selectbox("window", "Modes", [0, 1], 0, key="tf_block", where=c2,
                       format_func=lambda b: f"{blocks[b][0]}:{blocks[b][1]}")
 with guarded("cannot compute the overlap over training"):
     est = 0.25 * len(run.epochs)
-    sw = long_call(f"tfsweep|{run.path}|{group}", f"the {group} spectrum at each of {len(run.epochs)} checkpoints",
-                   T.overlap_sweep, run, target="entk_core.families.modadd_transformer.analysis:overlap_sweep",
-                   kwargs={"group": group}, estimate_s=est)
+    spec = alignment.spec_dict(T.sweep_spec(run, group))
+    sw = long_call(f"tfsweep|{run.path}|{spec}", f"the {group} spectrum at each of {len(run.epochs)} checkpoints",
+                   alignment.spec_sweep, run, target="entk_core.workflows.alignment:spec_sweep",
+                   kwargs={"spec": spec}, estimate_s=est)
     if sw is not None and sel_fams:
         curves, ders, dashed = {}, {}, []
         for f in sel_fams:

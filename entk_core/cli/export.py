@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..store.runs import open_run
+from ..families.run import open_run
 from ..workflows import analysis
 from ..workflows.export import WHAT, export_view
 from .common import emit, tqdm_progress

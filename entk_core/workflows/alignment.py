@@ -174,3 +174,31 @@ def direction_correlations(dirs: np.ndarray, families: dict, chosen: Sequence[st
 
 
 __all__ += ["feature_families_for", "direction_correlations"]
+
+
+def spec_sweep(run, *, spec: dict, cache=None, progress=None):
+    """:func:`entk_core.workflows.sweep.sweep` with a :class:`~entk_core.families.base.SweepSpec`
+    given as a JSON-able dict (``windows`` as ``[[start, end], ...]``), e.g. a family's
+    run-specific spec: a :class:`~entk_core.workflows.jobs.Job` target."""
+    from ..families.base import SweepSpec
+    from .sweep import sweep as _sweep
+
+    kw = dict(spec)
+    if kw.get("windows") is not None:
+        kw["windows"] = tuple(tuple(int(x) for x in w) for w in kw["windows"])
+    if kw.get("families") is not None:
+        kw["families"] = tuple(kw["families"])
+    return _sweep(run, SweepSpec(**kw), cache=cache, progress=progress)
+
+
+def spec_dict(spec) -> dict:
+    """A :class:`~entk_core.families.base.SweepSpec` as the JSON-able dict :func:`spec_sweep` takes."""
+    from dataclasses import asdict
+
+    d = asdict(spec)
+    d["families"] = list(spec.families) if spec.families is not None else None
+    d["windows"] = [list(w) for w in spec.windows] if spec.windows is not None else None
+    return d
+
+
+__all__ += ["spec_sweep", "spec_dict"]

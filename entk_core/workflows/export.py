@@ -70,7 +70,7 @@ def export_view(run, epoch: int | None, out: Path, *, what: Sequence[str] = WHAT
     from ..store.runs import atomic_write_bytes
     from . import analysis
     from .alignment import pca_for, window_table
-    from .sweep import label_cliffs
+    from ..engine.spectra import label_cliffs
 
     bad = [w for w in what if w not in WHAT]
     if bad:

@@ -166,7 +166,7 @@ def _main() -> int:  # the worker: python -m entk_core.workflows.jobs < {"target
         send({"kind": "progress", "done": int(done), "total": int(total), "message": str(message)})
 
     try:
-        from ..store.runs import open_run
+        from ..families.run import open_run
 
         mod, name = req["target"].split(":")
         fn = getattr(importlib.import_module(mod), name)

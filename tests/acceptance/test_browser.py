@@ -36,7 +36,7 @@ import pytest
 
 from browser_util import (CHROMIUM, CHROMIUM_ARGS, StreamlitServer, after_interaction, chart_count,
                           chromium_missing_reason, error_texts, info_texts, nav_links, plot_titles,
-                          press_slider, screenshot, select_option, sliders, wait_idle)
+                          press_slider, screenshot, sliders, wait_idle)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

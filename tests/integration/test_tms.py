@@ -17,6 +17,7 @@ from entk_core.engine.kernels import empirical_ntk, layer_groups
 from entk_core.families.base import get_family, seeded
 from entk_core.engine.operators import flat_jacobian, flat_top_eigenpairs
 from entk_core.engine.spectra import top_eigenpairs
+from entk_core.workflows.services import Services
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -179,7 +180,7 @@ def tiny_tms_run(tmp_path, fam):
 def test_align_report_best_feature(tiny_tms_run):
     run = tiny_tms_run
     assert run.status == "complete" and "represented_features" in run.info()
-    rep = run.family.align_report(run, run.epochs[-1], beta=0.3, group=None)
+    rep = run.family.align_report(run, run.epochs[-1], services=Services(), beta=0.3, group=None)
     json.dumps(rep, allow_nan=False)
     model, x = run.load_model(), run.data.kernel_x
     w = run.family.class_weights(run.config, 0.3)
@@ -194,7 +195,7 @@ def test_align_report_best_feature(tiny_tms_run):
     assert np.array_equal(np.asarray(rep["best_feature"])[distinct], best_feature(H)[distinct])
     assert rep["represented_features"] == represented_features(run.load_state()["W"])
     # the cached second call gives the same report
-    again = run.family.align_report(run, run.epochs[-1], beta=0.3, group=None)
+    again = run.family.align_report(run, run.epochs[-1], services=Services(), beta=0.3, group=None)
     assert again["best_feature"] == rep["best_feature"] and again["cache"] == "hit"
 
 
@@ -209,7 +210,7 @@ def test_analyse_matches_spectrum_command_path(tiny_tms_run):
 
 
 def test_analyse_rejects_non_tms_and_bad_options(tiny_tms_run, tiny_run_dir):
-    from entk_core.store.runs import open_run
+    from entk_core.families.run import open_run
 
     with pytest.raises(ValueError, match="not a TMS run"):
         tms.analyse(open_run(tiny_run_dir), beta=0.3)
