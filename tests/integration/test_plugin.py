@@ -196,3 +196,19 @@ def test_installed_distribution_declares_the_builtin_families(tmp_path):
     where, origins = json.loads(r.stdout)
     assert where.startswith(str(target))
     assert origins == {n: "entk-explorer 0.1.0" for n in ("modadd-mlp", "modadd-transformer", "tms")}
+
+
+def test_a_broken_plugin_is_reported_and_does_not_break_the_others(tmp_path):
+    """Entry-point metadata naming a module that fails to import (written by hand, as any
+    installer would): listed with its reason; every other family and command still works."""
+    dist = tmp_path / "broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[entk_core.families]\nbroken = broken_plugin_mod:Family\n")
+    (tmp_path / "broken_plugin_mod.py").write_text("raise RuntimeError('this plug-in is broken')\n")
+    fams = ok(cli(tmp_path, "families", "--json"))
+    assert {"modadd-mlp", "tms", "modadd-transformer"} <= {f["name"] for f in fams["families"]}
+    assert fams["errors"] == {"broken": "cannot import broken_plugin_mod:Family: RuntimeError: this plug-in is broken"}
+    r = cli(tmp_path, "train", "broken", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "invalid choice: 'broken'" in r.stderr
+    assert cli(tmp_path, "train", "modadd-mlp", "--help").returncode == 0
