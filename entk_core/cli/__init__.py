@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "entk_core.cli.runs",
     "entk_core.cli.analysis",
     "entk_core.cli.grid",
+    "entk_core.cli.export",
 )
 """Modules defining commands (each has ``add_commands(subparsers)``)."""
 

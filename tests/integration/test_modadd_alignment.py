@@ -103,7 +103,7 @@ def test_alignment_page(install_run, tiny_run_dir):
 
     install_run(tiny_run_dir)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/5_Alignment.py").run()
+    at.switch_page("app_pages/alignment.py").run()
     assert not at.exception and not at.error
     titles = _titles(at)
     assert any("phase-insensitive correlation" in t for t in titles)
@@ -111,7 +111,7 @@ def test_alignment_page(install_run, tiny_run_dir):
     at.toggle(key="align_rotated").set_value(False).run()
     assert not at.exception and not at.error
     assert any("raw eigenvectors" in t for t in _titles(at))
-    at.number_input(key="align_idx").set_value(3).run()
+    at.number_input(key="align_vector").set_value(3).run()
     assert any(t.startswith("eigenvector 3 as") for t in _titles(at))
     at.selectbox(key="align_group").set_value("net.0").run()
     assert not at.exception and not at.error
@@ -130,7 +130,7 @@ def test_alignment_page_other_family_shows_info(tmp_path, monkeypatch):
     train(fam, fam.Config(n=5, m=2, n_points=20, epochs=2, checkpoint_every=1), root / "tms-tiny")
     monkeypatch.setenv("ENTK_RUNS_DIR", str(root))
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/5_Alignment.py").run()
+    at.switch_page("app_pages/alignment.py").run()
     assert not at.exception and not at.error
     assert any("needs a modular-arithmetic run" in i.value for i in at.info)
 
@@ -159,7 +159,7 @@ def test_mlp29_pages(install_run, mlp29_run_dir):
 
     install_run(mlp29_run_dir)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600).run()
-    for page in ("pages/2_Grokking.py", "pages/5_Alignment.py"):
+    for page in ("app_pages/grokking.py", "app_pages/alignment.py"):
         at.switch_page(page).run()
         assert not at.exception and not at.error
         assert at.get("plotly_chart")

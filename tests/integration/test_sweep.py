@@ -146,21 +146,19 @@ def test_grokking_page(install_run, tiny_run_dir):
 
     install_run(tiny_run_dir)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/2_Grokking.py").run()
+    at.switch_page("app_pages/grokking.py").run()
     assert not at.exception and not at.error
     titles = _chart_titles(at)
-    assert len(titles) == 3 and any("spectrum at epoch 30" in t for t in titles)
-    assert at.session_state["grok_epoch"] == 30  # starts at the sidebar checkpoint
-    at.select_slider(key="grok_epoch").set_value(10).run()
+    assert any("spectrum at epoch 30" in t for t in titles) and any("Overlap of" in t for t in titles)
+    assert any("as a p × p image" in t or "eigenvector" in t for t in titles)
+    assert [s.key for s in at.select_slider] == ["epoch"]  # one epoch control: the sidebar's
+    at.select_slider(key="epoch").set_value(10).run()
     assert not at.exception and not at.error
     assert any("spectrum at epoch 10" in t for t in _chart_titles(at))
-    assert at.session_state["epoch"] == 30  # the sidebar keeps its checkpoint
     at.selectbox(key="grok_group").set_value("net.3").run()
     assert not at.exception and not at.error
     assert any("net.3 eNTK spectrum" in t for t in _chart_titles(at))
-    # the sidebar moves the scrubber
-    at.select_slider(key="epoch").set_value(20).run()
-    assert at.session_state["grok_epoch"] == 20
+    assert dict(at.query_params)["group"] == "net.3" and dict(at.query_params)["epoch"] == "10"
 
 
 @pytest.mark.slow

@@ -258,7 +258,7 @@ def test_tms_page(tmp_path, fam, tiny_run_dir):
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
         at.session_state["run"] = run_name
         at.run()
-        at.switch_page("pages/3_TMS.py")
+        at.switch_page("app_pages/tms.py")
         at.run()
         assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
         return at
@@ -271,10 +271,10 @@ def test_tms_page(tmp_path, fam, tiny_run_dir):
     at = page("b-tms")
     assert at.metric[0].label == "Represented features"
     assert at.metric[0].value.endswith("/ 8")
-    assert any("β update" in c.value for c in at.caption)
+    assert any("cached" in c.value or "from the cache" in c.value for c in at.caption)
     at.slider(key="tms_beta").set_value(1.0)
     at.run()
     assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
     titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "") for c in at.get("plotly_chart")]
     assert any("β = 1" in t for t in titles), titles
-    assert at.session_state["tms_fragment_s"] < 30
+    assert dict(at.query_params).get("beta") == "1"

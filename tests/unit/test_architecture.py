@@ -38,8 +38,6 @@ PENDING = {
     ("private", "entk_core.engine.operators imports _per_example_jacobian from entk_core.engine.kernels"),
     ("private", "entk_core.engine.operators imports _quiet from entk_core.engine.kernels"),
     ("private", "entk_core.engine.operators imports _ranges from entk_core.engine.kernels"),
-    ("family-name", "pages/3_TMS.py compares a family name"),
-    ("family-name", "pages/4_Transformer.py compares a family name"),
 }
 
 

@@ -76,3 +76,7 @@ class ModAddMLPFamily(ModelFamily):
 
     def eigenvector_view(self, cfg: Any) -> str:
         return "grid"
+
+    def hidden_activations(self, model: nn.Module, x: Any) -> torch.Tensor:
+        """The hidden layer after the quadratic activation, ``(N, width)`` (the input of ``net.3``)."""
+        return model.net[:3](x)

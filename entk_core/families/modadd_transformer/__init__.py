@@ -141,3 +141,11 @@ class ModAddTransformerFamily(ModelFamily):
 
     def eigenvector_view(self, cfg: Any) -> str:
         return "grid"
+
+    def hidden_activations(self, model: nn.Module, x: Any) -> torch.Tensor:
+        """The residual stream at the last position after the MLP, ``(N, d_model)`` (what the
+        unembedding reads)."""
+        h = model.pos_embed(model.embed(x))
+        h = h + model.attn(h)
+        h = h + model.mlp(h)
+        return h[:, -1]
