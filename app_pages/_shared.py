@@ -799,7 +799,7 @@ def spectrum_explorer(run: Run, *, key: str, eigenvalues: np.ndarray, cliffs, la
     left, right = st.columns([3, 1])
     idx = url_int("vector", "Eigenvector index", 0, n_vectors - 1, min(default_vector, n_vectors - 1), key=vkey,
                   where=right, help=f"0 to {n_vectors - 1}; or click an eigenvalue on the spectrum")
-    right.metric("eigenvalue", f"{eigenvalues[idx]:.4g}" if idx < len(eigenvalues) else "–")
+    right.metric("eigenvalue", f"{eigenvalues[idx]:.3e}" if idx < len(eigenvalues) else "–")
     if side is not None:
         with right:
             side(idx)

@@ -70,16 +70,15 @@ with guarded("cannot compute the sweep"):
     m = run.metrics
     markers = {f"onset {res.onset_epoch:g}": res.onset_epoch} if res.onset_epoch is not None else {}
     series = {k: m.get(k, []) for k in ("train_acc", "test_acc") if m.get(k)}
-    left, right = st.columns(2)
-    acc_fig = accuracy_figure(m.get("epoch", []), series, current=epoch, markers=markers)
-    left.plotly_chart(acc_fig, key="grok_acc", width="stretch")
+    acc_fig = accuracy_figure(m.get("epoch", []), series, current=epoch, markers=markers, height=300)
+    st.plotly_chart(acc_fig, key="grok_acc", width="stretch")
 
     # the spectrum at this epoch, its own blocks labelled like the windows; click for an eigenvector
     spec = analysis.spectrum(run, epoch, group=res.spec.group, reduction=res.spec.reduction, top=res.spec.top)
     extra = None
     if other is not None and other[0].path == run.path:
         extra = {other[2]: res.eigenvalues[res.epoch_index(other[1])]}
-    with right:
+    if True:
         _, spec_fig, vfigs = spectrum_explorer(
             run, key="grok", eigenvalues=res.eigenvalues[i], cliffs=res.own_cliffs(i), labels=res.own_labels(i),
             title=f"{group} eNTK spectrum at epoch {epoch} (blocks detected at this epoch)", log=True,

@@ -87,7 +87,8 @@ with guarded("cannot compute the spectrum"):
     title = f"{fam.title}: {group} eNTK ({reduction}{', β = %g' % beta if beta else ''}), epoch {epoch}"
     idx, fig, vfigs = spectrum_explorer(
         run, key="spec", eigenvalues=res.eigenvalues, cliffs=res.cliffs, labels=labels, title=title, log=log,
-        n_vectors=V.shape[1], default_vector=res.cliffs[1].start if len(res.cliffs) > 1 else 0, extra=extra,
+        n_vectors=V.shape[1], extra=extra,
+        default_vector=next((c.start for c, lab in zip(res.cliffs, labels) if lab != "constant"), 0),
         vector_of=lambda i: vector_figures(run, V[:, i], title=f"eigenvector {i} (λ = {res.eigenvalues[i]:.4g})"),
     )
     t = res.meta["timing"]

@@ -5,6 +5,7 @@ that overlap over training against the accuracy curves."""
 import numpy as np
 import streamlit as st
 
+from entk_core.engine.spectra import label_cliffs
 from entk_core.families.modadd_transformer import ModAddTransformerFamily
 from entk_core.families.modadd_transformer import analysis as T
 from entk_core.figures import key_frequency_figure, overlap_figure
@@ -82,7 +83,8 @@ with guarded("cannot compute the spectrum"):
     res, dt = timed(analysis.spectrum, run, epoch, group=group, reduction="mean", top=top, model=model)
     refs = {f"{b} ({e})": e - 0.5 for b, (_, e) in zip(("2F+1", "4F+1"), blocks)}
     idx, sfig, vfigs = spectrum_explorer(
-        run, key="tf", eigenvalues=res.eigenvalues, cliffs=res.cliffs, labels=None, log=log, reference_lines=refs,
+        run, key="tf", eigenvalues=res.eigenvalues, cliffs=res.cliffs, labels=label_cliffs(res.cliffs, res.eigenvectors), log=log,
+        reference_lines=refs,
         title=f"{group} eNTK (mean over class pairs), epoch {epoch}", n_vectors=res.eigenvectors.shape[1],
         vector_of=lambda i: vector_figures(run, res.eigenvectors[:, i], title=f"eigenvector {i} over the (a, b) pairs"))
     figures.update({"spectrum": sfig, **{f"vector_{idx}_{j}": f for j, f in enumerate(vfigs)}})

@@ -44,7 +44,9 @@ def cmd_align(args: argparse.Namespace) -> int:
                                          progress=bar)
     finally:
         bar.close()
-    report = {"run": run.name, "family": run.family.name, "epoch": epoch, **report}
+    from ..workflows.alignment import report_baselines
+
+    report = report_baselines(run, epoch, {"run": run.name, "family": run.family.name, "epoch": epoch, **report})
     emit(args, report, lambda r: json.dumps(r, indent=1, default=float))
     return 0
 

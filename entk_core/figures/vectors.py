@@ -52,13 +52,15 @@ def eigenvector_figures(view: str, vec: np.ndarray, *, title: str, p: int | None
                                   hovertemplate="a=%{y}, b=%{x}<br>%{z:.4f}<extra></extra>"))
         f1.update_layout(title={"text": title}, xaxis_title="b", yaxis_title="a", height=height,
                          margin={"l": 50, "r": 20, "t": 60, "b": 50})
-        f1.update_yaxes(autorange="reversed", scaleanchor="x")
+        f1.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
+        f1.update_xaxes(constrain="domain")
         f2 = go.Figure(go.Heatmap(z=power, x=freqs, y=freqs, colorscale="Viridis", zmin=0,
                                   colorbar={"title": {"text": "power"}},
                                   hovertemplate="k_a=%{y}, k_b=%{x}<br>%{z:.3f}<extra></extra>"))
         f2.update_layout(title={"text": "2-D Fourier power (share of the total)"}, xaxis_title="k_b",
                          yaxis_title="k_a", height=height, margin={"l": 50, "r": 20, "t": 60, "b": 50})
-        f2.update_yaxes(autorange="reversed", scaleanchor="x")
+        f2.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
+        f2.update_xaxes(constrain="domain")
         return [f1, f2]
     if view == "features":
         fv = np.asarray(feature_values if feature_values is not None else vec, dtype=float)

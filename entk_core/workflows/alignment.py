@@ -202,3 +202,45 @@ def spec_dict(spec) -> dict:
 
 
 __all__ += ["spec_sweep", "spec_dict"]
+
+
+def report_baselines(run, epoch: int, report: dict[str, Any], *, seed: int = 0) -> dict[str, Any]:
+    """Add the PCA and random baselines beside the eNTK overlaps of an ``align`` report.
+
+    Every window of the report -- ``report["cliffs"]`` entries (``start``..``end``, overlaps
+    under ``"overlap"``) or ``report["blocks"]`` entries (``modes`` ``[start, stop)``,
+    overlaps under ``"families"``) -- gets ``"baselines": {"budget": k, "pca": {family:
+    overlap}, "random": {family: overlap}}`` with ``k`` its size, measured against the same
+    (mean-centred) families with the same overlap. ``report["baselines"]`` says what the PCA
+    is of. Families are the run's, built from its last checkpoint (for the Transformer: its
+    key frequencies). Reports without windows are returned unchanged."""
+    from .sweep import family_bases
+
+    windows = []
+    for c in report.get("cliffs") or []:
+        if isinstance(c, dict) and "start" in c and "end" in c and isinstance(c.get("overlap"), dict):
+            windows.append((c, int(c["start"]), int(c["end"]), list(c["overlap"])))
+    for b in report.get("blocks") or []:
+        if isinstance(b, dict) and "modes" in b and isinstance(b.get("families"), dict):
+            windows.append((b, int(b["modes"][0]), int(b["modes"][1]) - 1, list(b["families"])))
+    if not windows:
+        return report
+    fams = feature_families_for(run, run.epochs[-1])
+    H = hidden_activations(run, epoch)
+    for entry, s, e, names in windows:
+        names = [f for f in names if f in fams]
+        if not names:
+            continue
+        bases = family_bases({f: fams[f] for f in names})
+        base = baseline_overlaps(H, [e - s + 1], bases, seed=seed)
+        entry["baselines"] = {"budget": e - s + 1, "pca": base["pca"][0], "random": base["random"][0]}
+    report["baselines"] = {
+        "pca": None if H is None else f"top principal directions of the hidden activations ({H.shape[1]} units, "
+                                      f"{H.shape[0]} inputs), as many as the window has eigenvectors",
+        "random": f"a random subspace of the same size (seed {seed})",
+        "overlap": "‖QᵀF‖²_F against each mean-centred family, as for the eNTK",
+    }
+    return report
+
+
+__all__ += ["report_baselines"]

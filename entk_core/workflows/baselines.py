@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["hidden_activations", "pca_directions", "random_directions"]
+__all__ = ["hidden_activations", "pca_directions", "random_directions", "baseline_info", "RANDOM_STREAM"]
+
+RANDOM_STREAM = 0x5EED_BA5E
+"""Second word of the random baseline's seed."""
 
 
 def hidden_activations(run, epoch: int, *, model: torch.nn.Module | None = None) -> np.ndarray | None:
@@ -52,8 +55,10 @@ def pca_directions(H: np.ndarray, k: int) -> np.ndarray:
 
 
 def random_directions(n: int, k: int, seed: int = 0) -> np.ndarray:
-    """``(n, k)`` orthonormal columns spanning a seeded random Gaussian subspace."""
-    g = np.random.default_rng(seed)
+    """``(n, k)`` orthonormal columns spanning a seeded random Gaussian subspace (its own
+    stream, ``default_rng([seed, RANDOM_STREAM])``, so it never repeats data drawn from a
+    plain ``default_rng(seed)``)."""
+    g = np.random.default_rng([int(seed), RANDOM_STREAM])
     Q, _ = np.linalg.qr(g.standard_normal((n, k)))
     return Q
 
@@ -65,5 +70,3 @@ def baseline_info(H: np.ndarray | None) -> dict[str, Any]:
     s = np.linalg.svd(H - H.mean(axis=0, keepdims=True), compute_uv=False)
     return {"dim": int(H.shape[1]), "rank": int((s > 1e-10 * max(s[0] if s.size else 0, 1e-300)).sum())}
 
-
-__all__ += ["baseline_info"]
