@@ -24,6 +24,16 @@ def test_app_makes_no_request_to_another_host():
     assert "page_icon=str(ROOT" in src and ":material/" not in src.split("st.set_page_config")[1].split(")")[0]
 
 
+def test_app_does_nothing_when_a_worker_imports_it(tmp_path):
+    """Spawned sweep workers of the server import app.py as ``__mp_main__``: it must not run."""
+    import runpy
+    import sys
+
+    before = set(sys.modules)
+    runpy.run_path(str(REPO / "app.py"), run_name="__mp_main__")
+    assert not any(m == "streamlit" or m.startswith("app_pages") for m in set(sys.modules) - before)
+
+
 def test_stagger_rows_never_overlap():
     from entk_core.figures import stagger_rows
 
