@@ -283,7 +283,7 @@ ROUND_TRIPS = [
     ("alignment", MLP, "select", "Cliffs detected in", "net.0 · W1, input → hidden", "windows"),
     ("tms", TMS, "slider", "β", "ArrowRight", "beta"),
     ("tms", TMS, "number", "Eigenvalues k (10–300)", 60, "top"),
-    ("transformer", TF, "select", "Layer group", "attn.OV · W_O + W_V", "group"),
+    ("transformer", TF, "select", "Layer group", "attn.OV · W_O + W_V, the OV circuit", "group"),
     ("transformer", TF, "select", "Modes", "5:9", "window"),
 ]
 
