@@ -339,9 +339,12 @@ class _StructuredOp:
         for f in self.factored:
             T, O = f.T, f.O
             Gv = torch.bmm(Vn, f.Gn)                                       # (N, k, T·O)
-            if f.kind == "linear":
+            if f.kind == "linear" and T == 1:
+                U = Gv.view(N, k * O).T @ f.A                              # (k·O, I): Jᵀ v as weights
+                Y = (f.A @ U.T).view(N, k, O).transpose(1, 2)              # (N, O, k) view
+            elif f.kind == "linear":
                 Gt = Gv.view(N, k, T, O).permute(1, 3, 0, 2).reshape(k * O, N * T)
-                U = Gt @ f.A                                               # (k·O, I): Jᵀ v as weights
+                U = Gt @ f.A
                 Y = (f.A @ U.T).view(N, T, k, O).permute(0, 1, 3, 2).reshape(N, T * O, k)
             else:
                 U = torch.zeros(k, f.I, O, dtype=self.dtype, device=V.device)
@@ -532,8 +535,8 @@ def _lanczos_shape(R: int, k: int) -> tuple[int, int, int]:
     an ``R × R`` operator: measured on the modular-addition MLP (k = 200: ~2,300 products,
     block 50) and synthetic spectra; rough."""
     b = max(8, min(64, k // 4))
-    basis = int(min(R, max(6 * k, k + 16 * b)))
-    products = int(min(R * 1.0, 11 * k + 20 * b)) if R > k + 2 * b else R
+    basis = int(min(R, max(15 * k, k + 16 * b)))
+    products = int(min(R * 1.0, 12 * k + 20 * b)) if R > k + 2 * b else R
     return b, basis, products
 
 
@@ -541,9 +544,9 @@ def _lanczos_seconds(R: int, k: int, flops_per_vector: float, rates: planner.Rat
     """(seconds, bytes) of the Lanczos iteration itself (products excluded from bytes)."""
     b, basis, products = _lanczos_shape(R, k)
     g64 = rates.gemm_rate("float64")
-    orth = 8.0 * R * (0.6 * basis) * products
-    n_checks = max(3, int(math.log(max(2.0, basis / (k + b))) / math.log(1.15)) + 2)
-    checks = n_checks * 9.0 * (0.8 * basis) ** 3
+    orth = 4.0 * R * 0.5 * min(basis, products) * products * 1.5
+    m_end = min(basis, products)
+    checks = 2.0 * 9.0 * m_end ** 3          # checks every 25% of growth: ~2 eigh of the final size
     t = (products * flops_per_vector + orth + checks) / g64
     mem = R * (basis + b) * 8 + (basis + b) ** 2 * 8 + 4 * R * b * 8
     return t, int(mem)
