@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from _kernel_models import ARCHS, brute_ntk, make
+from entk_core.engine import planner
 from entk_core.engine.kernels import (
     MemoryBudgetError,
-    _Ctx,
     empirical_ntk,
     empirical_ntk_by_layer,
     layer_groups,
@@ -93,25 +93,34 @@ def test_float32_agrees_with_float64_reference(arch):
         assert rel(K, brute(arch)) <= 1e-5, method
 
 
+def fallback_params(info) -> set[str]:
+    return {n for f in info.fallbacks for n in f["params"]}
+
+
 def test_structured_path_uses_rules_and_falls_back_per_parameter():
     m, x1, _ = make("attn")
-    ctx = _Ctx(m, x1, None, method="structured", dtype=F64)
-    kinds = {L.name: L.kind for L in ctx.layers}
-    assert kinds["embed"] == "embedding" and kinds["W_Q"] == "linear" and kinds["unembed"] == "linear"
-    assert set(ctx.fallback) == {"pos", "ln.weight", "ln.bias"}
-    assert {L.name: L.positions for L in ctx.layers}["W_Q"] == 3
+    K, info = empirical_ntk(m, x1, method="structured", dtype=F64, return_info=True)
+    rules = {name: d["rule"] for name, d in info.structured.items()}
+    assert rules["embed"] == "Embedding" and rules["W_Q"] == "Linear" and rules["unembed"] == "Linear"
+    assert rules["ln"].startswith("elementwise")          # LayerNorm gain and bias have a rule now
+    assert fallback_params(info) == {"pos"}
+    assert all(f["path"] == "jacobian" and f["reason"] for f in info.fallbacks)
+    assert info.structured["W_Q"]["positions"] == 3
+    assert info.method == "structured" and info.model_copy == "cast copy"     # float32 model, float64 work
+    assert rel(K, brute("attn")) <= 1e-10
     m, x1, _ = make("tms")
-    assert _Ctx(m, x1, None, method="structured").fallback == ["W", "b"]
+    _, info = empirical_ntk(m, x1, method="structured", return_info=True)
+    assert fallback_params(info) == {"W", "b"} and not info.structured
 
 
 @pytest.mark.parametrize("arch", ("tied", "inplace"))
 def test_weight_used_outside_its_module_and_inplace_ops(arch):
     m, x1, x2 = make(arch)
-    ctx = _Ctx(m, x1, None, method="structured", dtype=F64)
+    _, info = empirical_ntk(m, x1, method="structured", dtype=F64, return_info=True)
     if arch == "tied":   # enc.weight is also used in a matmul: its layer must fall back
-        assert "enc.weight" in ctx.fallback
+        assert "enc.weight" in fallback_params(info)
     else:                # ReLU(inplace=True) after a Linear: the rule still applies
-        assert not ctx.fallback
+        assert not info.fallbacks
     for method in ("structured", "auto"):
         assert rel(empirical_ntk(m, x1, x2, method=method, dtype=F64), brute_ntk(m, x1, x2)) <= 1e-10
 
@@ -129,8 +138,8 @@ def test_non_batch_first_linear_falls_back():
 
     torch.manual_seed(0)
     m, x = SeqFirst(), torch.randn(5, 3, 3)
-    ctx = _Ctx(m, x, None, method="structured")
-    assert "lin.weight" in ctx.fallback and "head.weight" not in ctx.fallback
+    _, info = empirical_ntk(m, x, method="structured", return_info=True)
+    assert "lin.weight" in fallback_params(info) and "head.weight" not in fallback_params(info)
     assert rel(empirical_ntk(m, x, method="structured", dtype=F64), brute_ntk(m, x)) <= 1e-10
 
 
@@ -353,19 +362,26 @@ def test_env_budget(monkeypatch):
 
 
 # ------------------------------------------------------------------ layouts
+def _force_layout(monkeypatch, layout, class_block):
+    real = planner.choose
+
+    def forced(*a, **k):
+        p = real(*a, **k)
+        p.layout, p.class_block = layout, class_block
+        return p
+
+    monkeypatch.setattr(planner, "choose", forced)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("rect", (False, True))
-def test_class_streaming_layout(arch, rect):
+def test_class_streaming_layout(arch, rect, monkeypatch):
     """The class-streamed trace (used when chunks do not fit) equals the brute force."""
-    from entk_core.engine.kernels import _eval_mode, _run
-
     m, x1, x2 = make(arch)
-    ctx = _Ctx(m, x1, x2 if rect else None, reduction="trace", by_layer=True, method="structured", dtype=F64)
-    assert ctx.method == "structured" and (bool(ctx.layers) or arch == "tms")
-    ctx.layout = "stream"
-    ctx.plan.class_block = 2
-    with _eval_mode(ctx.model):
-        by = _run(ctx)
+    _force_layout(monkeypatch, "stream", 2)
+    by, info = empirical_ntk_by_layer(m, x1, x2 if rect else None, reduction="trace", method="structured",
+                                      dtype=F64, return_info=True)
+    assert info.method == "structured" and info.layout == "stream" and (bool(info.structured) or arch == "tms")
     assert list(by) == list(layer_groups(m))
     ref = reduce(brute(arch, x2=rect), "trace")
     assert rel(sum(by.values()), ref) <= 1e-10
@@ -374,15 +390,13 @@ def test_class_streaming_layout(arch, rect):
 
 
 @pytest.mark.parametrize("reduction", ("flat", "full"))
-def test_panel_layout_is_used_and_exact(reduction):
+def test_panel_layout_is_used_and_exact(reduction, monkeypatch):
     m, x1, x2 = make("embed")
-    ctx = _Ctx(m, x1, None, reduction=reduction, method="structured")
-    assert ctx.layout == "panels"
-    ctx.plan.class_block = 1      # several panels
-    from entk_core.engine.kernels import _eval_mode, _run
-
-    with _eval_mode(ctx.model):
-        K = _run(ctx)["__all__"]
+    _, info = empirical_ntk(m, x1, reduction=reduction, method="structured", return_info=True)
+    assert info.layout == "panels"
+    _force_layout(monkeypatch, "panels", 1)      # several panels
+    K, info = empirical_ntk(m, x1, reduction=reduction, method="structured", return_info=True)
+    assert info.layout == "panels"
     assert rel(K, reduce(brute("embed"), reduction)) <= 1e-5
     if reduction == "flat":
         assert torch.equal(K, K.T)

@@ -81,7 +81,7 @@ def test_gram_trick_equals_dense_eigendecomposition():
     assert v3.shape == (30,) and V3.shape == (42, 30) and np.all(v3[24:] == 0)
 
 
-@pytest.mark.parametrize("method", ("gram", "dense", "iterative", "auto"))
+@pytest.mark.parametrize("method", ("gram", "dense", "iterative", "lanczos", "auto"))
 @pytest.mark.parametrize("arch", ("tms", "mlp"))
 def test_flat_top_eigenpairs_all_methods(method, arch):
     m, x, _ = make(arch)

@@ -75,9 +75,12 @@ def test_refusal_suggests_a_single_group():
 
 def test_choose_form():
     # an MLP layer (one position): pairwise beats per-example gradients
-    assert planner.choose_form("linear", 58, 512, 1, 29, 29, "outer") == "pair"
+    assert planner.choose_form("linear", 58, 512, 1, 29, 29) == "pair"
     # long sequences with a small layer: per-example gradients win
-    assert planner.choose_form("linear", 16, 16, 128, 1, 1, "outer") == "perex"
+    assert planner.choose_form("linear", 16, 16, 128, 1, 1) == "perex"
+    # a convolution (many output positions): per-example gradients
+    assert planner.choose_form("linear", 27 + 1, 16, 1024, 1, 1, 10) == "perex"
+    assert planner.choose_form("elementwise", 1, 64, 8, 3, 3) == "perex"
 
 
 def test_bad_requests():
@@ -89,16 +92,16 @@ def test_bad_requests():
         estimate(10, None, 2, MLP, method="magic")
 
 
-def test_estimate_model_matches_what_runs():
+def test_estimate_ntk_matches_what_runs():
     import torch
 
     from _kernel_models import make
-    from entk_core.engine.kernels import _Ctx
+    from entk_core.engine.kernels import empirical_ntk, estimate_ntk
 
     m, x1, _ = make("attn")
-    p = planner.estimate_model(m, x1, reduction="flat", memory_budget="1GB")
-    assert p.fits and p.method in ("structured", "jacobian", "ntk_vp")
-    ctx = _Ctx(m, x1, None, reduction="flat", memory_budget="1GB")
-    assert ctx.plan.method == p.method and ctx.plan.chunk_size == p.chunk_size
-    small = planner.estimate_model(m, torch.randint(0, 5, (400, 3)), reduction="full", memory_budget="1MB")
+    p = estimate_ntk(m, x1, reduction="flat", memory_budget="1GB")
+    assert p.fits and p.method in ("structured", "jacobian", "ntk_vp") and p.seconds > 0
+    _, info = empirical_ntk(m, x1, reduction="flat", memory_budget="1GB", return_info=True)
+    assert info.method == p.method and info.chunk_size == p.chunk_size and info.estimate == p.summary()
+    small = estimate_ntk(m, torch.randint(0, 5, (400, 3)), reduction="full", memory_budget="1MB")
     assert not small.fits and small.method is None and "what would fit" in small.suggestion
