@@ -58,6 +58,8 @@ def add_commands(sub) -> None:
     fams = p.add_subparsers(dest="family", required=True, metavar="FAMILY")
     for name in list_families():
         fam = get_family(name)
+        if not fam.offers("train"):  # e.g. causal-lm: pretrained models, nothing to train
+            continue
         fp = fams.add_parser(name, help=fam.title)
         add_family_options(fp, fam)
         fp.add_argument("--out", help="run folder (default runs/FAMILY-seedSEED)")

@@ -6,3 +6,4 @@ subclass decorated with :func:`entk_core.families.base.register`, and import it 
 from . import modadd_mlp  # noqa: F401
 from . import modadd_transformer  # noqa: F401
 from . import tms  # noqa: F401
+from . import causal_lm  # noqa: F401
