@@ -77,3 +77,14 @@ def save_model_folder(path: Path, kind: str, layers: int = 3, d: int = 32, seed:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def in_memory(model, tokenizer=None, name: str = "tiny"):
+    """A :class:`LoadedLM` around an in-memory model (no files; fingerprints are dummies)."""
+    from entk_core.families.causal_lm.arch import get_arch
+    from entk_core.families.causal_lm.models import LMRef, LoadedLM
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    mt = model.config.model_type
+    return LoadedLM(LMRef(name, Path("."), "hf", mt), model.eval(), tokenizer, get_arch(mt), "model-fp", "tok-fp")

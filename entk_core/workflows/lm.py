@@ -143,6 +143,11 @@ def run_unit(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
     t_load = time.perf_counter() - t0
     lm.block(layer)  # range check before any work
     options.check(ps.N * lm.d_model)
+    need = unit_memory_bytes(lm, ps.N, ps.T, layer, options)
+    avail = _available_bytes()
+    if avail is not None and need > avail:
+        raise MemoryError(f"layer {layer} on {ps.N} contexts x {ps.T} tokens needs about {need / 2**30:.1f} GiB, "
+                          f"{avail / 2**30:.1f} GiB is available; use a smaller probe set or fewer --steps")
     t = time.perf_counter()
     tail = LMTail(lm, ps.input_ids, layer, options.params, chunk=options.chunk,
                   progress=(lambda d, n, m: progress(0, options.steps, m)) if progress else None)
@@ -342,6 +347,30 @@ def lm_align(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
 
 
 # ------------------------------------------------------------------ estimates
+def _available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def unit_memory_bytes(lm: LoadedLM, N: int, T: int, layer: int, options: LMAlignOptions) -> int:
+    """Bytes a unit adds to the loaded model: cached activations (selected module's input
+    and output and the residual, or the block input), attention masks of the later blocks,
+    the float64 Krylov basis and one chunk's tail activations (about 1.5 GB)."""
+    d = lm.d_model
+    cfg = lm.model.config
+    dff = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    per_pos = (dff + 2 * d) if options.params is None else 2 * d
+    cached = N * T * per_pos * 4 + N * T * T * 4 * (lm.n_layers - layer)
+    basis = (options.steps + 2) * N * d * 8
+    return int(cached + basis + 1.5e9)
+
+
 def estimate_unit_seconds(lm: LoadedLM, N: int, T: int, layer: int, steps: int = 50,
                           gflops: float | None = None) -> float:
     """Rough wall time of one unit on this machine: FLOPs of ``steps`` K̃ products (tail

@@ -46,11 +46,18 @@ model to float64 round-off); the author's method, the full-model VJP + JVP, is
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
+
+with warnings.catch_warnings():
+    # torch imports this on the first forward-mode AD call and it warns about its own
+    # use of torch.jit.script (a torch-internal DeprecationWarning we cannot act on)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import torch._decomp.decompositions_for_jvp  # noqa: F401
 
 from .arch import block_output
 from .models import LoadedLM
