@@ -264,8 +264,8 @@ def list_models(root: Path | str | None = None) -> list[tuple[str, LMRef | Excep
         return []
     out: list[tuple[str, LMRef | Exception]] = []
     for p in sorted(root.iterdir()):
-        if p.name.startswith("."):
-            continue
+        if p.name.startswith(".") or (p / "provenance.json").is_file() and not (p / "config.json").exists():
+            continue  # hidden entries and probe sets kept beside the models
         if p.is_dir() or p.suffix.lower() == ".gguf":
             try:
                 out.append((p.name, inspect_model(p)))
