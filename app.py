@@ -20,6 +20,7 @@ PAGES = [
     st.Page("pages/5_Alignment.py", title="Alignment", icon=":material/grid_on:", url_path="alignment"),
     st.Page("pages/4_Transformer.py", title="Transformer", icon=":material/hub:", url_path="transformer"),
     st.Page("pages/3_TMS.py", title="TMS", icon=":material/scatter_plot:", url_path="tms"),
+    st.Page("pages/6_Language_model.py", title="Language model", icon=":material/notes:", url_path="language-model"),
 ]
 
 nav = st.navigation(PAGES)

@@ -44,7 +44,7 @@ def build_tokenizer(vocab_size: int = 400, n_stories: int = 300):
 def build_config(kind: str, vocab: int, layers: int = 3, d: int = 32):
     import transformers as tr
 
-    common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=1, pad_token_id=None)
     if kind == "gpt2":
         return tr.GPT2Config(n_embd=d, n_layer=layers, n_head=4, n_positions=128, **common)
     if kind == "llama":

@@ -40,6 +40,7 @@ __all__ = [
     "parse_layers",
     "estimate_unit_seconds",
     "cached_layers",
+    "peek_layer",
 ]
 
 Progress = Callable[[int, int, str], None]
@@ -208,6 +209,12 @@ def layer_entry(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions,
     cache = cache or default_cache()
     return cache.get_or_compute(layer_key(lm, ps, layer, options),
                                 lambda: run_unit(lm, ps, layer, options, progress=progress, cancel=cancel))
+
+
+def peek_layer(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions,
+               cache: ArrayCache | None = None) -> CacheEntry | None:
+    """The cached unit of ``layer``, or ``None`` (never computes)."""
+    return (cache or default_cache()).get(layer_key(lm, ps, layer, options))
 
 
 def cached_layers(lm: LoadedLM, ps: ProbeSet, options: LMAlignOptions, cache: ArrayCache | None = None) -> list[int]:

@@ -68,6 +68,8 @@ __all__ = [
     "greedy_continue",
     "tagger_info",
     "is_probe_set",
+    "probes_root",
+    "list_probe_sets",
 ]
 
 DEFAULT_TAGS = ("PUNCT", "PRON", "PROPN", "DET", "ADV", "CCONJ", "NOUN", "VERB")
@@ -273,6 +275,26 @@ def is_probe_set(path: Path | str) -> bool:
         return json.loads((p / "provenance.json").read_text()).get("kind") == KIND
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def probes_root() -> Path:
+    """The probe-set folder of the dashboard: ``$ENTK_PROBES_DIR`` or ``./probes``."""
+    return Path(os.environ.get("ENTK_PROBES_DIR", "probes")).expanduser()
+
+
+def list_probe_sets(root: Path | str | None = None) -> list[tuple[str, "ProbeSet | Exception"]]:
+    """Every sub-folder of the probe-set folder: ``(name, ProbeSet)`` or ``(name, error)``."""
+    root = Path(root) if root is not None else probes_root()
+    if not root.is_dir():
+        return []
+    out: list[tuple[str, ProbeSet | Exception]] = []
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and not p.name.startswith("."):
+            try:
+                out.append((p.name, load_probe_set(p)))
+            except (ValueError, OSError) as e:
+                out.append((p.name, e))
+    return out
 
 
 def load_probe_set(path: Path | str) -> ProbeSet:
