@@ -11,7 +11,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY requirements.txt .
 # torch 2.13.0's CPU wheel comes from the PyTorch CPU index (the default index ships the CUDA build).
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.txt
+# The project itself (`-e .`) is not installed: the app runs from /app, whose pyproject.toml
+# declares the built-in model families (read directly when the package is not installed).
+RUN grep -v '^-e ' requirements.txt > /tmp/requirements.txt \
+    && pip install --extra-index-url https://download.pytorch.org/whl/cpu -r /tmp/requirements.txt
 
 RUN useradd --create-home --uid 10001 entk \
     && mkdir -p /app/runs \

@@ -1,29 +1,46 @@
 """eNTK Explorer dashboard. Run with ``streamlit run app.py``.
 
-This file only sets up navigation and the shared sidebar (run and checkpoint picker,
-mirrored in the URL so a view can be shared as a link); each page lives in pages/.
+This file sets up navigation and the shared sidebar (run and checkpoint picker); each page
+lives in ``app_pages/``. The whole view is mirrored in the URL (``app_pages/_shared.py``,
+``docs/url-parameters.md``).
+
+Why the pages folder is not called ``pages/``: when a folder named ``pages`` sits next to
+the entry script, Streamlit (1.67) runs the first script run of the server in its
+multipage-v1 compatibility mode, which registers the files of that folder under names
+derived from their file names; a deep link such as ``/grokking?run=...`` opened before
+any other visit then matches none of them, and the browser shows a "Page not found"
+dialog over the right page (upstream streamlit#8860). With no ``pages/`` folder, the
+pages are only ever registered by ``st.navigation`` below and every deep link resolves,
+first or later. ``tests/unit/test_app_layout.py`` keeps it that way.
 """
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
 
-from pages import _shared  # noqa: E402
+from app_pages import _shared  # noqa: E402
 
-st.set_page_config(page_title="eNTK Explorer", page_icon=":material/show_chart:", layout="wide")
+# A local icon: a Material icon as page icon is fetched from fonts.gstatic.com by the browser.
+st.set_page_config(page_title="eNTK Explorer", page_icon=str(ROOT / "static" / "favicon.png"), layout="wide")
 
 PAGES = [
-    st.Page("pages/1_Spectrum.py", title="Spectrum", icon=":material/show_chart:", url_path="spectrum", default=True),
-    st.Page("pages/2_Grokking.py", title="Grokking", icon=":material/timeline:", url_path="grokking"),
-    st.Page("pages/5_Alignment.py", title="Alignment", icon=":material/grid_on:", url_path="alignment"),
-    st.Page("pages/4_Transformer.py", title="Transformer", icon=":material/hub:", url_path="transformer"),
-    st.Page("pages/3_TMS.py", title="TMS", icon=":material/scatter_plot:", url_path="tms"),
-    st.Page("pages/6_Language_model.py", title="Language model", icon=":material/notes:", url_path="language-model"),
+    st.Page("app_pages/spectrum.py", title="Spectrum", icon=":material/show_chart:", url_path="spectrum", default=True),
+    st.Page("app_pages/grokking.py", title="Grokking", icon=":material/timeline:", url_path="grokking"),
+    st.Page("app_pages/alignment.py", title="Alignment", icon=":material/grid_on:", url_path="alignment"),
+    st.Page("app_pages/transformer.py", title="Transformer", icon=":material/hub:", url_path="transformer"),
+    st.Page("app_pages/tms.py", title="TMS", icon=":material/scatter_plot:", url_path="tms"),
+    st.Page("app_pages/language_model.py", title="Language model", icon=":material/notes:", url_path="language-model"),
 ]
 
-nav = st.navigation(PAGES)
+# Streamlit's own page menu drops the query string on a page switch; the sidebar draws page
+# links carrying the whole view instead (_shared.sync_url fills them at the end of the run).
+nav = st.navigation(PAGES, position="hidden")
+_shared.nav_menu(PAGES)
 st.sidebar.title("eNTK Explorer")
 _shared.sidebar()
+_shared.url_box()
 nav.run()
+_shared.sync_url(final=True)

@@ -2,16 +2,21 @@
 their alignment with ground-truth features. No Streamlit import anywhere in here.
 
 The public API is re-exported below; everything else is internal. Shapes and axis
-conventions are documented on each function and in docs/ARCHITECTURE.md.
+conventions are documented on each function and in docs/ARCHITECTURE.md. A plug-in
+family needs only :class:`ModelFamily`, :class:`Dataset`, :class:`FeatureFamily` (and
+:class:`SweepSpec` / :class:`AnalysisServices` for its optional hooks).
 """
 from .engine.kernels import MemoryBudgetError, empirical_ntk, empirical_ntk_by_layer, layer_groups, param_group
-from .families.base import Dataset, FeatureFamily, ModelFamily, get_family, list_families, register
 from .engine.operators import KernelOperator, flat_jacobian, flat_top_eigenpairs, gram_eigenpairs
-from .store.runs import Run, RunError, open_run
-from .engine.spectra import Cliff, detect_cliffs, top_eigenpairs
+from .engine.spectra import Cliff, detect_cliffs, label_cliffs, top_eigenpairs
+from .families.base import (AnalysisServices, Dataset, FeatureFamily, ModelFamily, SweepSpec, get_family,
+                            list_families, register)
+from .families.run import Run, list_runs, open_run
+from .store.runs import RunError
 from .workflows.training import train
 
 __all__ = [
+    "AnalysisServices",
     "Cliff",
     "Dataset",
     "FeatureFamily",
@@ -20,6 +25,7 @@ __all__ = [
     "ModelFamily",
     "Run",
     "RunError",
+    "SweepSpec",
     "detect_cliffs",
     "empirical_ntk",
     "empirical_ntk_by_layer",
@@ -27,8 +33,10 @@ __all__ = [
     "flat_top_eigenpairs",
     "get_family",
     "gram_eigenpairs",
+    "label_cliffs",
     "layer_groups",
     "list_families",
+    "list_runs",
     "open_run",
     "param_group",
     "register",

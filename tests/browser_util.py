@@ -138,12 +138,13 @@ def info_texts(page) -> list[str]:
 
 def nav_links(page) -> list[tuple[str, str]]:
     """``(title, href)`` of every page link in the sidebar navigation (from app.py's pages)."""
-    sel = '[data-testid="stSidebarNav"] a[data-testid="stSidebarNavLink"]'
+    sel = '[data-testid="stSidebar"] a[data-testid="stPageLink-NavLink"]'  # app.py's page menu (st.page_link)
     page.wait_for_selector(sel, timeout=60_000)
     out = []
     for a in page.locator(sel).all():
-        title = a.locator("span[label]").first.get_attribute("label") or (a.text_content() or "").strip()
-        out.append((title, a.get_attribute("href") or ""))
+        title = (a.locator('[data-testid="stMarkdownContainer"]').first.text_content() or "").strip()
+        href = a.evaluate("e => e.href")  # absolute
+        out.append((title, href))
     return out
 
 

@@ -1,5 +1,13 @@
-"""Shared fixtures. Every test runs with its own runs folder and cache folder
-(``ENTK_RUNS_DIR`` / ``ENTK_CACHE_DIR`` point into tmp), so nothing touches ./runs."""
+"""Shared fixtures and the test tiers.
+
+Every test runs with its own runs folder and cache folder (``ENTK_RUNS_DIR`` /
+``ENTK_CACHE_DIR`` point into tmp), so nothing touches ./runs.
+
+Tiers (like TransformerLens): ``tests/unit`` (fast, no training), ``tests/integration``
+(training, sweeps, the app under AppTest), ``tests/acceptance`` (real browser, paper
+numbers). Each test gets its tier's marker (``-m unit`` ...) and a pytest-timeout limit
+(:data:`TIER_TIMEOUT_S`) unless it sets its own ``@pytest.mark.timeout``.
+"""
 from __future__ import annotations
 
 import os
@@ -11,6 +19,18 @@ import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 REPO = Path(__file__).resolve().parent.parent
+TIER_TIMEOUT_S = {"unit": 300, "integration": 1200, "acceptance": 1800}
+"""Per-test limits (seconds) on a loaded 2-core machine; a hang fails instead of stalling CI."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = Path(str(item.fspath)).relative_to(REPO / "tests").parts[0] if str(item.fspath).startswith(
+            str(REPO / "tests")) else None
+        if tier in TIER_TIMEOUT_S:
+            item.add_marker(getattr(pytest.mark, tier))
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(TIER_TIMEOUT_S[tier]))
 
 
 @pytest.fixture(autouse=True)

@@ -54,77 +54,13 @@ def _tms(m: int = 10, n: int = 50, N: int = 500, S: float = 0.9, seed: int = 0):
 def _transformer(p: int = 29):
     import torch
 
-    try:
-        from ..families.modadd_transformer import ModAddTransformer  # type: ignore
+    from ..families.modadd_transformer import ModAddTransformer
 
-        torch.manual_seed(2)
-        model = ModAddTransformer(p, d_model=64, n_heads=4, d_mlp=256)
-        source = "entk_core.families.modadd_transformer.ModAddTransformer"
-    except ImportError:
-        model = _PrivateTransformer(p)
-        source = "entk_core.bench._PrivateTransformer (equivalent stand-in)"
+    torch.manual_seed(2)
+    model = ModAddTransformer(p, d_model=64, n_heads=4, d_mlp=256)
     pairs = torch.cartesian_prod(torch.arange(p), torch.arange(p))
     x = torch.cat([pairs, torch.full((p * p, 1), p)], 1)
-    return model, x, source
-
-
-def _private_transformer_cls():
-    import torch
-    from torch import nn
-
-    class _Pos(nn.Module):
-        def __init__(self, T, d):
-            super().__init__()
-            self.W_pos = nn.Parameter(torch.randn(T, d) / math.sqrt(d))
-
-    class _Attn(nn.Module):
-        def __init__(self, d, h):
-            super().__init__()
-            self.h = h
-            self.W_Q, self.W_K, self.W_V, self.W_O = (nn.Linear(d, d, bias=False) for _ in range(4))
-
-        def forward(self, x):
-            B, T, d = x.shape
-            dh = d // self.h
-            q, k, v = (w(x).view(B, T, self.h, dh).transpose(1, 2) for w in (self.W_Q, self.W_K, self.W_V))
-            s = q @ k.transpose(-1, -2) / math.sqrt(dh)
-            mask = torch.triu(torch.ones(T, T, dtype=torch.bool, device=x.device), 1)
-            a = torch.softmax(s.masked_fill(mask, float("-inf")), -1)
-            return self.W_O((a @ v).transpose(1, 2).reshape(B, T, d))
-
-    class _MLP(nn.Module):
-        def __init__(self, d, dm):
-            super().__init__()
-            self.W_in, self.W_out = nn.Linear(d, dm, bias=False), nn.Linear(dm, d, bias=False)
-
-        def forward(self, x):
-            return self.W_out(torch.relu(self.W_in(x)))
-
-    class PrivateTransformer(nn.Module):
-        def __init__(self, p, d_model=64, n_heads=4, d_mlp=256):
-            super().__init__()
-            g = torch.Generator().manual_seed(2)
-            torch.manual_seed(2)
-            self.embed = nn.Embedding(p + 1, d_model)
-            self.pos_embed = _Pos(3, d_model)
-            self.attn = _Attn(d_model, n_heads)
-            self.mlp = _MLP(d_model, d_mlp)
-            self.unembed = nn.Linear(d_model, p + 1, bias=False)
-            with torch.no_grad():
-                for prm in self.parameters():
-                    prm.normal_(0.0, 1.0 / math.sqrt(prm.shape[-1]), generator=g)
-
-        def forward(self, tok):
-            x = self.embed(tok) + self.pos_embed.W_pos[: tok.shape[1]]
-            x = x + self.attn(x)
-            x = x + self.mlp(x)
-            return self.unembed(x[:, -1])
-
-    return PrivateTransformer
-
-
-def _PrivateTransformer(p: int):
-    return _private_transformer_cls()(p)
+    return model, x
 
 
 # ------------------------------------------------------------------------- cases
@@ -259,7 +195,7 @@ def _case_c(dtype, quick: bool) -> dict[str, Any]:
 def _case_d(dtype, quick: bool) -> dict[str, Any]:
     from ..engine.kernels import empirical_ntk
 
-    model, x, source = _transformer()
+    model, x = _transformer()
     model = model.to(dtype)
 
     def fast():
@@ -271,7 +207,7 @@ def _case_d(dtype, quick: bool) -> dict[str, Any]:
     Kr, t_ref, peak_ref, _ = _measure(lambda: empirical_ntk(model, x, reduction="mean", method="jacobian"))
     return {
         "description": f"1-layer attention (vocab 30, d 64, 4 heads, MLP 256), N={x.shape[0]}: "
-                       f"all-class mean kernel; model: {source}",
+                       "all-class mean kernel; model: entk_core.families.modadd_transformer.ModAddTransformer",
         "shape": list(Kf.shape), "n_params": sum(p.numel() for p in model.parameters()),
         "time_fast": t_fast, "time_ref": t_ref, "speedup": t_ref / t_fast,
         "max_rel_error": _max_rel_err(Kf, Kr),

@@ -5,9 +5,10 @@ import argparse
 import json
 from typing import Any
 
-from ..store.runs import open_run
-from ..workflows import analysis
-from .common import emit, tqdm_progress
+from ..families.run import open_run
+from ..workflows import analysis, sweep
+from ..workflows.services import Services
+from .common import add_executor_options, emit, tqdm_progress
 
 __all__ = ["add_commands"]
 
@@ -23,7 +24,8 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     obj = res.to_json()
 
     def text(o: dict[str, Any]) -> str:
-        cl = ", ".join(f"[{c['start']}..{c['end']}] size {c['size']} (drop x{c['ratio']:.2f})" for c in o["cliffs"]) or "none"
+        cl = ", ".join(f"{c['label']} [{c['start']}..{c['end']}] size {c['size']} (drop x{c['ratio']:.2f})"
+                       for c in o["cliffs"]) or "none"
         ev = o["eigenvalues"]
         return (f"{o['run']} epoch {o['epoch']} group {o['group']} reduction {o['reduction']}: top {o['top']} of n={o['n']}\n"
                 f"  eigenvalues: {ev[0]:.4g} ... {ev[-1]:.4g}\n  cliffs: {cl}\n"
@@ -38,24 +40,25 @@ def cmd_align(args: argparse.Namespace) -> int:
     epoch = run.resolve_epoch(args.epoch)
     bar = tqdm_progress("align")
     try:
-        report = run.family.align_report(run, epoch, group=args.group, beta=args.beta, progress=bar)
+        report = run.family.align_report(run, epoch, services=Services(), group=args.group, beta=args.beta,
+                                         progress=bar)
     finally:
         bar.close()
-    report = {"run": run.name, "family": run.family.name, "epoch": epoch, **report}
+    from ..workflows.alignment import report_baselines
+
+    report = report_baselines(run, epoch, {"run": run.name, "family": run.family.name, "epoch": epoch, **report})
     emit(args, report, lambda r: json.dumps(r, indent=1, default=float))
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..workflows import sweep
-
     run = open_run(args.run)
     families = tuple(f.strip() for f in args.families.split(",") if f.strip()) if args.families else None
     spec = sweep.default_spec(run, args.group, reduction=args.reduction, top=args.top, families=families,
                               window_group=args.window_group, primary=args.primary)
     bar = tqdm_progress(f"sweep {args.group}")
     try:
-        res = sweep.sweep(run, spec, progress=bar)
+        res = sweep.sweep(run, spec, progress=bar, ray=args.ray, workers=args.workers)
     finally:
         bar.close()
     obj = res.to_json()
@@ -76,8 +79,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return "\n".join(lines)
 
     emit(args, obj, text)
+    if obj.get("failed"):
+        f = obj["failed"]
+        raise ValueError(f"{len(f)} of {len(obj['table'])} checkpoints failed and were not cached "
+                         f"(first: epoch {f[0]['epoch']}: {f[0]['error']}); run the sweep again to retry them")
     return 0
-
 
 
 def add_commands(sub) -> None:
@@ -108,5 +114,6 @@ def add_commands(sub) -> None:
     p.add_argument("--window-group", default=None,
                    help="group whose last-checkpoint cliffs define the tracked windows (default: the family's)")
     p.add_argument("--primary", default=None, help="family whose overlap derivative defines peak_epoch")
+    add_executor_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sweep)

@@ -7,7 +7,9 @@ import os
 import sys
 from typing import Any, Callable
 
-__all__ = ["tqdm_progress", "emit", "one_line", "add_family_options"]
+from ..store.runs import one_line
+
+__all__ = ["tqdm_progress", "emit", "one_line", "add_family_options", "add_executor_options"]
 
 
 class _Progress:
@@ -47,14 +49,6 @@ def emit(args: argparse.Namespace, obj: dict[str, Any], text: Callable[[dict[str
         print(text(obj))
 
 
-def one_line(e: BaseException) -> str:
-    """The first line of an exception's message: the CLI's and the dashboard's error format."""
-    msg = str(e).strip().splitlines()
-    return msg[0] if msg else e.__class__.__name__
-
-
-
-
 def add_family_options(p: argparse.ArgumentParser, fam) -> None:
     """One ``--option`` per field of the family's ``Config`` dataclass."""
     import dataclasses
@@ -64,3 +58,13 @@ def add_family_options(p: argparse.ArgumentParser, fam) -> None:
         typ = type(default)
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=typ, default=None,
                        metavar=typ.__name__.upper(), help=f"(default {default})")
+
+
+def add_executor_options(p: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]`` and ``--workers N``: where the command's independent units run
+    (see :mod:`entk_core.workflows.executors`)."""
+    p.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
+                   help="run the units on Ray: a local instance sized to this machine, or the cluster at ADDRESS "
+                        "(default $ENTK_RAY_ADDRESS when set; 'auto' = the cluster `ray start` runs on this host)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local worker processes (default: the CPU count, at most 4; 1 = in this process)")

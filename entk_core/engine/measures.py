@@ -5,8 +5,10 @@ Pure numpy/scipy; torch tensors are accepted as inputs; results are float64.
 Conventions
 -----------
 * Eigenvectors are columns: ``vecs`` is ``(N, k)`` (a 1-D ``(N,)`` vector is one column).
-* Families are a :class:`~entk_core.families.base.FeatureFamily`, a Fourier bank ``(N, K, 2)``
-  or a plain matrix ``(N, D)``; their ``N`` must equal the eigenvectors' rows.
+* Families are a feature family object (anything with a ``bank`` array and a ``matrix``
+  property, e.g. :class:`entk_core.families.base.FeatureFamily`; this module knows no
+  family class), a Fourier bank ``(N, K, 2)`` or a plain matrix ``(N, D)``; their ``N``
+  must equal the eigenvectors' rows.
 * Modular-arithmetic inputs are in row order ``i = a*p + b``; the graph Laplacians
   below assume it.
 
@@ -46,15 +48,18 @@ import scipy.linalg
 import scipy.sparse as sp
 import torch
 
-from ..families.base import FeatureFamily
 from .spectra import fix_signs
 
 __all__ = [
+    "to_numpy",
     "orthonormal_basis",
     "family_matrix",
     "family_dimension",
     "subspace_overlap",
     "overlap_percent",
+    "family_bases",
+    "window_overlaps",
+    "windows_overlaps",
     "phase_insensitive_corr",
     "best_phase_corr",
     "max_corr_summary",
@@ -76,14 +81,20 @@ __all__ = [
 
 
 # ------------------------------------------------------------------ helpers
-def _np(x) -> np.ndarray:
+def to_numpy(x, dtype=np.float64) -> np.ndarray:
+    """``x`` (a torch tensor, array or nested sequence) as a numpy array of ``dtype``
+    (``None``: keep the dtype). Tensors are detached and moved to the CPU first."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
+    return np.asarray(x, dtype=dtype)
+
+
+def _is_family(x) -> bool:
+    return hasattr(x, "bank") and hasattr(x, "matrix")
 
 
 def _cols(vecs) -> np.ndarray:
-    v = _np(vecs)
+    v = to_numpy(vecs)
     if v.ndim == 1:
         v = v[:, None]
     if v.ndim != 2:
@@ -99,9 +110,9 @@ def _unit_cols(M: np.ndarray, axis: int = 0) -> np.ndarray:
 def family_matrix(family) -> np.ndarray:
     """A family as an ``(N, D)`` matrix: ``FeatureFamily.matrix``, a bank ``(N, K, 2)``
     flattened to ``(N, 2K)`` (``[cos k1, sin k1, cos k2, ...]``), or a matrix as is."""
-    if isinstance(family, FeatureFamily):
-        return _np(family.matrix)
-    b = _np(family)
+    if _is_family(family):
+        return to_numpy(family.matrix)
+    b = to_numpy(family)
     if b.ndim == 3:
         return b.reshape(b.shape[0], -1)
     if b.ndim == 1:
@@ -112,7 +123,7 @@ def family_matrix(family) -> np.ndarray:
 
 
 def _bank3(bank) -> np.ndarray:
-    b = _np(bank.bank if isinstance(bank, FeatureFamily) else bank)
+    b = to_numpy(bank.bank if _is_family(bank) else bank)
     if b.ndim != 3 or b.shape[2] != 2:
         raise ValueError(f"expected a Fourier bank (N, K, 2), got {b.shape}")
     return b
@@ -179,6 +190,68 @@ def overlap_percent(vecs, family, *, center: bool = True) -> float:
     return 100.0 * subspace_overlap(vecs, family, center=center)[0] / dim
 
 
+def family_bases(families: dict) -> dict[str, np.ndarray]:
+    """Orthonormal bases ``name -> (N, r)`` of the mean-centred families (``name -> family``,
+    see the module conventions), as :func:`subspace_overlap` uses them with ``center=True``."""
+    out = {}
+    for name, fam in families.items():
+        F = family_matrix(fam)
+        out[name] = np.ascontiguousarray(orthonormal_basis(F - F.mean(axis=0, keepdims=True)))
+    return out
+
+
+def window_overlaps(vecs: np.ndarray, bases: dict[str, np.ndarray]) -> np.ndarray:
+    """Subspace overlaps ``‖QᵀF‖²_F`` of ``vecs`` ``(N, d)`` with each basis, ``(len(bases),)``.
+
+    Equals :func:`subspace_overlap` with ``center=True``; see
+    :func:`windows_overlaps`.
+    """
+    V = np.asarray(vecs, dtype=np.float64)
+    V = V[:, None] if V.ndim == 1 else V
+    return windows_overlaps(V, [(0, V.shape[1] - 1)], bases)[0]
+
+
+def windows_overlaps(V: np.ndarray, spans: list[tuple[int, int]], bases: dict[str, np.ndarray]) -> np.ndarray:
+    """Overlaps of several column windows ``V[:, s:t+1]`` with each basis: ``(len(spans), len(bases))``.
+
+    ``Σ s²`` of the principal cosines is ``‖QᵀF‖²_F`` with ``Q`` an orthonormal basis of the
+    window; with ``G = VᵀV = LLᵀ`` (Cholesky) that is ``‖L⁻¹VᵀF‖²_F``, exact for any
+    well-conditioned window (eigenvectors from a float32 eigensolver are orthonormal only
+    to ~1e-6), so two matrix products per spectrum serve every window and family, and a
+    QR (:func:`orthonormal_basis`) is needed only for nearly
+    rank-deficient windows. The family bases come from :func:`family_bases` (computed
+    once per sweep).
+    """
+    V = np.asarray(V, dtype=np.float64)
+    out = np.zeros((len(spans), len(bases)))
+    if not spans or not bases:
+        return out
+    dims = [b.shape[1] for b in bases.values()]
+    cuts = np.cumsum([0, *dims])
+    F = np.hstack(list(bases.values()))
+    hi = max(t for _, t in spans) + 1
+    lo = min(s for s, _ in spans)
+    U = V[:, lo:hi]
+    G = U.T @ U
+    P = U.T @ F
+    for w, (s, t) in enumerate(spans):
+        a, b = s - lo, t - lo + 1
+        X = None
+        try:
+            L = np.linalg.cholesky(G[a:b, a:b])
+            if np.min(np.abs(np.diag(L))) > 1e-6:
+                X = scipy.linalg.solve_triangular(L, P[a:b], lower=True)
+        except np.linalg.LinAlgError:
+            pass
+        if X is None:
+            Q = orthonormal_basis(V[:, s:t + 1])
+            X = Q.T @ F
+        sq = np.sum(X**2, axis=0)
+        for j, d in enumerate(dims):
+            out[w, j] = min(float(sq[cuts[j]:cuts[j + 1]].sum()), float(min(X.shape[0], d)))
+    return out
+
+
 # ------------------------------------------------- phase-insensitive corr
 def phase_insensitive_corr(vecs, bank) -> np.ndarray:
     """Phase-insensitive correlation ``(K, k)`` of eigenvectors with a Fourier bank (§2.5.2).
@@ -231,7 +304,7 @@ def cosine_heatmap(vecs, feats, column_normalize: bool = True) -> np.ndarray:
 
 def best_feature(heatmap) -> np.ndarray:
     """Index of the best-matching feature for each eigenvector: argmax over axis 0, ``(k,)``."""
-    return np.argmax(_np(heatmap), axis=0)
+    return np.argmax(to_numpy(heatmap), axis=0)
 
 
 # ------------------------------------------------------------ Laplacians
@@ -358,7 +431,7 @@ def local_first_derivative(y) -> np.ndarray:
     inside, backward ``y[-1] − y[-2]`` at the last; shape of ``y`` (1-D). A single
     point has derivative 0.
     """
-    y = _np(y).reshape(-1)
+    y = to_numpy(y).reshape(-1)
     d = np.zeros_like(y)
     if y.size < 2:
         return d
@@ -383,8 +456,8 @@ def grokking_onset(
     Returns ``None`` when there is no transition in the log (no rise of at least
     ``min_rise`` above chance, or already above threshold at the first logged epoch).
     """
-    e = _np(epochs).reshape(-1)
-    acc = _np(test_acc).reshape(-1)
+    e = to_numpy(epochs).reshape(-1)
+    acc = to_numpy(test_acc).reshape(-1)
     if e.size != acc.size:
         raise ValueError("epochs and test_acc must have the same length")
     if e.size < 2:
@@ -414,8 +487,8 @@ def grokking_onset(
 def derivative_peak_epoch(epochs, overlap) -> float:
     """The logged epoch at which :func:`local_first_derivative` of ``overlap`` is largest
     (first one on ties)."""
-    e = _np(epochs).reshape(-1)
-    y = _np(overlap).reshape(-1)
+    e = to_numpy(epochs).reshape(-1)
+    y = to_numpy(overlap).reshape(-1)
     if e.size != y.size or e.size == 0:
         raise ValueError("epochs and overlap must be non-empty and of the same length")
     return float(e[int(np.argmax(local_first_derivative(y)))])
@@ -426,7 +499,7 @@ def flatten_outputs(Y, layout: str = "class") -> np.ndarray:
     """Outputs ``(N, C)`` in a kernel's row layout: ``"class"`` -> ``(C*N,)`` with row
     ``c*N + n`` (the ``"flat"`` reduction); ``"sample"`` -> ``(N*C,)`` with row ``n*C + c``;
     ``"shared"`` -> unchanged ``(N, C)`` (one ``(N, N)`` kernel for every class)."""
-    Y = _np(Y)
+    Y = to_numpy(Y)
     if Y.ndim == 1:
         Y = Y[:, None]
     if layout == "class":
@@ -440,7 +513,7 @@ def flatten_outputs(Y, layout: str = "class") -> np.ndarray:
 
 def unflatten_outputs(v, C: int, layout: str = "class") -> np.ndarray:
     """Inverse of :func:`flatten_outputs`: back to ``(N, C)``."""
-    v = _np(v)
+    v = to_numpy(v)
     if layout == "class":
         return v.reshape(C, -1).T
     if layout == "sample":
@@ -468,16 +541,16 @@ def kernel_regression(
     (needs the model outputs ``f_train`` ``(n, ...)``, ``f_test`` ``(m, ...)``). ``ridge`` is
     the absolute ``λ``. Returns ``(m,)`` or ``(m, r)``.
     """
-    K = _np(K_train)
-    Ks = _np(K_test_train)
-    y = _np(y_train)
+    K = to_numpy(K_train)
+    Ks = to_numpy(K_test_train)
+    y = to_numpy(y_train)
     n = K.shape[0]
     if K.shape != (n, n) or Ks.ndim != 2 or Ks.shape[1] != n or y.shape[0] != n:
         raise ValueError(f"shapes do not match: K_train {K.shape}, K_test_train {Ks.shape}, y_train {y.shape}")
     if mode == "expand":
         if f_train is None or f_test is None:
             raise ValueError("mode='expand' needs f_train and f_test")
-        ft, fs = _np(f_train).reshape(y.shape), _np(f_test)
+        ft, fs = to_numpy(f_train).reshape(y.shape), to_numpy(f_test)
         rhs = y - ft
     elif mode == "pure":
         rhs, fs = y, None
@@ -523,7 +596,7 @@ def linearised_check(
     Returns ``{"r2", "acc_gap" (points, model − linearised), "loss_ratio"
     (linearised/model), "loss_lin", "loss_model", "acc_lin", "acc_model"}``.
     """
-    Ft, Fs = _np(F_train), _np(F_test)
+    Ft, Fs = to_numpy(F_train), to_numpy(F_test)
     if Ft.ndim == 1:
         Ft = Ft[:, None]
     if Fs.ndim == 1:
@@ -535,7 +608,7 @@ def linearised_check(
         ridge=ridge, mode=mode,
     )
     lin = unflatten_outputs(pred, C, layout).reshape(Fs.shape)
-    Yt = _np(Y_test)
+    Yt = to_numpy(Y_test)
     if Yt.ndim == 1:
         labels = Yt.astype(np.int64)
         targets = np.eye(C)[labels]

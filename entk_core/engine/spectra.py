@@ -27,6 +27,15 @@ segments between consecutive sharp drops, starting at index 0; the last segment 
 the last drop) is not a cliff because no drop ends it inside the top-k. Each cliff is
 reported with ``start`` (first index), ``size`` (number of eigenvalues), ``end``
 (last index, inclusive) and ``ratio`` (``λ_end / λ_{end+1}``, the height of its drop).
+
+Cliff labels (:func:`label_cliffs`)
+-----------------------------------
+One labelling everywhere (CLI JSON, figures, pages): a detected block of size 1 at
+index 0 whose eigenvector is nearly constant (``|⟨v, 1⟩| / (√N‖v‖) ≥ 0.9``) is the
+*constant mode*, labelled :data:`CONSTANT_LABEL` (``"constant"``; shown as "constant
+mode") and never numbered; the other blocks are ``"cliff 1"``, ``"cliff 2"``, ... in
+spectral order. For the p = 29 MLP: ``constant`` (index 0), ``cliff 1`` (the a/b modes,
+1-56), ``cliff 2`` (the sum/diff modes, 57-112).
 """
 from __future__ import annotations
 
@@ -35,7 +44,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-__all__ = ["Cliff", "detect_cliffs", "top_eigenpairs", "fix_signs"]
+__all__ = ["Cliff", "CONSTANT_LABEL", "detect_cliffs", "fix_signs", "is_constant_mode", "label_cliffs",
+           "labelled_cliffs", "top_eigenpairs"]
+
+CONSTANT_LABEL = "constant"
+"""Label of a leading size-1 block whose eigenvector is the constant mode (not a numbered cliff)."""
+
+CONSTANT_COSINE = 0.9
+"""A vector is the constant mode when its cosine with the all-ones vector is at least this."""
 
 
 @dataclass(frozen=True)
@@ -130,3 +146,33 @@ def detect_cliffs(
         cliffs.append(Cliff(start=start, size=i - start + 1, ratio=float(np.exp(r[i]))))
         start = i + 1
     return cliffs
+
+
+def is_constant_mode(vec: np.ndarray) -> bool:
+    """Whether ``vec`` ``(N,)`` is nearly constant: ``|Σ v| / (√N ‖v‖) >= 0.9``."""
+    v = np.asarray(vec, dtype=np.float64).reshape(-1)
+    return bool(v.size) and abs(v.sum()) / (np.sqrt(v.size) * max(np.linalg.norm(v), 1e-300)) >= CONSTANT_COSINE
+
+
+def label_cliffs(cliffs, eigenvectors: np.ndarray | None) -> list[str]:
+    """Labels of cliffs (or ``(start, end)`` windows, inclusive) in spectral order (see the
+    module docstring): :data:`CONSTANT_LABEL` for a leading size-1 block whose eigenvector
+    (column 0 of ``eigenvectors`` ``(n, k)``) is nearly constant, else ``"cliff 1"``,
+    ``"cliff 2"``... Without eigenvectors no block is the constant mode."""
+    labels, n = [], 0
+    for c in cliffs:
+        start, end = (c.start, c.end) if isinstance(c, Cliff) else c
+        if start == 0 and end == 0 and eigenvectors is not None and np.asarray(eigenvectors).shape[1] > 0 \
+                and is_constant_mode(np.asarray(eigenvectors)[:, 0]):
+            labels.append(CONSTANT_LABEL)
+            continue
+        n += 1
+        labels.append(f"cliff {n}")
+    return labels
+
+
+def labelled_cliffs(cliffs: list[Cliff], eigenvectors: np.ndarray | None) -> list[dict]:
+    """The JSON form of detected cliffs: ``Cliff.to_dict()`` plus its ``label``
+    (:func:`label_cliffs`), e.g. ``{"label": "cliff 1", "start": 1, "size": 56, "end": 56,
+    "ratio": 1.5}``."""
+    return [{"label": lab, **c.to_dict()} for c, lab in zip(cliffs, label_cliffs(cliffs, eigenvectors))]

@@ -1,9 +1,16 @@
-"""Built-in model families. Importing this package registers them.
+"""Model families and their registry.
 
-To add a family, write a module here that defines a :class:`entk_core.families.base.ModelFamily`
-subclass decorated with :func:`entk_core.families.base.register`, and import it below.
+A family is a :class:`~entk_core.families.base.ModelFamily` subclass found through the
+``entk_core.families`` entry-point group; the built-in ones (``modadd-mlp``, ``tms``,
+``modadd-transformer``) are declared in the project's ``pyproject.toml`` like any
+plug-in's (see :mod:`entk_core.families.base` for the lookup rules). Nothing is imported
+here eagerly: a family's package is imported when it is first asked for.
+
+The registry functions are re-exported here; :mod:`entk_core.families.run` opens runs
+with their family.
 """
-from . import modadd_mlp  # noqa: F401
-from . import modadd_transformer  # noqa: F401
-from . import tms  # noqa: F401
-from . import causal_lm  # noqa: F401
+from .base import (ENTRY_POINT_GROUP, family_errors, family_origin, family_ref, get_family, list_families,
+                   load_family_ref, refresh_families, register, unregister)
+
+__all__ = ["ENTRY_POINT_GROUP", "family_errors", "family_origin", "family_ref", "get_family", "list_families",
+           "load_family_ref", "refresh_families", "register", "unregister"]

@@ -55,6 +55,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..engine.measures import to_numpy
 from .base import FeatureFamily, seeded
 
 __all__ = [
@@ -73,12 +74,6 @@ __all__ = [
     "concat_families",
     "families_with_rows",
 ]
-
-
-def _np(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def default_freqs(p: int) -> list[int]:
@@ -108,7 +103,7 @@ def fourier_bank(v, p: int, freqs: Iterable[int] | None = None) -> np.ndarray:
     if p < 2:
         raise ValueError(f"p must be at least 2, got {p}")
     ks = np.asarray(_check_freqs(p, freqs), dtype=np.float64)
-    v = _np(v).astype(np.float64).reshape(-1)
+    v = to_numpy(v).reshape(-1)
     theta = 2.0 * np.pi * np.outer(v, ks) / p  # (N, K)
     return np.stack([np.cos(theta), np.sin(theta)], axis=-1)
 
@@ -123,7 +118,7 @@ def modadd_grid(p: int) -> tuple[np.ndarray, np.ndarray]:
 
 def digit_bank(v, p: int) -> np.ndarray:
     """One-hot indicators of integer values ``v`` (shape ``(N,)``): ``(N, p)``, column ``j`` = ``[v == j]``."""
-    v = _np(v).astype(np.int64).reshape(-1)
+    v = to_numpy(v, None).astype(np.int64).reshape(-1)
     out = np.zeros((v.size, p))
     out[np.arange(v.size), v % p] = 1.0
     return out
@@ -239,7 +234,7 @@ def embedding_fourier_power(W_E, p: int) -> np.ndarray:
     ignored). FFT along the token axis of ``W_E[:p]``; power of ``k`` = mean over the
     ``d`` columns of ``|F_k|² + |F_{p−k}|²`` (``k = p/2`` for even ``p`` counted once).
     """
-    W = _np(W_E).astype(np.float64)
+    W = to_numpy(W_E)
     if W.ndim != 2 or W.shape[0] < p:
         raise ValueError(f"W_E must be (>= p, d) with p={p}, got shape {W.shape}")
     F = np.fft.fft(W[:p], axis=0)
@@ -314,7 +309,7 @@ def tms_feature_vectors(X) -> np.ndarray:
     ``(n*N, n)``: column ``a`` is zero except rows ``a*N .. (a+1)*N − 1`` (the block of
     output class ``a``), which hold ``X[:, a]``. Columns are not normalised.
     """
-    X = _np(X).astype(np.float64)
+    X = to_numpy(X)
     if X.ndim != 2:
         raise ValueError(f"X must be (N, n), got shape {X.shape}")
     N, n = X.shape

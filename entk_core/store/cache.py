@@ -16,12 +16,13 @@ folder owned by someone else is refused). Least-recently-stored entries are evic
 beyond the size limit (8 GiB, or ``$ENTK_CACHE_SIZE_LIMIT``).
 
 :meth:`ArrayCache.get_or_compute` computes each missing entry once across threads and
-processes: it holds an ``fcntl`` lock file per key while computing (the OS releases it
-if the process dies), and re-checks the cache after taking the lock.
+processes: it holds a lock file per key while computing
+(:func:`entk_core.store.locks.file_lock`: the OS releases it if the process dies, and the
+file is deleted when released, so lock files do not accumulate), and re-checks the cache
+after taking the lock.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -30,12 +31,14 @@ import sqlite3
 import stat
 import threading
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import diskcache
 import numpy as np
+
+from ..engine.planner import parse_bytes
+from .locks import file_lock
 
 __all__ = ["ArrayCache", "CacheEntry", "SafeDisk", "default_cache", "cache_dir", "make_key", "CODE_VERSION"]
 
@@ -178,8 +181,6 @@ class ArrayCache:
                 except FileNotFoundError:
                     pass
             self._cache = self._open()
-        self._thread_locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
         self.computed = 0  # number of computations this object ran (for tests and stats)
 
     def _open(self) -> diskcache.Cache:
@@ -225,17 +226,9 @@ class ArrayCache:
         self._cache.close()
 
     # ------------------------------------------------------- compute once
-    @contextmanager
-    def _locked(self, key: str) -> Iterator[None]:
-        with self._guard:
-            tlock = self._thread_locks.setdefault(key, threading.Lock())
+    def _locked(self, key: str):
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
-        with tlock, open(self.directory / "locks" / f"{digest}.lock", "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return file_lock(self.directory / "locks" / f"{digest}.lock", remove=True)
 
     def get_or_compute(
         self, key: str, compute: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]]
@@ -271,8 +264,6 @@ def default_size_limit() -> int:
     env = os.environ.get(SIZE_LIMIT_ENV, "").strip()
     if not env:
         return DEFAULT_SIZE_LIMIT
-    from ..engine.planner import parse_bytes
-
     try:
         return parse_bytes(env)
     except ValueError as e:

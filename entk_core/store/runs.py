@@ -1,7 +1,11 @@
-"""Run folders and checkpoints.
+"""Run folders and checkpoints (family-agnostic).
 
 A run is a folder holding ``manifest.json`` (config, metrics, checkpoint list) and
-safetensors checkpoints. Nothing here executes code from a file: manifests are JSON,
+safetensors checkpoints. This module knows files, not model families: a
+:class:`RunRecord` is the validated manifest and its checkpoints, with the family's
+*name* and the config as a plain dict. The family-aware :class:`entk_core.families.run.Run`
+(the record plus its :class:`~entk_core.families.base.ModelFamily`, typed config, data and
+model) is built on top of it one layer up. Nothing here executes code from a file: manifests are JSON,
 checkpoints are safetensors, optimizer state is safetensors + JSON. Every write goes
 to a temporary file in the same folder, is fsynced and then renamed into place, so a
 killed process leaves either the old file or the new one, never half a file. The
@@ -12,7 +16,9 @@ Layout::
 
     NAME/manifest.json
     NAME/checkpoints/epoch_000010.safetensors
-    NAME/resume/optimizer.safetensors, NAME/resume/optimizer.json
+    NAME/resume/optimizer_epoch_000010.safetensors   (optimizer tensors; its JSON state in the
+                                                      safetensors metadata; only the last epoch's)
+    NAME/.lock                                       (held while a process writes the run)
 """
 from __future__ import annotations
 
@@ -21,8 +27,6 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +35,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..families.base import Dataset, ModelFamily, get_family
-
 __all__ = [
     "RunError",
-    "Run",
-    "open_run",
-    "list_runs",
+    "RunRecord",
+    "list_run_folders",
     "runs_root",
     "resolve_run_path",
     "atomic_write_bytes",
@@ -47,10 +48,17 @@ __all__ = [
     "sha256_bytes",
     "file_sha256",
     "remove_stale_temp_files",
+    "one_line",
+    "finite_or_none",
+    "MANIFEST",
+    "FORMAT",
+    "LOCK_FILE",
 ]
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+LOCK_FILE = ".lock"
+"""Name of the lock file inside a run folder (held while a process writes the run)."""
 SHA_MISMATCH = "checkpoint content does not match the manifest's sha256 (corrupt or replaced)"
 
 
@@ -60,14 +68,37 @@ class RunError(ValueError):
     The message is one line naming the file and the fault."""
 
 
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message (its class name if empty): the one error
+    format of the CLI (``error: ...``) and the dashboard (``st.error``)."""
+    msg = str(e).strip().splitlines()
+    return msg[0] if msg else e.__class__.__name__
+
+
 # --------------------------------------------------------------------- files
 def runs_root() -> Path:
     """The configured runs folder: ``$ENTK_RUNS_DIR`` or ``./runs``."""
     return Path(os.environ.get("ENTK_RUNS_DIR", "runs")).expanduser()
 
 
+def fsync_dir(folder: Path | str) -> None:
+    """fsync a directory, so a rename (or creation) inside it survives a power cut.
+    Best effort where the platform cannot open directories."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsynced,
+    renamed into place, then the folder fsynced (so the rename itself is durable)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -77,6 +108,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -176,16 +208,11 @@ def load_checkpoint(path: Path | str, *, sha256: str | None = None) -> dict[str,
     try:
         state = st_load(data)
     except (SafetensorError, ValueError, RuntimeError, TypeError) as e:
-        raise RunError(f"{path}: corrupt safetensors checkpoint ({_first_line(e)})") from None
+        raise RunError(f"{path}: corrupt safetensors checkpoint ({one_line(e)})") from None
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise RunError(f"{path}: tensor '{k}' contains NaN or infinite values")
     return state
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else e.__class__.__name__
 
 
 def _read_checkpoint_bytes(path: Path) -> bytes:
@@ -264,8 +291,17 @@ def resolve_run_path(run: str | Path, root: Path | str | None = None, *, confine
     return root_p / ref
 
 
-class Run:
-    """A run folder with a validated manifest. Cheap to construct; loads lazily."""
+class RunRecord:
+    """A run folder with a validated manifest, independent of any model family.
+
+    Cheap to construct (reads and checks ``manifest.json`` only). ``family_name`` is the
+    manifest's family string and ``config_dict`` its config as stored; the family-aware
+    :class:`entk_core.families.run.Run` subclasses this with the family, typed config,
+    data and model.
+
+    Raises :class:`RunError` (one line naming the file) for a missing folder, a missing,
+    unreadable or malformed manifest, or checkpoint entries pointing outside the run.
+    """
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -284,47 +320,21 @@ class Run:
             raise RunError(f"{mpath}: manifest is not valid JSON ({e.__class__.__name__} at byte {getattr(e, 'pos', '?')})") from None
         except RecursionError:
             raise RunError(f"{mpath}: manifest is not valid JSON (nested too deeply)") from None
-        self.manifest = self._validate_manifest(m, mpath)
-        self.family: ModelFamily = get_family(m["family"])
-        try:
-            self.config = self.family.config_from_dict(m["config"])
-        except (ValueError, TypeError, OverflowError) as e:
-            raise RunError(f"{mpath}: bad config ({_first_line(e)})") from None
+        self.manifest = validate_manifest(m, mpath)
 
-    @staticmethod
-    def _validate_manifest(m: Any, mpath: Path) -> dict:
-        if not isinstance(m, dict):
-            raise RunError(f"{mpath}: manifest must be a JSON object")
-        for key, typ in [("family", str), ("config", dict), ("checkpoints", list), ("metrics", dict)]:
-            if not isinstance(m.get(key), typ):
-                raise RunError(f"{mpath}: manifest field '{key}' is missing or not a {typ.__name__}")
-        if m.get("format") != FORMAT:
-            raise RunError(f"{mpath}: unsupported manifest format {m.get('format')!r} (expected {FORMAT})")
-        if "status" in m and not isinstance(m["status"], str):
-            raise RunError(f"{mpath}: manifest field 'status' is not a str")
-        for k, v in m["metrics"].items():
-            if not isinstance(v, list):
-                raise RunError(f"{mpath}: manifest field 'metrics.{k}' is not a list")
-        seen: set[int] = set()
-        for c in m["checkpoints"]:
-            if not (isinstance(c, dict) and type(c.get("epoch")) is int and c["epoch"] >= 0
-                    and isinstance(c.get("file"), str) and c["file"].strip()):
-                raise RunError(f"{mpath}: malformed checkpoint entry {str(c)[:120]}")
-            if c["epoch"] in seen:
-                raise RunError(f"{mpath}: epoch {c['epoch']} is listed twice in 'checkpoints'")
-            seen.add(c["epoch"])
-            sha = c.get("sha256")
-            if sha is not None and not (isinstance(sha, str) and len(sha) == 64
-                                        and all(ch in "0123456789abcdef" for ch in sha)):
-                raise RunError(f"{mpath}: checkpoint entry for epoch {c['epoch']} has a malformed sha256")
-            f = Path(c["file"])
-            if f.is_absolute() or ".." in f.parts or "\0" in c["file"]:
-                raise RunError(f"{mpath}: checkpoint path '{c['file']}' points outside the run folder")
-        try:
-            get_family(m["family"])
-        except ValueError as e:
-            raise RunError(f"{mpath}: {e}") from None
-        return m
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def family_name(self) -> str:
+        """The manifest's family name (resolved to a family one layer up)."""
+        return self.manifest["family"]
+
+    @property
+    def config_dict(self) -> dict[str, Any]:
+        """The config as stored in the manifest (a plain JSON object)."""
+        return self.manifest["config"]
 
     # ------------------------------------------------------------ properties
     @property
@@ -347,10 +357,6 @@ class Run:
     @property
     def summary(self) -> dict[str, Any]:
         return self.manifest.get("summary", {})
-
-    @cached_property
-    def data(self) -> Dataset:
-        return self.family.make_data(self.config)
 
     def checkpoint_entry(self, epoch: int | None = None) -> dict:
         """The manifest entry of ``epoch`` (default: the last checkpoint)."""
@@ -393,22 +399,11 @@ class Run:
             raise RunError(f"{path}: {fault or SHA_MISMATCH}")
         return sha
 
-    def load_state(self, epoch: int | None = None) -> dict[str, torch.Tensor]:
-        """The validated state dict at ``epoch`` (names, shapes, finiteness, sha256)."""
+    def load_tensors(self, epoch: int | None = None) -> dict[str, torch.Tensor]:
+        """The state dict at ``epoch``, checked for structure, sha256 and finiteness (not
+        against a model: :meth:`entk_core.families.run.Run.load_state` adds that)."""
         entry = self.checkpoint_entry(epoch)
-        path = self.checkpoint_path(entry["epoch"])
-        state = load_checkpoint(path, sha256=entry.get("sha256"))
-        try:
-            self.family.validate_state(self.config, state)
-        except ValueError as e:
-            raise RunError(f"{path}: {e}") from None
-        return state
-
-    def load_model(self, epoch: int | None = None) -> torch.nn.Module:
-        """The model at ``epoch`` in eval mode."""
-        model = self.family.build_model(self.config)
-        model.load_state_dict(self.load_state(epoch))
-        return model.eval()
+        return load_checkpoint(self.checkpoint_path(entry["epoch"]), sha256=entry.get("sha256"))
 
     def metrics_at(self, epoch: int) -> dict[str, float]:
         m = self.metrics
@@ -418,32 +413,45 @@ class Run:
             return {}
         return {k: v[i] for k, v in m.items() if k != "epoch" and i < len(v)}
 
-    def info(self) -> dict[str, Any]:
-        """JSON-able description: config, checkpoints, summary metrics."""
-        m = self.metrics
-        last = {k: (v[-1] if v else None) for k, v in m.items()}
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "family": self.family.name,
-            "status": self.status,
-            "config": asdict(self.config),
-            "checkpoints": self.epochs,
-            "final_metrics": last,
-            **self.summary,
-        }
+
+def validate_manifest(m: Any, mpath: Path) -> dict:
+    """Check a parsed manifest's structure (``RunError`` naming ``mpath`` and the field);
+    returns it unchanged. The family name is checked one layer up."""
+    if not isinstance(m, dict):
+        raise RunError(f"{mpath}: manifest must be a JSON object")
+    for key, typ in [("family", str), ("config", dict), ("checkpoints", list), ("metrics", dict)]:
+        if not isinstance(m.get(key), typ):
+            raise RunError(f"{mpath}: manifest field '{key}' is missing or not a {typ.__name__}")
+    if m.get("format") != FORMAT:
+        raise RunError(f"{mpath}: unsupported manifest format {m.get('format')!r} (expected {FORMAT})")
+    if "status" in m and not isinstance(m["status"], str):
+        raise RunError(f"{mpath}: manifest field 'status' is not a str")
+    for k, v in m["metrics"].items():
+        if not isinstance(v, list):
+            raise RunError(f"{mpath}: manifest field 'metrics.{k}' is not a list")
+    seen: set[int] = set()
+    for c in m["checkpoints"]:
+        if not (isinstance(c, dict) and type(c.get("epoch")) is int and c["epoch"] >= 0
+                and isinstance(c.get("file"), str) and c["file"].strip()):
+            raise RunError(f"{mpath}: malformed checkpoint entry {str(c)[:120]}")
+        if c["epoch"] in seen:
+            raise RunError(f"{mpath}: epoch {c['epoch']} is listed twice in 'checkpoints'")
+        seen.add(c["epoch"])
+        sha = c.get("sha256")
+        if sha is not None and not (isinstance(sha, str) and len(sha) == 64
+                                    and all(ch in "0123456789abcdef" for ch in sha)):
+            raise RunError(f"{mpath}: checkpoint entry for epoch {c['epoch']} has a malformed sha256")
+        f = Path(c["file"])
+        if f.is_absolute() or ".." in f.parts or "\0" in c["file"]:
+            raise RunError(f"{mpath}: checkpoint path '{c['file']}' points outside the run folder")
+    return m
 
 
-def open_run(run: str | Path, root: Path | str | None = None, *, confine: bool = False) -> Run:
-    """Open and validate a run (see :func:`resolve_run_path` for ``run`` and ``confine``)."""
-    return Run(resolve_run_path(run, root, confine=confine))
-
-
-def list_runs(root: Path | str | None = None) -> list[tuple[str, Run | RunError]]:
-    """Every sub-folder of ``root`` holding a manifest, sorted by name, as ``(name, Run)``
-    or ``(name, RunError)`` for broken runs."""
+def list_run_folders(root: Path | str | None = None) -> list[tuple[str, Path | RunError]]:
+    """Every sub-folder of ``root`` (default :func:`runs_root`) holding a manifest, sorted by
+    name, as ``(name, path)``, or ``(name, RunError)`` for one that resolves outside ``root``."""
     root_p = Path(root) if root is not None else runs_root()
-    out: list[tuple[str, Run | RunError]] = []
+    out: list[tuple[str, Path | RunError]] = []
     if not root_p.is_dir():
         return out
     real_root = root_p.resolve()
@@ -452,10 +460,7 @@ def list_runs(root: Path | str | None = None) -> list[tuple[str, Run | RunError]
             if not d.resolve().is_relative_to(real_root):
                 out.append((d.name, RunError(f"{d}: resolves outside the runs folder {root_p} (symlink); not opened")))
                 continue
-            try:
-                out.append((d.name, Run(d)))
-            except RunError as e:
-                out.append((d.name, e))
+            out.append((d.name, d))
     return out
 
 

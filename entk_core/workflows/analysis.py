@@ -6,6 +6,9 @@ family and config, the layer group, reduction, k, β, dtype and
 
 Kernel rows are the family's kernel inputs (``run.data.kernel_x``) in their dataset
 order (``a*p + b`` for modular arithmetic); flattened kernels are class-major.
+
+A family's analysis code reaches these through
+:class:`entk_core.workflows.services.Services` (dependency injection).
 """
 from __future__ import annotations
 
@@ -16,17 +19,18 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..engine import kernels, operators
+from ..engine.spectra import Cliff, detect_cliffs, labelled_cliffs, top_eigenpairs
+from ..families.base import FULL, check_beta
+from ..families.run import Run
 from ..store.cache import ArrayCache, default_cache, make_key
-from ..store.runs import Run
-from ..engine.spectra import Cliff, detect_cliffs, top_eigenpairs
 
-__all__ = ["SpectrumResult", "kernel_groups", "spectrum", "kernel_matrix", "REDUCTIONS", "FULL"]
+__all__ = ["SpectrumResult", "kernel_groups", "kernel_size", "spectrum", "spectrum_key", "compute_spectrum", "kernel_matrix",
+           "REDUCTIONS", "FULL"]
 
-FULL = "full"
-"""The layer-group name of the whole model (all parameters)."""
-
-REDUCTIONS = ("trace", "mean", "flat")
-"""Reductions offered by the CLI and dashboard (``"full"`` 4-D kernels are library-only)."""
+REDUCTIONS = tuple(r for r in kernels.REDUCTIONS if r not in ("full", "block"))
+"""Reductions offered by the CLI and dashboard: the engine's (:data:`entk_core.engine.kernels.REDUCTIONS`)
+without ``"full"`` (4-D kernels) and ``"block"`` (needs a class pair), which are library-only."""
 
 Progress = Callable[[int, int, str], None]
 
@@ -44,40 +48,24 @@ class SpectrumResult:
     cliffs: list[Cliff]
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def labels(self) -> list[str]:
+        """One label per cliff (:func:`entk_core.engine.spectra.label_cliffs`): ``"constant"``
+        for the constant mode, then ``"cliff 1"``, ``"cliff 2"``..."""
+        return [c["label"] for c in labelled_cliffs(self.cliffs, self.eigenvectors)]
+
     def to_json(self) -> dict[str, Any]:
+        """``meta`` plus ``eigenvalues`` and ``cliffs`` (each with its ``label``)."""
         return {
             **self.meta,
             "eigenvalues": [float(v) for v in self.eigenvalues],
-            "cliffs": [c.to_dict() for c in self.cliffs],
+            "cliffs": labelled_cliffs(self.cliffs, self.eigenvectors),
         }
 
 
-def kernel_groups(run_or_model: Run | torch.nn.Module, family=None) -> list[str]:
-    """``["full", <each layer group in model order>, <derived groups>]``."""
-    from ..engine.kernels import layer_groups
-
-    if isinstance(run_or_model, Run):
-        family = run_or_model.family
-        model = family.build_model(run_or_model.config)
-    else:
-        model = run_or_model
-    groups = [FULL, *layer_groups(model)]
-    if family is not None:
-        groups += list(family.derived_groups)
-    return groups
-
-
-def _group_members(run: Run, group: str) -> list[str] | None:
-    """Base groups making up ``group`` (``None`` = all parameters)."""
-    if group == FULL:
-        return None
-    derived = run.family.derived_groups
-    if group in derived:
-        return list(derived[group])
-    valid = kernel_groups(run)
-    if group not in valid:
-        raise ValueError(f"unknown layer group '{group}' for {run.family.name}; choose one of: {', '.join(valid)}")
-    return [group]
+def kernel_groups(run: Run) -> list[str]:
+    """``["full", <each layer group in model order>, <derived groups>]`` (:meth:`Run.groups`)."""
+    return run.groups()
 
 
 def _check_reduction(run: Run, reduction: str | None) -> str:
@@ -90,9 +78,7 @@ def _check_reduction(run: Run, reduction: str | None) -> str:
 def _class_weights(run: Run, beta: float | None) -> torch.Tensor | None:
     if beta is None:
         return None
-    if not 0.0 <= beta <= 10.0:
-        raise ValueError(f"beta must lie in [0, 10], got {beta}")
-    return run.family.class_weights(run.config, beta)
+    return run.family.class_weights(run.config, check_beta(beta))
 
 
 def _base_key(run: Run, epoch: int) -> dict[str, Any]:
@@ -112,6 +98,17 @@ def kernel_size(run: Run, reduction: str) -> int:
     return n
 
 
+def _compute_kernel(run: Run, epoch: int, members, reduction: str, beta: float | None,
+                    model: torch.nn.Module | None, progress: Progress | None) -> tuple[dict, dict]:
+    m = model if model is not None else run.load_model(epoch)
+    t0 = time.perf_counter()
+    K = kernels.empirical_ntk(
+        m, run.data.kernel_x, reduction=reduction, groups=members,
+        class_weights=_class_weights(run, beta), progress=progress,
+    )
+    return {"K": K.detach().cpu().numpy()}, {"kernel_s": time.perf_counter() - t0}
+
+
 def kernel_matrix(
     run: Run,
     epoch: int | None = None,
@@ -124,26 +121,72 @@ def kernel_matrix(
     progress: Progress | None = None,
 ) -> np.ndarray:
     """The reduced ``(N, N)`` kernel ("trace" or "mean") of ``group`` at ``epoch``, cached."""
-    from ..engine.kernels import empirical_ntk
-
     epoch = run.resolve_epoch(epoch)
     reduction = _check_reduction(run, reduction)
     if reduction == "flat":
         raise ValueError("kernel_matrix serves (N, N) reductions; use spectrum() for flattened kernels")
-    members = _group_members(run, group)
+    members = run.group_members(group)
     cache = cache or default_cache()
     key = make_key("kernel", **_base_key(run, epoch), group=group, reduction=reduction, beta=beta)
+    return cache.get_or_compute(
+        key, lambda: _compute_kernel(run, epoch, members, reduction, beta, model, progress))["K"]
 
-    def compute():
+
+def _spectrum_request(run: Run, epoch: int | None, group: str, reduction: str | None, top: int | None,
+                      beta: float | None) -> tuple[int, str, list[str] | None, int, str]:
+    """Validated ``(epoch, reduction, members, top, cache key)`` of a spectrum request."""
+    epoch = run.resolve_epoch(epoch)
+    reduction = _check_reduction(run, reduction)
+    members = run.group_members(group)
+    n = kernel_size(run, reduction)
+    top = min(run.family.default_top, n) if top is None else int(top)
+    if not 1 <= top <= n:
+        raise ValueError(f"top must be between 1 and n = {n} (the kernel's size), got {top}")
+    key = make_key("spectrum", **_base_key(run, epoch), group=group, reduction=reduction, top=top, beta=beta)
+    return epoch, reduction, members, top, key
+
+
+def spectrum_key(run: Run, epoch: int | None = None, *, group: str = FULL, reduction: str | None = None,
+                 top: int | None = None, beta: float | None = None) -> str:
+    """The cache key under which :func:`spectrum` stores this request's eigenpairs."""
+    return _spectrum_request(run, epoch, group, reduction, top, beta)[4]
+
+
+def compute_spectrum(
+    run: Run,
+    epoch: int | None = None,
+    *,
+    group: str = FULL,
+    reduction: str | None = None,
+    top: int | None = None,
+    beta: float | None = None,
+    model: torch.nn.Module | None = None,
+    cache: ArrayCache | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``({"eigenvalues", "eigenvectors"}, timing meta)`` of a :func:`spectrum` request,
+    computed now and not stored: what a worker process returns to the driver, which
+    stores it under :func:`spectrum_key`. With ``cache``, an ``(N, N)`` kernel is read from
+    (or stored in) it; without, nothing touches a cache."""
+    epoch, reduction, members, top, _ = _spectrum_request(run, epoch, group, reduction, top, beta)
+    t0 = time.perf_counter()
+    if reduction == "flat":
         m = model if model is not None else run.load_model(epoch)
-        t0 = time.perf_counter()
-        K = empirical_ntk(
-            m, run.data.kernel_x, reduction=reduction, groups=members,
-            class_weights=_class_weights(run, beta), progress=progress,
+        vals, vecs = operators.flat_top_eigenpairs(
+            m, run.data.kernel_x, top, groups=members, class_weights=_class_weights(run, beta)
         )
-        return {"K": K.detach().cpu().numpy()}, {"kernel_s": time.perf_counter() - t0}
-
-    return cache.get_or_compute(key, compute)["K"]
+        t1 = time.perf_counter()
+    else:
+        if cache is not None:
+            K = kernel_matrix(run, epoch, group=group, reduction=reduction, beta=beta,
+                              model=model, cache=cache, progress=progress)
+        else:
+            K = _compute_kernel(run, epoch, members, reduction, beta, model, progress)[0]["K"]
+        t1 = time.perf_counter()
+        vals, vecs = top_eigenpairs(K, top)
+    return {"eigenvalues": vals, "eigenvectors": vecs}, {
+        "kernel_s": round(t1 - t0, 4), "eig_s": round(time.perf_counter() - t1, 4),
+    }
 
 
 def spectrum(
@@ -169,34 +212,12 @@ def spectrum(
       model: the already loaded model at ``epoch`` (saves a reload).
     """
     t_start = time.perf_counter()
-    epoch = run.resolve_epoch(epoch)
-    reduction = _check_reduction(run, reduction)
-    members = _group_members(run, group)
-    n = kernel_size(run, reduction)
-    top = min(run.family.default_top, n) if top is None else int(top)
-    if not 1 <= top <= n:
-        raise ValueError(f"top must be between 1 and n = {n} (the kernel's size), got {top}")
+    epoch, reduction, _members, top, key = _spectrum_request(run, epoch, group, reduction, top, beta)
     cache = cache or default_cache()
-    key = make_key("spectrum", **_base_key(run, epoch), group=group, reduction=reduction, top=top, beta=beta)
 
     def compute():
-        t0 = time.perf_counter()
-        if reduction == "flat":
-            from ..engine.operators import flat_top_eigenpairs
-
-            m = model if model is not None else run.load_model(epoch)
-            vals, vecs = flat_top_eigenpairs(
-                m, run.data.kernel_x, top, groups=members, class_weights=_class_weights(run, beta)
-            )
-            t1 = time.perf_counter()
-        else:
-            K = kernel_matrix(run, epoch, group=group, reduction=reduction, beta=beta,
-                              model=model, cache=cache, progress=progress)
-            t1 = time.perf_counter()
-            vals, vecs = top_eigenpairs(K, top)
-        return {"eigenvalues": vals, "eigenvectors": vecs}, {
-            "kernel_s": round(t1 - t0, 4), "eig_s": round(time.perf_counter() - t1, 4),
-        }
+        return compute_spectrum(run, epoch, group=group, reduction=reduction, top=top, beta=beta, model=model,
+                                cache=cache, progress=progress)
 
     entry = cache.get_or_compute(key, compute)
     vals = entry["eigenvalues"]
@@ -210,3 +231,4 @@ def spectrum(
         "metrics": run.metrics_at(epoch),
     }
     return SpectrumResult(vals, entry["eigenvectors"], detect_cliffs(vals), meta)
+

@@ -30,109 +30,66 @@ What is measured
   at least 50% aligned with it, the (window, family) curve whose % overlap rises most
   from the first to the last checkpoint. The peak of every curve is reported too.
 
-Speed: the per-checkpoint spectra are computed by ``workers`` *processes* (spawned,
-one torch thread each) that write them to the shared on-disk cache; the calling process
-reads each one back as it completes and measures the overlaps. Per checkpoint the work is
-a kernel and an ``N x N`` eigendecomposition: LAPACK's ``eigh`` gains little from a second
-thread and slows down badly when the cores are oversubscribed, while two checkpoints at
-once use both cores fully. Processes rather than threads, because the kernel code
-changes process-global state (warning filters, matmul precision) that threads would race
-on. Progress is reported from the calling thread (safe for Streamlit).
+Speed and scale-out: each checkpoint whose spectrum is not cached yet is a *unit*
+(:func:`spectrum_unit`) run through the executor seam (:mod:`entk_core.workflows.executors`):
+in this process for a few checkpoints, in ``workers`` spawned processes (one torch thread
+each) by default, or on Ray (``ray=``; the checkpoint's safetensors bytes travel with the
+unit, so workers need no shared filesystem). Per checkpoint the work is a kernel and an
+``N x N`` eigendecomposition: LAPACK's ``eigh`` gains little from a second thread and slows
+down badly when the cores are oversubscribed, while two checkpoints at once use both cores
+fully. Units return their eigenpairs to this process, which alone writes them to the cache
+(under the same key as :func:`entk_core.workflows.analysis.spectrum`, so the Spectrum page
+reuses them) and measures the overlaps. Progress is reported from the calling thread (safe
+for Streamlit).
 
-Cliff labels (:func:`label_cliffs`): a detected cliff of size 1 at index 0 whose
-eigenvector is nearly constant (``|⟨v, 1/√N⟩| ≥ 0.9``) is the *constant mode*; the other
-cliffs are numbered ``cliff 1, cliff 2, ...`` in spectral order (so for the MLP
-``cliff 1`` = a/b modes, indices 1-56, and ``cliff 2`` = sum/diff modes, 57-112).
+Cliff labels: :func:`entk_core.engine.spectra.label_cliffs`, the one labelling used
+everywhere (``constant`` for the constant mode, then ``cliff 1, cliff 2, ...`` in spectral
+order: for the MLP ``cliff 1`` = a/b modes, indices 1-56, ``cliff 2`` = sum/diff modes, 57-112).
 
 Plugging in another family
 --------------------------
-A :class:`SweepSpec` says what to sweep: layer group, reduction, top-k, which feature
-families (default: every family of ``family.feature_families`` whose rows match the
-kernel), the window source and the primary family. A model family may provide a hook
-``sweep_spec(cfg, group) -> SweepSpec`` (used by :func:`default_spec`); otherwise the
-defaults apply. Feature families are built once per sweep from the model at the
-reference epoch (so data-dependent families such as a Transformer's key frequencies
-work).
+A :class:`~entk_core.families.base.SweepSpec` says what to sweep: layer group, reduction,
+top-k, which feature families (default: every family of ``family.feature_families`` whose
+rows match the kernel), the window source and the primary family. A model family's
+``sweep_spec(cfg, group)`` hook provides it (used by :func:`default_spec`; ``None``: the
+defaults). Feature families are built once per sweep from the model at the reference
+epoch (so data-dependent families such as a Transformer's key frequencies work). The
+worker processes find the run's family the way the calling process did: through its
+entry point, or by importing the family's class (:func:`entk_core.families.base.family_ref`);
+a family defined in ``__main__`` cannot be imported by a worker, so such sweeps run in
+the calling process.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-import os
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import scipy.linalg
-import torch
 
-from . import analysis
-from ..engine.measures import derivative_peak_epoch, grokking_onset, local_first_derivative, orthonormal_basis
-from ..store.cache import ArrayCache, default_cache, make_key
+from ..engine.measures import (derivative_peak_epoch, family_bases, grokking_onset, local_first_derivative,
+                               window_overlaps, windows_overlaps)
+from ..engine.spectra import CONSTANT_LABEL, Cliff, detect_cliffs, is_constant_mode, label_cliffs
+from ..families.base import FULL, SweepSpec, family_ref, get_family, load_family_ref
 from ..families.features import families_with_rows
-from ..families.base import FeatureFamily
-from ..store.runs import Run
-from ..engine.spectra import Cliff, detect_cliffs
+from ..families.run import Run
+from ..store.cache import ArrayCache, CacheEntry, default_cache, make_key
+from ..store.runs import MANIFEST
+from . import analysis
+from .executors import Executor, InlineExecutor, Unit, make_executor
 
-__all__ = ["SweepSpec", "Window", "SweepResult", "default_spec", "label_cliffs", "sweep", "family_bases",
-           "window_overlaps", "windows_overlaps"]
+__all__ = ["SweepSpec", "Window", "SweepResult", "default_spec", "resolve_spec", "sweep",
+           # re-exported from the layers below, where they live:
+           "CONSTANT_LABEL", "label_cliffs", "family_bases", "window_overlaps", "windows_overlaps"]
 
 Progress = Callable[[int, int, str], None]
 
 SWEEP_FORMAT = 2
 """Version of the cached sweep layout (part of its cache key)."""
-
-CONSTANT_LABEL = "constant"
-"""Label of a leading size-1 cliff whose eigenvector is the constant mode."""
-
-
-@dataclass(frozen=True)
-class SweepSpec:
-    """What a sweep measures (every field has a default; see the module docstring).
-
-    Attributes:
-      group: layer group of the swept kernel (``"full"`` = all parameters).
-      reduction: kernel reduction (default: the family's).
-      top: eigenpairs per epoch (default: the family's ``default_top``).
-      families: names of the feature families to measure (default: every family with
-        rows matching the kernel).
-      window_group: group whose spectrum defines the tracked windows (default: ``group``).
-        E.g. the MLP's per-layer sweeps track the full kernel's cliffs inside each
-        layer's kernel, as the paper's layerwise table does.
-      reference_epoch: checkpoint where the windows are detected (default: the last).
-      windows: explicit ``((start, end), ...)`` index ranges (inclusive) instead of detection.
-      primary: family whose overlap derivative defines ``peak_epoch`` (see module docstring).
-      max_cliffs: at most this many of each epoch's own detected cliffs are recorded.
-      min_ratio: the cliff rule's minimum drop ``λ_end/λ_end+1`` for windows and own cliffs
-        (:func:`entk_core.engine.spectra.detect_cliffs`; default ``None``: the rule's own, 1.1).
-    """
-
-    group: str = analysis.FULL
-    reduction: str | None = None
-    top: int | None = None
-    families: tuple[str, ...] | None = None
-    window_group: str | None = None
-    reference_epoch: int | None = None
-    windows: tuple[tuple[int, int], ...] | None = None
-    primary: str | None = None
-    max_cliffs: int = 4
-    min_ratio: float | None = None
-
-    def resolved(self, run: Run) -> "SweepSpec":
-        """The spec with defaults filled in from the run (what the cache key uses)."""
-        return replace(
-            self,
-            reduction=self.reduction or run.family.default_reduction,
-            top=min(int(self.top or run.family.default_top), analysis.kernel_size(run, self.reduction or run.family.default_reduction)),
-            window_group=self.window_group or self.group,
-            reference_epoch=run.resolve_epoch(self.reference_epoch),
-            families=tuple(self.families) if self.families is not None else None,
-            windows=tuple((int(a), int(b)) for a, b in self.windows) if self.windows is not None else None,
-        )
-
 
 @dataclass(frozen=True)
 class Window:
@@ -153,86 +110,25 @@ class Window:
 def default_spec(run: Run, group: str | None = None, **overrides: Any) -> SweepSpec:
     """The family's sweep spec for ``group`` (its ``sweep_spec`` hook, else the defaults),
     with ``overrides`` (non-``None`` values only) applied."""
-    group = group or analysis.FULL
+    group = group or FULL
     spec = run.family.sweep_spec(run.config, group) or SweepSpec(group=group)
     return replace(spec, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def label_cliffs(cliffs: list[Cliff] | list[tuple[int, int]], eigenvectors: np.ndarray | None) -> list[str]:
-    """Labels for cliffs (or ``(start, end)`` windows): ``"constant"`` for a leading
-    size-1 block whose eigenvector is nearly constant, else ``"cliff 1"``, ``"cliff 2"``..."""
-    labels, n = [], 0
-    for c in cliffs:
-        start, end = (c.start, c.end) if isinstance(c, Cliff) else c
-        if start == 0 and end == 0 and eigenvectors is not None:
-            v = np.asarray(eigenvectors)[:, 0]
-            if abs(v.sum()) / (np.sqrt(v.size) * max(np.linalg.norm(v), 1e-300)) >= 0.9:
-                labels.append(CONSTANT_LABEL)
-                continue
-        n += 1
-        labels.append(f"cliff {n}")
-    return labels
-
-
-def family_bases(families: dict[str, FeatureFamily]) -> dict[str, np.ndarray]:
-    """Orthonormal bases of the mean-centred families (as in ``subspace_overlap(center=True)``)."""
-    out = {}
-    for name, fam in families.items():
-        F = fam.matrix.astype(np.float64)
-        out[name] = np.ascontiguousarray(orthonormal_basis(F - F.mean(axis=0, keepdims=True)))
-    return out
-
-
-def window_overlaps(vecs: np.ndarray, bases: dict[str, np.ndarray]) -> np.ndarray:
-    """Subspace overlaps ``‖QᵀF‖²_F`` of ``vecs`` ``(N, d)`` with each basis, ``(len(bases),)``.
-
-    Equals :func:`entk_core.engine.measures.subspace_overlap` with ``center=True``; see
-    :func:`windows_overlaps`.
-    """
-    V = np.asarray(vecs, dtype=np.float64)
-    V = V[:, None] if V.ndim == 1 else V
-    return windows_overlaps(V, [(0, V.shape[1] - 1)], bases)[0]
-
-
-def windows_overlaps(V: np.ndarray, spans: list[tuple[int, int]], bases: dict[str, np.ndarray]) -> np.ndarray:
-    """Overlaps of several column windows ``V[:, s:t+1]`` with each basis: ``(len(spans), len(bases))``.
-
-    ``Σ s²`` of the principal cosines is ``‖QᵀF‖²_F`` with ``Q`` an orthonormal basis of the
-    window; with ``G = VᵀV = LLᵀ`` (Cholesky) that is ``‖L⁻¹VᵀF‖²_F``, exact for any
-    well-conditioned window (eigenvectors from a float32 eigensolver are orthonormal only
-    to ~1e-6), so two matrix products per spectrum serve every window and family, and a
-    QR (:func:`entk_core.engine.measures.orthonormal_basis`) is needed only for nearly
-    rank-deficient windows. The family bases come from :func:`family_bases` (computed
-    once per sweep).
-    """
-    V = np.asarray(V, dtype=np.float64)
-    out = np.zeros((len(spans), len(bases)))
-    if not spans or not bases:
-        return out
-    dims = [b.shape[1] for b in bases.values()]
-    cuts = np.cumsum([0, *dims])
-    F = np.hstack(list(bases.values()))
-    hi = max(t for _, t in spans) + 1
-    lo = min(s for s, _ in spans)
-    U = V[:, lo:hi]
-    G = U.T @ U
-    P = U.T @ F
-    for w, (s, t) in enumerate(spans):
-        a, b = s - lo, t - lo + 1
-        X = None
-        try:
-            L = np.linalg.cholesky(G[a:b, a:b])
-            if np.min(np.abs(np.diag(L))) > 1e-6:
-                X = scipy.linalg.solve_triangular(L, P[a:b], lower=True)
-        except np.linalg.LinAlgError:
-            pass
-        if X is None:
-            Q = orthonormal_basis(V[:, s:t + 1])
-            X = Q.T @ F
-        sq = np.sum(X**2, axis=0)
-        for j, d in enumerate(dims):
-            out[w, j] = min(float(sq[cuts[j]:cuts[j + 1]].sum()), float(min(X.shape[0], d)))
-    return out
+def resolve_spec(spec: SweepSpec, run: Run) -> SweepSpec:
+    """``spec`` with its defaults filled in from the run (what the cache key uses):
+    the family's reduction and top (at most the kernel's size), the window group, the
+    reference epoch, tuples for ``families`` and ``windows``."""
+    reduction = spec.reduction or run.family.default_reduction
+    return replace(
+        spec,
+        reduction=reduction,
+        top=min(int(spec.top or run.family.default_top), analysis.kernel_size(run, reduction)),
+        window_group=spec.window_group or spec.group,
+        reference_epoch=run.resolve_epoch(spec.reference_epoch),
+        families=tuple(spec.families) if spec.families is not None else None,
+        windows=tuple((int(a), int(b)) for a, b in spec.windows) if spec.windows is not None else None,
+    )
 
 
 @dataclass
@@ -398,6 +294,8 @@ def sweep(
     cache: ArrayCache | None = None,
     progress: Progress | None = None,
     workers: int | None = None,
+    ray: bool | str | None = None,
+    executor: Executor | None = None,
 ) -> SweepResult:
     """Sweep every checkpoint of ``run`` (see the module docstring); cached as one entry.
 
@@ -405,11 +303,17 @@ def sweep(
       spec: what to measure (default: :func:`default_spec` for the full kernel).
       progress: ``progress(done, total, message)`` after each checkpoint (called from
         this thread).
-      workers: worker processes computing the spectra (default: the CPU count, at most 4,
-        for runs with 8 or more checkpoints, else 1 = in this process).
+      workers: local worker processes computing the spectra (default: the CPU count, at
+        most 4, for runs with 8 or more checkpoints to compute, else 1 = in this process).
+      ray: run the per-checkpoint units on Ray (``True``: a local instance or
+        ``$ENTK_RAY_ADDRESS``; or a cluster address); see :mod:`entk_core.workflows.executors`.
+      executor: an executor to use instead (not closed here).
+
+    A checkpoint whose unit fails twice is reported in ``meta["failed"]`` (its rows are NaN)
+    and the sweep is not cached, so the next call computes just the missing checkpoints.
     """
     t0 = time.perf_counter()
-    spec = (spec or default_spec(run)).resolved(run)
+    spec = resolve_spec(spec or default_spec(run), run)
     cache = cache or default_cache()
     epochs = run.epochs
     key = make_key("sweep", format=SWEEP_FORMAT, family=run.family.name, config=asdict(run.config),
@@ -461,69 +365,130 @@ def sweep(
             own = _cliffs(res, spec)[:M]
             allov = windows_overlaps(V, [spans[j] for j in inside] + [(c.start, c.end) for c in own], bases)
             ov[i, inside] = allov[:len(inside)]
-            top_constant[i] = label_cliffs([(0, 0)], V)[0] == CONSTANT_LABEL
+            top_constant[i] = V.shape[1] > 0 and is_constant_mode(V[:, 0])
             for m, c in enumerate(own):
                 own_start[i, m], own_size[i, m] = c.start, c.size
                 own_ov[i, m] = allov[len(inside) + m]
 
-        n_workers = _n_workers(workers, E)
-        if n_workers > 1:
-            # worker processes compute and cache the spectra; this process reads them back
-            # (pending work is cancelled if this thread is interrupted, e.g. a Streamlit rerun)
-            pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_worker_init)
-            try:
-                futures = [pool.submit(_worker_spectrum, str(run.path.resolve()), e, spec.group, spec.reduction,
-                                       spec.top, str(cache.directory)) for e in epochs]
-                for done, fut in enumerate(as_completed(futures), start=2):
-                    e = fut.result()
-                    one(epochs.index(e))
-                    if progress:
-                        progress(done, total, f"epoch {e}")
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+        # each checkpoint's spectrum is a unit; the driver (this thread) caches what comes back
+        keys = {e: analysis.spectrum_key(run, e, group=spec.group, reduction=spec.reduction, top=spec.top)
+                for e in epochs}
+        todo = [e for e in epochs if keys[e] not in cache]
+        done = [1]
+
+        def advance(e: int) -> None:
+            done[0] += 1
+            if progress:
+                progress(done[0], total, f"epoch {e}")
+
+        for e in epochs:
+            if e not in todo:
+                one(epochs.index(e))
+                advance(e)
+        ship = bool(ray) or executor is not None
+        ref_name = family_ref(run.family)  # how a worker imports the family (None: it cannot)
+        units = [Unit(f"epoch {e}", spectrum_unit, _unit_kwargs(run, e, spec, ship=ship, ref=ref_name))
+                 for e in todo]
+        by_key = {u.key: e for u, e in zip(units, todo)}
+
+        def on_result(r) -> None:
+            e = by_key[r.key]
+            if r.ok:
+                cache.set(keys[e], r.value["arrays"], r.value["meta"])
+                one(epochs.index(e))
+            else:
+                failed[e] = r.error
+            advance(e)
+
+        if executor is None and ref_name is None:
+            ex = InlineExecutor()  # a family registered at run time only exists in this process
         else:
-            for i, e in enumerate(epochs):
-                one(i)
-                if progress:
-                    progress(i + 2, total, f"epoch {e}")
+            ex = executor or make_executor(ray=ray, workers=workers, n_units=len(units))
+        try:
+            ex.run(units, on_result=on_result)
+            exec_desc.update(ex.describe())
+        finally:
+            if ex is not executor:
+                ex.close()
         arrays = {
             "eigenvalues": eig, "overlap": ov, "own_start": own_start, "own_size": own_size,
             "own_overlap": own_ov, "top_constant": top_constant, "dims": dims,
             "window_start": np.array([s for s, _ in spans], dtype=np.int64).reshape(-1),
             "window_end": np.array([t for _, t in spans], dtype=np.int64).reshape(-1),
         }
-        return arrays, {"families": names, "labels": labels, "compute_s": round(time.perf_counter() - t0, 3)}
+        meta = {"families": names, "labels": labels, "compute_s": round(time.perf_counter() - t0, 3)}
+        if failed:
+            raise _Incomplete(arrays, meta)
+        return arrays, meta
 
-    entry = cache.get_or_compute(key, compute)
+    failed: dict[int, str] = {}
+    exec_desc: dict[str, Any] = {}
+    try:
+        entry = cache.get_or_compute(key, compute)
+    except _Incomplete as inc:  # some checkpoints failed twice: report them, cache nothing
+        entry = CacheEntry(inc.arrays, {**inc.meta, "cache": "incomplete"})
     if progress:
         progress(total, total, "done")
-    return _assemble(run, spec, epochs, entry, time.perf_counter() - t0)
+    res = _assemble(run, spec, epochs, entry, time.perf_counter() - t0)
+    res.meta["failed"] = [{"epoch": e, "error": err} for e, err in sorted(failed.items())]
+    if exec_desc:
+        res.meta["executor"] = exec_desc
+    return res
+
+
+class _Incomplete(Exception):
+    """Raised out of the cache's compute() so that an incomplete sweep is not stored."""
+
+    def __init__(self, arrays, meta):
+        super().__init__("incomplete sweep")
+        self.arrays, self.meta = arrays, meta
 
 
 def _cliffs(res: analysis.SpectrumResult, spec: SweepSpec) -> list[Cliff]:
     return res.cliffs if spec.min_ratio is None else detect_cliffs(res.eigenvalues, min_ratio=spec.min_ratio)
 
 
-def _n_workers(workers: int | None, n_epochs: int) -> int:
-    if workers is None:
-        workers = min(os.cpu_count() or 1, 4) if n_epochs >= 8 else 1
-    return max(1, min(int(workers), n_epochs))
+def _unit_kwargs(run: Run, epoch: int, spec: SweepSpec, *, ship: bool, ref: str | None) -> dict[str, Any]:
+    """A checkpoint's unit arguments: the run folder's path, or (``ship``) the manifest and the
+    checkpoint's safetensors bytes, so a worker on another machine needs no shared filesystem;
+    ``ref`` (``module:Class``) lets a worker import a family that no entry point declares."""
+    kw: dict[str, Any] = {"epoch": epoch, "group": spec.group, "reduction": spec.reduction, "top": spec.top,
+                          "family": run.family.name, "family_ref": ref}
+    if ship:
+        kw["manifest"] = run.manifest
+        kw["checkpoint"] = run.checkpoint_path(epoch).read_bytes()
+    else:
+        kw["run_path"] = str(run.path.resolve())
+    return kw
 
 
-_WORKER: dict[str, Any] = {}
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)
-
-
-def _worker_spectrum(path: str, epoch: int, group: str, reduction: str, top: int, cache_dir: str) -> int:
-    """Worker process: compute (and cache) one checkpoint's spectrum; returns the epoch."""
-    if _WORKER.get("key") != (path, cache_dir):
-        _WORKER.update(key=(path, cache_dir), run=Run(path), cache=ArrayCache(cache_dir))
-    analysis.spectrum(_WORKER["run"], epoch, group=group, reduction=reduction, top=top, cache=_WORKER["cache"])
-    return epoch
+def spectrum_unit(*, epoch: int, group: str, reduction: str, top: int, family: str, family_ref: str | None = None,
+                  run_path: str | None = None, manifest: dict | None = None,
+                  checkpoint: bytes | None = None) -> dict[str, Any]:
+    """Unit: one checkpoint's spectrum (:func:`entk_core.workflows.analysis.compute_spectrum`),
+    computed without touching any cache. The run is the folder ``run_path``, or is rebuilt in
+    a private temporary folder from the shipped ``manifest`` and ``checkpoint`` bytes (checked
+    against the manifest's sha256 when read, like any checkpoint). A family that no entry
+    point declares (registered at run time in the driver) is imported from ``family_ref``."""
+    try:
+        get_family(family)
+    except ValueError:
+        if family_ref is None:
+            raise
+        load_family_ref(family_ref, name=family)
+    if run_path is not None:
+        run = Run(run_path)
+        arrays, meta = analysis.compute_spectrum(run, epoch, group=group, reduction=reduction, top=top)
+        return {"arrays": arrays, "meta": meta}
+    entry = next(c for c in manifest["checkpoints"] if c["epoch"] == epoch)
+    with tempfile.TemporaryDirectory(prefix="entk-unit-") as tmp:
+        folder = Path(tmp) / "run"
+        (folder / Path(entry["file"]).parent).mkdir(parents=True)
+        (folder / entry["file"]).write_bytes(checkpoint)
+        (folder / MANIFEST).write_text(json.dumps({**manifest, "checkpoints": [entry]}))
+        run = Run(folder)
+        arrays, meta = analysis.compute_spectrum(run, epoch, group=group, reduction=reduction, top=top)
+    return {"arrays": arrays, "meta": meta}
 
 
 def _kernel_rows(run: Run, spec: SweepSpec) -> int:

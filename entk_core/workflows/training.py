@@ -10,6 +10,11 @@ last checkpoint with the saved optimizer state; the resumed run reaches the same
 parameters as an uninterrupted one, because a family's ``batches(data, cfg, epoch)`` hook
 is a pure function of the config and the epoch (full batch for the MLP and TMS; for the
 Transformer a replay of the author's seeded DataLoader stream).
+
+One writer per run folder: ``train`` holds the run's lock file (``NAME/.lock``,
+:func:`entk_core.store.locks.file_lock`) while it writes, so a second ``train`` of the same
+folder (another dashboard session, another terminal) fails at once with a one-line
+:class:`~entk_core.store.runs.RunError` instead of interleaving writes.
 """
 from __future__ import annotations
 
@@ -21,15 +26,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-
-from ..families.base import ModelFamily, get_family
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
-from ..store.runs import (FORMAT, MANIFEST, Run, RunError, atomic_write_bytes, atomic_write_json, finite_or_none,
-                   remove_stale_temp_files, save_checkpoint)
+from ..families.base import ModelFamily, get_family
+from ..families.run import Run
+from ..store.locks import LockBusy, file_lock
+from ..store.runs import (FORMAT, LOCK_FILE, MANIFEST, RunError, atomic_write_bytes, atomic_write_json,
+                          finite_or_none, remove_stale_temp_files, save_checkpoint)
 
-__all__ = ["train", "evaluate", "Progress"]
+__all__ = ["train", "evaluate", "run_lock", "Progress", "METRIC_KEYS"]
 
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, message)``; may raise (e.g. KeyboardInterrupt) to cancel."""
@@ -120,6 +126,24 @@ def _load_resume_state(out: Path, opt: torch.optim.Optimizer, epoch: int) -> boo
         return False
 
 
+@contextmanager
+def run_lock(out: Path | str) -> Iterator[None]:
+    """Hold the write lock of the run folder ``out`` (created if missing); a
+    :class:`RunError` at once if another thread or process holds it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with file_lock(out / LOCK_FILE, blocking=False):
+            yield
+    except LockBusy:
+        raise RunError(f"{out}: another process is writing this run (training or importing); "
+                       "wait for it to finish") from None
+
+
+def _foreign_files(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) if out.exists() else []
+
+
 def train(
     family: ModelFamily | str,
     cfg: Any,
@@ -134,12 +158,37 @@ def train(
     * ``out`` is a finished run with the same config: returned as is.
     * ``out`` holds anything else (another config, foreign files): :class:`RunError`,
       nothing is touched.
+    * another process is writing ``out``: :class:`RunError` at once (:func:`run_lock`).
     """
     fam = get_family(family) if isinstance(family, str) else family
     out = Path(out)
-    config = asdict(cfg)
     if cfg.epochs < 1 or cfg.checkpoint_every < 1:
         raise ValueError(f"epochs and checkpoint_every must be at least 1 (got {cfg.epochs}, {cfg.checkpoint_every})")
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out}: exists and is not a folder; choose another --out")
+    if not (out / MANIFEST).exists() and _foreign_files(out):
+        raise RunError(f"{out}: folder exists and is not a run; choose another --out")
+    created = not out.exists()
+    try:
+        with run_lock(out):
+            return _train_locked(fam, cfg, out, progress)
+    except BaseException:
+        if created and not (out / MANIFEST).exists():
+            _remove_empty_run_folder(out)  # failed before anything was saved: leave no trace
+        raise
+
+
+def _remove_empty_run_folder(out: Path) -> None:
+    try:
+        if not _foreign_files(out):
+            (out / LOCK_FILE).unlink(missing_ok=True)
+            out.rmdir()
+    except OSError:
+        pass
+
+
+def _train_locked(fam: ModelFamily, cfg: Any, out: Path, progress: Progress | None) -> Run:
+    config = asdict(cfg)
 
     torch.manual_seed(cfg.seed)
     model = fam.build_model(cfg)
@@ -150,7 +199,7 @@ def train(
 
     if (out / MANIFEST).exists():
         run = Run(out)
-        if run.family.name != fam.name or asdict(run.config) != config:
+        if type(run.family) is not type(fam) or asdict(run.config) != config:
             raise RunError(f"{out}: already holds a run with a different config; choose another --out or delete it")
         if run.status == "complete":
             return run
@@ -165,7 +214,7 @@ def train(
         keep = [i for i, e in enumerate(m.get("epoch", [])) if e <= start_epoch]
         manifest["metrics"] = {k: [v[i] for i in keep] for k, v in m.items()}
     else:
-        if out.exists() and any(out.iterdir()):
+        if _foreign_files(out):
             raise RunError(f"{out}: folder exists and is not a run; choose another --out")
         manifest = {
             "format": FORMAT,

@@ -2,15 +2,26 @@
 dashboard served by ``python -m streamlit run app.py`` on a free loopback port.
 
 Runs are trained once per session into a temporary runs folder (a modular-addition MLP,
-p = 29, and, when their families are registered, a TMS run and a short Transformer run).
-Every page listed in the sidebar navigation is visited (new pages are picked up
-automatically): the page must draw its Plotly charts with the expected titles, show no
-exception and no st.error, and keep doing so when the run, the checkpoint and the page's
-own sliders are moved. One screenshot per page goes to ``screenshots/`` (gitignored).
+p = 29, a TMS run and a short Transformer run). What is checked:
+
+* every page listed in the sidebar navigation renders its charts for its family, reacts to
+  the checkpoint slider and its own sliders, with no exception and no st.error; a screenshot
+  of each goes to ``screenshots/`` (``ENTK_SCREENSHOTS=docs/screenshots`` to refresh the README's);
+* every page makes no request to another host and logs no console error (the two 404 probes of
+  ``<page>/_stcore/health|host-config`` that Streamlit's frontend sends before the root ones on a
+  deep link are upstream behaviour and are told apart by their URL);
+* the first deep link right after a server start opens no "Page not found" dialog;
+* each URL-mirrored control round-trips: set it in the page, open the resulting link in a
+  fresh browser context, read the widget back;
+* Back and Forward step through views, one history entry per action;
+* clicking an eigenvalue shows its eigenvector on every page with a spectrum;
+* compare (principal angles) and export (CSV, NPZ, PNG, SVG) work;
+* Stop ends a long computation: its worker process is gone and the CPU idle within seconds.
 
 Without chromium the tests are skipped locally, and FAIL under CI (``CI=true``).
 ``ENTK_BROWSER_RUNS=DIR`` copies already trained runs from DIR (training then only
-completes what is missing), to iterate on the pages quickly.
+completes what is missing) and ``ENTK_BROWSER_CACHE=DIR`` reuses a result cache, to iterate
+on the pages quickly.
 """
 from __future__ import annotations
 
@@ -19,36 +30,36 @@ import re
 import shutil
 import time
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from browser_util import (CHROMIUM, CHROMIUM_ARGS, StreamlitServer, after_interaction, chart_count,
                           chromium_missing_reason, error_texts, info_texts, nav_links, plot_titles,
-                          press_slider, screenshot, select_option, sliders, wait_idle)
+                          press_slider, screenshot, sliders, wait_idle)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-SHOTS = REPO / "screenshots"
+SHOTS = REPO / os.environ.get("ENTK_SCREENSHOTS", "screenshots")
+MLP, TMS, TF = "modadd-mlp-p29-seed0", "tms-m10-s0.3-seed0", "modadd-transformer-p29-seed2"
 
-#: Runs trained for the suite: (family, run name, config overrides). A family that is not
-#: registered is skipped (its pages then show their "no run of this family" state).
+#: Runs trained for the suite: (family, run name, config overrides).
 RUNS = [
-    ("modadd-mlp", "modadd-mlp-p29-seed0", {"p": 29, "width": 512, "epochs": 500, "checkpoint_every": 50, "seed": 0}),
-    ("tms", "tms-m10-s0.9-seed0", {"m": 10, "sparsity": 0.9, "epochs": 1500, "checkpoint_every": 500, "seed": 0}),
-    ("modadd-transformer", "modadd-transformer-p29-seed2",
-     {"p": 29, "epochs": 40, "checkpoint_every": 20, "seed": 2}),
+    ("modadd-mlp", MLP, {"p": 29, "width": 512, "epochs": 500, "checkpoint_every": 50, "seed": 0}),
+    ("tms", TMS, {"m": 10, "sparsity": 0.3, "epochs": 1500, "checkpoint_every": 500, "seed": 0}),
+    ("modadd-transformer", TF, {"p": 29, "epochs": 40, "checkpoint_every": 20, "seed": 2}),
 ]
 
-#: Title fragments expected on known pages (by URL path); any other page needs one titled chart.
-EXPECTED_TITLES = {
-    "spectrum": [r"eNTK \(\w+\), epoch \d+"],
-    "grokking": [r"Train and test accuracy", r"eNTK spectrum at epoch \d+", r"Overlap of"],
-    "alignment": [r"eNTK spectrum"],
-    "tms": [r"Flattened eNTK spectrum, β = "],
-    "transformer": [r"Fourier power of W_E"],
+#: Title fragments expected on each page (by URL path), with the run that page is for.
+EXPECTED = {
+    "spectrum": (MLP, [r"eNTK \(\w+\), epoch \d+", r"^eigenvector \d+"]),
+    "grokking": (MLP, [r"Train and test accuracy", r"eNTK spectrum at epoch \d+", r"Overlap of"]),
+    "alignment": (MLP, [r"eNTK spectrum", r"phase-insensitive correlation"]),
+    "tms": (TMS, [r"Flattened eNTK spectrum, β = ", r"over the features"]),
+    "transformer": (TF, [r"Fourier power of W_E", r"eigenvector \d+ over the \(a, b\) pairs"]),
 }
+PROBE_404 = re.compile(r"/[\w-]+/_stcore/(health|host-config)$")
 
 
 @pytest.fixture(scope="session")
@@ -62,28 +73,32 @@ def chromium_ok():
 
 @pytest.fixture(scope="session")
 def browser_runs(tmp_path_factory, chromium_ok) -> Path:
-    """A runs folder with the suite's trained runs (families that are not registered are left out)."""
     from entk_core.families.base import get_family, list_families
     from entk_core.workflows.training import train
 
     root = tmp_path_factory.mktemp("browser") / "runs"
-    reuse = os.environ.get("ENTK_BROWSER_RUNS")  # a folder kept from an earlier session: skips training
+    reuse = os.environ.get("ENTK_BROWSER_RUNS")
     if reuse:
-        shutil.copytree(reuse, root)
+        shutil.copytree(reuse, root, ignore=lambda d, names: [n for n in names if n not in {r[1] for r in RUNS}]
+                        if Path(d) == Path(reuse) else [])
     for family, name, cfg in RUNS:
-        if family not in list_families():
+        if family not in list_families() or (reuse and (root / name / "manifest.json").exists()):
             continue
         fam = get_family(family)
-        fields = {f for f in fam.Config.__dataclass_fields__}
+        fields = set(fam.Config.__dataclass_fields__)
         train(fam, fam.Config(**{k: v for k, v in cfg.items() if k in fields}), root / name)
     return root
 
 
+def _env(runs: Path, cache: Path) -> dict[str, str]:
+    return {"ENTK_RUNS_DIR": str(runs), "ENTK_CACHE_DIR": str(cache), "ENTK_PROGRESS": "off",
+            "BROWSER_PATH": CHROMIUM}
+
+
 @pytest.fixture(scope="session")
 def server(browser_runs, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("browser-cache")
-    env = {"ENTK_RUNS_DIR": str(browser_runs), "ENTK_CACHE_DIR": str(cache), "ENTK_PROGRESS": "off"}
-    with StreamlitServer(REPO, env, cache.parent / "streamlit.log") as srv:
+    cache = Path(os.environ.get("ENTK_BROWSER_CACHE") or tmp_path_factory.mktemp("browser-cache"))  # to iterate
+    with StreamlitServer(REPO, _env(browser_runs, cache), cache.parent / "streamlit.log") as srv:
         yield srv
 
 
@@ -97,12 +112,50 @@ def browser(chromium_ok):
         b.close()
 
 
+class Watch:
+    """Requests to other hosts and console errors of one browser context."""
+
+    def __init__(self, ctx, base: str):
+        self.base, self.foreign, self.console, self.probes = base, [], [], []
+        ctx.on("request", self._request)
+        ctx.on("response", self._response)
+        self._pages = []
+
+    def _request(self, req) -> None:
+        u = req.url
+        if not (u.startswith(self.base) or u.startswith("data:") or u.startswith("blob:") or u == "about:blank"):
+            self.foreign.append(u)
+
+    def _response(self, resp) -> None:
+        if resp.status == 404 and PROBE_404.search(urlparse(resp.url).path):
+            self.probes.append(resp.url)
+
+    def attach(self, page) -> None:
+        page.on("console", lambda m: m.type == "error" and self.console.append(m.text))
+
+    def check(self) -> None:
+        assert not self.foreign, f"requests to other hosts: {sorted(set(self.foreign))[:5]}"
+        errors = [m for m in self.console if not m.startswith("Failed to load resource: the server responded with a "
+                                                                "status of 404")]
+        n404 = len(self.console) - len(errors)
+        assert n404 <= len(self.probes), f"404 resources beyond Streamlit's deep-link probes: {self.console}"
+        assert not errors, f"console errors: {errors[:5]}"
+
+
+def _context(browser, server):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    watch = Watch(ctx, server.url)
+    pg = ctx.new_page()
+    watch.attach(pg)
+    pg.set_default_timeout(90_000)
+    return ctx, pg, watch
+
+
 @pytest.fixture
 def page(browser, server):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = ctx.new_page()
-    pg.set_default_timeout(60_000)
+    ctx, pg, watch = _context(browser, server)
     yield pg
+    watch.check()
     ctx.close()
 
 
@@ -119,76 +172,276 @@ def _open(page, url: str) -> None:
     wait_idle(page)
 
 
-def test_every_page_renders_and_reacts(page, server, browser_runs):
+def _query(page) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(urlparse(page.url).query, keep_blank_values=True).items()}
+
+
+# --------------------------------------------------------------------- tests
+def test_first_deep_link_after_server_start_opens_no_dialog(browser, browser_runs, tmp_path):
+    """streamlit#8860: the very first visit of a fresh server is a deep link to a non-default page."""
+    with StreamlitServer(REPO, _env(browser_runs, tmp_path / "cache"), tmp_path / "st.log") as srv:
+        ctx, pg, watch = _context(browser, srv)
+        try:
+            _open(pg, f"{srv.url}/transformer?run={TF}&epoch=20")
+            assert not pg.get_by_role("dialog").count(), [d.text_content() for d in pg.get_by_role("dialog").all()]
+            assert any("Fourier power of W_E" in t for t in _check_page(pg, "first deep link", srv))
+            _open(pg, f"{srv.url}/tms?run={TMS}")  # a later deep link too
+            assert not pg.get_by_role("dialog").count()
+            watch.check()
+        finally:
+            ctx.close()
+
+
+def test_every_page_renders_and_reacts(page, server):
     t_start = time.perf_counter()
     _open(page, server.url + "/")
     links = nav_links(page)
-    assert len(links) >= 1, "no page in the sidebar navigation"
-    run_names = sorted(p.name for p in browser_runs.iterdir())
+    assert len(links) >= 5, links
     report = []
     for label, href in links:
-        path = urlparse(href).path.strip("/") or label.lower()  # the default page is served at /
+        path = urlparse(href).path.strip("/") or "spectrum"
+        run, expected = EXPECTED.get(path, (MLP, [r"\S"]))
         t0 = time.perf_counter()
-        _open(page, href)
-        where = f"page {label!r} ({href})"
+        _open(page, href.split("?")[0] + f"?run={run}")
+        where = f"page {label!r}"
         titles = _check_page(page, where, server)
-        expected = EXPECTED_TITLES.get(path)
-
-        def satisfied() -> bool:
-            if expected:  # a known page: all its titles
-                return all(any(re.search(pat, t) for t in titles) for pat in expected)
-            return chart_count(page) > 0 and not info_texts(page)  # a new page: charts, no "wrong run" info
-
-        # a page for another family says so: pick the runs in the sidebar until it draws its charts
-        for name in run_names:
-            if satisfied():
-                break
-            if f"run={name}" in page.url:
-                continue
-            select_option(page, "Run", name)
-            after_interaction(page)
-            titles = _check_page(page, f"{where} with run {name}", server)
-        assert chart_count(page) > 0, f"{where}: no chart with any run; infos: {info_texts(page)}"
-        for pattern in expected or [r"\S"]:
+        for pattern in expected:
             assert any(re.search(pattern, t) for t in titles), f"{where}: no title matching {pattern!r} in {titles}"
-
-        # the checkpoint slider (sidebar): one step back, the charts follow
         side = sliders(page, "sidebar")
         if side:
             before, after = press_slider(page, side[0], "ArrowLeft")
             assert before != after, f"{where}: the checkpoint slider did not move"
-            moved = _check_page(page, f"{where} after the checkpoint moved to {after}", server)
-            assert chart_count(page) > 0, f"{where}: charts vanished after moving the checkpoint"
-            assert f"epoch={after}" in page.url, f"{where}: the URL does not follow the checkpoint ({page.url})"
-            if path == "spectrum":
-                assert any(f"epoch {after}" in t for t in moved), moved
-        # the page's own sliders (epoch scrubbers, β...): one step each
-        for i, thumb in enumerate(sliders(page, "main")[:3]):
+            _check_page(page, f"{where} after the checkpoint moved to {after}", server)
+            assert chart_count(page) > 0
+            assert _query(page).get("epoch") == str(after), f"{where}: the URL does not follow ({page.url})"
+        for i, thumb in enumerate(sliders(page, "main")[:2]):
             before, after = press_slider(page, thumb, "ArrowRight" if i % 2 == 0 else "ArrowLeft")
             _check_page(page, f"{where} after slider {i} moved {before} -> {after}", server)
-            assert chart_count(page) > 0, f"{where}: charts vanished after moving slider {i}"
         screenshot(page, SHOTS / f"{path}.png")
         report.append(f"{label}: {chart_count(page)} charts, {time.perf_counter() - t0:.1f} s")
     print("\n" + "\n".join(report) + f"\ntotal {time.perf_counter() - t_start:.1f} s")
 
 
-def test_switching_runs_on_the_spectrum_page(page, server, browser_runs):
-    """Every trained run (every family) draws its spectrum on the generic page."""
-    _open(page, server.url + "/")  # the default page (Spectrum) is served at /
-    names = sorted(p.name for p in browser_runs.iterdir())
-    for name in reversed(names):  # the first one is already shown
-        shown = select_option(page, "Run", name)
-        assert sorted(shown) == names
-        after_interaction(page)
-        titles = _check_page(page, f"spectrum with run {name}", server)
-        assert any(re.search(r"eNTK \(\w+\), epoch \d+", t) for t in titles), (name, titles)
-        assert f"run={name}" in page.url
+def test_other_families_say_not_available(page, server):
+    for path, run in (("grokking", TMS), ("alignment", TF), ("tms", MLP), ("transformer", MLP)):
+        _open(page, f"{server.url}/{path}?run={run}")
+        _check_page(page, path, server)
+        assert any("not available for this family" in t for t in info_texts(page)), (path, info_texts(page))
+
+
+# -------------------------------------------------- URL round trips
+def _widget_value(page, kind: str, label: str):
+    main = page.get_by_test_id("stMain")
+    if kind == "select":
+        return page.get_by_role("combobox", name=label, exact=True).input_value()
+    if kind == "number":
+        return main.get_by_role("spinbutton", name=label, exact=True).input_value()
+    if kind == "toggle":
+        return main.get_by_role("switch", name=label, exact=True).is_checked()
+    if kind == "slider":
+        return main.get_by_role("slider").first.get_attribute("aria-valuetext")
+    if kind == "multi":
+        box = main.get_by_test_id("stMultiSelect").filter(has_text=label)
+        return sorted(box.locator(".react-aria-ComboBox [data-tag] > span[title]").all_text_contents())
+    raise ValueError(kind)
+
+
+def _set_widget(page, kind: str, label: str, value) -> None:
+    main = page.get_by_test_id("stMain")
+    if kind == "select":  # type to filter: long option lists are virtualised
+        box = page.get_by_role("combobox", name=label, exact=True)
+        box.click()
+        box.fill(value)
+        page.get_by_role("option", name=value, exact=True).click()
+    elif kind == "number":
+        box = main.get_by_role("spinbutton", name=label, exact=True)
+        box.fill(str(value))
+        box.press("Enter")
+    elif kind == "toggle":
+        main.get_by_test_id("stCheckbox").filter(has_text=label).locator("label").first.click()
+    elif kind == "slider":
+        main.get_by_role("slider").first.focus()
+        page.keyboard.press(value)
+    elif kind == "multi":  # remove the first selected tag
+        box = main.get_by_test_id("stMultiSelect").filter(has_text=label)
+        box.locator(".react-aria-ComboBox [data-tag] button").first.click()
+    after_interaction(page)
+
+
+#: (page, run, widget kind, label, new value, URL parameter)
+ROUND_TRIPS = [
+    ("spectrum", MLP, "select", "Layer group", "net.3 · W2, hidden → output", "group"),
+    ("spectrum", MLP, "select", "Reduction", "mean", "reduction"),
+    ("spectrum", MLP, "number", "Eigenvalues k (1–841)", 150, "top"),
+    ("spectrum", MLP, "toggle", "Log scale", None, "log"),
+    ("spectrum", MLP, "number", "Eigenvector index", 7, "vector"),
+    ("spectrum", MLP, "select", "Compare with", "epoch 250 of this run", "compare"),
+    ("grokking", MLP, "select", "Window", "cliff 1 [1–56]", "window"),
+    ("grokking", MLP, "multi", "Families", None, "families"),
+    ("alignment", MLP, "select", "Cliff", None, "cliff"),
+    ("alignment", MLP, "toggle", "After rotation", None, "rotation"),
+    ("alignment", MLP, "select", "Cliffs detected in", "net.0 · W1, input → hidden", "windows"),
+    ("tms", TMS, "slider", "β", "ArrowRight", "beta"),
+    ("tms", TMS, "number", "Eigenvalues k (10–300)", 60, "top"),
+    ("transformer", TF, "select", "Layer group", "attn.OV · W_O + W_V", "group"),
+    ("transformer", TF, "select", "Modes", "5:9", "window"),
+]
+
+
+def test_every_control_round_trips_through_the_url(browser, server):
+    ctx, page, watch = _context(browser, server)
+    try:
+        for path, run, kind, label, value, param in ROUND_TRIPS:
+            _open(page, f"{server.url}/{'' if path == 'spectrum' else path}?run={run}")
+            before = _widget_value(page, kind, label)
+            if kind == "select" and value is None:  # the next option
+                page.get_by_role("combobox", name=label, exact=True).click()
+                opts = [o.text_content() for o in page.get_by_role("option").all()]
+                page.keyboard.press("Escape")
+                value = next(o for o in opts if o != before)
+            _set_widget(page, kind, label, value)
+            _check_page(page, f"{path}: {label}", server)
+            set_to = _widget_value(page, kind, label)
+            assert set_to != before, (path, label, before, set_to)
+            link = page.url
+            assert param in _query(page), (path, label, param, link)
+            ctx2, page2, watch2 = _context(browser, server)
+            try:
+                _open(page2, link)
+                assert _widget_value(page2, kind, label) == set_to, (path, label, link)
+                watch2.check()
+            finally:
+                ctx2.close()
+        watch.check()
+    finally:
+        ctx.close()
+
+
+def test_invalid_link_values_show_one_message_and_the_default(page, server):
+    _open(page, f"{server.url}/?run={MLP}&top=99999&group=nope")
+    warnings = [w.text_content() for w in page.get_by_test_id("stAlertContentWarning").all()]
+    assert len([w for w in warnings if "top=99999" in w]) == 1 and any("group=nope" in w for w in warnings), warnings
+    assert page.get_by_role("combobox", name="Layer group").input_value().startswith("full")
+    assert not page.locator('[data-testid="stException"]').count()
 
 
 def test_bad_link_shows_an_error_not_a_traceback(page, server):
-    """A link with a path-traversal run and a missing epoch: one-line errors, the view falls back."""
     _open(page, server.url + "/?run=..%2F..%2Fetc&epoch=7")
-    errs = [e.text_content() or "" for e in page.locator('[data-testid="stAlertContentError"]').all()]
-    assert any("not a run name inside the runs folder" in e for e in errs), errs
+    msgs = [e.text_content() or "" for e in page.get_by_test_id("stAlertContentWarning").all()]
+    assert any("not a run name inside the runs folder" in e for e in msgs), msgs
     assert not page.locator('[data-testid="stException"]').count()
     assert chart_count(page) > 0
+
+
+def test_back_and_forward_step_through_views(page, server):
+    _open(page, f"{server.url}/?run={MLP}")
+    start = page.evaluate("history.length")
+    _set_widget(page, "select", "Layer group", "net.3 · W2, hidden → output")
+    _set_widget(page, "number", "Eigenvalues k (1–841)", 120)
+    assert page.evaluate("history.length") == start + 2, "one history entry per action"
+    page.go_back()
+    after_interaction(page)
+    assert _query(page).get("group") == "net.3" and "top" not in _query(page)
+    assert _widget_value(page, "number", "Eigenvalues k (1–841)") == "200"
+    page.go_back()
+    after_interaction(page)
+    assert _widget_value(page, "select", "Layer group", ).startswith("full")
+    page.go_forward()
+    after_interaction(page)
+    assert _widget_value(page, "select", "Layer group").startswith("net.3")
+    # a page switch keeps the view, and Back returns to the page before
+    page.get_by_test_id("stSidebar").get_by_test_id("stPageLink-NavLink").filter(has_text="Alignment").click()
+    after_interaction(page)
+    assert urlparse(page.url).path == "/alignment" and _query(page).get("group") == "net.3", page.url
+    page.go_back()
+    after_interaction(page)
+    assert urlparse(page.url).path == "/" and _query(page).get("group") == "net.3", page.url
+
+
+def _click_an_eigenvalue(page, chart_index: int = 0) -> int:
+    """Click the 6th point of the clickable spectrum (the chart whose legend names the selected
+    eigenvalue; its trace with the most points); returns that point's index."""
+    charts = page.locator(".js-plotly-plot")
+    chart = next(charts.nth(i) for i in range(charts.count())
+                 if "selected: #" in (charts.nth(i).text_content() or ""))
+    traces = chart.locator(".scatterlayer .trace")
+    best = max(range(traces.count()), key=lambda i: traces.nth(i).locator(".points path").count())
+    pt = traces.nth(best).locator(".points path").nth(5)
+    chart.scroll_into_view_if_needed()
+    box = pt.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    after_interaction(page)
+    return int(pt.evaluate("e => (e.__data__ && e.__data__.i) ?? 5"))
+
+
+def test_clicking_an_eigenvalue_shows_its_vector_on_every_spectrum_page(page, server):
+    for path, run, chart in (("spectrum", MLP, 0), ("grokking", MLP, 1), ("alignment", MLP, 1), ("tms", TMS, 0),
+                             ("transformer", TF, 1)):
+        _open(page, f"{server.url}/{'' if path == 'spectrum' else path}?run={run}&vector=0")
+        target = _click_an_eigenvalue(page, chart)
+        _check_page(page, path, server)
+        shown = page.get_by_test_id("stMain").get_by_role("spinbutton", name="Eigenvector index").input_value()
+        assert abs(int(shown) - target) <= 2 and int(shown) > 0, (path, target, shown)  # the nearest point wins
+        assert _query(page).get("vector") == shown, (path, page.url)
+        titles = plot_titles(page)
+        assert any(re.search(rf"(eigenvector {shown}\b|position {shown}\)|direction {shown}\b)", t) for t in titles), (path, titles)
+
+
+def test_compare_and_export(page, server):
+    _open(page, f"{server.url}/?run={MLP}&epoch=500&compare=250")
+    titles = _check_page(page, "compare", server)
+    assert any("Principal angles" in t for t in titles), titles
+    page.get_by_text("Export this view (CSV, NPZ, PNG, SVG)").click()
+    got = {}
+    for label in ("CSV: eigenvalues", "NPZ (all arrays)", "PNG: spectrum", "SVG: spectrum"):
+        with page.expect_download(timeout=120_000) as dl:
+            page.get_by_role("button", name=label).click()
+        got[label] = Path(dl.value.path()).read_bytes()
+    assert got["CSV: eigenvalues"].startswith(b"index,value\n0,")
+    assert got["NPZ (all arrays)"][:2] == b"PK"
+    assert got["PNG: spectrum"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in got["SVG: spectrum"][:200]
+
+
+def _jobs_of(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text().split()
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat[3]) == pid and b"entk_core.workflows.jobs" in cmd:
+                out.append(int(d.name))
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    f = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_stop_ends_the_work(page, server):
+    """The flat-reduction spectrum of the p = 29 MLP is estimated above a minute: it asks first,
+    runs in a worker with progress, and Stop kills the worker at once."""
+    _open(page, f"{server.url}/?run={MLP}&reduction=flat")
+    info = " ".join(info_texts(page))
+    assert "estimated at about" in info, info
+    page.get_by_role("button", name=re.compile(r"^Start")).click()
+    page.get_by_role("button", name="Stop").wait_for(timeout=60_000)
+    deadline = time.time() + 60
+    while not _jobs_of(server.proc.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _jobs_of(server.proc.pid), "no worker process started"
+    time.sleep(2)
+    page.get_by_role("button", name="Stop").click()
+    t0 = time.time()
+    while _jobs_of(server.proc.pid) and time.time() - t0 < 10:
+        time.sleep(0.1)
+    assert not _jobs_of(server.proc.pid), "the worker survived Stop"
+    after_interaction(page)
+    c0 = _cpu_s(server.proc.pid)
+    time.sleep(2.0)
+    assert _cpu_s(server.proc.pid) - c0 < 1.0, "the server still burns CPU after Stop"
+    assert any("Stopped" in (w.text_content() or "") for w in page.get_by_test_id("stAlertContentWarning").all())

@@ -22,7 +22,7 @@ def test_no_runs_offers_demo():
 
 @pytest.mark.slow
 def test_demo_training_from_the_ui(monkeypatch):
-    from pages import _shared
+    from app_pages import _shared
 
     at = _app().run()
     at.button(key="train_demo").click().run()
@@ -40,9 +40,10 @@ def test_spectrum_page_renders_and_reacts(install_run, tiny_run_dir):
     assert charts
     spec = json.loads(charts[0].proto.spec)
     assert "epoch 30" in spec["layout"]["title"]["text"]
-    assert at.query_params["run"] == name and at.query_params["epoch"] == "30"
+    assert not dict(at.query_params)  # the default view is the bare URL
     # change group, reduction and checkpoint
     at.selectbox(key="spec_group").set_value("net.3").run()
+    assert dict(at.query_params) == {"run": name, "epoch": "30", "group": "net.3"}
     at.selectbox(key="spec_reduction").set_value("mean").run()
     at.select_slider(key="epoch").set_value(10).run()
     assert not at.exception and not at.error
@@ -61,4 +62,5 @@ def test_url_parameters_select_the_view_and_are_confined(install_run, tiny_run_d
     at.query_params["run"] = "../../etc"
     at.run()
     assert not at.exception
-    assert any("not in the runs folder" in w.value for w in at.warning)
+    msgs = [w.value for w in at.warning]
+    assert len(msgs) == 1 and "from the link" in msgs[0] and "runs folder" in msgs[0], msgs  # one message

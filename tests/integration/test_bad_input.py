@@ -435,7 +435,7 @@ def test_cache_keys_cover_every_dependency(runs_root, tmp_path):
     the key is built from the checkpoint's actual bytes, so a replaced file never hits."""
     from entk_core.workflows import analysis
     from entk_core.store import cache as cache_mod
-    from entk_core.store.runs import Run
+    from entk_core.families.run import Run
 
     keys = []
     orig = cache_mod.ArrayCache.get_or_compute

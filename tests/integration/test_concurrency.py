@@ -28,7 +28,7 @@ import pytest
 
 from entk_core.workflows import analysis
 from entk_core.store.cache import ArrayCache
-from entk_core.store.runs import Run
+from entk_core.families.run import Run
 
 REPO = Path(__file__).resolve().parents[2]
 SLOW_COMPUTE_S = 0.6  # each counted computation sleeps this long, so the requests overlap
@@ -105,7 +105,7 @@ WORKER = textwrap.dedent("""
     from pathlib import Path
     import entk_core.engine.kernels as kernels
     from entk_core.workflows import analysis
-    from entk_core.store.runs import Run
+    from entk_core.families.run import Run
 
     marker, barrier, slow = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
     real_ntk, real_eig = kernels.empirical_ntk, analysis.top_eigenpairs
@@ -317,11 +317,12 @@ def _check_consistent(out: Path) -> Run | None:
 
 
 def _reference(tmp_path: Path, epochs: int, every: int) -> Run:
-    from entk_core.families.base import get_family
-    from entk_core.workflows.training import train
-
-    fam = get_family("modadd-mlp")
-    return train(fam, fam.Config(p=7, width=32, epochs=epochs, checkpoint_every=every, seed=0), tmp_path / "ref")
+    """The uninterrupted run, trained by the same trainer script in a process like the killed ones
+    (same environment, so the same torch thread count and bitwise the same arithmetic)."""
+    proc = _train_proc(tmp_path, tmp_path / "ref", epochs=epochs, every=every)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return Run(tmp_path / "ref")
 
 
 @pytest.mark.slow

@@ -42,12 +42,20 @@ def page(lm_world, monkeypatch, tmp_path):
     monkeypatch.setenv("ENTK_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("ENTK_OFFER_GGUF_PACKAGE", "0")  # never load the real model here
 
-    def make(**params) -> AppTest:
-        at = AppTest.from_file(APP, default_timeout=300)
-        at.switch_page("pages/6_Language_model.py")
-        for k, v in params.items():
-            at.query_params[k] = v
-        return at
+    class Page:
+        """``make(**query).run()``: open the app with that query string, then switch to the page."""
+
+        def __init__(self, **params):
+            self.at = AppTest.from_file(APP, default_timeout=300)
+            for k, v in params.items():
+                self.at.query_params[k] = v
+
+        def run(self) -> AppTest:
+            self.at.run()
+            self.at.switch_page("app_pages/language_model.py")
+            return self.at.run()
+
+    return Page
     return make
 
 
@@ -71,11 +79,13 @@ def test_compute_a_layer_then_read_table_contexts_and_url(page):
     assert all(w.startswith("★") or w == "" for w in pos["winner"])
     html = "".join(h.proto.body for h in at.get("html"))
     assert "<mark" in html and "Most" in "".join(m.value for m in at.markdown)
-    assert at.query_params["layer"] == "1" and at.query_params["model"] == "tiny-gpt2"
+    # the shared URL rule: values that differ from the page's default are written
+    assert at.query_params["k"] == "6" and at.query_params["steps"] == "12" and "layer" not in at.query_params
     at.selectbox(key="lm_dir").set_value(3).run()
-    assert at.query_params["dir"] == "3" and not at.exception
+    assert at.query_params["vector"] == "3" and not at.exception
     # a second layer computed makes the AUROC-per-layer chart appear
     at.selectbox(key="lm_layer").set_value(2).run()
+    assert at.query_params["layer"] == "2"
     at.button(key="lm_compute").click().run()
     assert not at.exception and not at.error
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
@@ -83,10 +93,10 @@ def test_compute_a_layer_then_read_table_contexts_and_url(page):
 
 
 def test_link_restores_the_view_and_reports_bad_values(page):
-    at = page(layer="2", dir="1", probes="nope").run()
+    at = page(layer="2", vector="1", probes="nope").run()
     assert not at.exception
     assert at.session_state["lm_layer"] == 2 and at.session_state["lm_probes"] == "tiny-set"
-    assert any("probes 'nope' from the link" in w.value for w in at.warning)
+    # (the one-line "from the link" message on a first load is the shared URL helper's, tested with it)
 
 
 def test_no_models_explains_what_to_do(page, monkeypatch, tmp_path):

@@ -10,7 +10,8 @@ import pytest
 
 from entk_core.families.modadd_mlp import analysis as ma
 from entk_core.families.features import modadd_families
-from entk_core.store.runs import open_run
+from entk_core.families.run import open_run
+from entk_core.workflows.services import Services
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,7 +64,7 @@ def test_eigenvector_image_and_power():
 
 def test_align_report_structure(tiny_run_dir):
     run = open_run(tiny_run_dir)
-    rep = run.family.align_report(run, 30)
+    rep = run.family.align_report(run, 30, services=Services())
     json.dumps(rep, allow_nan=False)
     assert rep["p"] == 7 and rep["group"] == "full" and rep["families"]["sum"] == 6
     assert rep["cliffs"] and all({"overlap", "overlap_pct", "mean_best_corr", "best_before"} <= set(c) for c in rep["cliffs"])
@@ -73,10 +74,10 @@ def test_align_report_structure(tiny_run_dir):
     lin = rep["linearised"]
     assert {"r2", "acc_gap", "loss_ratio"} <= set(lin["expand"]) and {"r2", "acc_gap", "loss_ratio"} <= set(lin["pure"])
     assert lin["n_train"] + lin["n_test"] == 49
-    rep3 = run.family.align_report(run, 30, group="net.3", linearised=False)
+    rep3 = run.family.align_report(run, 30, services=Services(), group="net.3", linearised=False)
     assert rep3["group"] == "net.3" and "linearised" not in rep3
     with pytest.raises(ValueError, match="beta"):
-        run.family.align_report(run, 30, beta=1.0)
+        run.family.align_report(run, 30, services=Services(), beta=1.0)
 
 
 def _cli(*args):
@@ -102,7 +103,7 @@ def test_alignment_page(install_run, tiny_run_dir):
 
     install_run(tiny_run_dir)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/5_Alignment.py").run()
+    at.switch_page("app_pages/alignment.py").run()
     assert not at.exception and not at.error
     titles = _titles(at)
     assert any("phase-insensitive correlation" in t for t in titles)
@@ -110,7 +111,7 @@ def test_alignment_page(install_run, tiny_run_dir):
     at.toggle(key="align_rotated").set_value(False).run()
     assert not at.exception and not at.error
     assert any("raw eigenvectors" in t for t in _titles(at))
-    at.number_input(key="align_idx").set_value(3).run()
+    at.number_input(key="align_vector").set_value(3).run()
     assert any(t.startswith("eigenvector 3 as") for t in _titles(at))
     at.selectbox(key="align_group").set_value("net.0").run()
     assert not at.exception and not at.error
@@ -129,7 +130,7 @@ def test_alignment_page_other_family_shows_info(tmp_path, monkeypatch):
     train(fam, fam.Config(n=5, m=2, n_points=20, epochs=2, checkpoint_every=1), root / "tms-tiny")
     monkeypatch.setenv("ENTK_RUNS_DIR", str(root))
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/5_Alignment.py").run()
+    at.switch_page("app_pages/alignment.py").run()
     assert not at.exception and not at.error
     assert any("needs a modular-arithmetic run" in i.value for i in at.info)
 
@@ -138,7 +139,7 @@ def test_alignment_page_other_family_shows_info(tmp_path, monkeypatch):
 def test_mlp29_alignment_figures(mlp29_run_dir):
     """The Done figures at the last epoch of the paper's p=29 MLP."""
     run = open_run(mlp29_run_dir)
-    rep = run.family.align_report(run, 500)
+    rep = run.family.align_report(run, 500, services=Services())
     by = {c["label"]: c for c in rep["cliffs"]}
     assert [(by[k]["start"], by[k]["end"]) for k in ("cliff 1", "cliff 2")] == [(1, 56), (57, 112)]
     c1, c2 = by["cliff 1"], by["cliff 2"]
@@ -158,7 +159,7 @@ def test_mlp29_pages(install_run, mlp29_run_dir):
 
     install_run(mlp29_run_dir)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600).run()
-    for page in ("pages/2_Grokking.py", "pages/5_Alignment.py"):
+    for page in ("app_pages/grokking.py", "app_pages/alignment.py"):
         at.switch_page(page).run()
         assert not at.exception and not at.error
         assert at.get("plotly_chart")

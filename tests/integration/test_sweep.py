@@ -12,9 +12,13 @@ from entk_core.workflows import analysis
 from entk_core.engine.measures import local_first_derivative, subspace_overlap
 from entk_core.store.cache import ArrayCache
 from entk_core.families.features import modadd_families
-from entk_core.store.runs import open_run
+from entk_core.families.run import open_run
 from entk_core.engine.spectra import Cliff, detect_cliffs
-from entk_core.workflows.sweep import SweepSpec, default_spec, family_bases, label_cliffs, sweep, window_overlaps
+from entk_core.engine.measures import family_bases, window_overlaps
+from entk_core.engine.spectra import label_cliffs
+from entk_core.families.base import SweepSpec
+from entk_core.workflows.services import Services
+from entk_core.workflows.sweep import default_spec, sweep
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,21 +146,19 @@ def test_grokking_page(install_run, tiny_run_dir):
 
     install_run(tiny_run_dir)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.switch_page("pages/2_Grokking.py").run()
+    at.switch_page("app_pages/grokking.py").run()
     assert not at.exception and not at.error
     titles = _chart_titles(at)
-    assert len(titles) == 3 and any("spectrum at epoch 30" in t for t in titles)
-    assert at.session_state["grok_epoch"] == 30  # starts at the sidebar checkpoint
-    at.select_slider(key="grok_epoch").set_value(10).run()
+    assert any("spectrum at epoch 30" in t for t in titles) and any("Overlap of" in t for t in titles)
+    assert any("as a p × p image" in t or "eigenvector" in t for t in titles)
+    assert [s.key for s in at.select_slider] == ["epoch"]  # one epoch control: the sidebar's
+    at.select_slider(key="epoch").set_value(10).run()
     assert not at.exception and not at.error
     assert any("spectrum at epoch 10" in t for t in _chart_titles(at))
-    assert at.session_state["epoch"] == 30  # the sidebar keeps its checkpoint
     at.selectbox(key="grok_group").set_value("net.3").run()
     assert not at.exception and not at.error
     assert any("net.3 eNTK spectrum" in t for t in _chart_titles(at))
-    # the sidebar moves the scrubber
-    at.select_slider(key="epoch").set_value(20).run()
-    assert at.session_state["grok_epoch"] == 20
+    assert dict(at.query_params)["group"] == "net.3" and dict(at.query_params)["epoch"] == "10"
 
 
 @pytest.mark.slow
@@ -182,8 +184,8 @@ def test_mlp29_sweep_grokking_and_layers(mlp29_run_dir, tmp_path):
     assert sweep(run, cache=cache).meta["cache"] == "hit"
     # layerwise (the last checkpoint; per-layer sweeps are exercised on the tiny run):
     # layer 1 carries a and b, layer 2 carries a+b and a-b
-    l1 = run.family.align_report(run, 500, group="net.0", cache=cache, linearised=False)["cliffs"]
-    l2 = run.family.align_report(run, 500, group="net.3", cache=cache, linearised=False)["cliffs"]
+    l1 = run.family.align_report(run, 500, services=Services(cache), group="net.0", linearised=False)["cliffs"]
+    l2 = run.family.align_report(run, 500, services=Services(cache), group="net.3", linearised=False)["cliffs"]
     o1, o2 = l1[c1]["overlap"], l2[c1]["overlap"]
     assert o1["a"] >= 27 and o1["b"] >= 27 and o1["sum"] + o1["diff"] < 2
     assert o2["sum"] + o2["diff"] > 3 * (o2["a"] + o2["b"])

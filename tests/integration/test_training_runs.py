@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from entk_core.families.base import get_family
-from entk_core.store.runs import Run, RunError, load_checkpoint, open_run, resolve_run_path, save_checkpoint
+from entk_core.families.run import Run, open_run
+from entk_core.store.runs import RunError, load_checkpoint, resolve_run_path, save_checkpoint
 from entk_core.workflows.training import train
 
 FAM = get_family("modadd-mlp")

@@ -16,8 +16,9 @@ import torch
 from entk_core.workflows import analysis
 from entk_core.families.modadd_transformer import ModAddTransformer, NotebookBatchStream, modadd_tokens
 from entk_core.families.base import get_family, seeded
-from entk_core.store.runs import Run
+from entk_core.families.run import Run
 from entk_core.workflows.training import train
+from entk_core.workflows.services import Services
 
 FAM = get_family("modadd-transformer")
 REPO = Path(__file__).resolve().parents[2]
@@ -317,7 +318,7 @@ def test_align_report_and_overlap_over_training(tiny_run):
 
     kf = tiny_run.summary["key_frequencies"]
     assert kf and all(1 <= k <= 3 for k in kf)
-    rep = FAM.align_report(tiny_run, 6, group=None)
+    rep = FAM.align_report(tiny_run, 6, services=Services(), group=None)
     assert rep["group"] == "unembed" and rep["key_frequencies"] == kf
     (s0, e0), (s1, e1) = T.mode_blocks(len(kf))
     assert [b["modes"] for b in rep["blocks"]] == [[s0, e0], [s1, e1]]
@@ -328,7 +329,7 @@ def test_align_report_and_overlap_over_training(tiny_run):
             assert 0.0 <= f["overlap"] <= f["dim"] + 1e-9 and f["dim"] == 2 * len(kf)
             assert math.isclose(f["overlap"], sum(s**2 for s in f["singular_values"]), rel_tol=1e-4, abs_tol=1e-5)
     json.dumps(rep)
-    tab = T.overlap_over_training(tiny_run)
+    tab = T.overlap_over_training(tiny_run, services=Services())
     assert tab["epoch"] == [0, 2, 4, 6] and len(tab["d_percent"]) == 4
     assert tab["test_acc"] == [tiny_run.metrics_at(e)["test_acc"] for e in tab["epoch"]]
     y = np.array(tab["percent"])
@@ -336,7 +337,7 @@ def test_align_report_and_overlap_over_training(tiny_run):
     assert tab["derivative_peak_epoch"] in tab["epoch"]
     assert set(tab["accuracy_milestones"]) == {"10%", "50%", "90%", "100%"}
     with pytest.raises(ValueError, match="unknown feature family"):
-        T.overlap_over_training(tiny_run, family="nope")
+        T.overlap_over_training(tiny_run, services=Services(), family="nope")
 
 
 def test_non_transformer_run_is_refused(tiny_run_dir):
@@ -385,7 +386,7 @@ def test_dashboard_page(tmp_path):
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
         at.session_state["run"] = run_name
         at.run()
-        at.switch_page("pages/4_Transformer.py")
+        at.switch_page("app_pages/transformer.py")
         at.run()
         assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
         return at
@@ -397,10 +398,9 @@ def test_dashboard_page(tmp_path):
 
     at = page("b-transformer")
     assert [m.label for m in at.metric][:4] == ["Epoch", "Train accuracy", "Test accuracy", "Key frequencies"]
-    at.button(key="tf_ot_go").click()
-    at.run()
     assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
-    assert any("Derivative peak" in c.value for c in at.caption)
+    titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "") for c in at.get("plotly_chart")]
+    assert any(t.startswith("Modes 0:") for t in titles), titles  # a short run: computed at once
     at.selectbox(key="tf_group").select("attn.OV")
     at.run()
     assert not at.exception and not at.error

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..base import ModelFamily, register
+from ..base import ModelFamily
 from .arch import SUPPORTED_MODEL_TYPES, Arch, get_arch
 from .models import (LMRef, LoadedLM, convert_to_folder, inspect_model, list_models, load_lm, models_root,
                      resolve_device, resolve_model)
@@ -66,7 +66,6 @@ class CausalLMConfig:
     context: int = 64
 
 
-@register
 class CausalLMFamily(ModelFamily):
     """Pretrained causal LMs. ``offers("train")`` is ``False``: models come from disk.
 
@@ -87,12 +86,13 @@ class CausalLMFamily(ModelFamily):
                    "eigendirections give per-context scores that are compared with part-of-speech and morphology "
                    "labels, against a same-budget PCA of the layer's activations.")
 
-    _OFFERS = {"train": False, "accuracy": False, "grokking": False, "align": False, "beta": False,
-               "pca": True, "models": True, "probes": True, "lm-align": True}
+    CAPABILITIES = ModelFamily.CAPABILITIES + ("models", "probes", "lm-align")
+    _OFFERS = {"train": False, "import": False, "accuracy": False, "grokking": False, "sweep": False, "align": False,
+               "beta": False, "pca": True, "models": True, "probes": True, "lm-align": True}
 
     def offers(self, what: str) -> bool:
         if what not in self._OFFERS:
-            raise ValueError(f"unknown capability {what!r}")
+            raise ValueError(f"unknown capability {what!r}; known: {', '.join(self.CAPABILITIES)}")
         return self._OFFERS[what]
 
     def eigenvector_view(self, cfg: Any) -> str:

@@ -1,83 +1,26 @@
-"""The modular-addition MLP of the paper (spec §4), after Gromov (2023).
+"""The modular-addition MLP family (paper spec §4): ``modadd-mlp``.
 
-    x (N, 2p) one-hot (a, b)
-      -> net.0: Linear(2p, width, bias=False)  -> Scale(1/sqrt(2p))
-      -> Quadratic (h*h)
-      -> net.3: Linear(width, p, bias=False)   -> Scale(1/width)   -> outputs (N, p)
-
-Mean-field scaling, all weights ~ N(0, 1), no biases; MSE against one-hot targets,
-AdamW(lr 0.05, weight decay 0.01), full batch on a 70% train split, 500 epochs.
+The model is :class:`entk_core.families.modadd_mlp.model.ModAddMLP`; the align report and
+the sweep spec are in :mod:`entk_core.families.modadd_mlp.analysis`.
 Layer groups: ``net.0`` (W1, width x 2p) and ``net.3`` (W2, p x width).
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..base import AnalysisServices, Dataset, FeatureFamily, ModelFamily, SweepSpec, seeded
 from ..data import modadd_onehot, modadd_pairs, random_split
-from ..base import Dataset, FeatureFamily, ModelFamily, register, seeded
+from ..features import modadd_families
+from . import analysis
+from .model import ModAddMLP, ModAddMLPConfig, Quadratic, Scale
 
-__all__ = ["ModAddMLP", "ModAddMLPConfig", "ModAddMLPFamily"]
-
-
-class Scale(nn.Module):
-    def __init__(self, factor: float):
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.factor
-
-    def extra_repr(self) -> str:
-        return f"factor={self.factor:.6g}"
+__all__ = ["ModAddMLP", "ModAddMLPConfig", "ModAddMLPFamily", "Quadratic", "Scale"]
 
 
-class Quadratic(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * x
-
-
-class ModAddMLP(nn.Module):
-    """Two-weight-matrix MLP with quadratic activation. Input ``(N, 2p)``, output ``(N, p)``."""
-
-    def __init__(self, p: int, width: int):
-        super().__init__()
-        self.p, self.width = p, width
-        self.net = nn.Sequential(
-            nn.Linear(2 * p, width, bias=False),
-            Scale(1.0 / math.sqrt(2 * p)),
-            Quadratic(),
-            nn.Linear(width, p, bias=False),
-            Scale(1.0 / width),
-        )
-
-    def reset_parameters(self, generator: torch.Generator) -> None:
-        with torch.no_grad():
-            for m in (self.net[0], self.net[3]):
-                m.weight.normal_(0.0, 1.0, generator=generator)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-@dataclass
-class ModAddMLPConfig:
-    p: int = 29
-    width: int = 512
-    epochs: int = 500
-    seed: int = 0
-    lr: float = 0.05
-    weight_decay: float = 0.01
-    train_frac: float = 0.7
-    checkpoint_every: int = 10
-
-
-@register
 class ModAddMLPFamily(ModelFamily):
     name = "modadd-mlp"
     title = "Modular-addition MLP"
@@ -110,21 +53,30 @@ class ModAddMLPFamily(ModelFamily):
         return (out.argmax(-1) == y).float().mean().item()
 
     def feature_families(self, cfg: Any, data: Dataset, model: nn.Module | None = None) -> dict[str, FeatureFamily]:
-        from ..features import modadd_families
-
+        """Fourier families ``a``, ``b``, ``sum``, ``diff``, the digit families and ``random``
+        over the ``p²`` pairs (:func:`entk_core.families.features.modadd_families`)."""
         return modadd_families(cfg.p, seed=cfg.seed)
 
-    def align_report(self, run: Any, epoch: int, **options: Any) -> dict[str, Any]:
+    def align_report(self, run: Any, epoch: int, *, services: AnalysisServices, group: str | None = None,
+                     beta: float | None = None, progress=None, **options: Any) -> dict[str, Any]:
         """Per detected cliff: overlap with each Fourier family before/after the two-stage
         rotation, the mean best phase-insensitive correlation, per-direction best (family, k),
-        and the eNTK linearisation check (see :mod:`entk_core.families.modadd_mlp.analysis`)."""
-        from .analysis import align_report
+        and the eNTK linearisation check (see :mod:`entk_core.families.modadd_mlp.analysis`;
+        ``options``: its ``top``, ``windows_from`` and ``linearised``)."""
+        return analysis.align_report(run, epoch, services=services, group=group, beta=beta, progress=progress,
+                                     **options)
 
-        return align_report(run, epoch, **options)
-
-    def sweep_spec(self, cfg: Any, group: str):
+    def sweep_spec(self, cfg: Any, group: str) -> SweepSpec:
         """What :func:`entk_core.workflows.sweep.sweep` measures for this family (see
         :func:`entk_core.families.modadd_mlp.analysis.sweep_spec`)."""
-        from .analysis import sweep_spec
+        return analysis.sweep_spec(cfg, group)
 
-        return sweep_spec(cfg, group)
+    def group_labels(self, cfg: Any) -> dict[str, str]:
+        return {"net.0": "W1, input → hidden", "net.3": "W2, hidden → output"}
+
+    def eigenvector_view(self, cfg: Any) -> str:
+        return "grid"
+
+    def hidden_activations(self, model: nn.Module, x: Any) -> torch.Tensor:
+        """The hidden layer after the quadratic activation, ``(N, width)`` (the input of ``net.3``)."""
+        return model.net[:3](x)

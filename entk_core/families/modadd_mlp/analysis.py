@@ -1,7 +1,9 @@
 """Alignment report helpers for the modular-addition MLP (paper spec §4.4-§4.9, §2.7).
 
 Used by :meth:`entk_core.families.modadd_mlp.ModAddMLPFamily.align_report` (``python -m
-entk_core align``), its ``sweep_spec`` hook and the Alignment dashboard page.
+entk_core align``), its ``sweep_spec`` hook and the Alignment dashboard page. Functions that
+need a spectrum or kernel take ``services`` (an
+:class:`entk_core.families.base.AnalysisServices`, e.g. ``entk_core.workflows.analysis.services()``).
 
 Cliffs and windows
 ------------------
@@ -9,7 +11,7 @@ Cliffs are detected automatically in the spectrum of ``windows_from`` (default: 
 kernel; :func:`entk_core.engine.spectra.detect_cliffs`, the same rule as ``spectrum``: the drop that
 ends the sum/diff cliff is 1.46x for p=29/width 512 but only 1.13x for p=23/width 256, above
 the rule's 1.1 minimum, while its local test rejects noise) and labelled by
-:func:`entk_core.workflows.sweep.label_cliffs` (``constant`` = the isolated constant mode at index 0,
+:func:`entk_core.engine.spectra.label_cliffs` (``constant`` = the isolated constant mode at index 0,
 then ``cliff 1``, ``cliff 2``, ...). The same index windows are then read in the
 eigenvectors of the requested layer group, as the paper's layerwise table does: for
 ``net.0`` window 1-56 carries the a/b modes, for ``net.3`` the top windows carry the
@@ -50,14 +52,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...workflows import analysis
-from ...engine.measures import best_phase_corr, linearised_check, rotate_cliff
-from ...store.cache import ArrayCache
+from ...engine.measures import best_phase_corr, family_bases, linearised_check, rotate_cliff, window_overlaps
+from ...engine.spectra import CONSTANT_LABEL, detect_cliffs, label_cliffs, labelled_cliffs
+from ..base import FULL, AnalysisServices, FeatureFamily, SweepSpec
 from ..features import concat_families, families_with_rows
-from ..base import FeatureFamily
-from ...store.runs import Run
-from ...engine.spectra import detect_cliffs
-from ...workflows.sweep import CONSTANT_LABEL, SweepSpec, family_bases, label_cliffs, window_overlaps
+from ..run import Run
 
 __all__ = [
     "FOURIER",
@@ -75,8 +74,6 @@ __all__ = [
 FOURIER = ("a", "b", "sum", "diff")
 """The Fourier families of modular addition, in the order of the stacked bank."""
 
-"""The cliff rule's minimum drop for this family (module docstring)."""
-
 REPORT_FAMILIES = ("a", "b", "sum", "diff", "random")
 """Families in the align report and the sweep (the digit families span the same
 centred subspaces as the Fourier ones, so they add nothing to an overlap)."""
@@ -86,7 +83,7 @@ def sweep_spec(cfg: Any, group: str) -> SweepSpec:
     """The MLP's sweep: windows detected in the *full* kernel (tracked inside a layer's
     kernel for per-layer sweeps); primary family ``sum`` (the paper's Fig. 2 curve) except
     for layer 1, which carries no sum modes (there the curve that rises most is used)."""
-    return SweepSpec(group=group, families=REPORT_FAMILIES, window_group=analysis.FULL,
+    return SweepSpec(group=group, families=REPORT_FAMILIES, window_group=FULL,
                      primary=None if group == "net.0" else "sum")
 
 
@@ -159,21 +156,21 @@ def analyse_cliff(block: np.ndarray, families: dict[str, FeatureFamily], p: int,
     return out
 
 
-def cliff_windows(run: Run, epoch: int, *, windows_from: str = analysis.FULL, top: int | None = None,
-                  cache: ArrayCache | None = None, progress=None) -> list[tuple[str, int, int, float]]:
+def cliff_windows(run: Run, epoch: int, *, services: AnalysisServices, windows_from: str = FULL,
+                  top: int | None = None, progress=None) -> list[tuple[str, int, int, float]]:
     """``[(label, start, end, drop ratio)]``: cliffs detected in ``windows_from``'s spectrum at ``epoch``."""
-    ref = analysis.spectrum(run, epoch, group=windows_from, top=top, cache=cache, progress=progress)
+    ref = services.spectrum(run, epoch, group=windows_from, top=top, progress=progress)
     cliffs = detect_cliffs(ref.eigenvalues)
     labels = label_cliffs(cliffs, ref.eigenvectors)
     return [(lab, c.start, c.end, round(c.ratio, 4)) for lab, c in zip(labels, cliffs)]
 
 
-def linearised_report(run: Run, epoch: int, *, group: str = analysis.FULL, ridge: float = 1e-6,
-                      cache: ArrayCache | None = None, model: torch.nn.Module | None = None) -> dict[str, Any]:
+def linearised_report(run: Run, epoch: int, *, services: AnalysisServices, group: str = FULL, ridge: float = 1e-6,
+                      model: torch.nn.Module | None = None) -> dict[str, Any]:
     """The eNTK linearisation check at ``epoch`` (module docstring): ``{"expand": {...}, "pure": {...}}``
     with ``r2``, ``acc_gap`` (points), ``loss_ratio`` and the raw losses/accuracies."""
     data = run.data
-    K = analysis.kernel_matrix(run, epoch, group=group, reduction="trace", cache=cache, model=model).astype(np.float64)
+    K = services.kernel_matrix(run, epoch, group=group, reduction="trace", model=model).astype(np.float64)
     pos = {int(i): r for r, i in enumerate(data.kernel_idx.tolist())}
     tr = np.array([pos[int(i)] for i in data.train_idx.tolist()])
     te = np.array([pos[int(i)] for i in data.test_idx.tolist()])
@@ -193,9 +190,9 @@ def linearised_report(run: Run, epoch: int, *, group: str = analysis.FULL, ridge
     return out
 
 
-def align_report(run: Run, epoch: int, *, group: str | None = None, beta: float | None = None,
-                 cache: ArrayCache | None = None, progress=None, top: int | None = None,
-                 windows_from: str = analysis.FULL, linearised: bool = True) -> dict[str, Any]:
+def align_report(run: Run, epoch: int, *, services: AnalysisServices, group: str | None = None,
+                 beta: float | None = None, progress=None, top: int | None = None,
+                 windows_from: str = FULL, linearised: bool = True) -> dict[str, Any]:
     """The MLP's JSON-able alignment report at ``epoch`` (module docstring).
 
     ``group``: the layer group whose eigenvectors are read (default ``"full"``);
@@ -203,10 +200,10 @@ def align_report(run: Run, epoch: int, *, group: str | None = None, beta: float 
     """
     if beta is not None:
         raise ValueError("--beta (importance rescaling) does not apply to the modular-addition MLP")
-    group = group or analysis.FULL
+    group = group or FULL
     p = int(run.config.p)
-    res = analysis.spectrum(run, epoch, group=group, top=top, cache=cache, progress=progress)
-    wins = cliff_windows(run, epoch, windows_from=windows_from, top=top, cache=cache)
+    res = services.spectrum(run, epoch, group=group, top=top, progress=progress)
+    wins = cliff_windows(run, epoch, services=services, windows_from=windows_from, top=top)
     fams = _families(run)
     bases = family_bases(fams)
     V = res.eigenvectors
@@ -223,10 +220,10 @@ def align_report(run: Run, epoch: int, *, group: str | None = None, beta: float 
         "families": {k: int(b.shape[1]) for k, b in bases.items()},
         "metrics": res.meta.get("metrics", {}),
         "cliffs": cliffs,
-        "own_cliffs": [c.to_dict() for c in detect_cliffs(res.eigenvalues)],
+        "own_cliffs": labelled_cliffs(detect_cliffs(res.eigenvalues), V),
     }
     if linearised:
-        report["linearised"] = linearised_report(run, epoch, group=group, cache=cache)
+        report["linearised"] = linearised_report(run, epoch, services=services, group=group)
     return report
 
 

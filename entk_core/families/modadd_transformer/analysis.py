@@ -15,10 +15,11 @@ Conventions
 * Overlaps are :func:`entk_core.engine.measures.subspace_overlap` (``‖QᵀF‖_F²``, at most the
   family's dimension ``2F``); ``percent = 100·overlap / 2F`` (the paper's ``25·overlap``
   for ``F = 2``).
-* Every eNTK goes through :func:`entk_core.workflows.analysis.spectrum` (all-class mean reduction,
-  top 40), so spectra are cached per checkpoint and shared with the CLI and dashboard.
-  The over-training table is an :mod:`entk_core.workflows.sweep` sweep with the mode blocks as
-  fixed windows (:func:`sweep_spec`), cached as one entry.
+* Every eNTK goes through ``services.spectrum`` (an
+  :class:`entk_core.families.base.AnalysisServices`, e.g. ``entk_core.workflows.services.Services()``:
+  all-class mean reduction, top 40), so spectra are cached per checkpoint and shared with
+  the CLI and dashboard. The over-training table is ``services.sweep`` with the mode
+  blocks as fixed windows (:func:`sweep_spec`), cached as one entry.
 """
 from __future__ import annotations
 
@@ -26,8 +27,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...workflows import analysis
-from ...store.runs import Run
+from ...engine.measures import subspace_overlap
+from ...engine.spectra import labelled_cliffs
+from ..base import AnalysisServices, SweepSpec
+from ..features import detect_key_frequencies
+from ..run import Run
+from .model import ModAddTransformerConfig
 
 __all__ = [
     "FAMILY",
@@ -53,7 +58,8 @@ Progress = Callable[[int, int, str], None]
 
 
 def require_transformer(run: Run) -> None:
-    if run.family.name != FAMILY:
+    """``ValueError`` unless ``run`` is a run of this family (its config is this family's)."""
+    if not isinstance(run.config, ModAddTransformerConfig):
         raise ValueError(f"run '{run.name}' is a {run.family.name} run; this analysis needs a {FAMILY} run")
 
 
@@ -69,8 +75,6 @@ def run_key_frequencies(run: Run) -> list[int]:
 def key_frequency_report(run: Run, epoch: int | None = None, model=None) -> dict[str, Any]:
     """Key frequencies and the per-frequency embedding Fourier power at ``epoch``
     (default: the last checkpoint). ``power[k-1]`` is frequency ``k``."""
-    from ..features import detect_key_frequencies
-
     require_transformer(run)
     epoch = run.resolve_epoch(epoch)
     m = model if model is not None else run.load_model(epoch)
@@ -101,12 +105,12 @@ def align_report(
     run: Run,
     epoch: int | None = None,
     *,
+    services: AnalysisServices,
     group: str = "unembed",
     key_freqs: Sequence[int] | None = None,
     families: Sequence[str] = ALIGN_FAMILIES,
     top: int | None = None,
     model=None,
-    cache=None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Overlap of the top modes of ``group``'s eNTK with the key-frequency families.
@@ -114,10 +118,9 @@ def align_report(
     Returns a JSON-able dict: ``group``, ``key_frequencies``, ``blocks`` (one entry per
     mode block with ``modes`` ``[start, stop)``, ``expected`` family, and per family
     ``overlap``, ``dim``, ``percent`` and ``singular_values``), ``cliffs``, the top
-    ``eigenvalues`` and the checkpoint's ``metrics``.
+    ``eigenvalues`` and the checkpoint's ``metrics``. Each block has a ``label`` (``"block 1"``,
+    ``"block 2"``: fixed index ranges, not detected cliffs; block 1 includes the constant mode).
     """
-    from ...engine.measures import subspace_overlap
-
     require_transformer(run)
     epoch = run.resolve_epoch(epoch)
     kf = list(key_freqs) if key_freqs else run_key_frequencies(run)
@@ -126,14 +129,15 @@ def align_report(
     if unknown:
         raise ValueError(f"unknown feature families {unknown}; choose from {', '.join(fams)}")
     blocks = mode_blocks(len(kf))
-    res = analysis.spectrum(run, epoch, group=group, reduction="mean", top=top or run.family.default_top,
-                            model=model, cache=cache, progress=progress)
+    res = services.spectrum(run, epoch, group=group, reduction="mean", top=top or run.family.default_top,
+                            model=model, progress=progress)
     V = res.eigenvectors
     out_blocks = []
-    for (start, stop), expected in zip(blocks, EXPECTED):
+    for b, ((start, stop), expected) in enumerate(zip(blocks, EXPECTED)):
         if stop > V.shape[1]:
             raise ValueError(f"need {stop} eigenvectors for modes {start}:{stop}, the spectrum has {V.shape[1]}")
-        entry: dict[str, Any] = {"modes": [start, stop], "expected": expected, "families": {}}
+        entry: dict[str, Any] = {"label": f"block {b + 1}", "modes": [start, stop], "expected": expected,
+                                 "families": {}}
         for name in families:
             ov, s = subspace_overlap(V[:, start:stop], fams[name])
             dim = 2 * len(kf)
@@ -147,40 +151,36 @@ def align_report(
         "reduction": "mean",
         "key_frequencies": kf,
         "blocks": out_blocks,
-        "cliffs": [c.to_dict() for c in res.cliffs],
+        "cliffs": labelled_cliffs(res.cliffs, res.eigenvectors),
         "eigenvalues": [float(v) for v in res.eigenvalues[: blocks[-1][1] + 1]],
         "metrics": run.metrics_at(epoch),
     }
 
 
-def sweep_spec(run: Run, group: str = "unembed"):
-    """The :class:`entk_core.workflows.sweep.SweepSpec` of the paper's Fig. 3 for this run: the
+def sweep_spec(run: Run, group: str = "unembed") -> SweepSpec:
+    """The :class:`entk_core.families.base.SweepSpec` of the paper's Fig. 3 for this run: the
     ``group`` eNTK (mean reduction, top 40) at every checkpoint, the two mode blocks
     (:func:`mode_blocks`, as inclusive windows) against the :data:`ALIGN_FAMILIES` at the
     run's key frequencies, primary family ``sum``."""
-    from ...workflows.sweep import SweepSpec
-
     require_transformer(run)
     blocks = mode_blocks(len(run_key_frequencies(run)))
     return SweepSpec(group=group, reduction="mean", top=max(run.family.default_top, blocks[-1][1]),
                      families=ALIGN_FAMILIES, windows=tuple((a, b - 1) for a, b in blocks), primary="sum")
 
 
-def overlap_sweep(run: Run, group: str = "unembed", *, cache=None, progress: Progress | None = None):
-    """:func:`entk_core.workflows.sweep.sweep` with :func:`sweep_spec` (cached as one entry; every
-    checkpoint's spectrum is cached too and shared with the CLI and the Spectrum page)."""
-    from ...workflows.sweep import sweep
-
-    return sweep(run, sweep_spec(run, group), cache=cache, progress=progress)
+def overlap_sweep(run: Run, group: str = "unembed", *, services: AnalysisServices, progress: Progress | None = None):
+    """``services.sweep`` with :func:`sweep_spec` (cached as one entry; every checkpoint's
+    spectrum is cached too and shared with the CLI and the Spectrum page)."""
+    return services.sweep(run, sweep_spec(run, group), progress=progress)
 
 
 def overlap_over_training(
     run: Run,
     *,
+    services: AnalysisServices,
     group: str = "unembed",
     family: str = "sum",
     block: int = 0,
-    cache=None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The overlap of one mode block with one family at every checkpoint, its first
@@ -204,7 +204,7 @@ def overlap_over_training(
         raise ValueError(f"unknown feature family '{family}'; choose from {', '.join(ALIGN_FAMILIES)}")
     if block not in (0, 1):
         raise ValueError(f"block must be 0 or 1, got {block!r}")
-    res = overlap_sweep(run, group, cache=cache, progress=progress)
+    res = overlap_sweep(run, group, services=services, progress=progress)
     k = res.family_index(family)
     w = res.windows[block]
     col = lambda a: [None if not np.isfinite(v) else float(v) for v in a]  # noqa: E731

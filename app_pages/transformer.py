@@ -1,0 +1,168 @@
+"""Transformer page (spec §5): key frequencies of the token embedding, layerwise eNTK
+spectra (click an eigenvalue for its eigenvector over the (a, b) pairs), the overlap of
+the top modes with the key-frequency families beside the PCA and random baselines, and
+that overlap over training against the accuracy curves."""
+import numpy as np
+import streamlit as st
+
+from entk_core.engine.spectra import label_cliffs
+from entk_core.families.modadd_transformer import ModAddTransformerFamily
+from entk_core.families.modadd_transformer import analysis as T
+from entk_core.figures import key_frequency_figure, overlap_figure
+from entk_core.families.run import Run
+from entk_core.workflows.services import Services
+from entk_core.workflows import alignment, analysis
+from entk_core.workflows.sweep import family_bases
+from app_pages._shared import (cache_caption, export_buttons, fmt_pct, group_name, groups_of, guarded,
+                               kernel_size_of, load_model, long_call, runs_listing, runs_root, select_run_button,
+                               selection, spectrum_explorer, stop, timed, train_runs, url_int, url_multiselect,
+                               url_selectbox, url_toggle, vector_figures)
+
+DEFAULT_NAME = "modadd-transformer-p29-seed2"
+
+st.header("1-layer Transformer on modular addition")
+run, epoch = selection()
+if run is None or not isinstance(run.family, ModAddTransformerFamily):
+    others = [n for n, r in runs_listing(runs_root())
+              if isinstance(r, Run) and isinstance(r.family, ModAddTransformerFamily) and r.epochs]
+    if run is None:
+        st.info("No runs yet. This page analyses a 1-layer Transformer (`modadd-transformer`) run.")
+    else:
+        st.info(f"This view is not available for this family: `{run.name}` is a {run.family.title} run; this page "
+                "analyses the 1-layer Transformer (`modadd-transformer`): its seed-dependent key frequencies and the eNTK modes aligned "
+                "with them.")
+    for name in others:
+        select_run_button(name, key=f"open_{name}")
+    st.markdown(f"Train the paper's Transformer (p = 29, seed 2, 4,000 epochs, a checkpoint every 20) into "
+                f"`{DEFAULT_NAME}`: a few minutes on 2 CPU cores. An interrupted training resumes where it stopped.")
+    if st.button("Train modadd-transformer (seed 2)", key="train_transformer", type="primary"):
+        train_runs([DEFAULT_NAME], select=DEFAULT_NAME)
+    st.caption(f"Or from a terminal: `python -m entk_core train modadd-transformer --p 29 --seed 2 "
+               f"--out runs/{DEFAULT_NAME}`")
+    stop()
+
+fam = run.family
+metrics = run.metrics_at(epoch)
+key_freqs = None
+with guarded("cannot read the key frequencies"):
+    key_freqs = T.run_key_frequencies(run)
+if not key_freqs:
+    stop()
+blocks = T.mode_blocks(len(key_freqs))
+figures = {}
+with guarded("cannot show the key frequencies"):
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Epoch", epoch)
+    m2.metric("Train accuracy", fmt_pct(metrics.get("train_acc")))
+    m3.metric("Test accuracy", fmt_pct(metrics.get("test_acc")))
+    m4.metric("Key frequencies", ", ".join(map(str, key_freqs)))
+    st.subheader("Key frequencies of the token embedding")
+    model = load_model(run, epoch)
+    kf = T.key_frequency_report(run, epoch, model=model)
+    kfig = key_frequency_figure(kf["frequencies"], kf["power"], key_freqs, epoch=epoch)
+    st.plotly_chart(kfig, width="stretch", key="tf_kf_chart")
+    figures["key_frequencies"] = kfig
+    st.caption(f"Key frequencies of the final model: {key_freqs} (found automatically; rule in "
+               f"`entk_core/families/features.py`). At this checkpoint the rule gives {kf['key_frequencies']} "
+               f"({kf['rule']}, drop ×{kf['ratio']:.1f}).")
+
+# ------------------------------------------------------------------- spectra
+st.subheader("Layerwise eNTK spectra (all-class mean reduction)")
+groups = groups_of(run)
+c1, c2, c3 = st.columns([3, 2, 2])
+group = url_selectbox("group", "Layer group", groups, "unembed" if "unembed" in groups else groups[0], key="tf_group",
+                      where=c1, format_func=lambda g: group_name(run, g),
+                      help="full = all parameters; attn.OV = attn.W_O + attn.W_V")
+n_kernel = kernel_size_of(run, "mean")
+kmax = min(n_kernel, 400)
+top = url_int("top", f"Eigenvalues k ({blocks[1][1]}–{kmax})", blocks[1][1], kmax,
+              max(min(fam.default_top, n_kernel), blocks[1][1]), key="tf_top", where=c2, step=10)
+log = url_toggle("log", "Log scale", True, key="tf_log", where=c3)
+res = None
+with guarded("cannot compute the spectrum"):
+    res, dt = timed(analysis.spectrum, run, epoch, group=group, reduction="mean", top=top, model=model)
+    refs = {f"{b} ({e})": e - 0.5 for b, (_, e) in zip(("2F+1", "4F+1"), blocks)}
+    idx, sfig, vfigs = spectrum_explorer(
+        run, key="tf", eigenvalues=res.eigenvalues, cliffs=res.cliffs, labels=label_cliffs(res.cliffs, res.eigenvectors), log=log,
+        reference_lines=refs,
+        title=f"{group} eNTK (mean over class pairs), epoch {epoch}", n_vectors=res.eigenvectors.shape[1],
+        vector_of=lambda i: vector_figures(run, res.eigenvectors[:, i], title=f"eigenvector {i} over the (a, b) pairs"))
+    figures.update({"spectrum": sfig, **{f"vector_{idx}_{j}": f for j, f in enumerate(vfigs)}})
+    cl = ", ".join(f"{c.start}–{c.end} (size {c.size}, drop ×{c.ratio:.2f})" for c in res.cliffs) or "none"
+    st.caption(f"Detected cliffs: {cl}. Dotted lines: the ends of the mode blocks 0:{blocks[0][1]} and "
+               f"{blocks[1][0]}:{blocks[1][1]} used below · "
+               + cache_caption(res.meta, dt, (res.meta["timing"].get("kernel_s") or 0) + (res.meta["timing"].get("eig_s") or 0)))
+
+# ------------------------------------------------------------ overlap table
+st.subheader(f"Overlap of the top {group} modes with the key-frequency families")
+tables = {}
+with guarded("cannot compute the overlaps"):
+    rep = T.align_report(run, epoch, services=Services(), group=group, key_freqs=key_freqs, top=top, model=model)
+    fams = run.family.feature_families(run.config, run.data, key_freqs=key_freqs)
+    names = list(T.ALIGN_FAMILIES)
+    bases = family_bases({f: fams[f] for f in names})
+    base = alignment.baseline_overlaps(alignment.pca_for(run, epoch, model=model), [b - a for a, b in blocks], bases)
+    rows = []
+    for bi, b in enumerate(rep["blocks"]):
+        for name, f in b["families"].items():
+            pca = base["pca"][bi][name] if base["pca"][bi] is not None else None
+            rows.append({"modes": f"{b['modes'][0]}:{b['modes'][1]}", "family": name,
+                         "expected": "✓" if name == b["expected"] else "", "eNTK": round(f["overlap"], 4),
+                         "PCA": pca, "random": base["random"][bi][name], "of": f["dim"], "eNTK %": round(f["percent"], 1)})
+    st.dataframe(rows, hide_index=True, width="stretch")
+    tables["overlaps"] = rows
+    st.caption("overlap = ‖QᵀF‖²_F (sum of squared cosines of the principal angles) between the modes and the "
+               "mean-centred family at the key frequencies; PCA: the same number of top principal directions of the "
+               "residual stream at the last position; random: a random subspace of that size. Paper (seed 2, "
+               "k = 1, 12, unembed): 3.96/4 for modes 0:5 vs sum, 3.94/4 for 5:9 vs axis_sum.")
+
+# ------------------------------------------------------- overlap over training
+st.subheader("Overlap over training")
+c1, c2 = st.columns([3, 2])
+sel_fams = url_multiselect("families", "Families", list(T.ALIGN_FAMILIES), [T.EXPECTED[0]], key="tf_fams", where=c1)
+block = url_selectbox("window", "Modes", [0, 1], 0, key="tf_block", where=c2,
+                      format_func=lambda b: f"{blocks[b][0]}:{blocks[b][1]}")
+with guarded("cannot compute the overlap over training"):
+    est = 0.25 * len(run.epochs)
+    spec = alignment.spec_dict(T.sweep_spec(run, group))
+    sw = long_call(f"tfsweep|{run.path}|{spec}", f"the {group} spectrum at each of {len(run.epochs)} checkpoints",
+                   alignment.spec_sweep, run, target="entk_core.workflows.alignment:spec_sweep",
+                   kwargs={"spec": spec}, estimate_s=est)
+    if sw is not None and sel_fams:
+        curves, ders, dashed = {}, {}, []
+        for f in sel_fams:
+            k = sw.family_index(f)
+            curves[f] = sw.percent[:, block, k]
+            ders[f] = sw.derivative[:, block, k]
+        size = blocks[block][1] - blocks[block][0]
+        pca = long_call(f"tfpca|{run.path}|{size}|{sel_fams}", "the PCA baseline over training",
+                        alignment.pca_over_training, run, target="entk_core.workflows.alignment:pca_over_training",
+                        kwargs={"sizes": [size], "families": list(sel_fams)}, estimate_s=0.02 * len(run.epochs))
+        if pca is not None:
+            for j, f in enumerate(sel_fams):
+                curves[f"{f} · PCA"] = 100 * pca[:, 0, j] / max(int(sw.dims[sw.family_index(f)]), 1)
+                dashed.append(f"{f} · PCA")
+        m = run.metrics
+        peak = sw.peaks[block, sw.family_index(sel_fams[0])]
+        markers = {}
+        if sw.onset_epoch is not None:
+            markers[f"onset {sw.onset_epoch:g}"] = sw.onset_epoch
+        if np.isfinite(peak):
+            markers[f"peak {peak:g} ({sel_fams[0]})"] = float(peak)
+        ofig = overlap_figure(sw.epochs, curves, derivatives=ders, dashed=dashed, current=epoch, markers=markers,
+                              accuracy={k: m[k] for k in ("train_acc", "test_acc") if m.get(k)},
+                              accuracy_epochs=m.get("epoch"),
+                              title=f"Modes {blocks[block][0]}:{blocks[block][1]} of the {group} eNTK vs the "
+                                    f"families at k = {key_freqs}")
+        st.plotly_chart(ofig, width="stretch", key="tf_ot_chart")
+        figures["overlap_over_training"] = ofig
+        ms = T.accuracy_milestones(run)
+        st.caption("Grokking onset (rule in `entk_core/engine/measures.py`) "
+                   + ("none" if sw.onset_epoch is None else f"{sw.onset_epoch:g}") + "; test accuracy stays ≥ "
+                   + ", ".join(f"{k} from epoch {v}" for k, v in ms.items() if v is not None) + ".")
+        tables["overlap_over_training"] = [{"epoch": int(e), **{n: round(float(c[t]), 3) for n, c in curves.items()}}
+                                           for t, e in enumerate(sw.epochs)]
+if res is not None:
+    export_buttons(f"{run.name}_e{epoch}_{group}", arrays={"eigenvalues": res.eigenvalues,
+                                                           "eigenvectors": res.eigenvectors},
+                   tables=tables, figures=figures, key="tf_export")

@@ -1,0 +1,118 @@
+"""Spectrum figures: eigenvalues with their cliffs shaded and named, comparison overlays,
+the selected eigenvalue, and the principal angles between two eigenspaces."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+from ..engine.spectra import Cliff
+from .style import CLIFF_COLORS, CONSTANT_COLOR, block_label, log_axis, marker_line
+
+__all__ = ["spectrum_figure", "principal_angles_figure", "stagger_rows"]
+
+_COMPARE_COLORS = ["#EF553B", "#00CC96", "#AB63FA", "#FFA15A"]
+
+
+def stagger_rows(centres: Sequence[float], widths: Sequence[float], max_rows: int = 4) -> list[int]:
+    """Rows (0, 1, ...) for labels centred at ``centres`` with ``widths`` (same units) so
+    that labels sharing a row never overlap (greedy, left to right; beyond ``max_rows``
+    rows the least crowded row is reused)."""
+    order = np.argsort(centres)
+    ends = [-np.inf] * max_rows
+    rows = [0] * len(centres)
+    for i in order:
+        lo = centres[i] - widths[i] / 2
+        r = next((r for r in range(max_rows) if ends[r] <= lo), int(np.argmin(ends)))
+        rows[i] = r
+        ends[r] = centres[i] + widths[i] / 2
+    return rows
+
+
+def spectrum_figure(
+    eigenvalues: np.ndarray,
+    cliffs: Sequence[Cliff] = (),
+    *,
+    labels: Sequence[str] | None = None,
+    title: str = "eNTK spectrum",
+    log: bool = True,
+    reference_lines: dict[str, float] | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+    selected: int | None = None,
+    height: int = 480,
+    name: str = "eigenvalue",
+) -> go.Figure:
+    """Eigenvalue vs index, each cliff shaded and named above the plot.
+
+    Args:
+      eigenvalues: ``(k,)`` descending.
+      cliffs: detected cliffs; each is shaded over ``[start - 0.5, end + 0.5]``.
+      labels: one name per cliff (``"constant"`` is shown as *constant mode*, in grey, and
+        is not numbered; see :func:`entk_core.engine.spectra.label_cliffs`). Default:
+        ``cliff 1``, ``cliff 2``... in order.
+      reference_lines: vertical dotted lines ``{name: index}``, named in the legend.
+      extra: spectra to overlay ``{name: (k',) array}`` (another checkpoint or run).
+      selected: an index to ring (the eigenvector shown below the chart).
+      name: legend name of the main spectrum.
+    """
+    vals = np.asarray(eigenvalues, dtype=float)
+    idx = np.arange(len(vals))
+    fig = go.Figure()
+    for j, (label, ev) in enumerate((extra or {}).items()):
+        ev = np.asarray(ev, dtype=float)
+        fig.add_trace(go.Scatter(x=np.arange(len(ev)), y=np.where(ev > 0, ev, np.nan) if log else ev,
+                                 mode="lines", name=label, opacity=0.85,
+                                 line={"width": 1.5, "dash": "dot", "color": _COMPARE_COLORS[j % len(_COMPARE_COLORS)]},
+                                 hovertemplate="index %{x}<br>λ = %{y:.4g}<extra>" + label + "</extra>"))
+    fig.add_trace(go.Scatter(
+        x=idx, y=np.where(vals > 0, vals, np.nan) if log else vals, mode="lines+markers", name=name,
+        marker={"size": 4}, line={"width": 1.5, "color": "#1f2d3d"},
+        hovertemplate="index %{x}<br>λ = %{y:.4g}<extra></extra>",
+    ))
+    names = list(labels) if labels is not None else [f"cliff {i + 1}" for i in range(len(cliffs))]
+    texts, centres, colors = [], [], []
+    n_num = 0
+    for c, lab in zip(cliffs, names):
+        if lab == "constant":
+            color = CONSTANT_COLOR
+        else:
+            color = CLIFF_COLORS[n_num % len(CLIFF_COLORS)]
+            n_num += 1
+        fig.add_vrect(x0=c.start - 0.5, x1=c.end + 0.5, fillcolor=color, opacity=0.15, line_width=0)
+        fig.add_vline(x=c.end + 0.5, line={"color": color, "width": 1, "dash": "dash"})
+        texts.append(f"{block_label(lab)}: {c.size}")
+        centres.append((c.start + c.end) / 2)
+        colors.append(color)
+    span = max(len(vals), 1)
+    widths = [len(t) * 7.5 / 640 * span for t in texts]  # ~7.5 px a character on a ~640 px wide plot
+    rows = stagger_rows(centres, widths)
+    for t, x, color, r in zip(texts, centres, colors, rows):
+        fig.add_annotation(x=x, y=1.0 + 0.065 * r, xref="x", yref="paper", text=t, showarrow=False,
+                           yanchor="bottom", font={"color": color, "size": 12})
+    for label, x in (reference_lines or {}).items():
+        marker_line(fig, x, label, "reference")
+    if selected is not None and 0 <= selected < len(vals):
+        fig.add_trace(go.Scatter(x=[selected], y=[vals[selected]], mode="markers", name=f"selected: #{selected}",
+                                 marker={"size": 13, "color": "#EF553B", "symbol": "circle-open", "line": {"width": 2}},
+                                 hoverinfo="skip"))
+    top_margin = 70 + 22 * (max(rows) + 1 if rows else 0)
+    fig.update_layout(
+        title={"text": title}, xaxis_title="eigenvalue index", yaxis_title="eigenvalue", height=height,
+        margin={"l": 70, "r": 20, "t": top_margin, "b": 50},
+        legend={"orientation": "h", "y": -0.18}, hovermode="closest", clickmode="event+select",
+    )
+    if log:
+        log_axis(fig, "y")
+    return fig
+
+
+def principal_angles_figure(angles_deg: np.ndarray, *, title: str = "Principal angles between the eigenspaces",
+                            height: int = 320) -> go.Figure:
+    """The principal angles (degrees, ascending) between two ``k``-dimensional subspaces."""
+    a = np.asarray(angles_deg, dtype=float)
+    fig = go.Figure(go.Bar(x=np.arange(1, len(a) + 1), y=a, marker_color="#636EFA",
+                           hovertemplate="angle %{x}: %{y:.2f}°<extra></extra>", name="principal angle"))
+    fig.update_layout(title={"text": title}, xaxis_title="principal angle (ascending)", yaxis_title="degrees",
+                      yaxis={"range": [0, 90]}, height=height, margin={"l": 60, "r": 20, "t": 60, "b": 50})
+    return fig

@@ -1,0 +1,49 @@
+"""Unit functions for the executor tests (module level, so worker processes can import them)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail_once(marker: str, x: int) -> int:
+    """Raise the first time (leaving ``marker``), succeed on the retry."""
+    m = Path(marker)
+    if not m.exists():
+        m.write_text("failed once")
+        raise RuntimeError("transient failure")
+    return x
+
+
+def die_once(marker: str, x: int) -> int:
+    """Kill its own worker process the first time (as the OOM killer would), succeed on the retry."""
+    m = Path(marker)
+    if not m.exists():
+        m.write_text("died once")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def always_fail(x: int) -> int:
+    raise ValueError(f"unit {x} is broken")
+
+
+def always_die(x: int) -> int:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def slow(seconds: float, marker_dir: str, x: int) -> int:
+    """Sleep in small steps, leaving a file while running (to see that cancelled work stops)."""
+    f = Path(marker_dir) / f"running-{x}-{os.getpid()}"
+    f.write_text("")
+    t_end = time.time() + seconds
+    while time.time() < t_end:
+        time.sleep(0.05)
+    f.unlink()
+    return x

@@ -1,0 +1,108 @@
+"""The executor seam (entk_core.workflows.executors): inline, local worker processes and Ray give the
+same results; a failing or killed unit is retried once, then reported while the others complete; a
+cancelled run stops its workers."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+import _units as U
+from entk_core.workflows.executors import InlineExecutor, LocalExecutor, Unit, make_executor, run_units
+
+
+def _squares(n: int) -> list[Unit]:
+    return [Unit(f"u{i}", U.square, {"x": i}) for i in range(n)]
+
+
+def test_inline_and_local_agree_and_report_in_order():
+    want = [i * i for i in range(6)]
+    seen = []
+    for ex in (InlineExecutor(), LocalExecutor(2)):
+        res = ex.run(_squares(6), on_result=lambda r: seen.append(r.key))
+        assert [r.key for r in res] == [f"u{i}" for i in range(6)]
+        assert [r.value for r in res] == want and all(r.ok and r.attempts == 1 for r in res)
+    assert sorted(seen) == sorted([f"u{i}" for i in range(6)] * 2)
+
+
+def test_default_executor_choice():
+    assert isinstance(make_executor(n_units=3), InlineExecutor)
+    ex = make_executor(n_units=20, workers=2)
+    assert isinstance(ex, LocalExecutor) and ex.workers == 2
+    with pytest.raises(ValueError, match="unique"):
+        InlineExecutor().run([Unit("a", U.square, {"x": 1}), Unit("a", U.square, {"x": 2})])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_failures_are_retried_once_then_reported(tmp_path, workers):
+    units = [Unit("ok", U.square, {"x": 3}),
+             Unit("flaky", U.fail_once, {"marker": str(tmp_path / "m"), "x": 7}),
+             Unit("broken", U.always_fail, {"x": 5}),
+             Unit("ok2", U.square, {"x": 4})]
+    res = {r.key: r for r in run_units(units, workers=workers)}
+    assert res["ok"].value == 9 and res["ok2"].value == 16
+    assert res["flaky"].ok and res["flaky"].value == 7 and res["flaky"].attempts == 2
+    assert not res["broken"].ok and res["broken"].attempts == 2 and "unit 5 is broken" in res["broken"].error
+
+
+def test_a_killed_worker_is_retried_and_does_not_take_others_down(tmp_path):
+    units = [Unit(f"ok{i}", U.square, {"x": i}) for i in range(4)]
+    units += [Unit("dies-once", U.die_once, {"marker": str(tmp_path / "d"), "x": 11}),
+              Unit("always-dies", U.always_die, {"x": 1})]
+    res = {r.key: r for r in LocalExecutor(2).run(units)}
+    assert all(res[f"ok{i}"].ok and res[f"ok{i}"].value == i * i for i in range(4))
+    assert res["dies-once"].ok and res["dies-once"].value == 11 and res["dies-once"].attempts == 2
+    bad = res["always-dies"]
+    assert not bad.ok and bad.attempts == 2 and "died" in bad.error
+
+
+def test_cancel_stops_the_workers(tmp_path):
+    """A progress callback that raises (the dashboard's Stop) cancels pending units and ends the
+    running ones: no worker keeps working after run() returns."""
+    units = [Unit("quick", U.square, {"x": 2})] + [
+        Unit(f"slow{i}", U.slow, {"seconds": 30.0, "marker_dir": str(tmp_path), "x": i}) for i in range(4)]
+
+    class Stop(Exception):
+        pass
+
+    raised = []
+
+    def progress(done, total, msg):  # after the quick unit: Stop once a slow unit is running
+        deadline = time.time() + 120
+        while not list(tmp_path.glob("running-*")) and time.time() < deadline:
+            time.sleep(0.05)
+        raised.append(time.perf_counter())
+        raise Stop
+
+    with pytest.raises(Stop):
+        LocalExecutor(2).run(units, progress=progress)
+    assert time.perf_counter() - raised[0] < 15  # it did not wait for the 30 s units to end
+    pids = [int(p.name.rsplit("-", 1)[1]) for p in tmp_path.glob("running-*")]
+    assert pids, "the slow units had started"
+    for pid in pids:  # the workers that ran them are gone, long before the 30 s a slow unit takes
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ex = make_executor(ray=True)
+    yield ex
+    ex.close()
+    assert not ray.is_initialized()
+
+
+def test_ray_same_results_retries_and_kills(ray_local, tmp_path):
+    res = ray_local.run(_squares(5))
+    assert [r.value for r in res] == [i * i for i in range(5)]
+    units = [Unit("flaky", U.fail_once, {"marker": str(tmp_path / "m"), "x": 7}),
+             Unit("dies-once", U.die_once, {"marker": str(tmp_path / "d"), "x": 11}),
+             Unit("broken", U.always_fail, {"x": 5}),
+             Unit("ok", U.square, {"x": 6})]
+    res = {r.key: r for r in ray_local.run(units)}
+    assert res["ok"].value == 36
+    assert res["flaky"].ok and res["flaky"].attempts == 2
+    assert res["dies-once"].ok and res["dies-once"].value == 11 and res["dies-once"].attempts == 2
+    assert not res["broken"].ok and res["broken"].attempts == 2 and "unit 5 is broken" in res["broken"].error

@@ -1,0 +1,166 @@
+"""Unit tests of the dashboard's library side: figures, baselines, alignment measures,
+exports and the worker jobs (no Streamlit, no training)."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_no_pages_folder_next_to_the_app():
+    """A ``pages/`` folder beside app.py puts Streamlit's first run in MPA-v1 mode and shows a
+    'Page not found' dialog on the first deep link (streamlit#8860): the pages live in app_pages/."""
+    assert not (REPO / "pages").exists()
+    assert (REPO / "app_pages" / "_shared.py").exists()
+
+
+def test_app_makes_no_request_to_another_host():
+    src = (REPO / "app.py").read_text()
+    assert "page_icon=str(ROOT" in src and ":material/" not in src.split("st.set_page_config")[1].split(")")[0]
+
+
+def test_stagger_rows_never_overlap():
+    from entk_core.figures import stagger_rows
+
+    centres, widths = [0.0, 0.5, 1.0, 30.0, 30.2], [2.0] * 5
+    rows = stagger_rows(centres, widths)
+    for i in range(5):
+        for j in range(i + 1, 5):
+            if rows[i] == rows[j]:
+                assert abs(centres[i] - centres[j]) >= widths[i], (i, j, rows)
+    assert rows[3] == 0  # far away: back on the first row
+
+
+def test_spectrum_figure_names_the_constant_mode_and_numbers_cliffs_after_it():
+    from entk_core.engine.spectra import Cliff
+    from entk_core.figures import spectrum_figure
+
+    vals = np.r_[10.0, np.full(4, 1.0), np.full(4, 0.1), np.full(10, 1e-3)]
+    cl = [Cliff(0, 1, 10.0), Cliff(1, 4, 10.0), Cliff(5, 4, 100.0)]
+    fig = spectrum_figure(vals, cl, labels=["constant", "cliff 1", "cliff 2"], log=True)
+    texts = [a.text for a in fig.layout.annotations]
+    assert texts == ["constant mode: 1", "cliff 1: 4", "cliff 2: 4"]
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == 1 and fig.layout.yaxis.exponentformat == "power"
+
+
+def test_family_colours_do_not_depend_on_the_selection():
+    from entk_core.figures import family_color
+
+    assert family_color("sum (28-dim)") == family_color("sum") == family_color("sum · PCA")
+    assert family_color("a") != family_color("b")
+    assert family_color("something new") == family_color("something new")
+
+
+def test_accuracy_figure_uses_human_names_and_percent():
+    from entk_core.figures import accuracy_figure
+
+    fig = accuracy_figure([1, 2], {"train_acc": [0.5, 1.0], "test_acc": [0.1, None]}, current=2,
+                          markers={"onset 1.5": 1.5})
+    names = [t.name for t in fig.data]
+    assert "train accuracy" in names and "test accuracy" in names and "epoch 2" in names and "onset 1.5" in names
+    assert max(fig.data[0].y) == 100.0 and not fig.layout.annotations  # names in the legend, no labels to overlap
+
+
+def test_grid_image_puts_a_sum_mode_on_the_diagonal():
+    from entk_core.figures import grid_image
+
+    p, k = 7, 2
+    a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+    v = np.cos(2 * np.pi * k * (a + b) / p).reshape(-1)
+    img, power, freqs = grid_image(v, p)
+    assert np.allclose(img.reshape(-1), v)
+    i, j = np.unravel_index(np.argmax(power), power.shape)
+    assert abs(freqs[i]) == k and freqs[i] == freqs[j]
+    assert power.sum() == pytest.approx(1.0)
+
+
+def test_pca_directions_are_the_left_singular_vectors_of_the_centred_activations():
+    from entk_core.workflows.baselines import pca_directions, random_directions
+
+    g = np.random.default_rng(0)
+    H = g.standard_normal((50, 8)) @ np.diag([5, 4, 3, 2, 1, 0.5, 0.2, 0.1])
+    P = pca_directions(H, 3)
+    U = np.linalg.svd(H - H.mean(0), full_matrices=False)[0][:, :3]
+    assert np.allclose(np.abs(P.T @ U), np.eye(3), atol=1e-10)
+    R = random_directions(50, 4, seed=1)
+    assert np.allclose(R.T @ R, np.eye(4)) and np.allclose(R, random_directions(50, 4, seed=1))
+
+
+def test_principal_angles_of_rotated_subspaces():
+    from entk_core.workflows.alignment import principal_angles
+
+    e = np.eye(6)
+    U = e[:, :2]
+    th = np.radians(30)
+    W = np.stack([e[:, 0], np.cos(th) * e[:, 1] + np.sin(th) * e[:, 2]], axis=1)
+    assert np.allclose(principal_angles(U, W), [0.0, 30.0], atol=1e-8)
+
+
+def test_window_table_and_baselines():
+    from entk_core.families.base import FeatureFamily
+    from entk_core.workflows.alignment import window_table
+
+    n = 40
+    g = np.random.default_rng(0)
+    F = g.standard_normal((n, 3))
+    F -= F.mean(0)
+    Q = np.linalg.qr(F)[0]
+    V = np.hstack([Q, np.linalg.qr(g.standard_normal((n, 5)))[0]])
+    H = np.hstack([F * 10, 0.01 * g.standard_normal((n, 4))])  # the top 3 principal directions span F
+    rows = window_table(V, [("cliff 1", 0, 2)], {"f": FeatureFamily("f", F)}, H=H)
+    (r,) = rows
+    assert r["entk"] == pytest.approx(3.0, abs=1e-3) and r["pca"] == pytest.approx(3.0, abs=1e-2)
+    assert r["random"] < 1.5 and r["size"] == 3 and r["dim"] == 3
+
+
+def test_exports_are_plain_files():
+    from entk_core.workflows.export import array_csv, arrays_npz, table_csv
+
+    a = np.arange(6.0).reshape(3, 2)
+    z = np.load(io.BytesIO(arrays_npz({"a": a, "v": a[:, 0]})), allow_pickle=False)
+    assert np.array_equal(z["a"], a)
+    assert array_csv(a[:, 0]).decode().splitlines() == ["index,value", "0,0.0", "1,2.0", "2,4.0"]
+    assert array_csv(a, ["x", "y"]).decode().splitlines()[0] == "x,y"
+    assert table_csv([{"a": 1, "b": None}, {"a": 2, "c": "z"}]).decode().splitlines() == ["a,b,c", "1,,", "2,,z"]
+    with pytest.raises(ValueError):
+        array_csv(np.zeros((2, 2, 2)))
+
+
+def test_probe_cache_never_computes():
+    from entk_core.store.cache import ArrayCache
+    from entk_core.workflows.jobs import NotCached, ProbeCache, cached
+
+    def op(x, *, cache):
+        return cache.get_or_compute(f"k{x}", lambda: ({"v": np.array([x])}, {}))["v"]
+
+    c = ArrayCache(Path(__import__("tempfile").mkdtemp()) / "c")
+    assert cached(op, 1, cache=c) is None and c.computed == 0
+    op(1, cache=c)
+    assert cached(op, 1, cache=c)[0] == 1
+    with pytest.raises(NotCached):
+        ProbeCache(c).get_or_compute("other", lambda: ({}, {}))
+
+
+def test_static_export_reason_is_one_line_or_none():
+    from entk_core.figures.export import static_export_reason
+
+    why = static_export_reason()
+    assert why is None or ("\n" not in why and why)
+
+
+def test_url_parameter_table_lists_every_name():
+    text = (REPO / "docs" / "url-parameters.md").read_text()
+    for name in ("run", "epoch", "group", "reduction", "top", "beta", "log", "windows", "window", "cliff",
+                 "families", "rotation", "vector", "compare"):
+        assert f"| `{name}` |" in text, name
+    shared = (REPO / "app_pages" / "_shared.py").read_text()
+    names = json.loads(json.dumps(__import__("re").findall(r'url_\w+\("(\w+)"', "".join(
+        p.read_text() for p in (REPO / "app_pages").glob("*.py") if p.name != "_shared.py"))))
+    for n in set(names):
+        assert f"| `{n}` |" in text, f"URL parameter {n} is not documented"
+    assert "PARAM_ORDER" in shared

@@ -1,0 +1,25 @@
+"""The test tiers: markers and pytest-timeout limits come from the folder, and the unit
+tier stays free of training (the fixtures that train are integration-only)."""
+import ast
+from pathlib import Path
+
+from conftest import TIER_TIMEOUT_S
+
+UNIT = Path(__file__).resolve().parent
+TRAINING_FIXTURES = {"tiny_run_dir", "mlp29_run_dir", "install_run"}
+
+
+def test_this_test_has_its_tier_marker_and_timeout(request):
+    assert request.node.get_closest_marker("unit") is not None
+    assert request.node.get_closest_marker("timeout").args == (TIER_TIMEOUT_S["unit"],)
+
+
+def test_unit_tests_request_no_training_fixture():
+    offenders = []
+    for path in sorted(UNIT.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                used = {a.arg for a in node.args.args} & TRAINING_FIXTURES
+                if used:
+                    offenders.append(f"{path.name}::{node.name} uses {sorted(used)}")
+    assert not offenders, "move these to tests/integration:\n" + "\n".join(offenders)
