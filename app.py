@@ -40,6 +40,8 @@ def main() -> None:
         st.Page("app_pages/alignment.py", title="Alignment", icon=":material/grid_on:", url_path="alignment"),
         st.Page("app_pages/transformer.py", title="Transformer", icon=":material/hub:", url_path="transformer"),
         st.Page("app_pages/tms.py", title="TMS", icon=":material/scatter_plot:", url_path="tms"),
+        st.Page("app_pages/language_model.py", title="Language model", icon=":material/notes:",
+                url_path="language-model"),
     ]
     # Streamlit's own page menu drops the query string on a page switch; the sidebar draws page
     # links carrying the whole view instead (_shared.sync_url fills them at the end of the run).

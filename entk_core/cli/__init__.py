@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "entk_core.cli.analysis",
     "entk_core.cli.grid",
     "entk_core.cli.export",
+    "entk_core.cli.lm",
 )
 """Modules defining commands (each has ``add_commands(subparsers)``)."""
 

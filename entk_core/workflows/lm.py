@@ -1,0 +1,401 @@
+"""The language-model experiment (spec §6): per-layer eNTK units, caching, layer sweeps
+and the eNTK-vs-PCA report.
+
+The heavy part is one **unit** per layer, :func:`run_unit`, a pure function
+``(model path, probes path, layer, options) -> (arrays, meta)``: it loads what it needs,
+caches the activations of one forward pass, runs Lanczos on K̃ and returns numpy arrays
+(eigenvalues, Ritz residuals, per-example eNTK scores, PCA scores...) and JSON facts.
+Units are independent, so a layer sweep can be spread over workers (Ray) as is.
+:func:`layer_entry` wraps a unit in the :class:`~entk_core.store.cache.ArrayCache`
+(keyed by the model and probe-set fingerprints, layer, parameters, k, steps and seed),
+so a sweep that is interrupted resumes at the first layer not yet stored.
+
+The evaluation (:func:`evaluate_layer`) is cheap and recomputed from the cached arrays
+and the probe set's labels every time.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..engine.lanczos import lanczos_topk
+from ..families.causal_lm import evaluation as ev
+from ..families.causal_lm.models import LMRef, LoadedLM, load_lm, resolve_model
+from ..families.causal_lm.operator import KTildeOperator, LMTail, auto_chunk
+from ..families.causal_lm.probes import AUTHOR_TAGGER, ProbeSet, load_probe_set
+from ..store.cache import ArrayCache, CacheEntry, default_cache, make_key
+
+__all__ = [
+    "LMAlignOptions",
+    "run_unit",
+    "layer_entry",
+    "evaluate_layer",
+    "lm_align",
+    "parse_layers",
+    "estimate_unit_seconds",
+    "cached_layers",
+    "peek_layer",
+]
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class LMAlignOptions:
+    """Options of one LM eNTK unit and its evaluation.
+
+    Attributes:
+      top: eigenpairs kept (paper 25); also the PCA budget.
+      steps: Lanczos steps = operator products (paper 50).
+      seed: the Lanczos start vector's seed.
+      params: parameters relative to the block (default: the MLP output projection).
+      chunk: contexts per chunk (default: sized for ~1.5 GB of activations).
+      device: ``auto``, ``cpu`` or ``cuda``.
+      min_count: minimum support of a morphology label (paper 30).
+      split_seed: seed of the stratified 50/50 split.
+    """
+
+    top: int = 25
+    steps: int = 50
+    seed: int = 0
+    params: str | None = None
+    chunk: int | None = None
+    device: str = "cpu"
+    min_count: int = 30
+    split_seed: int = 0
+
+    def check(self, n: int | None = None) -> None:
+        if self.top < 1 or self.steps < 1:
+            raise ValueError("--top and --steps must be >= 1")
+        if self.top > self.steps:
+            raise ValueError(f"--top {self.top} needs at least as many Lanczos --steps (got {self.steps})")
+        if n is not None and self.steps > n:
+            raise ValueError(f"--steps {self.steps} exceeds the operator size N·d = {n}")
+        if self.chunk is not None and self.chunk < 1:
+            raise ValueError("--chunk must be >= 1")
+        if self.min_count < 1:
+            raise ValueError("--min-count must be >= 1")
+
+
+def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
+    """``"all"`` / ``"0,4,16"`` / ``"8-17"`` / a list -> sorted layer indices (validated)."""
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        s = spec.strip().lower()
+        if s == "all":
+            return list(range(n_layers))
+        out: list[int] = []
+        for part in s.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if "-" in part[1:]:
+                    a, b = part.split("-", 1) if not part.startswith("-") else (part, "")
+                    out.extend(range(int(a), int(b) + 1))
+                else:
+                    out.append(int(part))
+            except ValueError:
+                raise ValueError(f"--layers: '{part}' is not a layer, a range a-b or 'all'") from None
+    else:
+        out = [int(x) for x in spec]
+    bad = [x for x in out if not 0 <= x < n_layers]
+    if bad:
+        raise ValueError(f"layer {bad[0]} out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
+    return sorted(set(out))
+
+
+# ------------------------------------------------------------------ the unit
+def _open(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet, device: str) -> tuple[LoadedLM, ProbeSet]:
+    ps = probes if isinstance(probes, ProbeSet) else load_probe_set(probes)
+    lm = model if isinstance(model, LoadedLM) else load_lm(model if isinstance(model, LMRef) else resolve_model(model),
+                                                            device)
+    ps.check_model(lm)
+    return lm, ps
+
+
+def run_unit(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet, layer: int,
+             options: LMAlignOptions = LMAlignOptions(), *, progress: Progress | None = None,
+             cancel: Callable[[], bool] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """One layer's eNTK and PCA directions (the unit a layer sweep distributes).
+
+    Returns ``(arrays, meta)``:
+
+    * ``eigenvalues`` ``(k,)`` of K̃, descending; ``residuals`` ``(k,)`` Ritz residual norms;
+    * ``entk_scores`` ``(k, N)`` signed per-example scores (σ·u of each eigenvector's
+      rank-1 SVD), ``entk_share`` ``(k,)`` σ²/‖E‖², ``entk_direction`` ``(k, d)`` the right
+      singular vectors;
+    * ``pca_scores`` ``(k, N)``, ``pca_explained`` ``(k,)`` of the layer's last-token
+      hidden states; ``hidden_norm`` ``(N,)`` their norms.
+
+    ``meta``: layer, parameters (block-relative names, count, tail mode), the Lanczos
+    facts and timings (``load_s``, ``capture_s``, ``gram_s``, ``lanczos_s``,
+    ``product_s`` = mean seconds per K̃ product, ``total_s``).
+    """
+    t0 = time.perf_counter()
+    lm, ps = _open(model, probes, options.device)
+    t_load = time.perf_counter() - t0
+    lm.block(layer)  # range check before any work
+    options.check(ps.N * lm.d_model)
+    need = unit_memory_bytes(lm, ps.N, ps.T, layer, options)
+    avail = _available_bytes()
+    if avail is not None and need > avail:
+        raise MemoryError(f"layer {layer} on {ps.N} contexts x {ps.T} tokens needs about {need / 2**30:.1f} GiB, "
+                          f"{avail / 2**30:.1f} GiB is available; use a smaller probe set or fewer --steps")
+    t = time.perf_counter()
+    tail = LMTail(lm, ps.input_ids, layer, options.params, chunk=options.chunk,
+                  progress=(lambda d, n, m: progress(0, options.steps, m)) if progress else None)
+    t_cap = time.perf_counter() - t
+    t = time.perf_counter()
+    op = KTildeOperator(tail)
+    t_gram = time.perf_counter() - t
+    t = time.perf_counter()
+    res = lanczos_topk(op, op.n, k=options.top, steps=options.steps, seed=options.seed, device=tail.device,
+                       progress=_eta(progress) if progress else None, cancel=cancel)
+    t_lz = time.perf_counter() - t
+    V = res.eigenvectors.cpu().numpy()
+    sc = ev.example_scores(V, tail.N, tail.d)
+    H = tail.hidden_last.double().cpu().numpy()
+    pc = ev.pca_scores(H, options.top)
+    arrays = {
+        "eigenvalues": res.eigenvalues.cpu().numpy(), "residuals": res.residuals.cpu().numpy(),
+        "entk_scores": sc["scores"], "entk_share": sc["share"], "entk_sigma": sc["sigma"],
+        "entk_direction": sc["direction"].astype(np.float32),
+        "pca_scores": pc["scores"], "pca_explained": pc["explained"], "hidden_norm": np.linalg.norm(H, axis=1),
+    }
+    meta = {
+        "layer": int(layer), "module": tail.module_path, "params": tail.param_names, "n_params": int(tail.n_params),
+        "tail_mode": tail.mode, "chunk": tail.chunk, "N": tail.N, "T": tail.T, "d_model": tail.d,
+        "operator_size": op.n, "lanczos_steps": res.steps, "top": len(res.eigenvalues), "seed": options.seed,
+        "device": str(tail.device), "dtype": str(tail.r0.dtype).replace("torch.", ""),
+        "timing": {"load_s": t_load, "capture_s": t_cap, "gram_s": t_gram, "lanczos_s": t_lz,
+                   "product_s": res.matvec_seconds / max(1, res.steps), "total_s": time.perf_counter() - t0},
+        "torch_threads": torch.get_num_threads(),
+    }
+    tail.release()
+    return arrays, meta
+
+
+def _eta(progress: Progress) -> Progress:
+    start = time.perf_counter()
+
+    def cb(done: int, total: int, message: str) -> None:
+        el = time.perf_counter() - start
+        left = el / max(done, 1) * (total - done)
+        progress(done, total, f"{message}, ~{_fmt_s(left)} left")
+    return cb
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
+def layer_key(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions) -> str:
+    _, names = lm.resolve_params(layer, options.params)
+    return make_key("lm-layer", model=lm.fingerprint, probes=ps.fingerprint, layer=int(layer), params=names,
+                    top=options.top, steps=options.steps, seed=options.seed, dtype="float32")
+
+
+def layer_entry(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions, cache: ArrayCache | None = None,
+                progress: Progress | None = None, cancel: Callable[[], bool] | None = None) -> CacheEntry:
+    """The cached unit of one layer (computed once; ``entry.meta["cache"]`` is hit/miss)."""
+    cache = cache or default_cache()
+    return cache.get_or_compute(layer_key(lm, ps, layer, options),
+                                lambda: run_unit(lm, ps, layer, options, progress=progress, cancel=cancel))
+
+
+def peek_layer(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions,
+               cache: ArrayCache | None = None) -> CacheEntry | None:
+    """The cached unit of ``layer``, or ``None`` (never computes)."""
+    return (cache or default_cache()).get(layer_key(lm, ps, layer, options))
+
+
+def cached_layers(lm: LoadedLM, ps: ProbeSet, options: LMAlignOptions, cache: ArrayCache | None = None) -> list[int]:
+    """Layers whose unit is already in the cache."""
+    cache = cache or default_cache()
+    return [L for L in range(lm.n_layers) if layer_key(lm, ps, L, options) in cache]
+
+
+# ------------------------------------------------------------------ evaluation
+def _tasks(ps: ProbeSet, options: LMAlignOptions) -> dict[str, Any]:
+    upos = ps.upos
+    morph = ev.morph_tasks([lab["morph"] for lab in ps.labels], upos, min_count=options.min_count)
+    return {"pos": ev.pos_tasks(upos, ps.tags), "morph": morph}
+
+
+def evaluate_layer(entry: dict[str, np.ndarray], ps: ProbeSet, options: LMAlignOptions,
+                   tasks: dict[str, Any] | None = None) -> dict[str, Any]:
+    """POS and morphology tables of one layer: ``{"pos": rows, "morph": rows, "macro": {...}}``."""
+    tasks = tasks or _tasks(ps, options)
+    train, test = ev.stratified_split(ps.upos, options.split_seed)
+    methods = {"entk": np.asarray(entry["entk_scores"]), "pca": np.asarray(entry["pca_scores"])}
+    pos = ev.evaluate_tasks(methods, tasks["pos"], train, test)
+    morph = ev.evaluate_tasks(methods, tasks["morph"]["tasks"], train, test)
+    return {
+        "pos": pos, "morph": morph,
+        "macro": {"pos": {m: ev.macro(pos, m) for m in methods}, "morph": {m: ev.macro(morph, m) for m in methods}},
+        "split": {"train": int(len(train)), "test": int(len(test)), "seed": options.split_seed},
+    }
+
+
+def _table3(per_layer: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Per label, the max test AUROC over layers for each method (and where), plus macros."""
+    out: dict[str, Any] = {}
+    for kind in ("pos", "morph"):
+        labels = [r["label"] for r in next(iter(per_layer.values()))[kind]] if per_layer else []
+        rows = []
+        for i, lab in enumerate(labels):
+            row: dict[str, Any] = {"label": lab}
+            for m in ("entk", "pca"):
+                best = (None, None)
+                for L, res in per_layer.items():
+                    a = res[kind][i][m]["auroc"]
+                    if a is not None and (best[0] is None or a > best[0]):
+                        best = (a, L)
+                row[m] = {"auroc": best[0], "layer": best[1]}
+            rows.append(row)
+        mac = {}
+        for m in ("entk", "pca"):
+            vals = [r[m]["auroc"] for r in rows if r[m]["auroc"] is not None]
+            mac[m] = {"auroc": float(np.mean(vals)) if vals else None}
+        out[kind] = {"rows": rows, "macro": mac}
+    return out
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+def lm_align(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet, layer: int | None = None,
+             layers: str | Sequence[int] | None = None, options: LMAlignOptions = LMAlignOptions(),
+             cache: ArrayCache | None = None, progress: Progress | None = None,
+             cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """The eNTK-vs-PCA report (JSON-able) for ``layer`` and, with ``layers``, the sweep.
+
+    The detailed layer is ``layer`` (default: the last of ``layers``). With ``layers`` the
+    report adds ``sweep``: per layer the macro rows and per-label AUROC, and ``table3``:
+    per label the AUROC maximised over the swept layers for each method (the layer where
+    it is reached), as in the paper's Table 3. Units already cached are reused, so an
+    interrupted sweep resumes where it stopped."""
+    t0 = time.perf_counter()
+    device = options.device
+    lm, ps = _open(model, probes, device)
+    sweep = parse_layers(layers, lm.n_layers) if layers is not None else []
+    if layer is None:
+        if not sweep:
+            raise ValueError("give --layer L or --layers")
+        layer = sweep[-1]
+    lm.block(layer)
+    options.check(ps.N * lm.d_model)
+    lm.resolve_params(layer, options.params)
+    todo = sorted(set(sweep) | {layer})
+    cache = cache or default_cache()
+    tasks = _tasks(ps, options)
+    results: dict[int, dict[str, Any]] = {}
+    entries: dict[int, CacheEntry] = {}
+    hits = 0
+    for i, L in enumerate(todo):
+        def prog(d: int, n: int, msg: str, i=i, L=L) -> None:
+            if progress:
+                progress(i * options.steps + d, len(todo) * options.steps,
+                         f"layer {L} ({i + 1}/{len(todo)}): {msg}")
+        e = layer_entry(lm, ps, L, options, cache, progress=prog, cancel=cancel)
+        hits += e.meta.get("cache") == "hit"
+        entries[L] = e
+        results[L] = evaluate_layer(e, ps, options, tasks)
+        if progress:
+            progress((i + 1) * options.steps, len(todo) * options.steps, f"layer {L} done")
+    e = entries[layer]
+    res = results[layer]
+    report: dict[str, Any] = {
+        "model": lm.ref.to_json() | {"fingerprint": lm.fingerprint},
+        "probes": {"path": str(ps.path) if ps.path else None, "N": ps.N, "T": ps.T, "tags": ps.tags,
+                   "fingerprint": ps.fingerprint, "agreement": ps.provenance.get("options", {}).get("agreement"),
+                   "tagger": ps.provenance.get("tagger", {})},
+        "tagger_note": AUTHOR_TAGGER,
+        "layer": layer,
+        "params": e.meta.get("params"), "n_params": e.meta.get("n_params"), "tail_mode": e.meta.get("tail_mode"),
+        "options": asdict(options),
+        "eigenvalues": [float(v) for v in e["eigenvalues"]],
+        "residuals": [float(v) for v in e["residuals"]],
+        "entk_share": [float(v) for v in e["entk_share"]],
+        "pca_explained": [float(v) for v in e["pca_explained"]],
+        "pos": res["pos"], "morph": res["morph"],
+        "morph_dropped": tasks["morph"]["dropped"], "morph_duplicates": tasks["morph"]["duplicates"],
+        "macro": res["macro"], "split": res["split"],
+        "timing": {**e.meta.get("timing", {}), "report_s": time.perf_counter() - t0,
+                   "lanczos_steps": e.meta.get("lanczos_steps")},
+        "cache": e.meta.get("cache"),
+    }
+    if sweep:
+        report["sweep"] = [{
+            "layer": L, "cache": entries[L].meta.get("cache"),
+            "macro": results[L]["macro"],
+            "auroc": {kind: {r["label"]: {"entk": r["entk"]["auroc"], "pca": r["pca"]["auroc"]}
+                             for r in results[L][kind]} for kind in ("pos", "morph")},
+            "seconds": entries[L].meta.get("timing", {}).get("total_s"),
+        } for L in sweep]
+        report["table3"] = _table3({L: results[L] for L in sweep})
+        report["sweep_cache_hits"] = hits
+    return _finite(report)
+
+
+# ------------------------------------------------------------------ estimates
+def _available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def unit_memory_bytes(lm: LoadedLM, N: int, T: int, layer: int, options: LMAlignOptions) -> int:
+    """Bytes a unit adds to the loaded model: cached activations (selected module's input
+    and output and the residual, or the block input), attention masks of the later blocks,
+    the float64 Krylov basis and one chunk's tail activations (about 1.5 GB)."""
+    d = lm.d_model
+    cfg = lm.model.config
+    dff = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    per_pos = (dff + 2 * d) if options.params is None else 2 * d
+    cached = N * T * per_pos * 4 + N * T * T * 4 * (lm.n_layers - layer)
+    basis = (options.steps + 2) * N * d * 8
+    return int(cached + basis + 1.5e9)
+
+
+def estimate_unit_seconds(lm: LoadedLM, N: int, T: int, layer: int, steps: int = 50,
+                          gflops: float | None = None) -> float:
+    """Rough wall time of one unit on this machine: FLOPs of ``steps`` K̃ products (tail
+    VJP + JVP, about 4 forward passes of the network after ``layer``, plus the two
+    selected-matrix products at every position) at ``gflops`` effective GFLOP/s (default
+    ``45 × torch threads``, measured on 2 cores), plus one forward pass for the capture."""
+    cfg = lm.model.config
+    d = lm.d_model
+    dff = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
+    hd = getattr(cfg, "head_dim", None) or d // heads
+    kvh = getattr(cfg, "num_key_value_heads", None) or heads
+    attn_proj = 2 * d * (heads * hd * 2 + kvh * hd * 2)
+    per_tok = attn_proj + 2 * 3 * d * dff + 4 * heads * hd * T
+    n_full = max(0, lm.n_layers - 2 - layer)
+    prod = 4 * N * T * per_tok * n_full + 2 * 2 * N * T * d * dff
+    if layer < lm.n_layers - 1:
+        prod += 4 * N * (T * 2 * d * kvh * hd * 2 + per_tok)
+    capture = 2 * N * T * per_tok * lm.n_layers
+    rate = (gflops or 45.0 * torch.get_num_threads()) * 1e9
+    return (steps * prod + capture) / rate

@@ -1,0 +1,121 @@
+"""A random tiny GPT-2 folder end to end through `probes` and `lm-align`, exactly as Gemma."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+import _lm_models as M
+from entk_core.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm-e2e")
+    tok = M.build_tokenizer()
+    models = root / "models"
+    M.save_model_folder(models / "tiny-gpt2", "gpt2", layers=3, tokenizer=tok)
+    M.save_model_folder(models / "other-gpt2", "gpt2", layers=3, seed=3, tokenizer=tok)
+    stories = M.write_stories(root / "stories.txt", 200)
+    return root, models, stories
+
+
+def _cli(args, env):
+    return subprocess.run([sys.executable, "-m", "entk_core", *args], capture_output=True, text=True, env=env,
+                          cwd=str(M.REPO))
+
+
+class _Res:
+    def __init__(self, rc, out, err):
+        self.returncode, self.stdout, self.stderr = rc, out, err
+
+
+def _main(args, capsys):
+    """In-process CLI (each subprocess pays ~10 s of imports)."""
+    capsys.readouterr()
+    rc = main(args)
+    out = capsys.readouterr()
+    return _Res(rc, out.out, out.err)
+
+
+def test_probes_then_lm_align_through_the_cli(world, tmp_path, monkeypatch, capsys):
+    import os
+
+    root, models, stories = world
+    env = {**os.environ, "ENTK_MODELS_DIR": str(models), "ENTK_CACHE_DIR": str(tmp_path / "cache"),
+           "ENTK_PROGRESS": "off", "OMP_NUM_THREADS": "1"}
+    monkeypatch.setenv("ENTK_MODELS_DIR", str(models))
+    monkeypatch.setenv("ENTK_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "probes"
+    r = _cli(["probes", "--model", "tiny-gpt2", "--stories", str(stories), "--out", str(out), "--per-tag", "6",
+              "--context", "16", "--no-agreement", "--json"], env)
+    assert r.returncode == 0, r.stderr
+    built = json.loads(r.stdout)
+    assert built["N"] == 48 and built["agreement"] is False and "Stanza" in built["tagger"]["note"]
+    r = _cli(["lm-align", "--model", "tiny-gpt2", "--probes", str(out), "--layer", "2", "--layers", "all",
+              "--min-count", "8", "--json"], env)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert len(rep["eigenvalues"]) == 25 and rep["eigenvalues"] == sorted(rep["eigenvalues"], reverse=True)
+    assert rep["params"] == ["mlp.c_proj.weight", "mlp.c_proj.bias"] and rep["tail_mode"] == "linear"
+    for kind in ("pos", "morph"):
+        for method in ("entk", "pca"):
+            m = rep["macro"][kind][method]
+            assert set(m) >= {"ap", "auroc", "prec_at_quota", "enrichment"}
+            assert m["auroc"] is None or 0.0 <= m["auroc"] <= 1.0
+    assert [row["label"] for row in rep["pos"]] == ["PUNCT", "PRON", "PROPN", "DET", "ADV", "CCONJ", "NOUN", "VERB"]
+    assert [s["layer"] for s in rep["sweep"]] == [0, 1, 2]
+    assert {r["label"] for r in rep["table3"]["pos"]["rows"]} == {row["label"] for row in rep["pos"]}
+    for row in rep["table3"]["pos"]["rows"]:  # Table 3 = the max over layers
+        best = max(s["auroc"]["pos"][row["label"]]["entk"] for s in rep["sweep"])
+        assert row["entk"]["auroc"] == pytest.approx(best)
+    # the same command again: every layer from the cache, same numbers
+    r2 = _main(["lm-align", "--model", "tiny-gpt2", "--probes", str(out), "--layer", "2", "--layers", "all",
+               "--min-count", "8", "--json"], capsys)
+    rep2 = json.loads(r2.stdout)
+    assert rep2["sweep_cache_hits"] == 3 and rep2["eigenvalues"] == rep["eigenvalues"]
+    assert rep2["macro"] == rep["macro"]
+    # human-readable output and the models listing
+    r3 = _main(["lm-align", "--model", "tiny-gpt2", "--probes", str(out), "--layer", "1"], capsys)
+    assert r3.returncode == 0 and "macro POS" in r3.stdout and "Stanza" in r3.stdout
+    r4 = _main(["models", "--json"], capsys)
+    assert [m["name"] for m in json.loads(r4.stdout)["models"]] == ["other-gpt2", "tiny-gpt2"]
+    # bad inputs: one line, exit 2, nothing written
+    for args, msg in [
+        (["lm-align", "--model", "other-gpt2", "--probes", str(out), "--layer", "1"], "built with model 'tiny-gpt2'"),
+        (["lm-align", "--model", "tiny-gpt2", "--probes", str(out), "--layer", "9"], "out of range"),
+        (["lm-align", "--model", "tiny-gpt2", "--probes", str(out), "--layer", "1", "--params", "mlp.zz"], "matches nothing"),
+        (["lm-align", "--model", "tiny-gpt2", "--probes", str(root), "--layer", "1"], "not a probe set"),
+        (["lm-align", "--model", str(root), "--probes", str(out), "--layer", "1"], "not a model folder"),
+        (["probes", "--model", "tiny-gpt2", "--stories", str(tmp_path / "none.txt"), "--out", str(tmp_path / "p2")],
+         "no stories file"),
+    ]:
+        r = _main(args, capsys)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith("error: ") and msg in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "p2").exists()
+
+
+def test_interrupted_sweep_resumes(world, tmp_path):
+    from entk_core.families.causal_lm import build_probe_set, load_lm
+    from entk_core.store.cache import ArrayCache
+    from entk_core.workflows.lm import LMAlignOptions, cached_layers, lm_align
+
+    root, models, stories = world
+    lm = load_lm(models / "tiny-gpt2")
+    ps = build_probe_set(lm, stories, per_tag=3, context=12, agreement=False)
+    cache = ArrayCache(tmp_path / "c")
+    opts = LMAlignOptions(top=5, steps=8, min_count=4)
+
+    def stop_in_layer_2(done, total, msg):
+        if msg.startswith("layer 2") and "Lanczos step 3" in msg:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        lm_align(lm, ps, layers="all", options=opts, cache=cache, progress=stop_in_layer_2)
+    assert cached_layers(lm, ps, opts, cache) == [0, 1]
+    rep = lm_align(lm, ps, layers="all", options=opts, cache=cache)
+    assert [s["cache"] for s in rep["sweep"]] == ["hit", "hit", "miss"]
+    assert cached_layers(lm, ps, opts, cache) == [0, 1, 2]
