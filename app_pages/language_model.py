@@ -17,7 +17,7 @@ from entk_core.figures.lm import contexts_html, direction_scores_figure, layer_a
 from app_pages._shared import ProgressBar, guarded, stop, url_int, url_selectbox
 
 from entk_core.cli import one_line
-from entk_core.families.causal_lm import list_models, load_lm, models_root, resolve_model
+from entk_core.families.causal_lm import list_models, load_lm, models_root
 from entk_core.families.causal_lm.probes import (AUTHOR_TAGGER, DEFAULT_TAGS, build_probe_set, list_probe_sets,
                                                  probes_root)
 from entk_core.workflows import lm as wlm

@@ -14,7 +14,13 @@ __all__ = ["add_commands"]
 
 
 def cmd_spectrum(args: argparse.Namespace) -> int:
+    import sys
+
     run = open_run(args.run)
+    est = analysis.estimate_spectrum(run, args.epoch, group=args.group, reduction=args.reduction,
+                                     top=args.top, beta=args.beta)
+    if not est["cached"]:
+        print(f"estimate: about {est['seconds']:.1f} s ({est['summary']})", file=sys.stderr, flush=True)
     bar = tqdm_progress("eNTK")
     try:
         res = analysis.spectrum(run, args.epoch, group=args.group, reduction=args.reduction,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import emit, tqdm_progress
+from .common import add_executor_options, emit, tqdm_progress
 
 __all__ = ["add_commands"]
 
@@ -115,7 +115,8 @@ def cmd_lm_align(args: argparse.Namespace) -> int:
     bar = tqdm_progress("lm-align")
     try:
         lm = load_lm(ref, opts.device, progress=bar)
-        rep = lm_align(lm, ps, layer=args.layer, layers=args.layers, options=opts, progress=bar)
+        rep = lm_align(lm, ps, layer=args.layer, layers=args.layers, options=opts, progress=bar,
+                       ray=args.ray, workers=args.workers)
     finally:
         bar.close()
 
@@ -145,9 +146,13 @@ def cmd_lm_align(args: argparse.Namespace) -> int:
                 for r in t3["rows"]:
                     lines.append(f"    {r['label']:<16} eNTK {_fmt(r['entk']['auroc'])} (layer {r['entk']['layer']})  "
                                  f"PCA {_fmt(r['pca']['auroc'])} (layer {r['pca']['layer']})")
+        for f in o.get("failed", []):
+            lines.append(f"  layer {f['layer']} FAILED twice: {f['error']}")
         return "\n".join(lines)
 
     emit(args, rep, text)
+    if rep.get("failed"):
+        return 1
     return 0
 
 
@@ -188,6 +193,7 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="Lanczos start-vector seed")
     p.add_argument("--chunk", type=int, default=None, help="contexts per chunk (default: sized to ~1.5 GB)")
     p.add_argument("--min-count", type=int, default=30, help="minimum support of a morphology label (default 30)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (on Ray: each layer unit asks for one GPU)")
+    add_executor_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lm_align)

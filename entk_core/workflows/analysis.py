@@ -173,7 +173,7 @@ def compute_spectrum(
     if reduction == "flat":
         m = model if model is not None else run.load_model(epoch)
         vals, vecs = operators.flat_top_eigenpairs(
-            m, run.data.kernel_x, top, groups=members, class_weights=_class_weights(run, beta)
+            m, run.data.kernel_x, top, groups=members, class_weights=_class_weights(run, beta), progress=progress,
         )
         t1 = time.perf_counter()
     else:
@@ -187,6 +187,36 @@ def compute_spectrum(
     return {"eigenvalues": vals, "eigenvectors": vecs}, {
         "kernel_s": round(t1 - t0, 4), "eig_s": round(time.perf_counter() - t1, 4),
     }
+
+
+def estimate_spectrum(
+    run: Run,
+    epoch: int | None = None,
+    *,
+    group: str = FULL,
+    reduction: str | None = None,
+    top: int | None = None,
+    beta: float | None = None,
+) -> dict[str, Any]:
+    """What a :func:`spectrum` request would cost on this machine, computing nothing but a
+    forward of a few inputs: ``{"seconds", "bytes", "method", "fits", "summary", "cached"}``
+    (``seconds`` is 0 when the result is already cached). The engine's calibrated planner
+    (:func:`~entk_core.engine.operators.estimate_top_eigenpairs` for flattened kernels,
+    :func:`~entk_core.engine.kernels.estimate_ntk` plus a dense ``eigh`` otherwise)."""
+    epoch, reduction, members, top, key = _spectrum_request(run, epoch, group, reduction, top, beta)
+    cached = key in default_cache()
+    m = run.family.build_model(run.config)
+    if reduction == "flat":
+        plan = operators.estimate_top_eigenpairs(m, run.data.kernel_x, top, groups=members,
+                                                 class_weights=_class_weights(run, beta))
+        seconds = float(plan.seconds)
+    else:
+        plan = kernels.estimate_ntk(m, run.data.kernel_x, reduction=reduction, groups=members,
+                                    class_weights=_class_weights(run, beta))
+        n = kernel_size(run, reduction)
+        seconds = float(plan.seconds) + 2e-9 * n ** 3 / 8  # + the dense eigh of an (n, n) matrix
+    return {"seconds": 0.0 if cached else seconds, "bytes": int(plan.bytes), "method": plan.method,
+            "fits": bool(plan.fits), "summary": plan.summary(), "cached": cached}
 
 
 def spectrum(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -27,9 +27,10 @@ import torch
 from ..engine.lanczos import lanczos_topk
 from ..families.causal_lm import evaluation as ev
 from ..families.causal_lm.models import LMRef, LoadedLM, load_lm, resolve_model
-from ..families.causal_lm.operator import KTildeOperator, LMTail, auto_chunk
+from ..families.causal_lm.operator import KTildeOperator, LMTail
 from ..families.causal_lm.probes import AUTHOR_TAGGER, ProbeSet, load_probe_set
 from ..store.cache import ArrayCache, CacheEntry, default_cache, make_key
+from .executors import Executor, Unit, UnitResult, make_executor
 
 __all__ = [
     "LMAlignOptions",
@@ -41,6 +42,7 @@ __all__ = [
     "estimate_unit_seconds",
     "cached_layers",
     "peek_layer",
+    "layer_unit",
 ]
 
 Progress = Callable[[int, int, str], None]
@@ -183,6 +185,27 @@ def run_unit(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
     return arrays, meta
 
 
+def layer_unit(model: str, probes: str, layer: int, options: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_unit` as an executor unit: plain arguments (the model's and the probe
+    set's paths, which a worker on another machine must see at the same path), and a plain
+    result ``{"arrays": {...}, "meta": {...}}`` that the driver caches under :func:`layer_key`."""
+    arrays, meta = run_unit(model, probes, int(layer), LMAlignOptions(**options))
+    return {"arrays": arrays, "meta": meta}
+
+
+def _inline_unit(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions, progress: Progress | None,
+                 cancel: Callable[[], bool] | None) -> dict[str, Any]:
+    """The in-process unit: reuses the loaded model and reports every Lanczos step."""
+    arrays, meta = run_unit(lm, ps, layer, options, progress=progress, cancel=cancel)
+    return {"arrays": arrays, "meta": meta}
+
+
+def _unit_gpus(options: LMAlignOptions) -> float:
+    """A unit asks Ray for a whole GPU when it runs on CUDA: one GPU holds one unit (each
+    unit checks its memory need against the device before starting, see :func:`run_unit`)."""
+    return 1.0 if str(options.device).startswith("cuda") else 0.0
+
+
 def _eta(progress: Progress) -> Progress:
     start = time.perf_counter()
 
@@ -282,14 +305,23 @@ def _finite(x: Any) -> Any:
 def lm_align(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet, layer: int | None = None,
              layers: str | Sequence[int] | None = None, options: LMAlignOptions = LMAlignOptions(),
              cache: ArrayCache | None = None, progress: Progress | None = None,
-             cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+             cancel: Callable[[], bool] | None = None, *, ray: bool | str | None = None,
+             workers: int | None = None, executor: Executor | None = None) -> dict[str, Any]:
     """The eNTK-vs-PCA report (JSON-able) for ``layer`` and, with ``layers``, the sweep.
 
     The detailed layer is ``layer`` (default: the last of ``layers``). With ``layers`` the
     report adds ``sweep``: per layer the macro rows and per-label AUROC, and ``table3``:
     per label the AUROC maximised over the swept layers for each method (the layer where
     it is reached), as in the paper's Table 3. Units already cached are reused, so an
-    interrupted sweep resumes where it stopped."""
+    interrupted sweep resumes where it stopped.
+
+    Where the layers run: by default in this process, one after the other, on the model
+    already loaded (progress at every Lanczos step). With ``ray`` (``True``: a local Ray
+    instance or ``$ENTK_RAY_ADDRESS``; or a cluster address), ``workers > 1`` (local worker
+    processes) or an ``executor``, each missing layer is a :func:`layer_unit` that loads
+    the model and probe set from their paths; results come back here and only this process
+    writes the cache. A layer that fails twice is listed under ``failed`` (the others are
+    kept and cached); a unit on CUDA asks Ray for one GPU."""
     t0 = time.perf_counter()
     device = options.device
     lm, ps = _open(model, probes, device)
@@ -303,21 +335,72 @@ def lm_align(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
     lm.resolve_params(layer, options.params)
     todo = sorted(set(sweep) | {layer})
     cache = cache or default_cache()
-    tasks = _tasks(ps, options)
     results: dict[int, dict[str, Any]] = {}
     entries: dict[int, CacheEntry] = {}
-    hits = 0
-    for i, L in enumerate(todo):
-        def prog(d: int, n: int, msg: str, i=i, L=L) -> None:
+    keys = {L: layer_key(lm, ps, L, options) for L in todo}
+    for L in todo:  # finished layers (an interrupted sweep resumes after them)
+        hit = cache.get(keys[L])
+        if hit is not None:
+            entries[L] = CacheEntry(hit, {**hit.meta, "cache": "hit"})
+    hits = len(entries)
+    missing = [L for L in todo if L not in entries]
+    total = len(todo) * options.steps
+    state = {"done": hits * options.steps}
+    if progress and hits:
+        progress(state["done"], total, f"{hits} layer(s) from the cache")
+    failed: dict[int, str] = {}
+    exec_desc: dict[str, Any] = {}
+    if missing:
+        use_workers = executor is not None or ray or (workers or 1) > 1
+        if use_workers and ps.path is None:
+            raise ValueError("a probe set held only in memory cannot be sent to workers; save it first")
+        units = []
+        for i, L in enumerate(missing):
+            if use_workers:
+                kw = {"model": str(lm.ref.path), "probes": str(ps.path), "layer": L, "options": asdict(options)}
+                units.append(Unit(f"layer {L}", layer_unit, kw, gpus=_unit_gpus(options)))
+            else:
+                def prog(d: int, n: int, msg: str, i=i, L=L) -> None:
+                    if progress:
+                        progress(state["done"] + d, total, f"layer {L} ({hits + i + 1}/{len(todo)}): {msg}")
+                units.append(Unit(f"layer {L}", _inline_unit, {"lm": lm, "ps": ps, "layer": L, "options": options,
+                                                               "progress": prog, "cancel": cancel}))
+        by_key = {u.key: L for u, L in zip(units, missing)}
+
+        def on_result(r) -> None:
+            L = by_key[r.key]
+            if r.ok:
+                cache.set(keys[L], r.value["arrays"], r.value["meta"])
+                entries[L] = CacheEntry(r.value["arrays"], {**r.value["meta"], "cache": "miss"})
+            else:
+                failed[L] = r.error
+            state["done"] += options.steps
             if progress:
-                progress(i * options.steps + d, len(todo) * options.steps,
-                         f"layer {L} ({i + 1}/{len(todo)}): {msg}")
-        e = layer_entry(lm, ps, L, options, cache, progress=prog, cancel=cancel)
-        hits += e.meta.get("cache") == "hit"
-        entries[L] = e
-        results[L] = evaluate_layer(e, ps, options, tasks)
-        if progress:
-            progress((i + 1) * options.steps, len(todo) * options.steps, f"layer {L} done")
+                progress(state["done"], total, f"layer {L} {'done' if r.ok else 'FAILED'}")
+
+        def on_progress(done: int, n: int, msg: str) -> None:
+            if cancel is not None and cancel():
+                raise KeyboardInterrupt("cancelled")
+
+        if use_workers:
+            ex = executor or make_executor(ray=ray, workers=workers, n_units=len(units))
+            try:
+                ex.run(units, on_result=on_result, progress=on_progress)
+                exec_desc.update(ex.describe())
+            finally:
+                if ex is not executor:
+                    ex.close()
+        else:  # in this process: an error (a bad option, Stop) is raised as is, not retried
+            for u in units:
+                t = time.perf_counter()
+                on_result(UnitResult(u.key, True, u.fn(**u.kwargs), seconds=time.perf_counter() - t))
+            exec_desc["executor"] = "inline"
+    if layer in failed:
+        raise RuntimeError(f"layer {layer} failed twice: {failed[layer]}")
+    tasks = _tasks(ps, options)
+    for L in todo:
+        if L in entries:
+            results[L] = evaluate_layer(entries[L], ps, options, tasks)
     e = entries[layer]
     res = results[layer]
     report: dict[str, Any] = {
@@ -341,15 +424,20 @@ def lm_align(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
         "cache": e.meta.get("cache"),
     }
     if sweep:
+        done = [L for L in sweep if L in results]
         report["sweep"] = [{
             "layer": L, "cache": entries[L].meta.get("cache"),
             "macro": results[L]["macro"],
             "auroc": {kind: {r["label"]: {"entk": r["entk"]["auroc"], "pca": r["pca"]["auroc"]}
                              for r in results[L][kind]} for kind in ("pos", "morph")},
             "seconds": entries[L].meta.get("timing", {}).get("total_s"),
-        } for L in sweep]
-        report["table3"] = _table3({L: results[L] for L in sweep})
+        } for L in done]
+        report["table3"] = _table3({L: results[L] for L in done})
         report["sweep_cache_hits"] = hits
+    report["failed"] = [{"layer": L, "error": err} for L, err in sorted(failed.items())]
+    if exec_desc:
+        report["executor"] = exec_desc
+    report["timing"]["sweep_s"] = time.perf_counter() - t0
     return _finite(report)
 
 

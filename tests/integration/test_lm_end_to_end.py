@@ -119,3 +119,76 @@ def test_interrupted_sweep_resumes(world, tmp_path):
     rep = lm_align(lm, ps, layers="all", options=opts, cache=cache)
     assert [s["cache"] for s in rep["sweep"]] == ["hit", "hit", "miss"]
     assert cached_layers(lm, ps, opts, cache) == [0, 1, 2]
+
+
+def _flat(o, pre=""):
+    """Nested dicts/lists -> {path: number} (None kept), for approximate comparison."""
+    if isinstance(o, dict):
+        return {k2: v2 for k, v in o.items() for k2, v2 in _flat(v, f"{pre}/{k}").items()}
+    if isinstance(o, list):
+        return {k2: v2 for i, v in enumerate(o) for k2, v2 in _flat(v, f"{pre}/{i}").items()}
+    return {pre: o}
+
+
+def _same_tables(a, b):
+    fa, fb = _flat([s["macro"] for s in a["sweep"]]), _flat([s["macro"] for s in b["sweep"]])
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        assert (fa[k] is None) == (fb[k] is None), k
+        if fa[k] is not None:
+            assert fa[k] == pytest.approx(fb[k], rel=1e-6, abs=1e-9), k
+
+
+def test_layer_sweep_through_the_executors(world, tmp_path):
+    """`lm-align --layers` on worker processes and on a local Ray instance: the same numbers
+    as in this process; the driver alone caches them (a re-run is all hits); a layer that
+    fails twice is reported while the other layers are kept."""
+    from dataclasses import replace as dc_replace
+
+    from entk_core.families.causal_lm import build_probe_set, load_lm
+    from entk_core.store.cache import ArrayCache
+    from entk_core.workflows.executors import InlineExecutor
+    from entk_core.workflows.lm import LMAlignOptions, cached_layers, lm_align
+
+    root, models, stories = world
+    lm = load_lm(models / "tiny-gpt2")
+    ps = build_probe_set(lm, stories, per_tag=3, context=12, agreement=False)
+    ps.save(tmp_path / "probes")
+    from entk_core.families.causal_lm.probes import load_probe_set
+
+    ps = load_probe_set(tmp_path / "probes")
+    opts = LMAlignOptions(top=5, steps=8, min_count=4)
+    ref = lm_align(lm, ps, layers="all", options=opts, cache=ArrayCache(tmp_path / "inline"))
+    assert ref["executor"]["executor"] == "inline"
+
+    local = lm_align(lm, ps, layers="all", options=opts, cache=ArrayCache(tmp_path / "local"), workers=2)
+    assert local["executor"]["executor"] == "local" and local["failed"] == []
+    assert local["eigenvalues"] == pytest.approx(ref["eigenvalues"], rel=1e-6)
+    _same_tables(local, ref)
+
+    class FailLayer1(InlineExecutor):
+        def _run(self, units, finished):
+            def boom(**kw):
+                raise MemoryError("out of memory in layer 1")
+            super()._run([dc_replace(u, fn=boom) if u.key == "layer 1" else u for u in units], finished)
+
+    cache = ArrayCache(tmp_path / "fail")
+    rep = lm_align(lm, ps, layer=2, layers="all", options=opts, cache=cache, executor=FailLayer1())
+    assert rep["failed"] == [{"layer": 1, "error": "MemoryError: out of memory in layer 1"}]
+    assert [s["layer"] for s in rep["sweep"]] == [0, 2]
+    assert cached_layers(lm, ps, opts, cache) == [0, 2]
+
+    pytest.importorskip("ray")
+    from entk_core.workflows.executors import make_executor
+
+    ex = make_executor(ray=True)
+    try:
+        rc = ArrayCache(tmp_path / "ray")
+        on_ray = lm_align(lm, ps, layers="all", options=opts, cache=rc, executor=ex)
+        assert on_ray["executor"]["executor"] == "ray" and on_ray["failed"] == []
+        assert on_ray["eigenvalues"] == pytest.approx(ref["eigenvalues"], rel=1e-6)
+        _same_tables(on_ray, ref)
+        again = lm_align(lm, ps, layers="all", options=opts, cache=rc, executor=ex)
+        assert again["sweep_cache_hits"] == 3 and "executor" not in again
+    finally:
+        ex.close()

@@ -56,7 +56,6 @@ def page(lm_world, monkeypatch, tmp_path):
             return self.at.run()
 
     return Page
-    return make
 
 
 def test_compute_a_layer_then_read_table_contexts_and_url(page):

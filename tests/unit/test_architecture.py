@@ -27,18 +27,8 @@ BUILTIN_FAMILIES = {"modadd-mlp", "tms", "modadd-transformer"}
 # Known violations owned by another engineer, to be removed by them. The test fails
 # when an entry no longer occurs, so the list can only shrink: delete the line when you
 # fix it. (engine: issue 11 / the engine-internal items of issue 10; pages: issue 14.)
-PENDING = {
-    ("cycle", "entk_core.engine.kernels -> entk_core.engine.planner -> entk_core.engine.kernels"),
-    ("private", "entk_core.engine.planner imports _Ctx from entk_core.engine.kernels"),
-    ("private", "entk_core.engine.planner imports _no_tf32 from entk_core.engine.kernels"),
-    ("private", "entk_core.engine.operators imports _Ctx from entk_core.engine.kernels"),
-    ("private", "entk_core.engine.operators imports _eval_mode from entk_core.engine.kernels"),
-    ("private", "entk_core.engine.operators imports _layer_factors from entk_core.engine.kernels"),
-    ("private", "entk_core.engine.operators imports _no_tf32 from entk_core.engine.kernels"),
-    ("private", "entk_core.engine.operators imports _per_example_jacobian from entk_core.engine.kernels"),
-    ("private", "entk_core.engine.operators imports _quiet from entk_core.engine.kernels"),
-    ("private", "entk_core.engine.operators imports _ranges from entk_core.engine.kernels"),
-}
+PENDING: set[tuple[str, str]] = set()
+"""Known violations owned by another issue (none left: the list can only shrink)."""
 
 
 def _module_name(path: Path) -> str:

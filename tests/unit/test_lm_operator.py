@@ -4,7 +4,7 @@ Gemma3's and Llama's RMSNorm compute in float32 even inside a float64 model, so 
 references agree to ~1e-7 relative; GPT-2 (LayerNorm) agrees to round-off."""
 import pytest
 import torch
-from torch.func import functional_call, jacrev
+from torch.func import jacrev
 
 import _lm_models as M
 from entk_core.families.causal_lm.operator import KTildeOperator, LMTail, sqrt_gram

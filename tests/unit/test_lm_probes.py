@@ -1,6 +1,5 @@
 """Probe sets on a tiny random GPT-2 with a locally built tokenizer and the shared stories."""
 import json
-from pathlib import Path
 
 import pytest
 import torch

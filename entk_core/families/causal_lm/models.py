@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .arch import SUPPORTED_MODEL_TYPES, Arch, get_arch
+from .arch import Arch, get_arch
 
 __all__ = [
     "LMRef",

@@ -498,7 +498,7 @@ def build_probe_set(
                              f"{context} model tokens (try a smaller --context)")
         raise ValueError(f"too few candidates: found {short[first]} {first} examples (need {per_tag}) in "
                          f"{len(stories)} stories after {stats['passes']} passes"
-                         + (f"; short: " + ", ".join(f"{t} {n}" for t, n in short.items()) if len(short) > 1 else "")
+                         + ("; short: " + ", ".join(f"{t} {n}" for t, n in short.items()) if len(short) > 1 else "")
                          + "; lower --per-tag or give more stories")
     ids = torch.tensor([x for t in tags for x in kept_ids[t]], dtype=torch.long)
     labels = [x for t in tags for x in kept[t]]
