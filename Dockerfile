@@ -1,24 +1,28 @@
 # eNTK Explorer dashboard. Build: docker build -t entk-explorer .
-# Run:   docker run --rm -p 127.0.0.1:8501:8501 -v "$PWD/runs:/app/runs" entk-explorer
+# Run:   docker run --rm -p 127.0.0.1:8501:8501 -v "$PWD/runs:/app/runs" -v "$PWD/models:/app/models:ro" entk-explorer
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     ENTK_RUNS_DIR=/app/runs \
+    ENTK_MODELS_DIR=/app/models \
+    ENTK_PROBES_DIR=/app/probes \
     ENTK_CACHE_DIR=/home/entk/.cache/entk
 
 WORKDIR /app
 COPY requirements.txt .
-# torch 2.13.0's CPU wheel comes from the PyTorch CPU index (the default index ships the CUDA build).
+# torch 2.13.0's CPU wheel comes from the PyTorch CPU index first (PyPI's is the multi-GB CUDA
+# build); the rest from PyPI, where the pinned torch is then already satisfied.
 # The project itself (`-e .`) is not installed: the app runs from /app, whose pyproject.toml
 # declares the built-in model families (read directly when the package is not installed).
-RUN grep -v '^-e ' requirements.txt > /tmp/requirements.txt \
-    && pip install --extra-index-url https://download.pytorch.org/whl/cpu -r /tmp/requirements.txt
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==$(sed -n 's/^torch==//p' requirements.txt)" \
+    && grep -v '^-e ' requirements.txt > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
 
 RUN useradd --create-home --uid 10001 entk \
-    && mkdir -p /app/runs \
-    && chown entk:entk /app/runs
+    && mkdir -p /app/runs /app/models /app/probes \
+    && chown entk:entk /app/runs /app/probes
 COPY --chown=entk:entk . .
 
 USER 10001

@@ -164,3 +164,16 @@ def test_probe_set_from_another_model_is_refused(world, tmp_path):
     M.save_model_folder(tmp_path / "t2", "gpt2", layers=2, tokenizer=other_tok)
     with pytest.raises(ValueError, match="another tokenizer"):
         ps.check_model(load_lm(tmp_path / "t2"))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_greedy_continuation_equals_generate_with_the_kv_cache(tok, arch):
+    """The agreement filter's 3 greedy tokens are the model's own greedy generation (every
+    step sees the whole context through the KV cache, not just the last token)."""
+    model = M.build_model(arch, len(tok), layers=2)
+    lm = type("LM", (), {"model": model.eval(), "device": torch.device("cpu")})()
+    ids = torch.randint(5, len(tok), (3, 10), generator=torch.Generator().manual_seed(0))
+    got = P.greedy_continue(lm, ids, 3)
+    want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
+                          pad_token_id=0)[:, ids.shape[1]:]
+    assert got.tolist() == want.tolist()

@@ -176,7 +176,7 @@ def greedy_continue(lm: LoadedLM, ids: torch.Tensor, n_new: int = 3) -> torch.Te
         cache = getattr(out, "cache", None)
         if cache is None:
             cache = getattr(out, "past_key_values", None)
-        out = model(input_ids=nxt[:, None], cache=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=nxt[:, None], past_key_values=cache, use_cache=True, logits_to_keep=1)
     return torch.stack(new, 1).cpu()
 
 
