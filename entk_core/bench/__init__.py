@@ -23,7 +23,17 @@ measured computation) and times the fast path and the reference in the same run:
 Fast-path times are the best of a few warm runs; reference times are one warm run.
 Relative error is ``max|K_fast − K_ref| / max|K_ref|``.
 
-Run ``python -m entk_core.bench`` (table) or ``--json``; ``--cases a,c``; ``--quick``.
+``--device`` (``cpu`` by default, ``cuda``, ``mps``, ``auto``: resolved by
+:func:`entk_core.engine.devices.resolve_device`) is where each case runs, fast path and
+reference alike: the model and inputs are moved there and the library calls get
+``device=``. On CUDA the timers are bracketed by ``torch.cuda.synchronize()`` and each case
+also reports ``peak_gpu_mb`` (``torch.cuda.max_memory_allocated()``, reset before each
+measured computation) next to the host ``peak_rss_mb``; the host-memory targets are CPU
+targets and are not checked on another device. The JSON's ``machine`` names the device
+(and on CUDA the GPU).
+
+Run ``python -m entk_core.bench`` (table) or ``--json``; ``--cases a,c``; ``--quick``;
+``--device cuda`` (``benchmarks/bench_device.py`` runs it and keeps the figures).
 """
 from __future__ import annotations
 
@@ -38,11 +48,13 @@ import time
 from typing import Any, Callable
 
 
-__all__ = ["machine_info", "run_bench", "main", "CASE_MODULES"]
+__all__ = ["machine_info", "run_bench", "format_table", "build_parser", "main", "CASE_MODULES", "DEVICES"]
 
 CASE_MODULES = ("entk_core.bench.toy", "entk_core.bench.engine", "entk_core.bench.lm")
-"""Modules defining cases: each has ``CASES`` (name -> ``fn(dtype, quick) -> dict``) and ``TARGETS``."""
+"""Modules defining cases: each has ``CASES`` (name -> ``fn(dtype, quick, device) -> dict``, ``device``
+a :class:`torch.device`) and ``TARGETS``."""
 TOL = {"float32": 1e-5, "float64": 1e-10}
+DEVICES = ("cpu", "cuda", "mps", "auto")
 
 
 def _registry() -> tuple[dict[str, Callable], dict[str, dict[str, float]]]:
@@ -56,7 +68,8 @@ def _registry() -> tuple[dict[str, Callable], dict[str, dict[str, float]]]:
 
 
 # ------------------------------------------------------------------ machine info
-def machine_info() -> dict[str, Any]:
+def machine_info(device: Any = "cpu") -> dict[str, Any]:
+    """The machine's figures, with the compute ``device`` (and on CUDA the GPU's name)."""
     import torch
 
     model = ""
@@ -72,7 +85,8 @@ def machine_info() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    return {
+    dev = torch.device(device)
+    info = {
         "cpu_model": model or platform.processor(),
         "cpu_count": os.cpu_count(),
         "usable_cores": usable,
@@ -80,27 +94,40 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "device": str(dev),
         "loadavg_start": list(os.getloadavg()),
     }
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        info.update({"gpu_name": torch.cuda.get_device_name(dev), "gpu_memory_mb": props.total_memory / 2 ** 20,
+                     "gpu_capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda,
+                     "cudnn": torch.backends.cudnn.version()})
+    return info
 
 
-def _child(case: str, dtype_name: str, quick: bool) -> dict[str, Any]:
+def _child(case: str, dtype_name: str, quick: bool, device_name: str = "cpu") -> dict[str, Any]:
     import torch
 
+    from ..engine.devices import resolve_device
+
     dtype = getattr(torch, dtype_name)
+    device = resolve_device(device_name)
     t0 = time.perf_counter()
     load0 = list(os.getloadavg())
-    res = _registry()[0][case](dtype, quick)
-    res.update({"case": case, "dtype": dtype_name, "wall_s": time.perf_counter() - t0,
+    res = _registry()[0][case](dtype, quick, device)
+    res.update({"case": case, "dtype": dtype_name, "device": str(device), "wall_s": time.perf_counter() - t0,
                 "loadavg_before": load0, "loadavg_after": list(os.getloadavg())})
     return res
 
 
 def _check(res: dict[str, Any]) -> dict[str, bool]:
     t = _registry()[1].get(res["case"], {})
+    off_cpu = res.get("device", "cpu") != "cpu"
     met = {}
     for key, lim in t.items():
         if key not in res:
+            continue
+        if off_cpu and key.endswith("_rss_mb"):  # host-memory targets are CPU targets (a GPU's runtime adds its own)
             continue
         met[key] = res[key] >= lim if key.startswith("speedup") else res[key] < lim if key == "time_fast" else res[key] <= lim
     met["max_rel_error"] = res["max_rel_error"] <= TOL.get(res["dtype"], 1e-5)
@@ -109,23 +136,31 @@ def _check(res: dict[str, Any]) -> dict[str, bool]:
 
 # --------------------------------------------------------------------------- API
 def run_bench(cases=("a", "b", "c", "d", "e", "f"), dtype: str = "float32", progress: Callable | None = None,
-              quick: bool = False) -> dict[str, Any]:
-    """Run the benchmark cases (each in a child process) and return a JSON-able dict:
-    ``{"machine": {...}, "cases": {case: {...}}}``. ``progress(done, total, message)``."""
+              quick: bool = False, device: Any = "cpu") -> dict[str, Any]:
+    """Run the benchmark cases (each in a child process) on ``device`` (``"cpu"``, ``"cuda"``,
+    ``"mps"``, ``"auto"``) and return a JSON-able dict: ``{"machine": {...}, "cases": {case: {...}}}``.
+    ``progress(done, total, message)``. A device that is not available: a one-line ``ValueError``."""
+    from ..engine.devices import resolve_device
+
     if dtype not in TOL:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    dev = resolve_device("cpu" if device is None else device)
+    if dev.type == "mps" and dtype == "float64":
+        raise ValueError("MPS has no float64; use --dtype float32 or another device")
     cases = [c.strip() for c in (cases.split(",") if isinstance(cases, str) else cases)]
     for c in cases:
         if c not in _registry()[0]:
             raise ValueError(f"unknown case {c!r}; known: {sorted(_registry()[0])}")
-    result: dict[str, Any] = {"machine": machine_info(), "dtype": dtype, "quick": quick, "cases": {}}
+    result: dict[str, Any] = {"machine": machine_info(dev), "device": str(dev), "dtype": dtype, "quick": quick,
+                              "cases": {}}
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     for i, c in enumerate(cases):
         if progress:
             progress(i, len(cases), f"case {c}")
-        cmd = [sys.executable, "-m", "entk_core.bench", "--_child", c, "--dtype", dtype] + (["--quick"] if quick else [])
+        cmd = ([sys.executable, "-m", "entk_core.bench", "--_child", c, "--dtype", dtype, "--_device", str(dev)]
+               + (["--quick"] if quick else []))
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
@@ -146,11 +181,16 @@ def run_bench(cases=("a", "b", "c", "d", "e", "f"), dtype: str = "float32", prog
 
 def format_table(result: dict[str, Any]) -> str:
     m = result["machine"]
+    device = m.get("device", "cpu")
+    gpu = any("peak_gpu_mb" in r for r in result["cases"].values())
     lines = [
         f"machine: {m['cpu_model']}, {m['usable_cores']} cores, torch {m['torch']} "
         f"({m['torch_threads']} threads), loadavg start {m['loadavg_start'][0]:.2f} end {m['loadavg_end'][0]:.2f}",
-        f"dtype {result['dtype']}{' (quick)' if result['quick'] else ''}",
-        f"{'case':4} {'t_ref s':>10} {'t_fast s':>9} {'speedup':>8} {'rel.err':>9} {'peak MB':>8} {'extra':<32} met",
+        f"device {device}" + (f" ({m['gpu_name']}, {m['gpu_memory_mb'] / 1024:.0f} GiB, CUDA {m.get('cuda')})"
+                              if "gpu_name" in m else "")
+        + f", dtype {result['dtype']}{' (quick)' if result['quick'] else ''}",
+        f"{'case':4} {'t_ref s':>10} {'t_fast s':>9} {'speedup':>8} {'rel.err':>9} {'peak MB':>8} "
+        + (f"{'GPU MB':>8} " if gpu else "") + f"{'extra':<32} met",
     ]
     for c, r in result["cases"].items():
         if "error" in r:
@@ -169,29 +209,42 @@ def format_table(result: dict[str, Any]) -> str:
         if r.get("extra"):
             extra = str(r["extra"])
         ok = "yes" if all(r["met"].values()) else "NO " + ",".join(k for k, v in r["met"].items() if not v)
+        gcol = (f"{r['peak_gpu_mb']:8.0f} " if "peak_gpu_mb" in r else f"{'-':>8} ") if gpu else ""
         lines.append(f"{c:4} {r['time_ref']:10.3f} {r['time_fast']:9.3f} {r['speedup']:8.1f} "
-                     f"{r['max_rel_error']:9.1e} {r['peak_rss_mb']:8.0f} {extra:<32} {ok}")
+                     f"{r['max_rel_error']:9.1e} {r['peak_rss_mb']:8.0f} {gcol}{extra:<32} {ok}")
         lines.append(f"     {r['description']}")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m entk_core.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default="a,b,c,d,e,f", help="comma-separated cases (default a,b,c,d,e,f)")
     ap.add_argument("--dtype", default="float32", choices=sorted(TOL))
+    ap.add_argument("--device", default="cpu", choices=DEVICES,
+                    help="where the cases run, fast path and reference alike (default cpu; auto: CUDA, else MPS, "
+                         "else CPU); on CUDA the peak GPU memory is reported too")
     ap.add_argument("--quick", action="store_true", help="case b: time the reference on subsets and extrapolate; "
                     "case e: N=200; case f: ARPACK reference instead of the dense one")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    ap.add_argument("--_device", default="cpu", help=argparse.SUPPRESS)  # the child's resolved device (cuda:1, ...)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args._child:
-        print(json.dumps(_child(args._child, args.dtype, args.quick)))
+        print(json.dumps(_child(args._child, args.dtype, args.quick, args._device)))
         return 0
 
     def prog(done, total, msg):
         print(f"[{done}/{total}] {msg}", file=sys.stderr, flush=True)
 
-    res = run_bench(args.cases, args.dtype, progress=prog, quick=args.quick)
+    try:
+        res = run_bench(args.cases, args.dtype, progress=prog, quick=args.quick, device=args.device)
+    except ValueError as e:  # an unknown case, a device that is not here: one line, no traceback
+        print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
+        return 2
     print(json.dumps(res, indent=2) if args.json else format_table(res))
     return 0 if all("error" not in r for r in res["cases"].values()) else 1
 

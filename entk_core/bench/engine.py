@@ -22,6 +22,7 @@ from typing import Any
 
 from .measure import max_rel_err as _max_rel_err
 from .measure import measure as _measure
+from .measure import memory_fields as _memory
 
 __all__ = ["CASES", "TARGETS", "bench_cnn"]
 
@@ -52,35 +53,42 @@ def bench_cnn():
     return CNN().eval()
 
 
-def _case_e(dtype, quick: bool) -> dict[str, Any]:
+def _case_e(dtype, quick: bool, device) -> dict[str, Any]:
     import torch
 
     from ..engine.kernels import empirical_ntk
 
-    model = bench_cnn().to(dtype)
+    model = bench_cnn().to(device=device, dtype=dtype)
     N = 1000
-    x = torch.randn(N, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    x = torch.randn(N, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
     out: dict[str, Any] = {"description": f"CNN 3x32x32 (conv 3-16-32, 3x3, pool, linear to 10), N={N}: "
                                           f"trace and full kernels, structured conv rules vs torch.func Jacobian "
                                           f"contraction", "shape": [N, N], "ref_extrapolated": False}
-    empirical_ntk(model, x[:16], reduction="trace")                                   # warm-up
-    empirical_ntk(model, x[:16], reduction="trace", method="jacobian")
+    empirical_ntk(model, x[:16], reduction="trace", device=device)                    # warm-up
+    empirical_ntk(model, x[:16], reduction="trace", method="jacobian", device=device)
     res = {}
     for red in ("trace", "full"):
-        Kf, t_fast, peak, base = _measure(lambda red=red: empirical_ntk(model, x, reduction=red, return_info=True),
-                                          repeats=2)
-        Kf, info = Kf
-        Kr, t_ref, peak_ref, _ = _measure(lambda red=red: empirical_ntk(model, x, reduction=red, method="jacobian"))
+        mf = _measure(lambda red=red: empirical_ntk(model, x, reduction=red, return_info=True, device=device),
+                      repeats=2, device=device)
+        (Kf, info), t_fast = mf.out, mf.seconds
+        mr = _measure(lambda red=red: empirical_ntk(model, x, reduction=red, method="jacobian", device=device),
+                      device=device)
+        Kr, t_ref = mr.out, mr.seconds
+        mem = _memory(mf._replace(out=None), mr._replace(out=None))
+        mem.pop("peak_delta_mb")
+        mem.pop("peak_gpu_delta_mb", None)
         res[red] = {"time_fast": t_fast, "time_ref": t_ref, "speedup": t_ref / t_fast,
-                    "max_rel_error": _max_rel_err(Kf, Kr), "peak_rss_mb": peak, "ref_peak_rss_mb": peak_ref,
+                    "max_rel_error": _max_rel_err(Kf, Kr), **mem,
                     "path": f"{info.method}/{info.layout}", "structured": info.structured}
-        del Kf, Kr
+        del Kf, Kr, mf, mr
     out.update({
         "time_fast": res["trace"]["time_fast"], "time_ref": res["trace"]["time_ref"],
         "speedup": res["trace"]["speedup"], "speedup_trace": res["trace"]["speedup"],
         "speedup_full": res["full"]["speedup"],
         "max_rel_error": max(res["trace"]["max_rel_error"], res["full"]["max_rel_error"]),
         "peak_rss_mb": max(res["trace"]["peak_rss_mb"], res["full"]["peak_rss_mb"]),
+        **({"peak_gpu_mb": max(res["trace"]["peak_gpu_mb"], res["full"]["peak_gpu_mb"])}
+           if "peak_gpu_mb" in res["trace"] else {}),
         "reductions": res,
         "extra": (f"full {res['full']['time_fast']:.2f}s vs {res['full']['time_ref']:.2f}s "
                   f"(x{res['full']['speedup']:.1f})"),
@@ -110,39 +118,58 @@ def _mlp_run():
     return run.load_model(None), run.data.kernel_x, "trained for the benchmark (500 epochs, seed 0)"
 
 
-def _case_f(dtype, quick: bool) -> dict[str, Any]:
+def _case_f(dtype, quick: bool, device) -> dict[str, Any]:
     import numpy as np
     import torch
 
     from ..engine.operators import KernelOperator, estimate_top_eigenpairs, flat_top_eigenpairs
 
     model, x, source = _mlp_run()
-    model = model.to(dtype)
+    model = model.to(device=device, dtype=dtype)
+    x = x.to(device)
     k = 200
-    plan = estimate_top_eigenpairs(model, x, k)
-    (vals, vecs, info), t_fast, peak, base = _measure(lambda: flat_top_eigenpairs(model, x, k, return_info=True))
+    plan = estimate_top_eigenpairs(model, x, k, device=device)
+    if device.type != "cpu":  # warm the device (context, BLAS/solver handles) outside the timed run
+        flat_top_eigenpairs(model, x[:8], 4, device=device)
+    mf = _measure(lambda: flat_top_eigenpairs(model, x, k, return_info=True, device=device), device=device)
+    (vals, vecs, info), t_fast = mf.out, mf.seconds
     R = vecs.shape[0]
+    # the float64 reference runs on the same device, except on MPS (no float64): there on the CPU
+    ref_dev = device if device.type != "mps" else torch.device("cpu")
+    on = "" if ref_dev == device else f" on {ref_dev}"
     if quick:
         from scipy.sparse.linalg import eigsh
 
         def ref():
-            op = KernelOperator(model, x, mode="structured", dtype=torch.float64, op_dtype=torch.float64)
+            op = KernelOperator(model, x, mode="structured", dtype=torch.float64, op_dtype=torch.float64,
+                                device=ref_dev)
             v = eigsh(op.as_linear_operator(), k=k, which="LA", tol=1e-12, ncv=2 * k + 1, return_eigenvectors=False)
             return np.sort(v)[::-1]
 
-        ref_name = "ARPACK eigsh on the float64 structured operator (tol 1e-12)"
+        ref_name = f"ARPACK eigsh on the float64 structured operator (tol 1e-12){on}"
+    elif ref_dev.type == "cuda":
+        from ..engine.kernels import empirical_ntk
+
+        def ref():
+            K = empirical_ntk(model, x, reduction="flat", dtype=torch.float64, device=ref_dev)
+            w = torch.linalg.eigvalsh(K)  # cuSOLVER syevd, ascending
+            del K
+            return w.flip(0)[:k].cpu().numpy().copy()
+
+        ref_name = "dense float64 kernel, cuSOLVER syevd eigenvalues (torch.linalg.eigvalsh)"
     else:
         import scipy.linalg
 
         from ..engine.kernels import empirical_ntk
 
         def ref():
-            K = empirical_ntk(model, x, reduction="flat", dtype=torch.float64).numpy()
+            K = empirical_ntk(model, x, reduction="flat", dtype=torch.float64, device=ref_dev).cpu().numpy()
             w = scipy.linalg.eigh(K.T, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd")
             return w[::-1][:k].copy()
 
-        ref_name = "dense float64 kernel, LAPACK syevd eigenvalues"
-    rv, t_ref, peak_ref, _ = _measure(ref)
+        ref_name = f"dense float64 kernel, LAPACK syevd eigenvalues{on}"
+    mr = _measure(ref, device=device)
+    rv, t_ref = mr.out, mr.seconds
     rel = np.abs(vals - rv) / np.abs(rv)
     return {
         "description": f"modadd MLP p=29 width 512 ({source}): top-{k} eigenpairs of the flattened kernel "
@@ -151,8 +178,7 @@ def _case_f(dtype, quick: bool) -> dict[str, Any]:
         "estimated_seconds": plan.seconds,
         "time_fast": t_fast, "time_ref": t_ref, "speedup": t_ref / t_fast,
         "max_rel_error": float(rel.max()), "eig_max_rel_error": float(rel.max()),
-        "peak_rss_mb": peak, "peak_delta_mb": peak - base, "ref_peak_rss_mb": peak_ref,
-        "ref_extrapolated": False, "previous_default_s": 594.0,
+        **_memory(mf, mr), "ref_extrapolated": False, "previous_default_s": 594.0,
         "extra": f"{info.path}; est {plan.seconds:.0f}s",
     }
 

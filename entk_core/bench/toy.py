@@ -6,6 +6,7 @@ from typing import Any
 
 from .measure import max_rel_err as _max_rel_err
 from .measure import measure as _measure
+from .measure import memory_fields as _memory
 
 __all__ = ["CASES", "TARGETS"]
 
@@ -64,26 +65,29 @@ def _transformer(p: int = 29):
 
 
 # ------------------------------------------------------------------------- cases
-def _case_a(dtype, quick: bool) -> dict[str, Any]:
+# Each case is ``fn(dtype, quick, device)``: the model and inputs are moved to ``device``
+# (a torch.device), the library calls get ``device=``, the reference runs there too.
+def _case_a(dtype, quick: bool, device) -> dict[str, Any]:
     import torch
 
     from ..engine.kernels import empirical_ntk_by_layer
 
     model, x = _modadd_mlp()
-    model = model.to(dtype)
-    x = x.to(dtype)
+    model = model.to(device=device, dtype=dtype)
+    x = x.to(device=device, dtype=dtype)
     N, C, width, d_in = x.shape[0], model.p, model.width, x.shape[1]
 
     def fast():
-        return empirical_ntk_by_layer(model, x, reduction="trace", method="auto")
+        return empirical_ntk_by_layer(model, x, reduction="trace", method="auto", device=device)
 
     fast()  # warm-up
-    Kf, _, peak, base = _measure(fast)
-    g = torch.Generator().manual_seed(0)
-    G0 = torch.randn(N, C * width, generator=g, dtype=dtype)
-    G3 = torch.randn(N, C * C, generator=g, dtype=dtype)
-    A0 = torch.randn(N, d_in, generator=g, dtype=dtype)
-    A3 = torch.randn(N, width, generator=g, dtype=dtype)
+    mf = _measure(fast, device=device)
+    Kf = mf.out
+    g = torch.Generator().manual_seed(0)  # drawn on the CPU (the same numbers on every device), then moved
+    G0 = torch.randn(N, C * width, generator=g, dtype=dtype).to(device)
+    G3 = torch.randn(N, C * C, generator=g, dtype=dtype).to(device)
+    A0 = torch.randn(N, d_in, generator=g, dtype=dtype).to(device)
+    A3 = torch.randn(N, width, generator=g, dtype=dtype).to(device)
 
     def floor():
         return (G0 @ G0.T) * (A0 @ A0.T), (G3 @ G3.T) * (A3 @ A3.T)
@@ -92,92 +96,101 @@ def _case_a(dtype, quick: bool) -> dict[str, Any]:
     # interleave fast path and floor so both see the same machine load; best of 5 each
     t_fast = t_floor = math.inf
     for _ in range(5):
-        t_floor = min(t_floor, _measure(floor)[1])
-        t_fast = min(t_fast, _measure(fast)[1])
-    empirical_ntk_by_layer(model, x[:8], reduction="trace", method="jacobian")  # warm-up
-    Kr, t_ref, peak_ref, base_ref = _measure(
-        lambda: empirical_ntk_by_layer(model, x, reduction="trace", method="jacobian"))
+        t_floor = min(t_floor, _measure(floor, device=device).seconds)
+        t_fast = min(t_fast, _measure(fast, device=device).seconds)
+    empirical_ntk_by_layer(model, x[:8], reduction="trace", method="jacobian", device=device)  # warm-up
+    mr = _measure(lambda: empirical_ntk_by_layer(model, x, reduction="trace", method="jacobian", device=device),
+                  device=device)
+    Kr, t_ref = mr.out, mr.seconds
     err = max(_max_rel_err(Kf[g_], Kr[g_]) for g_ in Kr)
     return {
         "description": f"modadd MLP p={C} width {width}: class-traced layerwise kernels, N={N}",
         "shape": [N, N], "groups": list(Kf),
         "time_fast": t_fast, "time_ref": t_ref, "time_floor": t_floor,
         "fast_over_floor": t_fast / t_floor, "speedup": t_ref / t_fast, "max_rel_error": err,
-        "peak_rss_mb": peak, "peak_delta_mb": peak - base, "ref_peak_rss_mb": peak_ref,
-        "ref_extrapolated": False,
+        **_memory(mf, mr), "ref_extrapolated": False,
     }
 
 
-def _case_b(dtype, quick: bool) -> dict[str, Any]:
+def _case_b(dtype, quick: bool, device) -> dict[str, Any]:
     from ..engine.kernels import empirical_ntk
 
     model, x = _modadd_mlp()
-    model = model.to(dtype)
-    x = x.to(dtype)
+    model = model.to(device=device, dtype=dtype)
+    x = x.to(device=device, dtype=dtype)
     N, C = x.shape[0], model.p
 
     def fast(xs=x):
-        return empirical_ntk(model, xs, reduction="flat", method="auto")
+        return empirical_ntk(model, xs, reduction="flat", method="auto", device=device)
 
     fast(x[:64])  # warm-up
-    Kf, t_fast, peak, base = _measure(fast, repeats=2)
+    mf = _measure(fast, repeats=2, device=device)
+    Kf, t_fast = mf.out, mf.seconds
     out: dict[str, Any] = {"description": f"modadd MLP p={C} width {model.width}: flattened kernel "
                                           f"({C * N}x{C * N})", "shape": [C * N, C * N]}
-    empirical_ntk(model, x[:8], reduction="flat", method="jacobian")  # warm-up
+    empirical_ntk(model, x[:8], reduction="flat", method="jacobian", device=device)  # warm-up
     if quick:
         sizes = (100, 200)
         times = []
         err = 0.0
         Kv = Kf.view(C, N, C, N)
         for n in sizes:
-            Kr, t, peak_ref, _ = _measure(lambda n=n: empirical_ntk(model, x[:n], reduction="flat", method="jacobian"))
-            times.append(t)
+            mr = _measure(lambda n=n: empirical_ntk(model, x[:n], reduction="flat", method="jacobian", device=device),
+                          device=device)
+            Kr = mr.out
+            times.append(mr.seconds)
             sub = Kv[:, :n, :, :n].reshape(C * n, C * n)
             err = max(err, _max_rel_err(sub, Kr))
             del Kr
+            mr = mr._replace(out=None)
         (n1, n2), (t1, t2) = sizes, times
         beta = max(0.0, (t2 / n2 - t1 / n1) / (n2 - n1))
         alpha = max(0.0, t1 / n1 - beta * n1)
         t_ref = alpha * N + beta * N * N
         out.update({"ref_extrapolated": True, "ref_subset_sizes": list(sizes), "ref_subset_times": times})
     else:
-        Kr, t_ref, peak_ref, _ = _measure(lambda: empirical_ntk(model, x, reduction="flat", method="jacobian"))
+        mr = _measure(lambda: empirical_ntk(model, x, reduction="flat", method="jacobian", device=device),
+                      device=device)
+        Kr, t_ref = mr.out, mr.seconds
         err = _max_rel_err(Kf, Kr)
         out["ref_extrapolated"] = False
         del Kr
+        mr = mr._replace(out=None)
     out.update({"time_fast": t_fast, "time_ref": t_ref, "speedup": t_ref / t_fast, "max_rel_error": err,
-                "peak_rss_mb": peak, "peak_delta_mb": peak - base, "ref_peak_rss_mb": peak_ref})
+                **_memory(mf, mr)})
     return out
 
 
-def _case_c(dtype, quick: bool) -> dict[str, Any]:
+def _case_c(dtype, quick: bool, device) -> dict[str, Any]:
     import numpy as np
     import torch
 
     from ..engine.operators import KernelOperator, flat_top_eigenpairs
 
     model, x = _tms()
-    model = model.to(dtype)
-    x = x.to(dtype)
+    model = model.to(device=device, dtype=dtype)
+    x = x.to(device=device, dtype=dtype)
     beta, k = 1.0, 80
     C, N = x.shape[1], x.shape[0]
-    w = torch.tensor([0.8 ** (c * beta / 2) for c in range(C)], dtype=dtype)
+    w = torch.tensor([0.8 ** (c * beta / 2) for c in range(C)], dtype=dtype, device=device)
 
     def fast():
-        return flat_top_eigenpairs(model, x, k, class_weights=w, method="gram")
+        return flat_top_eigenpairs(model, x, k, class_weights=w, method="gram", device=device)
 
     fast()
-    (vals, vecs), t_fast, peak, base = _measure(fast, repeats=3)
+    mf = _measure(fast, repeats=3, device=device)
+    (vals, vecs), t_fast = mf.out, mf.seconds
 
     def ref():
         from scipy.sparse.linalg import eigsh
 
-        op = KernelOperator(model, x, class_weights=w)
+        op = KernelOperator(model, x, class_weights=w, device=device)
         v, V = eigsh(op.as_linear_operator(), k=k, which="LA")
         o = np.argsort(v)[::-1]
         return v[o], V[:, o], op.mode
 
-    (rv, rV, mode), t_ref, peak_ref, _ = _measure(ref)
+    mr = _measure(ref, device=device)
+    (rv, rV, mode), t_ref = mr.out, mr.seconds
     rel = np.abs(vals - rv) / np.abs(rv)
     overlap = np.abs(np.sum(vecs * rV, axis=0))
     return {
@@ -187,32 +200,33 @@ def _case_c(dtype, quick: bool) -> dict[str, Any]:
         "time_fast": t_fast, "time_ref": t_ref, "speedup": t_ref / t_fast,
         "max_rel_error": float(rel.max()), "eig_rel_error_top": float(rel[0]),
         "min_vector_overlap": float(overlap.min()), "median_vector_overlap": float(np.median(overlap)),
-        "peak_rss_mb": peak, "peak_delta_mb": peak - base, "ref_peak_rss_mb": peak_ref,
-        "ref_extrapolated": False,
+        **_memory(mf, mr), "ref_extrapolated": False,
     }
 
 
-def _case_d(dtype, quick: bool) -> dict[str, Any]:
+def _case_d(dtype, quick: bool, device) -> dict[str, Any]:
     from ..engine.kernels import empirical_ntk
 
     model, x = _transformer()
-    model = model.to(dtype)
+    model = model.to(device=device, dtype=dtype)
+    x = x.to(device)  # token ids: integer, only moved
 
     def fast():
-        return empirical_ntk(model, x, reduction="mean", method="auto")
+        return empirical_ntk(model, x, reduction="mean", method="auto", device=device)
 
     fast()
-    Kf, t_fast, peak, base = _measure(fast, repeats=3)
-    empirical_ntk(model, x[:8], reduction="mean", method="jacobian")
-    Kr, t_ref, peak_ref, _ = _measure(lambda: empirical_ntk(model, x, reduction="mean", method="jacobian"))
+    mf = _measure(fast, repeats=3, device=device)
+    Kf, t_fast = mf.out, mf.seconds
+    empirical_ntk(model, x[:8], reduction="mean", method="jacobian", device=device)
+    mr = _measure(lambda: empirical_ntk(model, x, reduction="mean", method="jacobian", device=device), device=device)
+    Kr, t_ref = mr.out, mr.seconds
     return {
         "description": f"1-layer attention (vocab 30, d 64, 4 heads, MLP 256), N={x.shape[0]}: "
                        "all-class mean kernel; model: entk_core.families.modadd_transformer.ModAddTransformer",
         "shape": list(Kf.shape), "n_params": sum(p.numel() for p in model.parameters()),
         "time_fast": t_fast, "time_ref": t_ref, "speedup": t_ref / t_fast,
         "max_rel_error": _max_rel_err(Kf, Kr),
-        "peak_rss_mb": peak, "peak_delta_mb": peak - base, "ref_peak_rss_mb": peak_ref,
-        "ref_extrapolated": False,
+        **_memory(mf, mr), "ref_extrapolated": False,
     }
 
 
