@@ -98,7 +98,7 @@ def _case_e(dtype, quick: bool, device) -> dict[str, Any]:
 
 def _mlp_run():
     from ..families.base import get_family
-    from ..store.runs import open_run
+    from ..families.run import open_run
 
     path = os.path.join("runs", "modadd-mlp-p29-seed0")
     try:

@@ -94,11 +94,16 @@ def contexts_html(labels: Sequence[dict[str, Any]], indices: Sequence[int], scor
         if lab.get("predicted") and lab.get("word") and lab["predicted"] != lab["word"]:
             extra = f' <span style="color:#888">(story: {html.escape(lab["word"])})</span>'
         feats = "|".join(f"{k}={v}" for k, v in sorted((lab.get("morph") or {}).items()))
+        # a flex row: the score, the context clipped on its left (so its end, next to the
+        # word, always shows), then the highlighted word and its tag, never clipped
         rows.append(
-            f'<div style="font-family:monospace;font-size:0.85rem;line-height:1.5;white-space:nowrap;overflow:hidden;'
-            f'text-overflow:ellipsis" title="{html.escape(feats)}">'
-            f'<span style="color:#666;display:inline-block;width:5.5em;text-align:right">{float(scores[int(i)]):+.3g}</span> '
-            f'{html.escape(ctx)}<mark style="background:{color}33;border:1px solid {color};border-radius:3px;'
-            f'padding:0 2px"><b>{html.escape(word)}</b></mark> '
-            f'<span style="color:{color};font-weight:600">{html.escape(tag)}</span>{extra}</div>')
+            f'<div style="display:flex;align-items:baseline;font-family:monospace;font-size:0.85rem;line-height:1.5;'
+            f'white-space:nowrap" title="{html.escape(feats)}">'
+            f'<span style="flex:none;color:#666;width:5.5em;text-align:right;margin-right:0.6em">'
+            f'{float(scores[int(i)]):+.3g}</span>'
+            f'<span style="flex:1 1 auto;min-width:0;overflow:hidden;display:flex;justify-content:flex-end">'
+            f'<span>{html.escape(ctx)}</span></span>'
+            f'<span style="flex:none;margin-left:0.3em"><mark style="background:{color}33;border:1px solid {color};'
+            f'border-radius:3px;padding:0 2px"><b>{html.escape(word)}</b></mark> '
+            f'<span style="color:{color};font-weight:600">{html.escape(tag)}</span>{extra}</span></div>')
     return "\n".join(rows)
