@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-STORIES = REPO.parent / "shared" / "data" / "tinystories" / "tinystories-v1-train-head.txt"
+SHARED_STORIES = REPO.parent / "shared" / "data" / "tinystories" / "tinystories-v1-train-head.txt"
+BUNDLED_STORIES = REPO / "tests" / "data" / "tinystories-v1-sample.txt"  # its first 600 stories (tests/data/README.md)
+STORIES = SHARED_STORIES if SHARED_STORIES.is_file() else BUNDLED_STORIES
 
 
 def stories(n: int | None = None) -> list[str]:

