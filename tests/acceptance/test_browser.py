@@ -58,6 +58,7 @@ EXPECTED = {
     "alignment": (MLP, [r"eNTK spectrum", r"phase-insensitive correlation"]),
     "tms": (TMS, [r"Flattened eNTK spectrum, β = ", r"over the features"]),
     "transformer": (TF, [r"Fourier power of W_E", r"eigenvector \d+ over the \(a, b\) pairs"]),
+    "language-model": (MLP, [r"K̃ spectrum, layer 1 ", r"Direction \d+: scores by tag"]),
 }
 PROBE_404 = re.compile(r"/[\w-]+/_stcore/(health|host-config)$")
 
@@ -90,15 +91,39 @@ def browser_runs(tmp_path_factory, chromium_ok) -> Path:
     return root
 
 
-def _env(runs: Path, cache: Path) -> dict[str, str]:
-    return {"ENTK_RUNS_DIR": str(runs), "ENTK_CACHE_DIR": str(cache), "ENTK_PROGRESS": "off",
-            "BROWSER_PATH": CHROMIUM}
+def _env(runs: Path, cache: Path, lm: Path | None = None) -> dict[str, str]:
+    env = {"ENTK_RUNS_DIR": str(runs), "ENTK_CACHE_DIR": str(cache), "ENTK_PROGRESS": "off",
+           "BROWSER_PATH": CHROMIUM, "ENTK_OFFER_GGUF_PACKAGE": "0"}  # never the real Gemma here
+    if lm is not None:
+        env.update({"ENTK_MODELS_DIR": str(lm / "models"), "ENTK_PROBES_DIR": str(lm / "probes")})
+    return env
+
+
+def _lm_world(root: Path, cache: Path) -> Path:
+    """A tiny random GPT-2 folder (3 blocks) and a probe set on the stories, with layer 1
+    (the page's default: the second-to-last block) computed into ``cache`` with the page's
+    default options, so the Language model page opens on its tables and contexts."""
+    import _lm_models as M
+    from entk_core.families.causal_lm import build_probe_set, load_lm
+    from entk_core.store.cache import ArrayCache
+    from entk_core.workflows.lm import LMAlignOptions, layer_entry
+
+    tok = M.build_tokenizer()
+    M.save_model_folder(root / "models" / "tiny-gpt2", "gpt2", layers=3, tokenizer=tok)
+    lm = load_lm(root / "models" / "tiny-gpt2")
+    ps = build_probe_set(lm, M.write_stories(root / "stories.txt", 200), per_tag=4, context=12, agreement=False)
+    ps.save(root / "probes" / "tiny-set")
+    c = ArrayCache(cache)
+    layer_entry(lm, ps, 1, LMAlignOptions(top=25, steps=50), c)
+    c.close()
+    return root
 
 
 @pytest.fixture(scope="session")
 def server(browser_runs, tmp_path_factory):
     cache = Path(os.environ.get("ENTK_BROWSER_CACHE") or tmp_path_factory.mktemp("browser-cache"))  # to iterate
-    with StreamlitServer(REPO, _env(browser_runs, cache), cache.parent / "streamlit.log") as srv:
+    lm = _lm_world(tmp_path_factory.mktemp("browser-lm"), cache)
+    with StreamlitServer(REPO, _env(browser_runs, cache, lm), cache.parent / "streamlit.log") as srv:
         yield srv
 
 
@@ -284,7 +309,8 @@ ROUND_TRIPS = [
     ("tms", TMS, "slider", "β", "ArrowRight", "beta"),
     ("tms", TMS, "number", "Eigenvalues k (10–300)", 60, "top"),
     ("transformer", TF, "select", "Layer group", "attn.OV · W_O + W_V, the OV circuit", "group"),
-    ("transformer", TF, "select", "Modes", "5:9", "window"),
+    ("transformer", TF, "select", "Modes", None, "window"),  # the second block (its bounds depend on the key frequencies found)
+    ("language-model", MLP, "number", "Contexts shown", 10, "contexts"),
 ]
 
 
@@ -295,10 +321,17 @@ def test_every_control_round_trips_through_the_url(browser, server):
             _open(page, f"{server.url}/{'' if path == 'spectrum' else path}?run={run}")
             before = _widget_value(page, kind, label)
             if kind == "select" and value is None:  # the next option
-                page.get_by_role("combobox", name=label, exact=True).click()
+                box = page.get_by_role("combobox", name=label, exact=True)
+                box.click()
+                page.wait_for_timeout(300)
+                if not page.get_by_role("option").count():  # a click on a focused box may not open it
+                    box.press("ArrowDown")
+                page.get_by_role("option").first.wait_for()
                 opts = [o.text_content() for o in page.get_by_role("option").all()]
                 page.keyboard.press("Escape")
-                value = next(o for o in opts if o != before)
+                others = [o for o in opts if o != before]
+                assert others, (path, label, before, opts)
+                value = others[0]
             _set_widget(page, kind, label, value)
             _check_page(page, f"{path}: {label}", server)
             set_to = _widget_value(page, kind, label)
