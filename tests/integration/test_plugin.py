@@ -182,7 +182,8 @@ def test_installed_distribution_declares_the_builtin_families(tmp_path):
     entry-point metadata: the same mechanism as a plug-in's."""
     src = tmp_path / "src"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "tests", "runs", ".entk_cache", "build",
-                                                             "*.egg-info", "__pycache__", "docs", "examples"))
+                                                             "*.egg-info", "__pycache__", "docs", "examples",
+                                                             "models", "probes"))
     target = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                         "--no-index", "--target", str(target), str(src)], capture_output=True, text=True, timeout=600)
@@ -195,7 +196,7 @@ def test_installed_distribution_declares_the_builtin_families(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     where, origins = json.loads(r.stdout)
     assert where.startswith(str(target))
-    assert origins == {n: "entk-explorer 0.1.0" for n in ("modadd-mlp", "modadd-transformer", "tms")}
+    assert origins == {n: "entk-explorer 0.1.0" for n in ("causal-lm", "modadd-mlp", "modadd-transformer", "tms")}
 
 
 def test_a_broken_plugin_is_reported_and_does_not_break_the_others(tmp_path):
