@@ -571,25 +571,17 @@ def train_runs(names: list[str], *, select: str | None = None) -> None:
 
 # ------------------------------------------------------------- long work
 def estimate_seconds(run: Run, *, reduction: str, group: str, top: int) -> float:
-    """Seconds a spectrum request would take on this machine (the engine's estimate when it
-    offers one, else a calibrated rule: a flattened kernel of ``n`` rows through the
-    matrix-free eigensolver costs ~5e-9·n²·k s on 2 cores, 594 s for the p = 29 MLP)."""
+    """Seconds a spectrum request would take on this machine: the engine's calibrated
+    estimate (:func:`entk_core.workflows.analysis.estimate_spectrum`; 0 when cached). A request
+    that is invalid or cannot fit costs nothing to start (it is refused before any work, with
+    its one-line message), so it is 0 too: nothing to ask about."""
     from entk_core.workflows import analysis
 
-    est = getattr(analysis, "estimate_spectrum", None)
-    if est is not None:
-        try:
-            e = est(run, group=group, reduction=reduction, top=top)
-            # a request that cannot fit is refused by the planner before any work: no need to ask
-            return 0.0 if not e["fits"] else float(e["seconds"])
-        except (ValueError, KeyError, TypeError):
-            pass
-    n = kernel_size_of(run, reduction)
-    if reduction == "flat":
-        if run.family.default_reduction == "flat" and n <= 100_000:
-            return 0.5 + 1e-10 * n * top
-        return 5e-9 * n * n * top
-    return 1e-7 * n * n + 2e-9 * n**3 / 8
+    try:
+        e = analysis.estimate_spectrum(run, group=group, reduction=reduction, top=top)
+    except ValueError:
+        return 0.0
+    return float(e["seconds"]) if e["fits"] else 0.0
 
 
 def long_call(key: str, label: str, fn: Callable, run: Run, *, target: str, kwargs: dict[str, Any],

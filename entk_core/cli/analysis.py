@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from ..families.run import open_run
@@ -17,8 +18,6 @@ ESTIMATE_ABOVE_S = 5.0
 
 
 def cmd_spectrum(args: argparse.Namespace) -> int:
-    import sys
-
     run = open_run(args.run)
     est = analysis.estimate_spectrum(run, args.epoch, group=args.group, reduction=args.reduction,
                                      top=args.top, beta=args.beta)
