@@ -9,7 +9,7 @@ charts from the cached sweep (no kernel is recomputed).
 import numpy as np
 import streamlit as st
 
-from entk_core.figures import accuracy_figure, overlap_figure
+from entk_core.figures import overlap_figure
 from entk_core.workflows import alignment, analysis
 from entk_core.workflows.sweep import CONSTANT_LABEL
 from app_pages._shared import (cache_caption, compare_control, estimate_seconds, export_buttons, fmt_pct,
@@ -70,20 +70,17 @@ with guarded("cannot compute the sweep"):
     m = run.metrics
     markers = {f"onset {res.onset_epoch:g}": res.onset_epoch} if res.onset_epoch is not None else {}
     series = {k: m.get(k, []) for k in ("train_acc", "test_acc") if m.get(k)}
-    acc_fig = accuracy_figure(m.get("epoch", []), series, current=epoch, markers=markers, height=300)
-    st.plotly_chart(acc_fig, key="grok_acc", width="stretch")
 
     # the spectrum at this epoch, its own blocks labelled like the windows; click for an eigenvector
     spec = analysis.spectrum(run, epoch, group=res.spec.group, reduction=res.spec.reduction, top=res.spec.top)
     extra = None
     if other is not None and other[0].path == run.path:
         extra = {other[2]: res.eigenvalues[res.epoch_index(other[1])]}
-    if True:
-        _, spec_fig, vfigs = spectrum_explorer(
-            run, key="grok", eigenvalues=res.eigenvalues[i], cliffs=res.own_cliffs(i), labels=res.own_labels(i),
-            title=f"{group} eNTK spectrum at epoch {epoch} (blocks detected at this epoch)", log=True,
-            n_vectors=spec.eigenvectors.shape[1], default_vector=res.windows[wi].start, extra=extra, height=380,
-            vector_of=lambda j: vector_figures(run, spec.eigenvectors[:, j], title=f"eigenvector {j} at epoch {epoch}"))
+    _, spec_fig, vfigs = spectrum_explorer(
+        run, key="grok", eigenvalues=res.eigenvalues[i], cliffs=res.own_cliffs(i), labels=res.own_labels(i),
+        title=f"{group} eNTK spectrum at epoch {epoch} (blocks detected at this epoch)", log=True,
+        n_vectors=spec.eigenvectors.shape[1], default_vector=res.windows[wi].start, extra=extra, height=380,
+        vector_of=lambda j: vector_figures(run, spec.eigenvectors[:, j], title=f"eigenvector {j} at epoch {epoch}"))
 
     # overlap over training: eNTK windows, PCA with the same budget, and the compared run
     w = res.windows[wi]
@@ -116,10 +113,12 @@ with guarded("cannot compute the sweep"):
                         dashed.append(name)
             except ValueError as e:
                 st.info(f"compare: {e}")
+    # one chart over training: the overlap curves with train/test accuracy on the same % axis
     ov_fig = overlap_figure(res.epochs, curves, derivatives=ders, dashed=dashed, current=epoch,
                             markers={**markers, **({f"peak {res.peak_epoch:g}": res.peak_epoch}
                                                    if res.peak_epoch is not None else {})},
-                            title=f"Overlap of {wlabel(wi)} with the feature families{pca_note}")
+                            accuracy=series, accuracy_epochs=m.get("epoch", []),
+                            title=f"Overlap of {wlabel(wi)} with the feature families, and accuracy{pca_note}")
     st.plotly_chart(ov_fig, key="grok_overlap", width="stretch")
 
     rows = []
@@ -137,4 +136,4 @@ with guarded("cannot compute the sweep"):
     export_buttons(f"{run.name}_grokking_{group}", arrays={"epochs": res.epochs, "eigenvalues": res.eigenvalues,
                                                            "overlap": res.overlap, "dims": res.dims},
                    tables={"overlap_curves": curve_rows, f"overlap_at_{epoch}": rows},
-                   figures={"accuracy": acc_fig, "spectrum": spec_fig, "overlap": ov_fig}, key="grok_export")
+                   figures={"spectrum": spec_fig, "overlap": ov_fig}, key="grok_export")

@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-
+from .style import fixed_margins
 
 __all__ = ["feature_norms_figure", "key_frequency_figure"]
 
@@ -23,7 +23,7 @@ def feature_norms_figure(norms: np.ndarray, threshold: float, *, height: int = 3
     fig.update_layout(title={"text": "Feature norms ‖W_i‖² (green: represented)"},
                       xaxis_title="feature (importance order)", yaxis_title="‖W_i‖²", height=height,
                       margin={"l": 60, "r": 20, "t": 50, "b": 50}, legend={"orientation": "h", "y": -0.3})
-    return fig
+    return fixed_margins(fig)
 
 
 def key_frequency_figure(freqs: Sequence[int], power: Sequence[float], key_freqs: Sequence[int], *,
@@ -35,6 +35,6 @@ def key_frequency_figure(freqs: Sequence[int], power: Sequence[float], key_freqs
     fig.update_layout(title={"text": f"Fourier power of W_E[:p] at epoch {epoch} (red: the run's key frequencies)"},
                       xaxis_title="frequency k", yaxis_title="mean |FFT|² over d_model", height=height,
                       xaxis={"dtick": 1}, margin={"l": 60, "r": 20, "t": 60, "b": 50})
-    return fig
+    return fixed_margins(fig)
 
 

@@ -7,6 +7,8 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from .style import fixed_margins
+
 __all__ = ["heatmap_figure"]
 
 
@@ -51,4 +53,4 @@ def heatmap_figure(
     fig.update_layout(title={"text": title}, xaxis_title=x_title, yaxis_title=y_title,
                       height=height or int(min(900, max(420, 12 * n + 140))),
                       margin={"l": 90 if y_labels is not None else 60, "r": 20, "t": 60, "b": 50})
-    return fig
+    return fixed_margins(fig)

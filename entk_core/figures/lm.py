@@ -9,6 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from .style import fixed_margins, log_axis
+
 __all__ = ["lm_spectrum_figure", "layer_auroc_figure", "direction_scores_figure", "contexts_html", "TAG_COLORS",
            "top_contexts"]
 
@@ -30,8 +32,8 @@ def lm_spectrum_figure(eigenvalues: Sequence[float], residuals: Sequence[float] 
     fig.update_layout(title={"text": title}, xaxis_title="index", yaxis_title="eigenvalue", height=360,
                       margin={"l": 60, "r": 20, "t": 60, "b": 50}, showlegend=False)
     if log and (ev > 0).all():
-        fig.update_yaxes(type="log")
-    return fig
+        log_axis(fig, "y")
+    return fixed_margins(fig)
 
 
 def layer_auroc_figure(sweep: list[dict[str, Any]], *, title: str = "Macro AUROC per layer") -> go.Figure:
@@ -51,7 +53,7 @@ def layer_auroc_figure(sweep: list[dict[str, Any]], *, title: str = "Macro AUROC
     fig.update_layout(title={"text": title}, xaxis_title="layer", yaxis_title="macro AUROC (test)", height=380,
                       margin={"l": 60, "r": 20, "t": 60, "b": 50})
     fig.update_xaxes(dtick=1)
-    return fig
+    return fixed_margins(fig)
 
 
 def direction_scores_figure(scores: np.ndarray, upos: Sequence[str], *, title: str) -> go.Figure:
@@ -66,7 +68,7 @@ def direction_scores_figure(scores: np.ndarray, upos: Sequence[str], *, title: s
                              hovertemplate=f"{tag}<br>score %{{x:.3g}}<extra></extra>"))
     fig.update_layout(title={"text": title}, xaxis_title="signed score σ·u", height=max(260, 34 * len(set(u.tolist())) + 110),
                       margin={"l": 70, "r": 20, "t": 60, "b": 50}, showlegend=False)
-    return fig
+    return fixed_margins(fig)
 
 
 def top_contexts(scores: np.ndarray, n: int = 20) -> tuple[np.ndarray, np.ndarray]:

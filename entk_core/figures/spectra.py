@@ -8,11 +8,12 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..engine.spectra import Cliff
-from .style import CLIFF_COLORS, CONSTANT_COLOR, block_label, log_axis, marker_line
+from .style import CLIFF_COLORS, CONSTANT_COLOR, block_label, fixed_margins, log_axis, marker_line, vline
 
 __all__ = ["spectrum_figure", "principal_angles_figure", "stagger_rows"]
 
 _COMPARE_COLORS = ["#EF553B", "#00CC96", "#AB63FA", "#FFA15A"]
+_MARKERS_UP_TO = 60
 
 
 def stagger_rows(centres: Sequence[float], widths: Sequence[float], max_rows: int = 4) -> list[int]:
@@ -65,13 +66,18 @@ def spectrum_figure(
                                  mode="lines", name=label, opacity=0.85,
                                  line={"width": 1.5, "dash": "dot", "color": _COMPARE_COLORS[j % len(_COMPARE_COLORS)]},
                                  hovertemplate="index %{x}<br>λ = %{y:.4g}<extra>" + label + "</extra>"))
+    # markers drawn only on short spectra: on long ones they merge into the line, and a marker
+    # per point doubles the browser's time for this chart. The trace keeps its markers mode
+    # (Plotly selects clicked points only on traces with markers), drawing at most one.
+    many = len(vals) > _MARKERS_UP_TO
     fig.add_trace(go.Scatter(
         x=idx, y=np.where(vals > 0, vals, np.nan) if log else vals, mode="lines+markers", name=name,
-        marker={"size": 4}, line={"width": 1.5, "color": "#1f2d3d"},
+        marker={"size": 1 if many else 4, **({"maxdisplayed": 1} if many else {})},
+        line={"width": 1.5, "color": "#1f2d3d"},
         hovertemplate="index %{x}<br>λ = %{y:.4g}<extra></extra>",
     ))
     names = list(labels) if labels is not None else [f"cliff {i + 1}" for i in range(len(cliffs))]
-    texts, centres, colors = [], [], []
+    texts, centres, colors, shapes = [], [], [], []
     n_num = 0
     for c, lab in zip(cliffs, names):
         if lab == "constant":
@@ -79,32 +85,34 @@ def spectrum_figure(
         else:
             color = CLIFF_COLORS[n_num % len(CLIFF_COLORS)]
             n_num += 1
-        fig.add_vrect(x0=c.start - 0.5, x1=c.end + 0.5, fillcolor=color, opacity=0.15, line_width=0)
-        fig.add_vline(x=c.end + 0.5, line={"color": color, "width": 1, "dash": "dash"})
+        shapes.append({"type": "rect", "x0": c.start - 0.5, "x1": c.end + 0.5, "y0": 0, "y1": 1, "xref": "x",
+                       "yref": "y domain", "fillcolor": color, "opacity": 0.15, "line": {"width": 0}})
+        shapes.append(vline(c.end + 0.5, {"color": color, "width": 1, "dash": "dash"}))
         texts.append(f"{block_label(lab)}: {c.size}")
         centres.append((c.start + c.end) / 2)
         colors.append(color)
     span = max(len(vals), 1)
     widths = [len(t) * 7.5 / 640 * span for t in texts]  # ~7.5 px a character on a ~640 px wide plot
     rows = stagger_rows(centres, widths)
-    for t, x, color, r in zip(texts, centres, colors, rows):
-        fig.add_annotation(x=x, y=1.0 + 0.065 * r, xref="x", yref="paper", text=t, showarrow=False,
-                           yanchor="bottom", font={"color": color, "size": 12})
+    annotations = [{"x": x, "y": 1.0 + 0.065 * r, "xref": "x", "yref": "paper", "text": t, "showarrow": False,
+                    "yanchor": "bottom", "font": {"color": color, "size": 12}}
+                   for t, x, color, r in zip(texts, centres, colors, rows)]
     for label, x in (reference_lines or {}).items():
-        marker_line(fig, x, label, "reference")
+        marker_line(fig, x, label, "reference", shapes=shapes)
     if selected is not None and 0 <= selected < len(vals):
         fig.add_trace(go.Scatter(x=[selected], y=[vals[selected]], mode="markers", name=f"selected: #{selected}",
                                  marker={"size": 13, "color": "#EF553B", "symbol": "circle-open", "line": {"width": 2}},
                                  hoverinfo="skip"))
     top_margin = 70 + 22 * (max(rows) + 1 if rows else 0)
     fig.update_layout(
-        title={"text": title}, xaxis_title="eigenvalue index", yaxis_title="eigenvalue", height=height,
+        shapes=shapes, annotations=annotations, title={"text": title},
+        xaxis_title="eigenvalue index", yaxis_title="eigenvalue", height=height,
         margin={"l": 70, "r": 20, "t": top_margin, "b": 50},
         legend={"orientation": "h", "y": -0.18}, hovermode="closest", clickmode="event+select",
     )
     if log:
         log_axis(fig, "y")
-    return fig
+    return fixed_margins(fig)
 
 
 def principal_angles_figure(angles_deg: np.ndarray, *, title: str = "Principal angles between the eigenspaces",
@@ -115,4 +123,4 @@ def principal_angles_figure(angles_deg: np.ndarray, *, title: str = "Principal a
                            hovertemplate="angle %{x}: %{y:.2f}°<extra></extra>", name="principal angle"))
     fig.update_layout(title={"text": title}, xaxis_title="principal angle (ascending)", yaxis_title="degrees",
                       yaxis={"range": [0, 90]}, height=height, margin={"l": 60, "r": 20, "t": 60, "b": 50})
-    return fig
+    return fixed_margins(fig)

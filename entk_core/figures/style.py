@@ -8,7 +8,7 @@ import hashlib
 import plotly.graph_objects as go
 
 __all__ = ["FAMILY_COLORS", "CLIFF_COLORS", "MARKER_STYLES", "family_color", "human_name", "log_axis",
-           "marker_line", "block_label"]
+           "marker_line", "block_label", "fixed_margins", "vline", "subplot_refs"]
 
 CLIFF_COLORS = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880"]
 """Colours of the numbered cliffs (cliff 1 is the first colour); the constant mode is grey."""
@@ -66,13 +66,96 @@ def log_axis(fig: go.Figure, axis: str = "y", **kw) -> None:
     (fig.update_yaxes if axis == "y" else fig.update_xaxes)(**upd)
 
 
+def vline(x: float, line: dict, *, xref: str = "x", yref: str = "y domain") -> dict:
+    """A vertical line at ``x`` over the whole height of its subplot, as a layout shape dict
+    (collect them and set ``layout.shapes`` once: Plotly's ``add_vline`` re-validates every
+    shape already there on each call)."""
+    return {"type": "line", "x0": x, "x1": x, "y0": 0, "y1": 1, "xref": xref, "yref": yref, "line": line}
+
+
+def subplot_refs(fig: go.Figure, row: int | None, col: int | None) -> tuple[str, str]:
+    """``(xref, yref)`` of the subplot at ``row, col`` (``("x2", "y2 domain")``), or of the
+    only one (``("x", "y domain")``) when ``row`` is None."""
+    if row is None:
+        return "x", "y domain"
+    sp = fig.get_subplot(row, col)
+    xa, ya = sp.xaxis.plotly_name.replace("axis", ""), sp.yaxis.plotly_name.replace("axis", "")
+    return xa, f"{ya} domain"
+
+
 def marker_line(fig: go.Figure, x: float, name: str, role: str = "reference", *, row: int | None = None,
-                col: int | None = None, showlegend: bool = True) -> None:
+                col: int | None = None, showlegend: bool = True, shapes: list | None = None,
+                refs: tuple[str, str] | None = None) -> dict:
     """A vertical line at ``x`` named in the legend (an empty trace with the same style),
-    instead of a text annotation that could overlap its neighbours."""
+    instead of a text annotation that could overlap its neighbours. Returns the line's shape;
+    with ``shapes`` given it is appended there (the caller sets ``layout.shapes`` once), else
+    it is added to ``fig``. The subplot is ``row, col`` of a ``make_subplots`` figure, or
+    ``refs`` (``("x2", "y2 domain")``), or the only one."""
     style = MARKER_STYLES.get(role, MARKER_STYLES["reference"])
-    kw = {} if row is None else {"row": row, "col": col}
-    fig.add_vline(x=x, line=style, **kw)
+    xref, yref = refs if refs is not None else subplot_refs(fig, row, col)
+    shape = vline(x, style, xref=xref, yref=yref)
+    if shapes is None:
+        fig.add_shape(shape)
+    else:
+        shapes.append(shape)
     if showlegend:
-        tr = go.Scatter(x=[None], y=[None], mode="lines", line=style, name=name, hoverinfo="skip")
-        fig.add_trace(tr, **kw)
+        tr = go.Scatter(x=[None], y=[None], mode="lines", line=style, name=name, hoverinfo="skip",
+                        xaxis=xref, yaxis=yref.split(" ")[0])
+        fig.add_trace(tr)
+    return shape
+
+
+_CHAR_PX = 7.0  # width of one character of Plotly's default 12 px font, rounded up
+_LEGEND_ROW_PX = 22
+_SCALED = ("heatmap", "contour", "histogram2d", "histogram2dcontour", "surface")
+
+
+def fixed_margins(fig: go.Figure, *, width_px: int = 560) -> go.Figure:
+    """Size the margins of ``fig`` from what it holds and stop Plotly from growing them itself
+    (``layout.margin.autoexpand = False``). Returns ``fig``. Every figure builder here ends
+    with it.
+
+    With automatic margins, every draw in the browser first draws the legend, colour bars
+    and tick labels, measures them, and then draws the whole figure again with wider margins.
+    Streamlit draws a chart anew whenever its figure changes, so on the dashboard that was
+    the largest part of a warm epoch step (``benchmarks/bench_dashboard.py``). Instead:
+
+    * a horizontal legend goes to the bottom of the figure (``yref="container"``), under the
+      x-axis title, and the bottom margin grows by its rows, estimated from the entries'
+      lengths wrapped at ``width_px`` (an over-estimate leaves white space, never a clipped
+      legend);
+    * a vertical legend gets a right margin as wide as its longest entry;
+    * a colour bar gets a right margin of 110 px;
+    * category tick labels (``ticktext``) get a left margin as wide as the longest label.
+
+    The figure's own margins are kept as minimums (Plotly's defaults where it set none)."""
+    lay = fig.layout.to_plotly_json()
+    m = lay.get("margin", {})
+    left, right, top, bottom = m.get("l", 80), m.get("r", 80), m.get("t", 100), m.get("b", 80)
+    traces = [tr.to_plotly_json() for tr in fig.data]
+    names = [str(t["name"]) for t in traces
+             if t.get("name") and t.get("showlegend") is not False
+             and (t.get("type") not in _SCALED or t.get("showlegend") is True)]
+    shown = lay.get("showlegend")
+    has_legend = bool(names) and (shown is True or (shown is None and len(names) >= 2))
+    upd: dict = {}
+    if has_legend and lay.get("legend", {}).get("orientation") == "h":
+        rows, used = 1, 0.0
+        for n in names:
+            w = 40 + _CHAR_PX * len(n)
+            if used and used + w > width_px:
+                rows, used = rows + 1, 0.0
+            used += w
+        upd["legend"] = {"yref": "container", "y": 0.0, "yanchor": "bottom", "x": 0.0, "xanchor": "left"}
+        bottom = max(bottom, 50) + _LEGEND_ROW_PX * rows + 8
+    elif has_legend:
+        right = max(right, int(50 + _CHAR_PX * max(len(n) for n in names)))
+    if any(t.get("type") in _SCALED and t.get("showscale") is not False for t in traces):
+        right = max(right, 110)
+    for k, ax in lay.items():
+        if k.startswith("yaxis") and ax.get("ticktext"):
+            titled = bool(ax.get("title", {}).get("text"))
+            left = max(left, int(20 + _CHAR_PX * max(len(str(t)) for t in ax["ticktext"]) + (25 if titled else 0)))
+    upd["margin"] = {"l": left, "r": right, "t": top, "b": bottom, "autoexpand": False}
+    fig.update_layout(upd)
+    return fig

@@ -6,19 +6,18 @@ from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from .style import family_color, human_name, marker_line
+from .style import family_color, fixed_margins, human_name, marker_line
 
 __all__ = ["accuracy_figure", "overlap_figure"]
 
 
-def _markers(fig, current, markers, **kw) -> None:
+def _markers(fig, current, markers, shapes: list, **kw) -> None:
     if current is not None:
-        marker_line(fig, current, f"epoch {current:g}", "epoch", **kw)
+        marker_line(fig, current, f"epoch {current:g}", "epoch", shapes=shapes, **kw)
     for label, x in (markers or {}).items():
         if x is not None:
-            marker_line(fig, x, label, "onset" if label.startswith("onset") else "peak", **kw)
+            marker_line(fig, x, label, "onset" if label.startswith("onset") else "peak", shapes=shapes, **kw)
 
 
 def accuracy_figure(
@@ -39,13 +38,14 @@ def accuracy_figure(
         y = np.array([np.nan if v is None else float(v) for v in ys])
         fig.add_trace(go.Scatter(x=list(epochs), y=100 * y if percent else y, mode="lines", name=human_name(name),
                                  hovertemplate="epoch %{x}<br>%{y:.1f}" + ("%" if percent else "") + "<extra></extra>"))
-    _markers(fig, current, markers)
-    fig.update_layout(title={"text": title}, xaxis_title="epoch", yaxis_title="accuracy (%)" if percent else "value",
+    shapes: list = []
+    _markers(fig, current, markers, shapes)
+    fig.update_layout(shapes=shapes, title={"text": title}, xaxis_title="epoch", yaxis_title="accuracy (%)" if percent else "value",
                       height=height, margin={"l": 60, "r": 20, "t": 60, "b": 50},
                       legend={"orientation": "h", "y": -0.25})
     if percent:
         fig.update_yaxes(range=[0, 101])
-    return fig
+    return fixed_margins(fig)
 
 
 def overlap_figure(
@@ -70,32 +70,47 @@ def overlap_figure(
       accuracy: optional ``{metric: values}`` over ``accuracy_epochs``, drawn in % on the top row.
     """
     rows = 2 if derivatives else 1
-    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        row_heights=[0.62, 0.38] if rows == 2 else [1.0],
-                        subplot_titles=("% overlap with the feature subspace",
-                                        "first derivative (points per logging step)")[:rows])
+    # two rows sharing the epoch axis, laid out by hand (make_subplots and add_trace(row=...)
+    # cost more than the rest of the figure; this is redrawn on every epoch step)
+    top_dom = [0.43, 1.0] if rows == 2 else [0.0, 1.0]
     x = list(epochs)
+    traces = []
     for name, y in curves.items():
         color = family_color(name)
         dash = "dash" if name in dashed else "solid"
-        fig.add_trace(go.Scatter(x=x, y=np.asarray(y, dtype=float), mode="lines+markers", name=name, legendgroup=name,
-                                 line={"color": color, "dash": dash}, marker={"size": 4},
-                                 hovertemplate="epoch %{x}<br>%{y:.1f}%<extra>" + name + "</extra>"), row=1, col=1)
+        traces.append(go.Scatter(x=x, y=np.asarray(y, dtype=float), mode="lines", name=name, legendgroup=name,
+                                 line={"color": color, "dash": dash}, xaxis="x", yaxis="y",
+                                 hovertemplate="epoch %{x}<br>%{y:.1f}%<extra>" + name + "</extra>"))
         if derivatives and name in derivatives:
-            fig.add_trace(go.Scatter(x=x, y=np.asarray(derivatives[name], dtype=float), mode="lines",
+            traces.append(go.Scatter(x=x, y=np.asarray(derivatives[name], dtype=float), mode="lines",
                                      name=f"d {name}", legendgroup=name, showlegend=False,
-                                     line={"color": color, "dash": "dot"},
-                                     hovertemplate="epoch %{x}<br>%{y:+.2f} pts/step<extra>d " + name + "</extra>"),
-                          row=2, col=1)
+                                     line={"color": color, "dash": "dot"}, xaxis="x2", yaxis="y2",
+                                     hovertemplate="epoch %{x}<br>%{y:+.2f} pts/step<extra>d " + name + "</extra>"))
     for metric, ys in (accuracy or {}).items():
         y = np.array([np.nan if v is None else 100 * float(v) for v in ys])
-        fig.add_trace(go.Scatter(x=list(accuracy_epochs or x), y=y, mode="lines", name=human_name(metric) + " (%)",
-                                 line={"width": 1, "color": "#EF553B" if metric == "test_acc" else "#00CC96"}),
-                      row=1, col=1)
+        traces.append(go.Scatter(x=list(accuracy_epochs or x), y=y, mode="lines", name=human_name(metric) + " (%)",
+                                 line={"width": 1.5 if metric == "test_acc" else 1,
+                                       "color": "#444444" if metric == "test_acc" else "#AAAAAA"},
+                                 xaxis="x", yaxis="y"))
+    titles = [("% overlap with the feature subspace" + (" (and accuracy)" if accuracy else ""), top_dom[1])]
+    layout = {
+        "title": {"text": title}, "height": height, "margin": {"l": 60, "r": 20, "t": 80, "b": 50},
+        "hovermode": "x unified", "legend": {"orientation": "h", "y": -0.14},
+        "yaxis": {"domain": top_dom, "anchor": "x", "range": [0, 101],
+                  "title": {"text": "% overlap" + (" · accuracy" if accuracy else "")}},
+        "xaxis": {"anchor": "y", **({"matches": "x2", "showticklabels": False} if rows == 2 else
+                                    {"title": {"text": "epoch"}})},
+    }
+    if rows == 2:
+        layout["xaxis2"] = {"anchor": "y2", "title": {"text": "epoch"}}
+        layout["yaxis2"] = {"domain": [0.0, 0.35], "anchor": "x2"}
+        titles.append(("first derivative (points per logging step)", 0.35))
+    layout["annotations"] = [{"text": t, "x": 0.5, "y": y, "xref": "paper", "yref": "paper", "xanchor": "center",
+                              "yanchor": "bottom", "showarrow": False, "font": {"size": 16}} for t, y in titles]
+    fig = go.Figure(data=traces, layout=layout)
+    shapes: list = []
     for r in range(1, rows + 1):
-        _markers(fig, current, markers, row=r, col=1, showlegend=(r == 1)) if rows > 1 else _markers(fig, current, markers)
-    fig.update_layout(title={"text": title}, height=height, margin={"l": 60, "r": 20, "t": 80, "b": 50},
-                      hovermode="x unified", legend={"orientation": "h", "y": -0.14})
-    fig.update_yaxes(title_text="% overlap", range=[0, 101], row=1, col=1)
-    fig.update_xaxes(title_text="epoch", row=rows, col=1)
-    return fig
+        refs = ("x", "y domain") if r == 1 else ("x2", "y2 domain")
+        _markers(fig, current, markers, shapes, refs=refs, showlegend=(r == 1))
+    fig.update_layout(shapes=shapes)
+    return fixed_margins(fig)

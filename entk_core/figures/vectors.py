@@ -7,6 +7,8 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from .style import fixed_margins
+
 __all__ = ["grid_image", "eigenvector_figures", "fold_per_class"]
 
 
@@ -38,7 +40,8 @@ def eigenvector_figures(view: str, vec: np.ndarray, *, title: str, p: int | None
     """Figures for one eigenvector.
 
     Args:
-      view: ``"grid"`` (``vec`` over the ``p²`` pairs: image + 2-D Fourier power), ``"features"``
+      view: ``"grid"`` (``vec`` over the ``p²`` pairs: one figure, the image beside its 2-D
+        Fourier power), ``"features"``
         (``feature_values`` ``(n,)``, one value per feature in importance order: a bar chart),
         or ``"vector"`` (a line over the kernel rows).
       value_name: what ``feature_values`` are (``"share"`` of the squared norm, ``"|cos|"``...).
@@ -48,31 +51,42 @@ def eigenvector_figures(view: str, vec: np.ndarray, *, title: str, p: int | None
         if p is None:
             raise ValueError("the grid view needs p")
         img, power, freqs = grid_image(vec, p)
-        f1 = go.Figure(go.Heatmap(z=img, colorscale="RdBu", zmid=0, colorbar={"title": {"text": "value"}},
-                                  hovertemplate="a=%{y}, b=%{x}<br>%{z:.4f}<extra></extra>"))
-        f1.update_layout(title={"text": title}, xaxis_title="b", yaxis_title="a", height=height,
-                         margin={"l": 50, "r": 20, "t": 60, "b": 50})
-        f1.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
-        f1.update_xaxes(constrain="domain")
-        f2 = go.Figure(go.Heatmap(z=power, x=freqs, y=freqs, colorscale="Viridis", zmin=0,
-                                  colorbar={"title": {"text": "power"}},
-                                  hovertemplate="k_a=%{y}, k_b=%{x}<br>%{z:.3f}<extra></extra>"))
-        f2.update_layout(title={"text": "2-D Fourier power (share of the total)"}, xaxis_title="k_b",
-                         yaxis_title="k_a", height=height, margin={"l": 50, "r": 20, "t": 60, "b": 50})
-        f2.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
-        f2.update_xaxes(constrain="domain")
-        return [f1, f2]
+        # one figure, two panels (laid out by hand: make_subplots costs more than the rest):
+        # the browser draws one chart instead of two on every step
+        left_dom, right_dom = [0.0, 0.40], [0.58, 0.98]
+        traces = [
+            go.Heatmap(z=img, colorscale="RdBu", zmid=0, name="value", xaxis="x", yaxis="y",
+                       colorbar={"title": {"text": "value"}, "x": 0.43, "thickness": 12, "len": 0.9},
+                       hovertemplate="a=%{y}, b=%{x}<br>%{z:.4f}<extra></extra>"),
+            go.Heatmap(z=power, x=freqs, y=freqs, colorscale="Viridis", zmin=0, name="power", xaxis="x2", yaxis="y2",
+                       colorbar={"title": {"text": "power"}, "x": 1.01, "thickness": 12, "len": 0.9},
+                       hovertemplate="k_a=%{y}, k_b=%{x}<br>%{z:.3f}<extra></extra>"),
+        ]
+        panel = {"text": "", "y": 1.0, "xref": "paper", "yref": "paper", "xanchor": "center", "yanchor": "bottom",
+                 "showarrow": False, "font": {"size": 14}}
+        fig = go.Figure(data=traces, layout={
+            "title": {"text": title}, "height": height, "margin": {"l": 50, "r": 20, "t": 80, "b": 50},
+            "xaxis": {"domain": left_dom, "anchor": "y", "title": {"text": "b"}, "constrain": "domain"},
+            "yaxis": {"anchor": "x", "title": {"text": "a"}, "autorange": "reversed", "scaleanchor": "x",
+                      "constrain": "domain"},
+            "xaxis2": {"domain": right_dom, "anchor": "y2", "title": {"text": "k_b"}, "constrain": "domain"},
+            "yaxis2": {"anchor": "x2", "title": {"text": "k_a"}, "autorange": "reversed", "scaleanchor": "x2",
+                       "constrain": "domain"},
+            "annotations": [{**panel, "text": "the vector over (a, b)", "x": sum(left_dom) / 2},
+                            {**panel, "text": "2-D Fourier power (share of the total)", "x": sum(right_dom) / 2}],
+        })
+        return [fixed_margins(fig)]
     if view == "features":
         fv = np.asarray(feature_values if feature_values is not None else vec, dtype=float)
         fig = go.Figure(go.Bar(x=np.arange(len(fv)), y=fv, marker_color="#17becf",
                                hovertemplate="feature %{x}<br>" + value_name + " %{y:.3f}<extra></extra>"))
         fig.update_layout(title={"text": title}, xaxis_title="feature (importance order)", yaxis_title=value_name,
                           height=height, margin={"l": 60, "r": 20, "t": 60, "b": 50})
-        return [fig]
+        return [fixed_margins(fig)]
     v = np.asarray(vec, dtype=float).reshape(-1)
     fig = go.Figure(go.Scatter(x=np.arange(v.size), y=v, mode="lines", line={"color": "#1f2d3d", "width": 1},
                                text=list(labels) if labels is not None else None,
                                hovertemplate="row %{x}<br>%{y:.4f}<extra></extra>"))
     fig.update_layout(title={"text": title}, xaxis_title="kernel row (input)", yaxis_title="value", height=height,
                       margin={"l": 60, "r": 20, "t": 60, "b": 50})
-    return [fig]
+    return [fixed_margins(fig)]

@@ -13,6 +13,9 @@ families). A random baseline is an orthonormal basis of ``k`` seeded Gaussian ve
 """
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -41,17 +44,41 @@ def hidden_activations(run, epoch: int, *, model: torch.nn.Module | None = None)
     return H
 
 
-def pca_directions(H: np.ndarray, k: int) -> np.ndarray:
-    """The top-``k`` principal directions over the inputs of ``H`` ``(N, d)``: ``(N, k)``
-    orthonormal columns (left singular vectors of the centred ``H``; fewer when the rank is
-    smaller). Signs are fixed so that each column's largest entry is positive."""
-    H = np.asarray(H, dtype=np.float64)
+_PCA_MEMO: "OrderedDict[str, np.ndarray]" = OrderedDict()
+_PCA_LOCK = threading.Lock()
+_PCA_MEMO_SIZE = 8
+
+
+def _principal_basis(H: np.ndarray) -> np.ndarray:
+    """Every principal direction of ``H`` ``(N, d)`` float64 over the inputs, sign-fixed,
+    read-only; the last few are kept in memory (keyed by a digest of ``H``), since the pages
+    ask for the same checkpoint's directions on every rerun and the SVD is most of their time."""
+    key = f"{H.shape}:{hashlib.sha1(np.ascontiguousarray(H).tobytes(), usedforsecurity=False).hexdigest()}"
+    with _PCA_LOCK:
+        if key in _PCA_MEMO:
+            _PCA_MEMO.move_to_end(key)
+            return _PCA_MEMO[key]
     Hc = H - H.mean(axis=0, keepdims=True)
     U, s, _ = np.linalg.svd(Hc, full_matrices=False)
     r = int((s > 1e-10 * max(s[0], 1e-300)).sum()) if s.size else 0
-    U = U[:, : min(k, r)]
+    U = U[:, :r]
     sign = np.sign(U[np.argmax(np.abs(U), axis=0), np.arange(U.shape[1])])
-    return U * np.where(sign == 0, 1.0, sign)
+    U = U * np.where(sign == 0, 1.0, sign)
+    U.flags.writeable = False
+    with _PCA_LOCK:
+        _PCA_MEMO[key] = U
+        while len(_PCA_MEMO) > _PCA_MEMO_SIZE:
+            _PCA_MEMO.popitem(last=False)
+    return U
+
+
+def pca_directions(H: np.ndarray, k: int) -> np.ndarray:
+    """The top-``k`` principal directions over the inputs of ``H`` ``(N, d)``: ``(N, k)``
+    orthonormal columns (left singular vectors of the centred ``H``; fewer when the rank is
+    smaller). Signs are fixed so that each column's largest entry is positive. The SVD of a
+    recently seen ``H`` is reused (every ``k`` is a slice of the same directions)."""
+    U = _principal_basis(np.asarray(H, dtype=np.float64))
+    return U[:, : min(int(k), U.shape[1])].copy()
 
 
 def random_directions(n: int, k: int, seed: int = 0) -> np.ndarray:

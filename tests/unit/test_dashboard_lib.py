@@ -174,3 +174,122 @@ def test_url_parameter_table_lists_every_name():
     for n in set(names):
         assert f"| `{n}` |" in text, f"URL parameter {n} is not documented"
     assert "PARAM_ORDER" in shared
+
+
+def _all_builders():
+    from entk_core.engine.spectra import Cliff
+    from entk_core.figures import (accuracy_figure, eigenvector_figures, feature_norms_figure, heatmap_figure,
+                                   key_frequency_figure, overlap_figure, principal_angles_figure, spectrum_figure)
+    from entk_core.figures.lm import direction_scores_figure, layer_auroc_figure, lm_spectrum_figure
+
+    g = np.random.default_rng(0)
+    ep = list(range(0, 110, 10))
+    curves = {"a (4-dim)": g.random(11) * 100, "a · PCA": g.random(11) * 100}
+    macro = {"pos": {"entk": {"auroc": 0.8}, "pca": {"auroc": 0.7}}, "morph": {"entk": {"auroc": 0.7}, "pca": {"auroc": 0.6}}}
+    return {
+        "spectrum": spectrum_figure(np.sort(g.random(200))[::-1], [Cliff(0, 1, 9.0), Cliff(1, 56, 2.0)],
+                                    labels=["constant", "cliff 1"], selected=3, extra={"epoch 50": g.random(200)}),
+        "angles": principal_angles_figure(g.random(5) * 90),
+        "grid": eigenvector_figures("grid", g.standard_normal(49), p=7, title="v")[0],
+        "features": eigenvector_figures("features", g.random(10), title="v")[0],
+        "vector": eigenvector_figures("vector", g.random(10), title="v")[0],
+        "heatmap": heatmap_figure(g.random((6, 4)), title="h", y_labels=[f"sum cos k={i}" for i in range(6)]),
+        "accuracy": accuracy_figure(ep, {"train_acc": list(g.random(11))}, current=20, markers={"onset 15": 15}),
+        "overlap": overlap_figure(ep, curves, derivatives={k: g.random(11) for k in curves}, title="o", current=20,
+                                  markers={"onset 15": 15}, accuracy={"test_acc": list(g.random(11))},
+                                  accuracy_epochs=ep, dashed=["a · PCA"]),
+        "norms": feature_norms_figure(g.random(10), 0.5),
+        "keyfreq": key_frequency_figure([1, 2, 3], [0.1, 0.5, 0.2], [2], epoch=10),
+        "lm_spectrum": lm_spectrum_figure(np.sort(g.random(25))[::-1] + 0.1, selected=2),
+        "layers": layer_auroc_figure([{"layer": 0, "macro": macro}, {"layer": 1, "macro": macro}]),
+        "scores": direction_scores_figure(g.standard_normal(20), ["NOUN", "VERB"] * 10, title="d"),
+    }
+
+
+def test_every_figure_has_fixed_margins_sized_for_its_legend_and_colour_bars():
+    """Plotly must never grow the margins itself (every browser draw would measure and draw
+    twice); the margins leave room for what the figure holds."""
+    for name, fig in _all_builders().items():
+        m = fig.layout.margin
+        assert m.autoexpand is False, name
+        assert min(m.l, m.r, m.t, m.b) >= 20, (name, m)
+        if any(t.type == "heatmap" and t.showscale is not False for t in fig.data):
+            assert m.r >= 110, (name, m)
+        if fig.layout.legend.orientation == "h":
+            assert fig.layout.legend.yref == "container" and fig.layout.legend.y == 0, name
+            assert m.b >= 50 + 22, (name, m)
+    heat = _all_builders()["heatmap"]
+    assert heat.layout.margin.l >= 20 + 7 * len("sum cos k=0")  # the longest category label fits
+
+
+def test_a_longer_legend_gets_a_taller_bottom_margin():
+    from entk_core.figures import overlap_figure
+
+    ep = list(range(5))
+
+    def fig(n):
+        return overlap_figure(ep, {f"family number {i}": np.arange(5.0) for i in range(n)}, title="o")
+
+    assert fig(12).layout.margin.b > fig(2).layout.margin.b
+
+
+def test_marker_lines_are_drawn_in_their_own_subplot():
+    from entk_core.figures import overlap_figure
+
+    fig = overlap_figure([0, 10, 20], {"a": np.zeros(3)}, derivatives={"a": np.zeros(3)}, title="o", current=10,
+                         markers={"peak 20": 20})
+    refs = sorted((s.xref, s.yref, s.x0) for s in fig.layout.shapes)
+    assert refs == [("x", "y domain", 10), ("x", "y domain", 20), ("x2", "y2 domain", 10), ("x2", "y2 domain", 20)]
+    assert fig.layout.xaxis.matches == "x2"  # the two rows share the epoch axis
+    legend = [t.name for t in fig.data if t.showlegend is not False]
+    assert legend.count("epoch 10") == 1 and legend.count("peak 20") == 1
+
+
+def test_a_long_spectrum_draws_no_marker_per_point_but_stays_clickable():
+    from entk_core.figures import spectrum_figure
+
+    long_ = spectrum_figure(np.linspace(2, 1, 200)).data[0]
+    short = spectrum_figure(np.linspace(2, 1, 20)).data[0]
+    assert "markers" in long_.mode and long_.marker.maxdisplayed == 1  # Plotly selects clicks only with markers
+    assert "markers" in short.mode and not short.marker.maxdisplayed
+
+
+def test_the_grid_view_is_one_figure_with_the_image_beside_its_fourier_power():
+    from entk_core.figures import eigenvector_figures, grid_image
+
+    v = np.random.default_rng(1).standard_normal(49)
+    figs = eigenvector_figures("grid", v, p=7, title="eigenvector 3")
+    assert len(figs) == 1
+    img, power, _ = grid_image(v, 7)
+    a, b = figs[0].data
+    assert (a.xaxis, a.yaxis, b.xaxis, b.yaxis) == ("x", "y", "x2", "y2")
+    assert np.allclose(a.z, img) and np.allclose(b.z, power)
+    lay = figs[0].layout
+    assert lay.xaxis.domain[1] < lay.xaxis2.domain[0]  # side by side, not overlapping
+    assert lay.yaxis.scaleanchor == "x" and lay.yaxis2.scaleanchor == "x2"
+
+
+def test_pca_directions_reuse_the_svd_without_sharing_the_result():
+    from entk_core.workflows.baselines import pca_directions
+
+    g = np.random.default_rng(2)
+    H = g.standard_normal((40, 6))
+    P5 = pca_directions(H, 5)
+    P2 = pca_directions(H, 2)  # served from the memo: a slice of the same directions
+    U = np.linalg.svd(H - H.mean(0), full_matrices=False)[0]
+    assert np.allclose(np.abs(np.sum(P5 * U[:, :5], axis=0)), 1.0, atol=1e-12)
+    assert np.array_equal(P2, P5[:, :2])
+    P2[:] = 0.0  # the caller's copy; the memo is untouched
+    assert np.array_equal(pca_directions(H, 2), P5[:, :2])
+    H2 = H.copy()
+    H2[0, 0] += 1.0  # other activations, other directions
+    assert not np.allclose(pca_directions(H2, 2), P5[:, :2])
+
+
+def test_the_server_config_listens_on_loopback_and_skips_the_full_gc_after_each_run():
+    import tomllib
+    from pathlib import Path
+
+    cfg = tomllib.loads((Path(__file__).resolve().parents[2] / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["address"] == "127.0.0.1"
+    assert cfg["runner"]["postScriptGC"] is False  # ~200 ms of every warm rerun (benchmarks/bench_dashboard.py)
