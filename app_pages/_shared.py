@@ -129,6 +129,26 @@ def load_model(run: Run, epoch: int):
     return _load_model(str(run.path), epoch, run.checkpoint_sha(epoch))
 
 
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _alignment_inputs(path: str, epoch: int, sha: str) -> dict[str, Any]:
+    from entk_core.engine.measures import family_bases
+    from entk_core.workflows import alignment
+
+    run = open_run(path)
+    model = _load_model(path, epoch, sha)
+    families = alignment.feature_families_for(run, epoch, model=model)
+    return {"families": families, "bases": family_bases(families),
+            "activations": alignment.pca_for(run, epoch, model=model)}
+
+
+def alignment_inputs(run: Run, epoch: int) -> dict[str, Any]:
+    """What the alignment views measure against at ``epoch``, shared across sessions and
+    reruns (``st.cache_resource``; the same for every control on the page): the feature
+    ``families``, their orthonormal ``bases`` and the hidden ``activations`` of the PCA
+    baseline (``None`` when the family declares none). Read-only by convention."""
+    return _alignment_inputs(str(run.path), epoch, run.checkpoint_sha(epoch))
+
+
 @st.cache_resource(max_entries=64, show_spinner=False)
 def _groups(path: str, mtime: float) -> list[str]:
     from entk_core.workflows import analysis

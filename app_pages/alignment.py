@@ -17,8 +17,8 @@ from entk_core.figures import heatmap_figure
 from entk_core.workflows import alignment, analysis
 from entk_core.workflows.services import Services
 from entk_core.workflows.sweep import CONSTANT_LABEL
-from app_pages._shared import (cache_caption, compare_control, export_buttons, group_name, groups_of, guarded,
-                               kernel_size_of, load_model, not_available, require_run, spectrum_explorer, timed,
+from app_pages._shared import (alignment_inputs, cache_caption, compare_control, export_buttons, group_name, groups_of,
+                               guarded, kernel_size_of, load_model, not_available, require_run, spectrum_explorer, timed,
                                url_int, url_multiselect, url_selectbox, url_toggle, vector_figures)
 
 st.header("Alignment with Fourier features")
@@ -26,13 +26,15 @@ run, epoch = require_run()
 fam = run.family
 p = getattr(run.config, "p", None)
 N = len(run.data.kernel_idx)
-families = {}
+families, inputs = {}, {}
 with guarded("cannot build the feature families"):
-    families = alignment.feature_families_for(run, epoch, model=load_model(run, epoch))
+    inputs = alignment_inputs(run, epoch)
+    families = inputs["families"]
 if p is None or N != p * p or not all(f in families for f in ma.FOURIER):
     not_available(run, "The Fourier alignment view", "It needs a modular-arithmetic run whose feature families "
                   "include the a, b, sum and diff Fourier banks over all p² pairs (the MLP); pick one in the sidebar.")
 families = {k: f for k, f in families.items() if k in ma.REPORT_FAMILIES}
+bases = {k: b for k, b in inputs["bases"].items() if k in families}
 
 groups = groups_of(run)
 c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
@@ -73,7 +75,7 @@ with guarded("cannot compute the alignment"):
                                  key="align_fams", where=d2)
         lab, s, e, _ = fourier[ci]
         block = V[:, s:e + 1]
-        info = ma.analyse_cliff(block, families, p, rotate=block.shape[1] >= 2)
+        info = ma.analyse_cliff(block, families, p, rotate=block.shape[1] >= 2, bases=bases)
         U = info.get("rotated") if rotated and info["rotation"] else None
         dirs = U if U is not None else block
         if chosen:
@@ -94,8 +96,8 @@ with guarded("cannot compute the alignment"):
         k2.metric("after rotation", "–" if mb["after"] is None else f"{mb['after']:.3f}",
                   delta=None if mb["after"] is None else f"{mb['after'] - mb['before']:+.3f}")
         k3.metric("Rotation", info["rotation"] or "none")
-        H_act = alignment.pca_for(run, epoch, model=model)
-        rows = alignment.window_table(V, [(lab, s, e)], families, H=H_act)
+        H_act = inputs["activations"]
+        rows = alignment.window_table(V, [(lab, s, e)], families, H=H_act, bases=bases)
         table = [{"family": r["family"], "dim": r["dim"], "eNTK": r["entk"], "PCA": r["pca"], "random": r["random"],
                   "eNTK %": round(100 * r["entk"] / max(r["dim"], 1), 1)} for r in rows]
         st.dataframe(table, hide_index=True, width="content")

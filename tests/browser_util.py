@@ -36,8 +36,9 @@ def free_port() -> int:
 class StreamlitServer:
     """``python -m streamlit run app.py`` on 127.0.0.1:<free port>; logs in ``log_path``."""
 
-    def __init__(self, repo: Path, env: dict[str, str], log_path: Path):
+    def __init__(self, repo: Path, env: dict[str, str], log_path: Path, extra_args: list[str] | None = None):
         self.repo, self.env, self.log_path = repo, env, log_path
+        self.extra_args = list(extra_args or [])
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -47,7 +48,7 @@ class StreamlitServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
              "--server.port", str(self.port), "--server.address", "127.0.0.1",
-             "--browser.gatherUsageStats", "false"],
+             "--browser.gatherUsageStats", "false", *self.extra_args],
             cwd=self.repo, env={**os.environ, **self.env}, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.time() + 60

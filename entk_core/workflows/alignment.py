@@ -47,13 +47,14 @@ def baseline_overlaps(H: np.ndarray | None, sizes: Sequence[int], bases: dict[st
 
 
 def window_table(V: np.ndarray, windows: Sequence[tuple[str, int, int]], families, *, H: np.ndarray | None = None,
-                 seed: int = 0) -> list[dict[str, Any]]:
+                 seed: int = 0, bases: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
     """One row per window ``(label, start, end)``: its eNTK overlap with each family, and the
     PCA and random baselines with the same budget. Rows: ``{"window", "start", "end", "size",
-    "family", "dim", "entk", "pca", "random"}`` (overlaps; ``pca`` ``None`` without ``H``)."""
+    "family", "dim", "entk", "pca", "random"}`` (overlaps; ``pca`` ``None`` without ``H``).
+    ``bases``: :func:`entk_core.engine.measures.family_bases` of ``families`` (computed if omitted)."""
     from .sweep import windows_overlaps
 
-    bases = _bases(families)
+    bases = bases if bases is not None else _bases(families)
     inside = [w for w in windows if w[2] < V.shape[1]]
     if not inside or not bases:
         return []
