@@ -11,7 +11,8 @@ import math
 import time
 from typing import Any, Callable, NamedTuple
 
-__all__ = ["status_mb", "reset_peak", "Measured", "measure", "synchronize", "memory_fields", "max_rel_err"]
+__all__ = ["status_mb", "reset_peak", "Measured", "measure", "compare", "synchronize", "memory_fields",
+           "max_rel_err", "load_fields"]
 
 _MB = 1024.0 * 1024.0
 
@@ -100,6 +101,60 @@ def measure(fn: Callable[[], Any], repeats: int = 1, device: Any = None) -> Meas
             if cuda:
                 peak_gpu = torch.cuda.max_memory_allocated(device) / _MB
     return Measured(out, best, peak or 0.0, base, peak_gpu, base_gpu)
+
+
+class Timed(NamedTuple):
+    """One side of :func:`compare`: the first run's output, every run's seconds, the statistic."""
+    out: Any
+    times: list
+    seconds: float          # the statistic: best of the runs
+    median: float
+    peak_rss_mb: float      # host VmHWM during the first run
+    base_rss_mb: float      # host VmRSS before it
+    peak_gpu_mb: float | None = None
+    base_gpu_mb: float | None = None
+
+
+def compare(fns: dict[str, Callable[[], Any]], repeats: int = 3, device: Any = None,
+            warmup: dict[str, Callable[[], Any]] | None = None, keep: bool = True) -> dict[str, Timed]:
+    """Time several computations *the same way*: each gets the same warm-up (``warmup[name]``,
+    e.g. the same call on a few inputs; else none), then ``repeats`` rounds in which every
+    computation runs once, the order alternating between rounds so that all see the same
+    machine load. The statistic is the best of the rounds for every side (the median is
+    kept too); peak memory is that of the first round (VmHWM reset before each call).
+    ``keep``: keep each side's first-round output (else ``None``)."""
+    import gc
+
+    for name in fns:
+        if warmup and name in warmup:
+            warmup[name]()
+    names = list(fns)
+    times: dict[str, list] = {n: [] for n in names}
+    outs: dict[str, Any] = {}
+    mem: dict[str, tuple] = {}
+    for r in range(repeats):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            m = measure(fns[n], 1, device)
+            times[n].append(m.seconds)
+            if r == 0:
+                outs[n] = m.out if keep else None
+                mem[n] = (m.peak_rss_mb, m.base_rss_mb, m.peak_gpu_mb, m.base_gpu_mb)
+            del m
+            gc.collect()
+    res = {}
+    for n in names:
+        ts = sorted(times[n])
+        med = ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2])
+        res[n] = Timed(outs[n], times[n], ts[0], med, *mem[n])
+    return res
+
+
+def load_fields() -> dict[str, Any]:
+    """The machine's load now: 1-minute load average and the number of runnable processes."""
+    import os
+
+    la = os.getloadavg()
+    return {"loadavg_1m": la[0], "loadavg_5m": la[1], "usable_cores": len(os.sched_getaffinity(0))}
 
 
 def memory_fields(fast: Measured, ref: Measured | None = None) -> dict[str, float]:
