@@ -51,11 +51,12 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from typing import Any, Callable
+
+from .measure import machine_info
 
 
 __all__ = ["machine_info", "run_bench", "format_table", "build_parser", "main", "CASE_MODULES", "DEVICES"]
@@ -75,44 +76,6 @@ def _registry() -> tuple[dict[str, Callable], dict[str, dict[str, float]]]:
         cases.update(mod.CASES)
         targets.update(getattr(mod, "TARGETS", {}))
     return cases, targets
-
-
-# ------------------------------------------------------------------ machine info
-def machine_info(device: Any = "cpu") -> dict[str, Any]:
-    """The machine's figures, with the compute ``device`` (and on CUDA the GPU's name)."""
-    import torch
-
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    dev = torch.device(device)
-    info = {
-        "cpu_model": model or platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "usable_cores": usable,
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(dev),
-        "loadavg_start": list(os.getloadavg()),
-    }
-    if dev.type == "cuda":
-        props = torch.cuda.get_device_properties(dev)
-        info.update({"gpu_name": torch.cuda.get_device_name(dev), "gpu_memory_mb": props.total_memory / 2 ** 20,
-                     "gpu_capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda,
-                     "cudnn": torch.backends.cudnn.version()})
-    return info
 
 
 def _child(case: str, dtype_name: str, quick: bool, device_name: str = "cpu", repeats: int | None = None
@@ -157,6 +120,7 @@ def run_bench(cases=("a", "b", "c", "d", "e", "f"), dtype: str = "float32", prog
     ``repeats``: timed rounds per side (default per case: 3, case b 1).
     ``progress(done, total, message)``. A device that is not available: a one-line ``ValueError``."""
     from ..engine.devices import resolve_device
+    from ._runner import command_line
 
     if dtype not in TOL:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
@@ -168,7 +132,7 @@ def run_bench(cases=("a", "b", "c", "d", "e", "f"), dtype: str = "float32", prog
         if c not in _registry()[0]:
             raise ValueError(f"unknown case {c!r}; known: {sorted(_registry()[0])}")
     result: dict[str, Any] = {"machine": machine_info(dev), "device": str(dev), "dtype": dtype, "quick": quick,
-                              "repeats": repeats, "command": " ".join(["python -m entk_core bench"] + sys.argv[1:]),
+                              "repeats": repeats, "command": command_line(),
                               "cases": {}}
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -11,7 +11,7 @@ import math
 import time
 from typing import Any, Callable, NamedTuple
 
-__all__ = ["status_mb", "reset_peak", "Measured", "measure", "compare", "synchronize", "memory_fields",
+__all__ = ["machine_info", "status_mb", "reset_peak", "Measured", "measure", "compare", "synchronize", "memory_fields",
            "max_rel_err", "load_fields"]
 
 _MB = 1024.0 * 1024.0
@@ -184,3 +184,43 @@ def max_rel_err(A, B) -> float:
         num = max(num, float((a - b).abs().max()))
         den = max(den, float(b.abs().max()))
     return num / den if den else num
+
+
+def machine_info(device: Any = "cpu") -> dict[str, Any]:
+    """The machine's figures, with the compute ``device`` (and on CUDA the GPU's name)."""
+    import os
+    import platform
+
+    import torch
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    dev = torch.device(device)
+    info = {
+        "cpu_model": model or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(dev),
+        "loadavg_start": list(os.getloadavg()),
+    }
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        info.update({"gpu_name": torch.cuda.get_device_name(dev), "gpu_memory_mb": props.total_memory / 2 ** 20,
+                     "gpu_capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda,
+                     "cudnn": torch.backends.cudnn.version()})
+    return info

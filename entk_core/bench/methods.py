@@ -15,14 +15,11 @@ planner's time model is tuned with.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
 import warnings
 from typing import Any, Callable
+
+from ._runner import Timeout, cli, command_line, one_line, run_children, split_names, time_limit
 
 __all__ = ["CASES", "METHODS", "run_case", "run_methods", "format_table", "main"]
 
@@ -37,22 +34,8 @@ CASES = {
 }
 
 
-class _Timeout(Exception):
-    pass
-
-
-def _with_alarm(seconds: float, fn: Callable[[], Any]) -> Any:
-    def handler(signum, frame):
-        raise _Timeout(f"stopped after {seconds:g} s (--max-seconds)")
-    signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        return fn()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-def run_case(case: str, repeats: int = 1, max_seconds: float = 300.0, n: int | None = None) -> dict[str, Any]:
+def run_case(case: str, repeats: int = 1, max_seconds: float = 300.0, n: int | None = None,
+             memory_budget: str | None = None) -> dict[str, Any]:
     """One case in this process: ``{"methods": {m: {...}}, "auto_over_best_forced", ...}``."""
     from ..engine.kernels import empirical_ntk, estimate_ntk
     from .measure import load_fields, measure
@@ -61,6 +44,7 @@ def run_case(case: str, repeats: int = 1, max_seconds: float = 300.0, n: int | N
     name, reduction = CASES[case]
     model, x = build(name, n)
     rec: dict[str, Any] = {"case": case, "model": name, "reduction": reduction, "N": int(x.shape[0]),
+                           "memory_budget": memory_budget,
                            "P": sum(p.numel() for p in model.parameters()), "load_before": load_fields(),
                            "methods": {}}
     runnable = []
@@ -70,14 +54,14 @@ def run_case(case: str, repeats: int = 1, max_seconds: float = 300.0, n: int | N
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                plan = estimate_ntk(model, x, reduction=reduction, method=m)
+                plan = estimate_ntk(model, x, reduction=reduction, method=m, memory_budget=memory_budget)
             r.update({"estimated_s": plan.seconds, "estimated_bytes": plan.bytes, "planned_method": plan.method,
                       "fits": bool(plan.fits), "flops": plan.flops})
             if m == "auto":
                 r["paths"] = {k: {"seconds": v.get("seconds"), "bytes": v.get("bytes"), "fits": v.get("fits")}
                               for k, v in plan.paths.items()}
         except Exception as e:  # noqa: BLE001 - reported
-            r["failed"] = f"estimate: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            r["failed"] = "estimate: " + one_line(e)
             continue
         if not plan.fits:
             r["skipped"] = "does not fit the memory budget (planner)"
@@ -87,7 +71,7 @@ def run_case(case: str, repeats: int = 1, max_seconds: float = 300.0, n: int | N
             runnable.append(m)
 
     def call(m, xs):
-        return empirical_ntk(model, xs, reduction=reduction, method=m, return_info=True)
+        return empirical_ntk(model, xs, reduction=reduction, method=m, return_info=True, memory_budget=memory_budget)
 
     for m in list(runnable):   # the same warm-up for every method
         try:
@@ -95,7 +79,7 @@ def run_case(case: str, repeats: int = 1, max_seconds: float = 300.0, n: int | N
                 warnings.simplefilter("ignore")
                 call(m, x[:8])
         except Exception as e:  # noqa: BLE001 - e.g. forward AD not implemented: reported, not run
-            rec["methods"][m]["failed"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            rec["methods"][m]["failed"] = one_line(e)
             runnable.remove(m)
     times: dict[str, list] = {m: [] for m in runnable}
     for i in range(repeats):
@@ -105,12 +89,13 @@ def run_case(case: str, repeats: int = 1, max_seconds: float = 300.0, n: int | N
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    mm = _with_alarm(max_seconds, lambda m=m: measure(lambda: call(m, x)))
-            except _Timeout as e:
+                    with time_limit(max_seconds):
+                        mm = measure(lambda m=m: call(m, x))
+            except Timeout as e:
                 rec["methods"][m]["skipped"] = str(e)
                 continue
             except Exception as e:  # noqa: BLE001
-                rec["methods"][m]["failed"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                rec["methods"][m]["failed"] = one_line(e)
                 continue
             times[m].append(mm.seconds)
             if i == 0:
@@ -133,33 +118,18 @@ def run_case(case: str, repeats: int = 1, max_seconds: float = 300.0, n: int | N
 
 
 def run_methods(cases=tuple(CASES), repeats: int = 1, max_seconds: float = 300.0, n: int | None = None,
-                progress: Callable | None = None) -> dict[str, Any]:
+                progress: Callable | None = None, memory_budget: str | None = None) -> dict[str, Any]:
     """Every case in a child process of its own."""
-    from . import machine_info
+    from .measure import machine_info
 
-    cases = [c.strip() for c in (cases.split(",") if isinstance(cases, str) else cases)]
-    for c in cases:
-        if c not in CASES:
-            raise ValueError(f"unknown case {c!r}; known: {', '.join(CASES)}")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cases = split_names(cases, CASES, "case")
+    args = ["--repeats", str(repeats), "--max-seconds", str(max_seconds)] + (["--n", str(n)] if n else [])
+    args += ["--memory-budget", memory_budget] if memory_budget else []
     result = {"machine": machine_info("cpu"),
-              "settings": {"repeats": repeats, "max_seconds": max_seconds, "n": n,
+              "settings": {"repeats": repeats, "max_seconds": max_seconds, "n": n, "memory_budget": memory_budget,
                            "statistic": f"best of {repeats} interleaved rounds after the same 8-input warm-up"},
-              "command": " ".join(["python -m entk_core bench --methods"] + sys.argv[1:]), "cases": {}}
-    for i, c in enumerate(cases):
-        if progress:
-            progress(i, len(cases), c)
-        t0 = time.perf_counter()
-        cmd = [sys.executable, "-m", "entk_core.bench.methods", "--_child", c, "--repeats", str(repeats),
-               "--max-seconds", str(max_seconds)] + (["--n", str(n)] if n else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            result["cases"][c] = {"case": c, "error": (proc.stderr or proc.stdout).strip().splitlines()[-5:]}
-            continue
-        result["cases"][c] = {**json.loads(lines[-1]), "wall_s": time.perf_counter() - t0}
+              "command": command_line(),
+              "cases": run_children("entk_core.bench.methods", cases, args, progress)}
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     ratios = [r["auto_over_best_forced"] for r in result["cases"].values() if "auto_over_best_forced" in r]
     spreads = [mr["measured_over_estimate"] for r in result["cases"].values() for mr in r.get("methods", {}).values()
@@ -205,24 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-seconds", type=float, default=300.0,
                     help="a forced method estimated over this is not run; a run over it is stopped (default 300)")
     ap.add_argument("--n", type=int, default=None, help="inputs per case (default: each model's N)")
+    ap.add_argument("--memory-budget", default=None,
+                    help="the planner's budget for every method, e.g. 4GB (default: ENTK_MEMORY_BUDGET or half the "
+                         "available RAM)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args._child:
-        print(json.dumps(run_case(args._child, args.repeats, args.max_seconds, args.n)))
-        return 0
-    try:
-        res = run_methods(args.cases, args.repeats, args.max_seconds, args.n,
-                          progress=lambda i, t, c: print(f"[{i}/{t}] {c}", file=sys.stderr, flush=True))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(res, indent=2) if args.json else format_table(res))
-    return 0 if all("error" not in r for r in res["cases"].values()) else 1
+    a = build_parser().parse_args(argv)
+    return cli(a, lambda: run_case(a._child, a.repeats, a.max_seconds, a.n, a.memory_budget),
+               lambda progress: run_methods(a.cases, a.repeats, a.max_seconds, a.n, progress, a.memory_budget),
+               format_table)
 
 
 if __name__ == "__main__":

@@ -155,16 +155,16 @@ def _resnet(n: int = 500):
 
 
 def _tms(n: int = 500):
-    from .toy import _tms as tms
+    from .toy import tms_model as tms
 
     model, x = tms(N=n)
     return model.eval(), x
 
 
 def _attn(n: int | None = None):
-    from .toy import _transformer
+    from .toy import attention_model
 
-    model, x = _transformer()
+    model, x = attention_model()
     return model.eval(), x if n is None else x[:n]
 
 

@@ -358,7 +358,7 @@ def run_case(case: str, libs=LIBS, repeats: int = 1, max_seconds: float = 900.0,
 def run_peers(cases=tuple(CASES), libs=LIBS, repeats: int = 1, max_seconds: float = 900.0,
               max_mem_gb: float = 8.0, n: int | None = None, progress: Callable | None = None) -> dict[str, Any]:
     """Every case in a child process of its own; ``{"machine", "peers", "settings", "cases"}``."""
-    from . import machine_info
+    from .measure import machine_info
 
     cases = [c.strip() for c in (cases.split(",") if isinstance(cases, str) else cases)]
     libs = [s.strip() for s in (libs.split(",") if isinstance(libs, str) else libs)]

@@ -236,3 +236,8 @@ def _case_d(dtype, quick: bool, device, repeats: int | None = None) -> dict[str,
 
 
 CASES = {"a": _case_a, "b": _case_b, "c": _case_c, "d": _case_d}
+
+tms_model = _tms
+"""Case c's toy model of superposition and inputs: ``tms_model(m, n, N, S, seed) -> (model, x)``."""
+attention_model = _transformer
+"""Case d's 1-layer attention model and its 841 sequences: ``attention_model(p) -> (model, x)``."""

@@ -1,0 +1,96 @@
+"""What the peer and method benchmarks share: one child process per case, a time limit per
+call, and the command-line driver (table or ``--json``)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+__all__ = ["Timeout", "time_limit", "run_children", "split_names", "one_line", "cli", "command_line"]
+
+
+def command_line() -> str:
+    """The command this process was started with, as a user would type it."""
+    a0 = sys.argv[0].replace(os.sep, "/")
+    if a0.endswith("entk_core/__main__.py"):
+        prog = "python -m entk_core"
+    elif a0.endswith("entk_core/bench/__main__.py"):
+        prog = "python -m entk_core.bench"
+    else:
+        prog = "python " + os.path.relpath(sys.argv[0])
+    return " ".join([prog] + sys.argv[1:])
+
+
+class Timeout(Exception):
+    """A call ran past its time limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`Timeout` in the main thread after ``seconds`` (SIGALRM; between Python
+    bytecodes, so a long single torch call finishes first)."""
+    def handler(signum, frame):
+        raise Timeout(f"stopped after {seconds:g} s (--max-seconds)")
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (what a failing library or method is reported as)."""
+    msg = str(e).strip()
+    return f"{type(e).__name__}: {msg.splitlines()[0][:limit] if msg else ''}"
+
+
+def split_names(value, known, what: str) -> list[str]:
+    """A comma-separated string (or a sequence) of names, each checked against ``known``."""
+    names = [c.strip() for c in (value.split(",") if isinstance(value, str) else value)]
+    for c in names:
+        if c not in known:
+            raise ValueError(f"unknown {what} {c!r}; known: {', '.join(known)}")
+    return names
+
+
+def run_children(module: str, cases: list[str], args: list[str], progress: Callable | None = None
+                 ) -> dict[str, dict[str, Any]]:
+    """``python -m module --_child CASE *args`` for every case, each in a process of its own
+    (peak memory per case; a crash is that case's ``error``); ``{case: record}``."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    out: dict[str, dict[str, Any]] = {}
+    for i, c in enumerate(cases):
+        if progress:
+            progress(i, len(cases), c)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", module, "--_child", c, *args], capture_output=True, text=True,
+                              env=env, cwd=root)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            out[c] = {"case": c, "error": (proc.stderr or proc.stdout).strip().splitlines()[-5:]}
+            continue
+        out[c] = {**json.loads(lines[-1]), "wall_s": time.perf_counter() - t0}
+    return out
+
+
+def cli(args, child: Callable[[], dict], run: Callable[[Callable], dict], table: Callable[[dict], str]) -> int:
+    """The driver: ``--_child`` prints one case's JSON; else run every case and print a table or JSON."""
+    if args._child:
+        print(json.dumps(child()))
+        return 0
+    try:
+        res = run(lambda i, t, c: print(f"[{i}/{t}] {c}", file=sys.stderr, flush=True))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(res, indent=2) if args.json else table(res))
+    return 0 if all("error" not in r for r in res["cases"].values()) else 1
