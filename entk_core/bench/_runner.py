@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any, Callable, Iterator
 
-__all__ = ["Timeout", "time_limit", "run_children", "split_names", "one_line", "cli", "command_line"]
+__all__ = ["table_rows", "table_head", "Timeout", "time_limit", "run_children", "split_names", "one_line", "cli", "command_line"]
 
 
 def command_line() -> str:
@@ -94,3 +94,26 @@ def cli(args, child: Callable[[], dict], run: Callable[[Callable], dict], table:
         return 2
     print(json.dumps(res, indent=2) if args.json else table(res))
     return 0 if all("error" not in r for r in res["cases"].values()) else 1
+
+
+def table_head(result: dict[str, Any], *more: str) -> list[str]:
+    """The first lines of a table: the machine and its load, then ``more``."""
+    m = result["machine"]
+    return [f"machine: {m['cpu_model']}, {m['usable_cores']} cores, torch {m['torch']}, loadavg start "
+            f"{m['loadavg_start'][0]:.2f} end {m['loadavg_end'][0]:.2f}", *more]
+
+
+def table_rows(result: dict[str, Any], key: str, row: Callable[[str, str, dict], str],
+               tail: Callable[[dict], str | None]) -> list[str]:
+    """One line per case and entry of ``record[key]`` (``row(case, name, entry)``), then
+    ``tail(record)`` when not ``None``; a failed case is one ``ERROR`` line."""
+    lines = []
+    for c, rec in result["cases"].items():
+        if "error" in rec:
+            lines.append(f"{c:16} ERROR: {' | '.join(rec['error'])}")
+            continue
+        lines += [row(c, name, r) for name, r in rec[key].items()]
+        t = tail(rec)
+        if t is not None:
+            lines.append(t)
+    return lines

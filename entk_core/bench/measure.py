@@ -193,15 +193,12 @@ def machine_info(device: Any = "cpu") -> dict[str, Any]:
 
     import torch
 
-    model = ""
     try:
         with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+            names = [ln.split(":", 1)[1].strip() for ln in fh.read().splitlines() if ln.startswith("model name")]
     except OSError:
-        pass
+        names = []
+    model = names[0] if names else ""
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:

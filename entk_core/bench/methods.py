@@ -19,7 +19,7 @@ import os
 import warnings
 from typing import Any, Callable
 
-from ._runner import Timeout, cli, command_line, one_line, run_children, split_names, time_limit
+from ._runner import Timeout, cli, command_line, one_line, run_children, split_names, table_head, table_rows, time_limit
 
 __all__ = ["CASES", "METHODS", "run_case", "run_methods", "format_table", "main"]
 
@@ -141,25 +141,25 @@ def run_methods(cases=tuple(CASES), repeats: int = 1, max_seconds: float = 300.0
     return result
 
 
+def _method_row(c: str, meth: str, r: dict) -> str:
+    est = f"{r['estimated_s']:9.3f}" if "estimated_s" in r else f"{'-':>9}"
+    if "seconds" in r:
+        return (f"{c:16} {meth:10} {r['seconds']:9.3f} {est} {r['measured_over_estimate']:8.2f} "
+                f"{r['peak_rss_mb']:8.0f}  {r['path']}")
+    return f"{c:16} {meth:10} {'-':>9} {est} {'-':>8} {'-':>8}  {r.get('skipped') or r.get('failed')}"
+
+
+def _auto_line(rec: dict) -> str | None:
+    if "auto_over_best_forced" not in rec:
+        return None
+    return (f"{'':16} auto / best forced ({rec['best_forced']}): {rec['auto_over_best_forced']:.2f}"
+            + ("" if rec["auto_over_best_forced"] <= 1.2 else "  ** over 1.2"))
+
+
 def format_table(result: dict[str, Any]) -> str:
-    m = result["machine"]
-    lines = [f"machine: {m['cpu_model']}, {m['usable_cores']} cores, torch {m['torch']}, loadavg start "
-             f"{m['loadavg_start'][0]:.2f} end {m['loadavg_end'][0]:.2f}",
-             f"{'case':16} {'method':10} {'seconds':>9} {'estimate':>9} {'meas/est':>8} {'peak MB':>8}  path / note"]
-    for c, rec in result["cases"].items():
-        if "error" in rec:
-            lines.append(f"{c:16} ERROR: {' | '.join(rec['error'])}")
-            continue
-        for meth, r in rec["methods"].items():
-            est = f"{r['estimated_s']:9.3f}" if "estimated_s" in r else f"{'-':>9}"
-            if "seconds" in r:
-                lines.append(f"{c:16} {meth:10} {r['seconds']:9.3f} {est} {r['measured_over_estimate']:8.2f} "
-                             f"{r['peak_rss_mb']:8.0f}  {r['path']}")
-            else:
-                lines.append(f"{c:16} {meth:10} {'-':>9} {est} {'-':>8} {'-':>8}  {r.get('skipped') or r.get('failed')}")
-        if "auto_over_best_forced" in rec:
-            lines.append(f"{'':16} auto / best forced ({rec['best_forced']}): {rec['auto_over_best_forced']:.2f}"
-                         + ("" if rec["auto_over_best_forced"] <= 1.2 else "  ** over 1.2"))
+    lines = table_head(result, f"{'case':16} {'method':10} {'seconds':>9} {'estimate':>9} {'meas/est':>8} "
+                               f"{'peak MB':>8}  path / note")
+    lines += table_rows(result, "methods", _method_row, _auto_line)
     s = result.get("summary", {})
     if s.get("cases"):
         lines.append(f"auto within 1.2x of the best forced method on {s['cases_auto_within_1.2']}/{s['cases']} cases "

@@ -40,15 +40,13 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
-import json
 import math
 import os
-import signal
-import subprocess
-import sys
 import time
 import warnings
 from typing import Any, Callable
+
+from ._runner import Timeout, cli, command_line, one_line, run_children, split_names, table_head, table_rows, time_limit
 
 __all__ = ["CASES", "LIBS", "peer_status", "run_case", "run_peers", "format_table", "main"]
 
@@ -252,17 +250,6 @@ def _refusal(lib: str, N: int, C: int, P: int, reduction: str, rate: float, max_
     return None
 
 
-class _Timeout(Exception):
-    pass
-
-
-def _alarm(seconds: float):
-    def handler(signum, frame):
-        raise _Timeout(f"stopped after {seconds:g} s (--max-seconds)")
-    signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-
-
 # ------------------------------------------------------------------ one case (child process)
 def _reference_rows(model, x, reduction: str, rows):
     """Float64 kernel rows ``rows`` × all columns by the tutorial recipe (column chunks, one parameter at a time)."""
@@ -321,11 +308,8 @@ def run_case(case: str, libs=LIBS, repeats: int = 1, max_seconds: float = 900.0,
                 fn(lm, x[:8], reduction, budget)                   # the same warm-up for every library
                 times, out, extra, mem = [], None, {}, None
                 for i in range(repeats):
-                    _alarm(max_seconds)
-                    try:
+                    with time_limit(max_seconds):
                         mm = measure(lambda lm=lm: fn(lm, x, reduction, budget))
-                    finally:
-                        signal.setitimer(signal.ITIMER_REAL, 0)
                     times.append(mm.seconds)
                     if i == 0:
                         (out, extra), mem = mm.out, mm
@@ -337,10 +321,10 @@ def run_case(case: str, libs=LIBS, repeats: int = 1, max_seconds: float = 900.0,
             w = sorted({str(c.message).splitlines()[0][:160] for c in caught})
             if w:
                 r["warnings"] = w[:5]
-        except _Timeout as e:
+        except Timeout as e:
             r["skipped"] = str(e)
         except Exception as e:  # noqa: BLE001 - a library failing on a model is a result to report
-            r["failed"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            r["failed"] = one_line(e)
         out = K = None
         del lm
         gc.collect()
@@ -360,59 +344,36 @@ def run_peers(cases=tuple(CASES), libs=LIBS, repeats: int = 1, max_seconds: floa
     """Every case in a child process of its own; ``{"machine", "peers", "settings", "cases"}``."""
     from .measure import machine_info
 
-    cases = [c.strip() for c in (cases.split(",") if isinstance(cases, str) else cases)]
-    libs = [s.strip() for s in (libs.split(",") if isinstance(libs, str) else libs)]
-    for c in cases:
-        if c not in CASES:
-            raise ValueError(f"unknown case {c!r}; known: {', '.join(CASES)}")
-    for lib in libs:
-        if lib not in LIBS:
-            raise ValueError(f"unknown library {lib!r}; known: {', '.join(LIBS)}")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cases = split_names(cases, CASES, "case")
+    libs = split_names(libs, LIBS, "library")
+    args = ["--libs", ",".join(libs), "--repeats", str(repeats), "--max-seconds", str(max_seconds),
+            "--max-mem-gb", str(max_mem_gb)] + (["--n", str(n)] if n else [])
     result = {"machine": machine_info("cpu"), "peers": peer_status(),
               "settings": {"repeats": repeats, "max_seconds": max_seconds, "max_mem_gb": max_mem_gb, "n": n,
                            "libs": libs, "statistic": f"best of {repeats} after the same 8-input warm-up"},
-              "command": " ".join(["python -m entk_core bench --peers"] + sys.argv[1:]), "cases": {}}
-    for i, c in enumerate(cases):
-        if progress:
-            progress(i, len(cases), c)
-        cmd = [sys.executable, "-m", "entk_core.bench.peers", "--_child", c, "--libs", ",".join(libs),
-               "--repeats", str(repeats), "--max-seconds", str(max_seconds), "--max-mem-gb", str(max_mem_gb)]
-        cmd += ["--n", str(n)] if n else []
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            result["cases"][c] = {"case": c, "error": (proc.stderr or proc.stdout).strip().splitlines()[-5:]}
-            continue
-        result["cases"][c] = json.loads(lines[-1])
+              "command": command_line(), "cases": run_children("entk_core.bench.peers", cases, args, progress)}
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     return result
 
 
+def _lib_row(c: str, lib: str, r: dict) -> str:
+    if "seconds" in r:
+        note = r.get("path", "") or ", ".join(f"{k} {r[k]}" for k in ("batch_size", "chunk") if k in r)
+        return (f"{c:16} {lib:11} {r['seconds']:9.2f} {r['peak_rss_mb']:8.0f} {r['peak_delta_mb']:7.0f} "
+                f"{r['max_rel_error']:9.1e}  {note}")
+    return f"{c:16} {lib:11} {'-':>9} {'-':>8} {'-':>7} {'-':>9}  {r.get('skipped') or r.get('failed')}"
+
+
+def _best_line(rec: dict) -> str | None:
+    if "entk_core_speedup_vs_best_peer" not in rec:
+        return None
+    return f"{'':16} entk_core vs best peer ({rec['best_peer']}): {rec['entk_core_speedup_vs_best_peer']:.2f}x"
+
+
 def format_table(result: dict[str, Any]) -> str:
-    m = result["machine"]
-    lines = [f"machine: {m['cpu_model']}, {m['usable_cores']} cores, torch {m['torch']}, loadavg start "
-             f"{m['loadavg_start'][0]:.2f} end {m['loadavg_end'][0]:.2f}",
-             "peers: " + "; ".join(f"{k} {v}" for k, v in result["peers"].items()),
-             f"{'case':16} {'library':11} {'seconds':>9} {'peak MB':>8} {'+MB':>7} {'rel.err':>9}  note"]
-    for c, rec in result["cases"].items():
-        if "error" in rec:
-            lines.append(f"{c:16} ERROR: {' | '.join(rec['error'])}")
-            continue
-        for lib, r in rec["libs"].items():
-            if "seconds" in r:
-                note = r.get("path", "") or ", ".join(f"{k} {r[k]}" for k in ("batch_size", "chunk") if k in r)
-                lines.append(f"{c:16} {lib:11} {r['seconds']:9.2f} {r['peak_rss_mb']:8.0f} {r['peak_delta_mb']:7.0f} "
-                             f"{r['max_rel_error']:9.1e}  {note}")
-            else:
-                lines.append(f"{c:16} {lib:11} {'-':>9} {'-':>8} {'-':>7} {'-':>9}  "
-                             f"{r.get('skipped') or r.get('failed')}")
-        if "entk_core_speedup_vs_best_peer" in rec:
-            lines.append(f"{'':16} entk_core vs best peer ({rec['best_peer']}): "
-                         f"{rec['entk_core_speedup_vs_best_peer']:.2f}x")
-    return "\n".join(lines)
+    lines = table_head(result, "peers: " + "; ".join(f"{k} {v}" for k, v in result["peers"].items()),
+                       f"{'case':16} {'library':11} {'seconds':>9} {'peak MB':>8} {'+MB':>7} {'rel.err':>9}  note")
+    return "\n".join(lines + table_rows(result, "libs", _lib_row, _best_line))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -432,19 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args._child:
-        print(json.dumps(run_case(args._child, args.libs.split(","), args.repeats, args.max_seconds,
-                                  args.max_mem_gb, args.n)))
-        return 0
-    try:
-        res = run_peers(args.cases, args.libs, args.repeats, args.max_seconds, args.max_mem_gb, args.n,
-                        progress=lambda i, t, c: print(f"[{i}/{t}] {c}", file=sys.stderr, flush=True))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(res, indent=2) if args.json else format_table(res))
-    return 0 if all("error" not in r for r in res["cases"].values()) else 1
+    a = build_parser().parse_args(argv)
+    return cli(a, lambda: run_case(a._child, a.libs.split(","), a.repeats, a.max_seconds, a.max_mem_gb, a.n),
+               lambda progress: run_peers(a.cases, a.libs, a.repeats, a.max_seconds, a.max_mem_gb, a.n, progress),
+               format_table)
 
 
 if __name__ == "__main__":
