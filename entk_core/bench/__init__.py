@@ -230,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         return methods_main([a for a in argv if a != "--methods"])
     args = build_parser().parse_args(argv)
     if args._child:
-        print(json.dumps(_child(args._child, args.dtype, args.quick, args._device, args.repeats)))
+        from ._runner import save_partial
+
+        rec = _child(args._child, args.dtype, args.quick, args._device, args.repeats)
+        save_partial(args._child, rec)
+        print(json.dumps(rec))
         return 0
 
     def prog(done, total, msg):

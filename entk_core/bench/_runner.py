@@ -11,7 +11,8 @@ import sys
 import time
 from typing import Any, Callable, Iterator
 
-__all__ = ["table_rows", "table_head", "Timeout", "time_limit", "run_children", "split_names", "one_line", "cli", "command_line"]
+__all__ = ["save_partial", "table_rows", "table_head", "Timeout", "time_limit", "run_children", "split_names",
+           "one_line", "cli", "command_line"]
 
 
 def command_line() -> str:
@@ -43,6 +44,20 @@ def time_limit(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def save_partial(case: str, record: dict[str, Any]) -> None:
+    """Keep a finished case's record in ``$ENTK_CACHE_DIR/bench-partial/`` too (default
+    ``./.entk_cache``), so an interrupted long run keeps the cases it finished."""
+    name = os.path.basename(sys.argv[0]) if not sys.argv[0].endswith("__main__.py") else "bench"
+    folder = os.path.join(os.environ.get("ENTK_CACHE_DIR", ".entk_cache"), "bench-partial")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        stem = f"{os.path.splitext(name)[0]}-{case}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        with open(os.path.join(folder, stem), "w") as fh:
+            json.dump(record, fh)
+    except OSError:
+        pass   # a read-only folder: the record is still printed
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:
@@ -85,7 +100,9 @@ def run_children(module: str, cases: list[str], args: list[str], progress: Calla
 def cli(args, child: Callable[[], dict], run: Callable[[Callable], dict], table: Callable[[dict], str]) -> int:
     """The driver: ``--_child`` prints one case's JSON; else run every case and print a table or JSON."""
     if args._child:
-        print(json.dumps(child()))
+        rec = child()
+        save_partial(args._child, rec)
+        print(json.dumps(rec))
         return 0
     try:
         res = run(lambda i, t, c: print(f"[{i}/{t}] {c}", file=sys.stderr, flush=True))
