@@ -34,7 +34,7 @@ CASES = {
 }
 
 
-def run_case(case: str, repeats: int = 1, max_seconds: float = 300.0, n: int | None = None,
+def run_case(case: str, repeats: int = 3, max_seconds: float = 300.0, n: int | None = None,
              memory_budget: str | None = None) -> dict[str, Any]:
     """One case in this process: ``{"methods": {m: {...}}, "auto_over_best_forced", ...}``."""
     from ..engine.kernels import empirical_ntk, estimate_ntk
@@ -111,13 +111,17 @@ def run_case(case: str, repeats: int = 1, max_seconds: float = 300.0, n: int | N
     forced = {m: rec["methods"][m]["seconds"] for m in METHODS[1:] if "seconds" in rec["methods"][m]}
     if "seconds" in rec["methods"]["auto"] and forced:
         best = min(forced, key=forced.get)
-        rec.update({"best_forced": best, "auto_over_best_forced": rec["methods"]["auto"]["seconds"] / forced[best],
-                    "auto_path": rec["methods"]["auto"].get("path")})
+        a = rec["methods"]["auto"]
+        rec.update({"best_forced": best, "auto_over_best_forced": a["seconds"] / forced[best],
+                    "auto_path": a.get("path"),
+                    # forced methods that ran exactly auto's path: their ratio to auto is measurement noise
+                    "auto_same_path_as": [m for m in forced if rec["methods"][m].get("path") == a.get("path")
+                                          and rec["methods"][m].get("chunk_size") == a.get("chunk_size")]})
     rec["load_after"] = load_fields()
     return rec
 
 
-def run_methods(cases=tuple(CASES), repeats: int = 1, max_seconds: float = 300.0, n: int | None = None,
+def run_methods(cases=tuple(CASES), repeats: int = 3, max_seconds: float = 300.0, n: int | None = None,
                 progress: Callable | None = None, memory_budget: str | None = None) -> dict[str, Any]:
     """Every case in a child process of its own."""
     from .measure import machine_info
@@ -171,7 +175,8 @@ def format_table(result: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m entk_core bench --methods", description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated (default all: {', '.join(CASES)})")
-    ap.add_argument("--repeats", type=int, default=1, help="interleaved timed rounds, best kept (default 1)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="interleaved timed rounds, best kept (default 3; with 1, auto always runs first)")
     ap.add_argument("--max-seconds", type=float, default=300.0,
                     help="a forced method estimated over this is not run; a run over it is stopped (default 300)")
     ap.add_argument("--n", type=int, default=None, help="inputs per case (default: each model's N)")

@@ -139,7 +139,7 @@ def test_peer_refusal_by_flops():
 
 
 def test_methods_harness_record():
-    rec = methods.run_case("attn-mean", n=8, max_seconds=120)
+    rec = methods.run_case("attn-mean", repeats=1, n=8, max_seconds=120)
     ms = rec["methods"]
     assert set(ms) == set(methods.METHODS)
     for m in ("auto", "structured", "jacobian"):
