@@ -78,12 +78,14 @@ def _registry() -> tuple[dict[str, Callable], dict[str, dict[str, float]]]:
     return cases, targets
 
 
-def _child(case: str, dtype_name: str, quick: bool, device_name: str = "cpu", repeats: int | None = None
-           ) -> dict[str, Any]:
+def _child(case: str, dtype_name: str, quick: bool, device_name: str = "cpu", repeats: int | None = None,
+           threads: int | None = None) -> dict[str, Any]:
     import inspect
 
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     from ..engine.devices import resolve_device
 
     dtype = getattr(torch, dtype_name)
@@ -94,6 +96,7 @@ def _child(case: str, dtype_name: str, quick: bool, device_name: str = "cpu", re
     kw = {"repeats": repeats} if repeats and "repeats" in inspect.signature(fn).parameters else {}
     res = fn(dtype, quick, device, **kw)
     res.update({"case": case, "dtype": dtype_name, "device": str(device), "wall_s": time.perf_counter() - t0,
+                "torch_threads": torch.get_num_threads(),
                 "loadavg_before": load0, "loadavg_after": list(os.getloadavg())})
     return res
 
@@ -114,7 +117,8 @@ def _check(res: dict[str, Any]) -> dict[str, bool]:
 
 # --------------------------------------------------------------------------- API
 def run_bench(cases=("a", "b", "c", "d", "e", "f"), dtype: str = "float32", progress: Callable | None = None,
-              quick: bool = False, device: Any = "cpu", repeats: int | None = None) -> dict[str, Any]:
+              quick: bool = False, device: Any = "cpu", repeats: int | None = None,
+              threads: int | None = None) -> dict[str, Any]:
     """Run the benchmark cases (each in a child process) on ``device`` (``"cpu"``, ``"cuda"``,
     ``"mps"``, ``"auto"``) and return a JSON-able dict: ``{"machine": {...}, "cases": {case: {...}}}``.
     ``repeats``: timed rounds per side (default per case: 3, case b 1).
@@ -132,7 +136,7 @@ def run_bench(cases=("a", "b", "c", "d", "e", "f"), dtype: str = "float32", prog
         if c not in _registry()[0]:
             raise ValueError(f"unknown case {c!r}; known: {sorted(_registry()[0])}")
     result: dict[str, Any] = {"machine": machine_info(dev), "device": str(dev), "dtype": dtype, "quick": quick,
-                              "repeats": repeats, "command": command_line(),
+                              "repeats": repeats, "threads": threads, "command": command_line(),
                               "cases": {}}
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -141,7 +145,8 @@ def run_bench(cases=("a", "b", "c", "d", "e", "f"), dtype: str = "float32", prog
         if progress:
             progress(i, len(cases), f"case {c}")
         cmd = ([sys.executable, "-m", "entk_core.bench", "--_child", c, "--dtype", dtype, "--_device", str(dev)]
-               + (["--quick"] if quick else []) + (["--repeats", str(repeats)] if repeats else []))
+               + (["--quick"] if quick else []) + (["--repeats", str(repeats)] if repeats else [])
+               + (["--threads", str(threads)] if threads else []))
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
@@ -208,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "case e: N=200; case f: ARPACK reference instead of the dense one")
     ap.add_argument("--repeats", type=int, default=None,
                     help="timed rounds per side (default per case: a, c, d, e 3; b 1); both sides get the same")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads in each case (default torch's: the usable cores). On a machine loaded "
+                         "beyond its cores, 2 threads thrash the many small operations of the fast paths "
+                         "(measured: case d 10x slower) far more than the tutorial's few large ones; 1 is fairer there")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--peers", action="store_true",
                     help="time entk_core against the peer libraries instead (entk_core.bench.peers; --help there)")
@@ -232,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args._child:
         from ._runner import save_partial
 
-        rec = _child(args._child, args.dtype, args.quick, args._device, args.repeats)
+        rec = _child(args._child, args.dtype, args.quick, args._device, args.repeats, args.threads)
         save_partial(args._child, rec)
         print(json.dumps(rec))
         return 0
@@ -242,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         res = run_bench(args.cases, args.dtype, progress=prog, quick=args.quick, device=args.device,
-                        repeats=args.repeats)
+                        repeats=args.repeats, threads=args.threads)
     except ValueError as e:  # an unknown case, a device that is not here: one line, no traceback
         print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
         return 2

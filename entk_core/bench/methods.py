@@ -44,7 +44,7 @@ def run_case(case: str, repeats: int = 3, max_seconds: float = 300.0, n: int | N
     name, reduction = CASES[case]
     model, x = build(name, n)
     rec: dict[str, Any] = {"case": case, "model": name, "reduction": reduction, "N": int(x.shape[0]),
-                           "memory_budget": memory_budget,
+                           "memory_budget": memory_budget, "torch_threads": __import__("torch").get_num_threads(),
                            "P": sum(p.numel() for p in model.parameters()), "load_before": load_fields(),
                            "methods": {}}
     runnable = []
@@ -122,15 +122,17 @@ def run_case(case: str, repeats: int = 3, max_seconds: float = 300.0, n: int | N
 
 
 def run_methods(cases=tuple(CASES), repeats: int = 3, max_seconds: float = 300.0, n: int | None = None,
-                progress: Callable | None = None, memory_budget: str | None = None) -> dict[str, Any]:
+                progress: Callable | None = None, memory_budget: str | None = None,
+                threads: int | None = None) -> dict[str, Any]:
     """Every case in a child process of its own."""
     from .measure import machine_info
 
     cases = split_names(cases, CASES, "case")
     args = ["--repeats", str(repeats), "--max-seconds", str(max_seconds)] + (["--n", str(n)] if n else [])
     args += ["--memory-budget", memory_budget] if memory_budget else []
+    args += ["--threads", str(threads)] if threads else []
     result = {"machine": machine_info("cpu"),
-              "settings": {"repeats": repeats, "max_seconds": max_seconds, "n": n, "memory_budget": memory_budget,
+              "settings": {"repeats": repeats, "max_seconds": max_seconds, "n": n, "memory_budget": memory_budget, "threads": threads,
                            "statistic": f"best of {repeats} interleaved rounds after the same 8-input warm-up"},
               "command": command_line(),
               "cases": run_children("entk_core.bench.methods", cases, args, progress)}
@@ -183,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--memory-budget", default=None,
                     help="the planner's budget for every method, e.g. 4GB (default: ENTK_MEMORY_BUDGET or half the "
                          "available RAM)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads in each case (default: torch's); 1 is fairer on a machine loaded beyond its cores")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return ap
@@ -190,8 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    if a._child and a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     return cli(a, lambda: run_case(a._child, a.repeats, a.max_seconds, a.n, a.memory_budget),
-               lambda progress: run_methods(a.cases, a.repeats, a.max_seconds, a.n, progress, a.memory_budget),
+               lambda progress: run_methods(a.cases, a.repeats, a.max_seconds, a.n, progress, a.memory_budget,
+                                            a.threads),
                format_table)
 
 

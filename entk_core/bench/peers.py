@@ -284,6 +284,7 @@ def run_case(case: str, libs=LIBS, repeats: int = 1, max_seconds: float = 900.0,
     t0 = time.perf_counter()
     Kref = _reference_rows(model, x, reduction, rows)
     rec: dict[str, Any] = {"case": case, "model": name, "reduction": reduction, "N": N, "C": C, "P": P,
+                           "torch_threads": torch.get_num_threads(),
                            "error_rows": int(rows.numel()), "reference_s": time.perf_counter() - t0,
                            "flops_jacobian_contraction": jacobian_flops(N, C, P, reduction),
                            "load_before": load_fields(), "libs": {}}
@@ -340,7 +341,8 @@ def run_case(case: str, libs=LIBS, repeats: int = 1, max_seconds: float = 900.0,
 
 # ------------------------------------------------------------------ driver
 def run_peers(cases=tuple(CASES), libs=LIBS, repeats: int = 1, max_seconds: float = 900.0,
-              max_mem_gb: float = 8.0, n: int | None = None, progress: Callable | None = None) -> dict[str, Any]:
+              max_mem_gb: float = 8.0, n: int | None = None, progress: Callable | None = None,
+              threads: int | None = None) -> dict[str, Any]:
     """Every case in a child process of its own; ``{"machine", "peers", "settings", "cases"}``."""
     from .measure import machine_info
 
@@ -348,8 +350,10 @@ def run_peers(cases=tuple(CASES), libs=LIBS, repeats: int = 1, max_seconds: floa
     libs = split_names(libs, LIBS, "library")
     args = ["--libs", ",".join(libs), "--repeats", str(repeats), "--max-seconds", str(max_seconds),
             "--max-mem-gb", str(max_mem_gb)] + (["--n", str(n)] if n else [])
+    args += ["--threads", str(threads)] if threads else []
     result = {"machine": machine_info("cpu"), "peers": peer_status(),
               "settings": {"repeats": repeats, "max_seconds": max_seconds, "max_mem_gb": max_mem_gb, "n": n,
+                           "threads": threads,
                            "libs": libs, "statistic": f"best of {repeats} after the same 8-input warm-up"},
               "command": command_line(), "cases": run_children("entk_core.bench.peers", cases, args, progress)}
     result["machine"]["loadavg_end"] = list(os.getloadavg())
@@ -387,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-mem-gb", type=float, default=8.0,
                     help="memory the Jacobian-holding libraries may use; they tile to fit (default 8)")
     ap.add_argument("--n", type=int, default=None, help="inputs per case (default: each model's N)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads in each case (default: torch's); 1 is fairer on a machine loaded beyond its cores")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return ap
@@ -394,8 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    if a._child and a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     return cli(a, lambda: run_case(a._child, a.libs.split(","), a.repeats, a.max_seconds, a.max_mem_gb, a.n),
-               lambda progress: run_peers(a.cases, a.libs, a.repeats, a.max_seconds, a.max_mem_gb, a.n, progress),
+               lambda progress: run_peers(a.cases, a.libs, a.repeats, a.max_seconds, a.max_mem_gb, a.n, progress,
+                                          a.threads),
                format_table)
 
 
