@@ -37,6 +37,8 @@ CASES = {
 def run_case(case: str, repeats: int = 3, max_seconds: float = 300.0, n: int | None = None,
              memory_budget: str | None = None) -> dict[str, Any]:
     """One case in this process: ``{"methods": {m: {...}}, "auto_over_best_forced", ...}``."""
+    import torch
+
     from ..engine.kernels import empirical_ntk, estimate_ntk
     from .measure import load_fields, measure
     from .models import build
@@ -44,7 +46,7 @@ def run_case(case: str, repeats: int = 3, max_seconds: float = 300.0, n: int | N
     name, reduction = CASES[case]
     model, x = build(name, n)
     rec: dict[str, Any] = {"case": case, "model": name, "reduction": reduction, "N": int(x.shape[0]),
-                           "memory_budget": memory_budget, "torch_threads": __import__("torch").get_num_threads(),
+                           "memory_budget": memory_budget, "torch_threads": torch.get_num_threads(),
                            "P": sum(p.numel() for p in model.parameters()), "load_before": load_fields(),
                            "methods": {}}
     runnable = []
