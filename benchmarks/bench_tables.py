@@ -32,13 +32,14 @@ def cases_table(d: dict) -> str:
             rows.append(f"| ({c}) | {r.get('error') or r.get('skipped')} | | | | | | |")
             continue
         ext = " (extrapolated)" if r.get("ref_extrapolated") else ""
+        fext = ext if "subset_times" in r else ""
         sp = f"{r['speedup']:.1f}×"
         if "fast_over_floor" in r:
             sp += f" ({r['fast_over_floor']:.2f}× the {_s(r['time_floor'])} floor)"
         if "speedup_full" in r:
             sp = f"trace {r['speedup_trace']:.1f}×, full {r['speedup_full']:.1f}×"
         ref = r.get("ref_peak_rss_mb")
-        rows.append(f"| ({c}) {r['description'].split(';')[0]} | {_s(r['time_ref'])}{ext} | {_s(r['time_fast'])} | {sp} "
+        rows.append(f"| ({c}) {r['description'].split(';')[0]} | {_s(r['time_ref'])}{ext} | {_s(r['time_fast'])}{fext} | {sp} "
                     f"| {r['max_rel_error']:.1e} | {r.get('ref_check_rel_error_f64', float('nan')):.1e} "
                     f"| {_mb(r['peak_rss_mb'])}{f' ({_mb(ref)})' if ref else ''} "
                     f"| {r.get('loadavg_before', [0])[0]:.0f}–{r.get('loadavg_after', [0])[0]:.0f} |")
