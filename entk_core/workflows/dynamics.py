@@ -1,0 +1,611 @@
+"""How a run's eNTK moves over training, for any model family (no feature families needed).
+
+:func:`dynamics` computes, for every checkpoint of a run (trained, imported or a plug-in's),
+the kernel of one layer group on the family's kernel inputs (``run.data.kernel_x``) in one
+reduction (default: the family's), and from it:
+
+``kernel_distance_prev``, ``kernel_distance_final``
+    Fort et al. 2020 ("Deep learning versus kernel learning"): ``1 − ⟨K₁, K₂⟩_F /
+    (‖K₁‖_F ‖K₂‖_F)`` to the previous checkpoint (``None`` for the first) and to the last
+    (0 at the last). :func:`entk_core.engine.kernel_measures.kernel_distance`.
+``target_alignment``
+    Centred kernel-target alignment (Cortes, Mohri and Rostamizadeh 2012) with the
+    family's targets of the kernel inputs (:meth:`ModelFamily.targets`: one-hot labels or
+    regression targets; class-major for flattened kernels). Omitted, with the reason in
+    ``notes``, when the family has none. :func:`entk_core.engine.kernel_measures.centred_alignment`.
+``effective_rank``
+    Roy and Vetterli 2007, ``exp(−Σ p log p)``, ``p = λ/Σλ``, over *all* eigenvalues when the
+    kernel has at most :data:`FULL_SPECTRUM_MAX` rows, else over the top ``top`` (the JSON's
+    ``effective_rank_over`` says which).
+``top_eigenvalues``, ``cliffs``
+    The top ``top`` eigenvalues (descending) and the cliffs detected in them
+    (:func:`entk_core.engine.spectra.detect_cliffs`, labelled as everywhere else).
+``kernel_regression_test_accuracy``
+    The eNTK kernel-regression predictor of the checkpoint (spec §2.7's linearised-predictor
+    check, "pure" mode: ``K(x, X)(K + λI)⁻¹ Y``, ``λ = ridge · mean(diag K_train)``, ridge
+    1e-6), fitted on the kernel rows of the train split with the one-hot labels and scored
+    (argmax) on the kernel rows of the test split; beside it the network's own
+    ``network_train_accuracy`` and ``network_test_accuracy`` from the run's log. Where the
+    two part, the network has left what its kernel at that checkpoint can express. Omitted
+    with the reason for families without class labels or without test inputs among the
+    kernel rows. For the trace and mean reductions one ``(N, N)`` kernel serves every output;
+    for ``"flat"`` the kernel is class-major.
+
+JSON (:meth:`DynamicsResult.to_json`)::
+
+    {"run", "group", "reduction", "family", "n", "top", "effective_rank_over",
+     "checkpoints": [{"epoch", "kernel_distance_prev", "kernel_distance_final",
+                      "target_alignment", "effective_rank", "top_eigenvalues", "cliffs",
+                      "kernel_regression_test_accuracy", "network_train_accuracy",
+                      "network_test_accuracy"}],
+     "notes": {field: why it is null or omitted}, "unvouched_metrics" (imported runs), ...}
+
+Cost, memory and caching
+------------------------
+Each checkpoint whose measures are not cached is a unit (:func:`checkpoint_unit`) run
+through the executor seam (:mod:`entk_core.workflows.executors`: in this process, local
+worker processes by default for 8 or more checkpoints, or Ray), like the sweep's. A unit
+computes its kernel and the measures that need only that kernel, and returns both; the
+driver (this process) alone writes the cache: the kernel under
+:func:`entk_core.workflows.analysis.kernel_key` (shared with
+:func:`~entk_core.workflows.analysis.kernel_matrix`, the Spectrum page and the alignment
+views) and the measures under a per-checkpoint key (:func:`checkpoint_key`: the
+checkpoint's sha256, group, reduction, top and ridge). The distances then stream the
+kernels back from the cache in epoch order, two at a time (the previous and the current
+one, then the last and the current one): the driver never holds more than two kernels, a
+worker one. The assembled result is cached once more under the run's key (the sha256s of
+all its checkpoints), so a second call is one read, and a run that gains a checkpoint
+recomputes only that checkpoint's kernel and the distances.
+
+Bad input: a run whose checkpoints hold different parameter shapes is refused before
+anything is computed, naming the two epochs; a run with one checkpoint gets null distances
+and a note saying why; nothing already cached is touched by a failure (a unit that fails
+twice leaves its checkpoint out of the cache and the run's result uncached, so the next call
+computes just the missing checkpoints).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import scipy.sparse.linalg
+import torch
+from threadpoolctl import threadpool_limits
+
+from ..engine import kernel_measures as km
+from ..engine.kernels import param_group
+from ..engine.measures import kernel_regression
+from ..engine.operators import flat_jacobian
+from ..engine.spectra import detect_cliffs, labelled_cliffs
+from ..families.base import FULL
+from ..families.run import Run
+from ..store.cache import ArrayCache, default_cache, make_key
+from ..store.runs import RunError
+from . import analysis
+from .checkpoint_units import checkpoints_digest, choose_executor, family_kwargs, open_unit_run, unit_location
+from .executors import Executor, Unit
+from .sweep_result import json_number
+
+__all__ = ["DynamicsResult", "dynamics", "dynamics_key", "cached_dynamics", "checkpoint_key", "checkpoint_unit",
+           "measure_kernel", "FULL_SPECTRUM_MAX", "DEFAULT_RIDGE", "FIELDS"]
+
+Progress = Callable[[int, int, str], None]
+
+DYNAMICS_FORMAT = 1
+"""Version of the cached layouts (part of their keys)."""
+
+FULL_SPECTRUM_MAX = 4096
+"""Kernels with at most this many rows get all their eigenvalues (the effective rank uses all)."""
+
+DEFAULT_RIDGE = 1e-6
+"""Kernel regression's ridge, relative to the mean of the train kernel's diagonal."""
+
+FIELDS = ("kernel_distance_prev", "kernel_distance_final", "target_alignment", "effective_rank", "top_eigenvalues",
+          "cliffs", "kernel_regression_test_accuracy", "network_train_accuracy", "network_test_accuracy")
+"""The per-checkpoint fields of the JSON, in order."""
+
+
+# ------------------------------------------------------------------ the request
+@dataclass(frozen=True)
+class _Request:
+    group: str
+    reduction: str
+    top: int
+    n: int
+    ridge: float
+    factored: bool  # a "flat" kernel with fewer parameters than rows: kept as its Jacobian (K = J Jᵀ)
+
+    def options(self) -> dict[str, Any]:
+        return {"group": self.group, "reduction": self.reduction, "top": self.top, "ridge": self.ridge}
+
+
+def _request(run: Run, group: str | None, reduction: str | None, top: int | None, ridge: float) -> _Request:
+    group = group or FULL
+    reduction = analysis.check_reduction(run, reduction)
+    run.group_members(group)  # ValueError naming the groups
+    n = analysis.kernel_size(run, reduction)
+    top = min(run.family.default_top, n) if top is None else int(top)
+    if not 1 <= top <= n:
+        raise ValueError(f"top must be between 1 and n = {n} (the kernel's size), got {top}")
+    if not (math.isfinite(ridge) and ridge >= 0):
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge}")
+    factored = reduction == "flat" and _n_params(run, group) < n
+    return _Request(group, reduction, top, n, float(ridge), factored)
+
+
+def _n_params(run: Run, group: str) -> int:
+    members = run.group_members(group)
+    model = run.family.build_model(run.config)
+    return sum(p.numel() for name, p in model.named_parameters() if members is None or param_group(name) in members)
+
+
+def checkpoint_key(run: Run, epoch: int, req: _Request) -> str:
+    """Cache key of one checkpoint's measures (everything but the distances)."""
+    return make_key("dynamics-checkpoint", format=DYNAMICS_FORMAT, family=run.family.name, config=asdict(run.config),
+                    checkpoint=run.checkpoint_sha(epoch), **req.options())
+
+
+def dynamics_key(run: Run, group: str | None = None, reduction: str | None = None, top: int | None = None,
+                 ridge: float = DEFAULT_RIDGE) -> str:
+    """Cache key of the whole result of :func:`dynamics` for these options."""
+    req = _request(run, group, reduction, top, ridge)
+    return _run_key(run, req)
+
+
+def _run_key(run: Run, req: _Request) -> str:
+    return make_key("dynamics", format=DYNAMICS_FORMAT, family=run.family.name, config=asdict(run.config),
+                    checkpoints=checkpoints_digest(run), **req.options())
+
+
+# ------------------------------------------------------------ one checkpoint
+def _kernel_store_key(run: Run, epoch: int, req: _Request) -> str:
+    """Where a checkpoint's kernel is cached: :func:`analysis.kernel_key` (shared with
+    ``kernel_matrix``), or for a factored flat kernel its Jacobian's key."""
+    if req.factored:
+        return make_key("flat-jacobian", family=run.family.name, config=asdict(run.config),
+                        checkpoint=run.checkpoint_sha(epoch), group=req.group)
+    return analysis.kernel_key(run, epoch, group=req.group, reduction=req.reduction)
+
+
+def _compute_kernel(run: Run, epoch: int, req: _Request) -> np.ndarray | km.Gram:
+    if req.factored:
+        J = flat_jacobian(run.load_model(epoch), run.data.kernel_x, groups=run.group_members(req.group))
+        return km.Gram(J.detach().cpu().numpy())
+    return analysis.compute_kernel(run, epoch, group=req.group, reduction=req.reduction)
+
+
+def _pack(K: np.ndarray | km.Gram) -> dict[str, np.ndarray]:
+    return {"J": K.J} if isinstance(K, km.Gram) else {"K": K}
+
+
+def _unpack(entry) -> np.ndarray | km.Gram:
+    return km.Gram(entry["J"]) if "J" in entry else entry["K"]
+
+
+def _n_outputs(run: Run) -> int:
+    with torch.no_grad():
+        return int(run.family.build_model(run.config)(run.data.kernel_x[:1]).shape[-1])
+
+
+def _kernel_targets(run: Run, reduction: str) -> tuple[np.ndarray | None, str | None]:
+    """The targets of the kernel's rows, ``(rows, r)``, or ``(None, why not)``."""
+    C = _n_outputs(run)
+    T = run.family.targets(run.config, run.data, C)
+    if T is None:
+        return None, (f"the {run.family.name} family declares no targets for its inputs "
+                      f"(its y has shape {list(run.data.y.shape)}: neither class labels nor (N, {C}) regression targets)")
+    Y = np.asarray(T.detach().cpu().numpy() if hasattr(T, "detach") else T, dtype=np.float64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    Y = Y[run.data.kernel_idx.numpy()]
+    if reduction == "flat":
+        if Y.shape[1] != C:
+            return None, f"the targets have {Y.shape[1]} columns, the flattened kernel needs one per output ({C})"
+        Y = Y.T.reshape(-1, 1)  # class-major, as the flattened kernel's rows
+    return Y, None
+
+
+def _regression_split(run: Run, reduction: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | str:
+    """``(train rows, test rows, test labels, C)`` in the kernel, or why there is no accuracy."""
+    fam, data = run.family, run.data
+    y = data.y
+    if not fam.offers("accuracy") or y.ndim != 1 or y.is_floating_point() or y.dtype == torch.bool:
+        return f"the {fam.name} family has no class labels (no accuracy to compare)"
+    pos = {int(i): r for r, i in enumerate(data.kernel_idx.tolist())}
+    tr = np.array([pos[int(i)] for i in data.train_idx.tolist() if int(i) in pos], dtype=np.int64)
+    te = np.array([pos[int(i)] for i in data.test_idx.tolist() if int(i) in pos], dtype=np.int64)
+    if tr.size == 0 or te.size == 0:
+        which = "training" if tr.size == 0 else "test"
+        return f"the kernel inputs of the {fam.name} family include no {which} examples"
+    labels = y[data.kernel_idx].numpy().astype(np.int64)
+    return tr, te, labels[te], _n_outputs(run)
+
+
+def _regression_accuracy(K: np.ndarray | km.Gram, Y: np.ndarray, split, reduction: str, ridge: float) -> float:
+    tr, te, labels, C = split
+    N = K.shape[0] // C if reduction == "flat" else K.shape[0]
+    if reduction == "flat":  # class-major rows c·N + n
+        rows_tr = (np.arange(C)[:, None] * N + tr[None, :]).reshape(-1)
+        rows_te = (np.arange(C)[:, None] * N + te[None, :]).reshape(-1)
+        y_tr = Y[rows_tr, 0]
+    else:
+        rows_tr, rows_te, y_tr = tr, te, Y[tr]
+    if isinstance(K, km.Gram):  # ridge regression in parameter space: the same predictor for λ > 0
+        J_tr = K.J[rows_tr].astype(np.float64)
+        J_te = K.J[rows_te].astype(np.float64)
+        lam = ridge * float(np.mean(np.sum(J_tr * J_tr, axis=1)))
+        A = J_tr.T @ J_tr + lam * np.eye(J_tr.shape[1])
+        pred = J_te @ np.linalg.lstsq(A, J_tr.T @ y_tr, rcond=None)[0]
+    else:
+        K_tr = K[np.ix_(rows_tr, rows_tr)].astype(np.float64)
+        K_te = K[np.ix_(rows_te, rows_tr)].astype(np.float64)
+        lam = ridge * float(np.mean(np.diag(K_tr)))
+        pred = kernel_regression(K_tr, K_te, y_tr, ridge=lam, mode="pure")
+    if reduction == "flat":
+        pred = pred.reshape(C, te.size).T
+    return float(np.mean(pred.argmax(axis=1) == labels))
+
+
+def _eigenvalues(K: np.ndarray | km.Gram, top: int) -> tuple[np.ndarray, bool]:
+    """Descending eigenvalues: all of them (``True``) up to :data:`FULL_SPECTRUM_MAX` rows,
+    else the top ``top``. A Gram kernel's come from ``JᵀJ`` (the rest are zeros)."""
+    n = K.shape[0]
+    if isinstance(K, km.Gram):
+        vals = np.linalg.eigvalsh(K.small())[::-1]
+        vals = np.concatenate([vals, np.zeros(max(0, n - vals.size))])[:n]
+        return (vals, True) if n <= FULL_SPECTRUM_MAX else (vals[:top].copy(), False)
+    S = torch.from_numpy(np.asarray(K, dtype=np.float64))
+    S = (S + S.T) / 2
+    if n <= FULL_SPECTRUM_MAX:
+        return torch.linalg.eigvalsh(S).flip(0).numpy(), True
+    vals = scipy.sparse.linalg.eigsh(S.numpy(), k=top, which="LA", v0=np.ones(n), return_eigenvectors=False)
+    return np.sort(vals)[::-1].copy(), False
+
+
+def _top_vector(K: np.ndarray | km.Gram) -> np.ndarray:
+    """The top eigenvector (Lanczos from the all-ones vector: deterministic)."""
+    if isinstance(K, km.Gram):
+        w, U = np.linalg.eigh(K.small())
+        v = K.J.astype(np.float64) @ U[:, -1]
+        return v / max(float(np.linalg.norm(v)), 1e-300)
+    S = np.asarray(K, dtype=np.float64)
+    _, v = scipy.sparse.linalg.eigsh((S + S.T) / 2, k=1, which="LA", v0=np.ones(S.shape[0]))
+    return v[:, 0]
+
+
+def measure_kernel(run: Run, K: np.ndarray | km.Gram, *, reduction: str, top: int, ridge: float = DEFAULT_RIDGE
+                   ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The measures of one checkpoint's kernel ``K`` that need no other kernel:
+    ``({"eigenvalues"}, {"norm", "target_alignment", "effective_rank", "cliffs",
+    "kernel_regression_test_accuracy", "all_eigenvalues", "notes"})`` (module docstring).
+    numpy's BLAS runs on one thread here: these are small products and solves, and
+    OpenBLAS's spinning threads slow them 10-50x on a busy machine."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _measure_kernel(run, K, reduction=reduction, top=top, ridge=ridge)
+
+
+def _measure_kernel(run: Run, K: np.ndarray | km.Gram, *, reduction: str, top: int, ridge: float
+                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    t0 = time.perf_counter()
+    vals, full = _eigenvalues(K, top)
+    topv = vals[:top]
+    cliffs = detect_cliffs(topv)
+    vecs = None
+    if cliffs and cliffs[0].start == 0 and cliffs[0].size == 1:  # the constant mode? needs the top vector
+        vecs = _top_vector(K)[:, None]  # (labelled_cliffs tests it)
+    notes: dict[str, str] = {}
+    Y, why = _kernel_targets(run, reduction)
+    if Y is None:
+        notes["target_alignment"] = why
+        alignment = None
+    else:
+        alignment = json_number(km.centred_alignment(K, Y))
+    split = _regression_split(run, reduction)
+    if isinstance(split, str):
+        notes["kernel_regression_test_accuracy"] = split
+        kr = None
+    elif Y is None:
+        notes["kernel_regression_test_accuracy"] = why
+        kr = None
+    else:
+        kr = _regression_accuracy(K, Y, split, reduction, ridge)
+    meta = {
+        "norm": km.frobenius_norm(K),
+        "target_alignment": alignment,
+        "effective_rank": json_number(km.effective_rank(vals)),
+        "all_eigenvalues": bool(full),
+        "cliffs": labelled_cliffs(cliffs, vecs),
+        "kernel_regression_test_accuracy": kr,
+        "notes": notes,
+        "measure_s": round(time.perf_counter() - t0, 4),
+    }
+    return {"eigenvalues": topv}, meta
+
+
+def checkpoint_unit(*, epoch: int, group: str, reduction: str, top: int, ridge: float, family: str,
+                    family_ref: str | None = None, run_path: str | None = None, manifest: dict | None = None,
+                    checkpoint: bytes | None = None) -> dict[str, Any]:
+    """Unit: one checkpoint's kernel and :func:`measure_kernel`, touching no cache. Returns
+    ``{"kernel": {"K": kernel} or {"J": Jacobian}, "arrays": {...}, "meta": {...}}`` (the
+    driver caches both)."""
+    with open_unit_run(epoch=epoch, family=family, family_ref=family_ref, run_path=run_path, manifest=manifest,
+                       checkpoint=checkpoint) as run:
+        t0 = time.perf_counter()
+        req = _request(run, group, reduction, top, ridge)
+        K = _compute_kernel(run, epoch, req)
+        kernel_s = time.perf_counter() - t0
+        arrays, meta = measure_kernel(run, K, reduction=reduction, top=top, ridge=ridge)
+    meta["kernel_s"] = round(kernel_s, 4)
+    return {"kernel": _pack(K), "arrays": arrays, "meta": meta}
+
+
+# ------------------------------------------------------------------ the result
+@dataclass
+class DynamicsResult:
+    """Result of :func:`dynamics`.
+
+    Attributes:
+      epochs: ``(E,)``; ``eigenvalues``: ``(E, top)`` top eigenvalues per checkpoint.
+      rows: one JSON object per checkpoint (the fields of :data:`FIELDS`).
+      notes: ``field -> sentence`` for every field that is null or omitted, and why.
+      meta: ``run``, ``family``, ``group``, ``reduction``, ``n``, ``top``, ``effective_rank_over``,
+        cache and timing facts, ``unvouched_metrics`` for an imported run.
+    """
+
+    epochs: np.ndarray
+    eigenvalues: np.ndarray
+    rows: list[dict[str, Any]]
+    notes: dict[str, str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def curve(self, name: str) -> np.ndarray:
+        """``(E,)`` float values of a scalar field (NaN where null or omitted)."""
+        if name not in FIELDS or name in ("top_eigenvalues", "cliffs"):
+            raise ValueError(f"no scalar field '{name}'; choose one of: "
+                             + ", ".join(f for f in FIELDS if f not in ("top_eigenvalues", "cliffs")))
+        return np.array([np.nan if r.get(name) is None else float(r[name]) for r in self.rows])
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON of the module docstring."""
+        m = self.meta
+        return {"run": m["run"], "group": m["group"], "reduction": m["reduction"], "family": m["family"],
+                "n": m["n"], "top": m["top"], "effective_rank_over": m["effective_rank_over"],
+                "checkpoints": self.rows, "notes": self.notes,
+                **{k: v for k, v in m.items() if k not in ("run", "group", "reduction", "family", "n", "top",
+                                                            "effective_rank_over")}}
+
+
+# ----------------------------------------------------------------- the driver
+def cached_dynamics(run: Run, group: str | None = None, reduction: str | None = None, top: int | None = None, *,
+                    ridge: float = DEFAULT_RIDGE, cache: ArrayCache | None = None) -> DynamicsResult | None:
+    """The result of :func:`dynamics` if it is cached, else ``None`` (computes nothing: what a
+    page asks on every rerun before offering to compute)."""
+    req = _request(run, group, reduction, top, ridge)
+    cache = cache or default_cache()
+    entry = cache.get(_run_key(run, req))
+    if entry is None:
+        return None
+    return _result(run, req, entry["epochs"], entry["eigenvalues"], entry.meta, "hit", 0.0)
+
+
+def dynamics(
+    run: Run,
+    group: str | None = None,
+    reduction: str | None = None,
+    top: int | None = None,
+    *,
+    ridge: float = DEFAULT_RIDGE,
+    cache: ArrayCache | None = None,
+    progress: Progress | None = None,
+    workers: int | None = None,
+    ray: bool | str | None = None,
+    executor: Executor | None = None,
+) -> DynamicsResult:
+    """The eNTK's movement over every checkpoint of ``run`` (module docstring), cached.
+
+    Args:
+      group: layer group (default ``"full"``); reduction: default the family's; top: top
+        eigenvalues reported per checkpoint (default the family's ``default_top``, at most ``n``).
+      ridge: kernel regression's relative ridge.
+      progress: ``progress(done, total, message)`` from this thread after each checkpoint and
+        each distance pass; raising in it (Stop, Ctrl-C) cancels what is left, keeping what
+        is cached.
+      workers, ray, executor: where the per-checkpoint units run (as :func:`entk_core.workflows.sweep.sweep`).
+
+    Raises :class:`~entk_core.store.runs.RunError` (one line) for checkpoints of different
+    shapes, and ``ValueError`` for a bad group, reduction or top.
+    """
+    t0 = time.perf_counter()
+    req = _request(run, group, reduction, top, ridge)
+    cache = cache or default_cache()
+    epochs = run.epochs
+    if not epochs:
+        raise RunError(f"{run.path}: run has no checkpoints yet")
+    run_key = _run_key(run, req)
+    hit = cache.get(run_key)
+    total = len(epochs) + 2
+    if hit is not None:
+        if progress:
+            progress(total, total, "served from the cache")
+        return _result(run, req, hit["epochs"], hit["eigenvalues"], hit.meta, "hit", time.perf_counter() - t0)
+    run.check_same_shapes()  # one line naming two epochs, before any work
+
+    stats: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}
+    ckeys = {e: checkpoint_key(run, e, req) for e in epochs}
+    kkeys = {e: _kernel_store_key(run, e, req) for e in epochs}
+    done = [0]
+    failed: dict[int, str] = {}
+
+    def advance(message: str) -> None:
+        done[0] += 1
+        if progress:
+            progress(done[0], total, message)
+
+    todo = []
+    for e in epochs:
+        entry = cache.get(ckeys[e])
+        if entry is not None:
+            stats[e] = (entry["eigenvalues"], entry.meta)
+            advance(f"epoch {e} (cached)")
+            continue
+        kentry = cache.get(kkeys[e])
+        if kentry is not None:  # the kernel is cached (Spectrum page, alignment, an earlier call): measure it here
+            arrays, meta = measure_kernel(run, _unpack(kentry), reduction=req.reduction, top=req.top, ridge=req.ridge)
+            del kentry
+            cache.set(ckeys[e], arrays, meta)
+            stats[e] = (arrays["eigenvalues"], meta)
+            advance(f"epoch {e} (cached kernel)")
+        else:
+            todo.append(e)
+
+    ship = bool(ray) or executor is not None
+    opts = {**req.options(), **family_kwargs(run)}
+    units = [Unit(f"epoch {e}", checkpoint_unit, {"epoch": e, **opts, **unit_location(run, e, ship=ship)})
+             for e in todo]
+    by_key = {u.key: e for u, e in zip(units, todo)}
+    exec_desc: dict[str, Any] = {}
+
+    def on_result(r) -> None:
+        e = by_key[r.key]
+        if r.ok:
+            v = r.value
+            cache.set(kkeys[e], v.pop("kernel"), {"kernel_s": v["meta"].get("kernel_s")})
+            cache.set(ckeys[e], v["arrays"], v["meta"])
+            stats[e] = (v["arrays"]["eigenvalues"], v["meta"])
+            advance(f"epoch {e}")
+        else:
+            failed[e] = r.error
+            advance(f"epoch {e} FAILED ({r.error})")
+
+    if units:
+        ex = choose_executor(run, executor=executor, ray=ray, workers=workers, n_units=len(units))
+        try:
+            ex.run(units, on_result=on_result)
+            exec_desc = ex.describe()
+        finally:
+            if ex is not executor:
+                ex.close()
+    if failed:
+        e, err = min(failed.items())
+        raise RunError(f"{run.path}: {len(failed)} of {len(epochs)} checkpoints failed and were not cached "
+                       f"(first: epoch {e}: {err}); run dynamics again to retry them")
+
+    prev_ip, final_ip = _distance_passes(run, req, epochs, kkeys, cache, advance)
+    norms = np.array([stats[e][1]["norm"] for e in epochs])
+    E = len(epochs)
+    d_prev = np.full(E, np.nan)
+    d_final = np.full(E, np.nan)
+    for i in range(1, E):  # one checkpoint: nothing to compare with (null, and a note)
+        d_prev[i] = km.distance_from_products(prev_ip[i], norms[i - 1], norms[i])
+        d_final[i - 1] = km.distance_from_products(final_ip[i - 1], norms[i - 1], norms[-1])
+    if E > 1:
+        d_final[-1] = 0.0  # the last kernel to itself
+    eig = np.full((E, req.top), np.nan)
+    for i, e in enumerate(epochs):
+        ev = stats[e][0]
+        eig[i, :len(ev)] = ev
+    meta = {
+        "rows": [_row(run, e, stats[e][1], d_prev[i], d_final[i], eig[i]) for i, e in enumerate(epochs)],
+        "notes": _notes(run, stats, epochs),
+        "compute_s": round(time.perf_counter() - t0, 3),
+        "computed": len(units),
+    }
+    if exec_desc:
+        meta["executor"] = exec_desc
+    cache.set(run_key, {"epochs": np.asarray(epochs, dtype=np.int64), "eigenvalues": eig}, meta)
+    return _result(run, req, np.asarray(epochs, dtype=np.int64), eig, meta, "miss", time.perf_counter() - t0)
+
+
+def _kernel_from_cache(run: Run, epoch: int, req: _Request, key: str, cache: ArrayCache) -> np.ndarray | km.Gram:
+    """The cached kernel, or (evicted, or the cache is smaller than a run's kernels) computed again here."""
+    entry = cache.get(key)
+    if entry is not None:
+        return _unpack(entry)
+    K = _compute_kernel(run, epoch, req)
+    cache.set(key, _pack(K), {})
+    return K
+
+
+def _distance_passes(run: Run, req: _Request, epochs: list[int], kkeys: dict[int, str], cache: ArrayCache,
+                     advance: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
+    """``⟨K_i, K_{i−1}⟩_F`` and ``⟨K_i, K_last⟩_F`` for every checkpoint, streaming the kernels
+    from the cache in epoch order with at most two in memory."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _distances(run, req, epochs, kkeys, cache, advance)
+
+
+def _distances(run: Run, req: _Request, epochs: list[int], kkeys: dict[int, str], cache: ArrayCache,
+               advance: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
+    E = len(epochs)
+    prev_ip = np.full(E, np.nan)
+    final_ip = np.full(E, np.nan)
+    prev = None
+    for i, e in enumerate(epochs):
+        cur = _kernel_from_cache(run, e, req, kkeys[e], cache)
+        if prev is not None:
+            prev_ip[i] = km.frobenius_inner(prev, cur)
+        prev = cur
+        del cur
+    advance("distances to the previous checkpoint")
+    last = prev  # the last kernel, still in memory
+    for i, e in enumerate(epochs[:-1]):
+        cur = _kernel_from_cache(run, e, req, kkeys[e], cache)
+        final_ip[i] = km.frobenius_inner(cur, last)
+        del cur
+    advance("distances to the last checkpoint")
+    return prev_ip, final_ip
+
+
+def _row(run: Run, epoch: int, stats: dict[str, Any], d_prev: float, d_final: float, eig: np.ndarray) -> dict:
+    m = run.metrics_at(epoch)
+    row: dict[str, Any] = {
+        "epoch": int(epoch),
+        "kernel_distance_prev": json_number(d_prev),
+        "kernel_distance_final": json_number(d_final),
+    }
+    if "target_alignment" not in stats["notes"]:
+        row["target_alignment"] = stats["target_alignment"]
+    row["effective_rank"] = stats["effective_rank"]
+    row["top_eigenvalues"] = [float(v) for v in eig if np.isfinite(v)]
+    row["cliffs"] = stats["cliffs"]
+    if "kernel_regression_test_accuracy" not in stats["notes"]:
+        row["kernel_regression_test_accuracy"] = stats["kernel_regression_test_accuracy"]
+    row["network_train_accuracy"] = json_number(m.get("train_acc"))
+    row["network_test_accuracy"] = json_number(m.get("test_acc"))
+    return row
+
+
+def _notes(run: Run, stats: dict, epochs: list[int]) -> dict[str, str]:
+    notes: dict[str, str] = {}
+    for e in epochs:
+        for k, v in stats[e][1]["notes"].items():
+            notes.setdefault(k, v)
+    if len(epochs) == 1:
+        why = (f"the run has one checkpoint (epoch {epochs[0]}), so there is no other kernel to compare its "
+               "kernel with")
+        notes["kernel_distance_prev"] = notes["kernel_distance_final"] = why
+    else:
+        notes["kernel_distance_prev"] = f"null at the first checkpoint (epoch {epochs[0]}): it has no previous one"
+    if not run.family.offers("accuracy"):
+        notes.setdefault("network_test_accuracy", f"the {run.family.name} family has no accuracy")
+    return notes
+
+
+def _result(run: Run, req: _Request, epochs: np.ndarray, eig: np.ndarray, meta: dict[str, Any], cache_state: str,
+            elapsed: float) -> DynamicsResult:
+    over = (f"all {req.n} eigenvalues" if req.n <= FULL_SPECTRUM_MAX else
+            f"the top {req.top} eigenvalues (the kernel has {req.n} > {FULL_SPECTRUM_MAX} rows)")
+    out_meta: dict[str, Any] = {
+        "run": run.name, "family": run.family.name, "group": req.group, "reduction": req.reduction, "n": req.n,
+        "top": req.top, "effective_rank_over": over, "ridge": req.ridge, "cache": cache_state,
+        "compute_s": meta.get("compute_s"), "total_s": round(elapsed, 3),
+    }
+    if "executor" in meta:
+        out_meta["executor"] = meta["executor"]
+    if run.unvouched_metrics is not None:
+        out_meta["unvouched_metrics"] = run.unvouched_metrics
+    return DynamicsResult(epochs=np.asarray(epochs), eigenvalues=np.asarray(eig), rows=list(meta["rows"]),
+                          notes=dict(meta["notes"]), meta=out_meta)
