@@ -190,5 +190,6 @@ def effective_rank(eigenvalues) -> float:
     total = float(lam.sum())
     if not total > 0:
         return float("nan")
-    p = lam[lam > 0] / total
+    p = lam / total
+    p = p[p > 0]  # (a positive eigenvalue may still underflow to p = 0: 0 log 0 = 0)
     return float(math.exp(-float(np.sum(p * np.log(p)))))

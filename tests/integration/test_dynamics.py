@@ -241,3 +241,44 @@ def test_checkpoints_of_different_shapes_are_refused_naming_two_epochs(plain_run
     assert cli.main(["sweep", str(bad)]) == 2  # the sweep refuses the series the same way
     assert "epochs 0 and 10 have different parameter shapes" in capsys.readouterr().err
     assert _cache_files(cache_dir) == before
+
+
+def test_flattened_kernel_with_few_parameters_is_kept_as_its_jacobian(tmp_path):
+    """TMS (flat reduction, 15 parameters < 100 kernel rows): every measure from J, never K, and
+    equal to the dense float64 kernel's; its targets are the reconstruction targets."""
+    from entk_core.families.base import get_family
+
+    fam = get_family("tms")
+    run = train(fam, fam.Config(n=5, m=2, n_points=20, epochs=40, checkpoint_every=20), tmp_path / "tms")
+    cache = ArrayCache(tmp_path / "c")
+    res = dynamics(run, cache=cache, workers=1)
+    assert res.meta["reduction"] == "flat" and res.meta["n"] == 100
+    assert any(k.startswith("flat-jacobian|") for k in cache._cache.iterkeys())
+    Ks = {}
+    for e in run.epochs:
+        J = jacobian(run.load_model(e), run.data.kernel_x).numpy()  # (N, C, P)
+        Jf = J.transpose(1, 0, 2).reshape(-1, J.shape[2])  # class-major rows c·N + n
+        Ks[e] = Jf @ Jf.T
+    Y = run.data.y[run.data.kernel_idx, 0].double().numpy().T.reshape(-1, 1)  # class-major targets
+    for i, e in enumerate(run.epochs):
+        row, K = res.rows[i], Ks[e]
+        lam = np.linalg.eigvalsh(K)[::-1]
+        np.testing.assert_allclose(row["top_eigenvalues"][:15], lam[:15], rtol=1e-4, atol=1e-6 * lam[0])
+        p = np.clip(lam, 0, None) / np.clip(lam, 0, None).sum()
+        p = p[p > 1e-12]
+        assert row["effective_rank"] == pytest.approx(math.exp(-np.sum(p * np.log(p))), rel=1e-4)
+        assert row["target_alignment"] == pytest.approx(_alignment(K, Y), rel=1e-5)
+        last = Ks[run.epochs[-1]]
+        cos = np.sum(K * last) / (np.linalg.norm(K) * np.linalg.norm(last))
+        assert row["kernel_distance_final"] == pytest.approx(1 - cos, abs=2e-6)
+    assert "kernel_regression_test_accuracy" in res.notes and "no class labels" in res.notes["kernel_regression_test_accuracy"]
+
+
+def test_shipped_units_rebuild_the_run_from_bytes(plain_run, tmp_path):
+    """With an executor given (as on Ray), each unit carries the manifest and its checkpoint's bytes."""
+    from entk_core.workflows.executors import InlineExecutor
+
+    run = Run(plain_run)
+    a = dynamics(run, cache=ArrayCache(tmp_path / "a"), executor=InlineExecutor())
+    b = dynamics(run, cache=ArrayCache(tmp_path / "b"), workers=1)
+    assert a.rows == b.rows and a.meta["executor"] == {"executor": "inline"}

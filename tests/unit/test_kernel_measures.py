@@ -51,6 +51,7 @@ def test_effective_rank_by_hand():
     assert km.effective_rank([2.0, 1.0, 1.0]) == pytest.approx(2 ** 1.5, abs=1e-14)
     assert km.effective_rank([2.0, 1.0, 1.0, -1e-12]) == pytest.approx(2 ** 1.5, abs=1e-12)  # rounding below 0
     assert math.isnan(km.effective_rank([0.0, 0.0]))
+    assert km.effective_rank([1.0, 1.0, 1e-320]) == pytest.approx(2.0, abs=1e-14)  # p underflows to 0
     with pytest.raises(ValueError, match="NaN"):
         km.effective_rank([1.0, float("nan")])
 
