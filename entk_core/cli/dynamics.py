@@ -13,7 +13,8 @@ __all__ = ["add_commands"]
 
 
 def _f(v: Any, spec: str) -> str:
-    return "–" if v is None else format(v, spec)
+    width = int("".join(ch for ch in spec.split(".")[0] if ch.isdigit()) or 0)
+    return "–".rjust(width) if v is None else format(v, spec)
 
 
 def text(o: dict[str, Any]) -> str:
@@ -36,6 +37,15 @@ def text(o: dict[str, Any]) -> str:
         if has_kr:
             line += f"   {_f(r.get('kernel_regression_test_accuracy'), '.1%')} / {_f(r['network_test_accuracy'], '.1%')}"
         lines.append(line)
+    lm = o.get("landmarks") or {}
+    if lm.get("kernel_fastest"):
+        k = lm["kernel_fastest"]
+        lines.append(f"  the kernel moves fastest between epochs {k['from']} and {k['to']}"
+                     + (f"; target alignment peaks at epoch {lm['alignment_peak']['epoch']}"
+                        f" ({lm['alignment_peak']['value']:.3f}) and rises fastest between epochs "
+                        f"{lm['alignment_fastest_rise']['from']} and {lm['alignment_fastest_rise']['to']}"
+                        if lm.get("alignment_peak") and lm.get("alignment_fastest_rise") else "")
+                     + (f"; grokking onset {lm['grokking_onset']}" if lm.get("grokking_onset") is not None else ""))
     for k, why in o["notes"].items():
         lines.append(f"  note: {k}: {why}")
     if o.get("unvouched_metrics"):

@@ -38,7 +38,9 @@ JSON (:meth:`DynamicsResult.to_json`)::
                       "target_alignment", "effective_rank", "top_eigenvalues", "cliffs",
                       "kernel_regression_test_accuracy", "network_train_accuracy",
                       "network_test_accuracy"}],
-     "notes": {field: why it is null or omitted}, "unvouched_metrics" (imported runs), ...}
+     "notes": {field: why it is null or omitted}, "landmarks": {"kernel_fastest", "alignment_peak",
+     "alignment_fastest_rise", "grokking_onset"} (:func:`landmarks`), "unvouched_metrics"
+     (imported runs), "cache", "compute_s", "total_s", "executor"}
 
 Cost, memory and caching
 ------------------------
@@ -87,14 +89,14 @@ from ..store.runs import RunError
 from . import analysis
 from .checkpoint_units import checkpoints_digest, choose_executor, family_kwargs, open_unit_run, unit_location
 from .executors import Executor, Unit
-from .sweep_result import json_number
+from .sweep_result import json_number, run_onset_epoch
 
 __all__ = ["DynamicsResult", "dynamics", "dynamics_key", "cached_dynamics", "checkpoint_key", "checkpoint_unit",
-           "measure_kernel", "FULL_SPECTRUM_MAX", "DEFAULT_RIDGE", "FIELDS"]
+           "measure_kernel", "landmarks", "FULL_SPECTRUM_MAX", "DEFAULT_RIDGE", "FIELDS"]
 
 Progress = Callable[[int, int, str], None]
 
-DYNAMICS_FORMAT = 1
+DYNAMICS_FORMAT = 2
 """Version of the cached layouts (part of their keys)."""
 
 FULL_SPECTRUM_MAX = 4096
@@ -257,11 +259,11 @@ def _eigenvalues(K: np.ndarray | km.Gram, top: int) -> tuple[np.ndarray, bool]:
         vals = np.linalg.eigvalsh(K.small())[::-1]
         vals = np.concatenate([vals, np.zeros(max(0, n - vals.size))])[:n]
         return (vals, True) if n <= FULL_SPECTRUM_MAX else (vals[:top].copy(), False)
-    S = torch.from_numpy(np.asarray(K, dtype=np.float64))
+    S = np.asarray(K, dtype=np.float64)
     S = (S + S.T) / 2
-    if n <= FULL_SPECTRUM_MAX:
-        return torch.linalg.eigvalsh(S).flip(0).numpy(), True
-    vals = scipy.sparse.linalg.eigsh(S.numpy(), k=top, which="LA", v0=np.ones(n), return_eigenvectors=False)
+    if n <= FULL_SPECTRUM_MAX:  # LAPACK's divide and conquer (?syevd), as torch's eigvalsh
+        return np.linalg.eigvalsh(S)[::-1].copy(), True
+    vals = scipy.sparse.linalg.eigsh(S, k=top, which="LA", v0=np.ones(n), return_eigenvectors=False)
     return np.sort(vals)[::-1].copy(), False
 
 
@@ -281,8 +283,10 @@ def measure_kernel(run: Run, K: np.ndarray | km.Gram, *, reduction: str, top: in
     """The measures of one checkpoint's kernel ``K`` that need no other kernel:
     ``({"eigenvalues"}, {"norm", "target_alignment", "effective_rank", "cliffs",
     "kernel_regression_test_accuracy", "all_eigenvalues", "notes"})`` (module docstring).
-    numpy's BLAS runs on one thread here: these are small products and solves, and
-    OpenBLAS's spinning threads slow them 10-50x on a busy machine."""
+    numpy's BLAS and LAPACK run on one thread here (torch's threads are left alone): these
+    are small products, solves and ``N ≤ 4096`` eigendecompositions, which a second thread
+    barely speeds up on a quiet machine while spinning threads slow them 10-100x on a busy one;
+    one thread also makes the numbers identical whichever executor ran the unit."""
     with threadpool_limits(limits=1, user_api="blas"):
         return _measure_kernel(run, K, reduction=reduction, top=top, ridge=ridge)
 
@@ -507,8 +511,10 @@ def dynamics(
     for i, e in enumerate(epochs):
         ev = stats[e][0]
         eig[i, :len(ev)] = ev
+    rows = [_row(run, e, stats[e][1], d_prev[i], d_final[i], eig[i]) for i, e in enumerate(epochs)]
     meta = {
-        "rows": [_row(run, e, stats[e][1], d_prev[i], d_final[i], eig[i]) for i, e in enumerate(epochs)],
+        "rows": rows,
+        "landmarks": landmarks(rows, run_onset_epoch(run)),
         "notes": _notes(run, stats, epochs),
         "compute_s": round(time.perf_counter() - t0, 3),
         "computed": len(units),
@@ -578,6 +584,38 @@ def _row(run: Run, epoch: int, stats: dict[str, Any], d_prev: float, d_final: fl
     return row
 
 
+def landmarks(rows: list[dict[str, Any]], onset: float | None = None) -> dict[str, Any]:
+    """Where the curves move, per epoch (checkpoint intervals may be uneven): the interval in
+    which the kernel moves fastest (largest ``kernel_distance_prev`` per epoch), where the
+    target alignment is largest and the interval in which it rises fastest, and the run's
+    grokking onset (:func:`entk_core.workflows.sweep_result.run_onset_epoch`). ``None`` where
+    a curve is missing."""
+    ep = [r["epoch"] for r in rows]
+
+    def fastest(change: Callable[[int], float | None]) -> dict[str, Any] | None:
+        best = None
+        for i in range(1, len(rows)):
+            d = change(i)
+            if d is None:
+                continue
+            rate = d / (ep[i] - ep[i - 1])
+            if best is None or rate > best["per_epoch"]:
+                best = {"from": ep[i - 1], "to": ep[i], "midpoint": (ep[i - 1] + ep[i]) / 2, "per_epoch": rate}
+        return best
+
+    def rise(i: int) -> float | None:
+        a, b = rows[i - 1].get("target_alignment"), rows[i].get("target_alignment")
+        return None if a is None or b is None else b - a
+
+    align = [r.get("target_alignment") for r in rows]
+    peak = None
+    if any(a is not None for a in align):
+        k = max((i for i, a in enumerate(align) if a is not None), key=lambda i: align[i])
+        peak = {"epoch": ep[k], "value": align[k]}
+    return {"kernel_fastest": fastest(lambda i: rows[i]["kernel_distance_prev"]), "alignment_peak": peak,
+            "alignment_fastest_rise": fastest(rise), "grokking_onset": onset}
+
+
 def _notes(run: Run, stats: dict, epochs: list[int]) -> dict[str, str]:
     notes: dict[str, str] = {}
     for e in epochs:
@@ -603,6 +641,7 @@ def _result(run: Run, req: _Request, epochs: np.ndarray, eig: np.ndarray, meta: 
         "top": req.top, "effective_rank_over": over, "ridge": req.ridge, "cache": cache_state,
         "compute_s": meta.get("compute_s"), "total_s": round(elapsed, 3),
     }
+    out_meta["landmarks"] = meta.get("landmarks")
     if "executor" in meta:
         out_meta["executor"] = meta["executor"]
     if run.unvouched_metrics is not None:

@@ -139,31 +139,36 @@ def test_workers_match_in_process_and_everything_is_cached(plain_run, tmp_path):
         a.curve("cliffs")
 
 
-def test_cli_dynamics_and_sweep_on_a_plugin_without_feature_families(site, tmp_path):
+def test_cli_dynamics_and_sweep_on_a_plugin_without_feature_families(site, tmp_path, capsys, monkeypatch):
+    from entk_core import cli
+
     out = tmp_path / "runs" / "plain"
-    r = _cli(site, "train", "plain-mlp", "--epochs", 20, "--out", out, "--json")
-    assert r.returncode == 0, r.stderr
-    # progress lines on stderr even when it is not a terminal (here: a pipe)
+    train(PlainMLPFamily(), PlainMLPFamily.Config(), out)
+    # a real process finds the plug-in through its entry point; its worker processes too; and
+    # it reports progress in lines on stderr although stderr is not a terminal (a pipe)
     env = {"ENTK_PROGRESS": "auto", "ENTK_CACHE_DIR": str(tmp_path / "c")}
     r = _cli(site, "dynamics", out, "--json", "--workers", 2, env=env)
     assert r.returncode == 0, r.stderr
     o = json.loads(r.stdout)
     assert {"run", "group", "reduction", "checkpoints"} <= set(o) and o["reduction"] == "trace"
+    assert o["executor"] == {"executor": "local", "workers": 2}
     assert [list(c) for c in o["checkpoints"]] == [["epoch", *FIELDS]] * 3
     lines = r.stderr.splitlines()
     assert lines and all(line.startswith("dynamics plain: ") for line in lines), r.stderr
     assert lines[-1] == "dynamics plain: 5/5 distances to the last checkpoint"
-    text = _cli(site, "dynamics", out, env={**env, "ENTK_PROGRESS": "off"})
-    assert text.returncode == 0 and text.stderr == "" and "eNTK dynamics of the full kernel" in text.stdout
-    assert "hit" in text.stdout.splitlines()[0]
-    # the sweep: spectra and cliffs at every checkpoint, no overlaps (no feature families)
-    r = _cli(site, "sweep", out, "--json", env=env)
-    assert r.returncode == 0, r.stderr
-    sw = json.loads(r.stdout)
+    # the same run in this process (the family registered here): text, and the sweep
+    monkeypatch.setenv("ENTK_CACHE_DIR", str(tmp_path / "c"))
+    capsys.readouterr()
+    assert cli.main(["dynamics", str(out)]) == 0
+    text = capsys.readouterr()
+    assert text.err == "" and "eNTK dynamics of the full kernel" in text.out and "(hit," in text.out
+    assert "the kernel moves fastest between epochs 0 and 10" in text.out
+    assert cli.main(["sweep", str(out), "--json"]) == 0
+    sw = json.loads(capsys.readouterr().out)
     assert sw["families"] == {} and sw["peak_epoch"] is None and [row["epoch"] for row in sw["table"]] == [0, 10, 20]
     assert all(all(c["overlap"] == {} for c in row["cliffs"]) for row in sw["table"])
-    r = _cli(site, "sweep", out, env={**env, "ENTK_PROGRESS": "off"})
-    assert r.returncode == 0 and "no feature families" in r.stdout, r.stdout
+    assert cli.main(["sweep", str(out)]) == 0
+    assert "no feature families for this kernel" in capsys.readouterr().out
 
 
 def test_sweep_without_feature_families_tracks_spectra_and_cliffs(plain_run, tmp_path):
@@ -282,3 +287,19 @@ def test_shipped_units_rebuild_the_run_from_bytes(plain_run, tmp_path):
     a = dynamics(run, cache=ArrayCache(tmp_path / "a"), executor=InlineExecutor())
     b = dynamics(run, cache=ArrayCache(tmp_path / "b"), workers=1)
     assert a.rows == b.rows and a.meta["executor"] == {"executor": "inline"}
+
+
+def test_landmarks_are_per_epoch_on_uneven_intervals():
+    from entk_core.workflows.dynamics import landmarks
+
+    rows = [{"epoch": 0, "kernel_distance_prev": None, "target_alignment": 0.1},
+            {"epoch": 10, "kernel_distance_prev": 0.02, "target_alignment": 0.3},   # 0.002 / epoch, +0.02 / epoch
+            {"epoch": 100, "kernel_distance_prev": 0.09, "target_alignment": 0.5},  # 0.001 / epoch
+            {"epoch": 110, "kernel_distance_prev": 0.001, "target_alignment": 0.45}]
+    lm = landmarks(rows, onset=75.5)
+    assert lm["kernel_fastest"] == {"from": 0, "to": 10, "midpoint": 5.0, "per_epoch": pytest.approx(0.002)}
+    assert lm["alignment_peak"] == {"epoch": 100, "value": 0.5}
+    assert lm["alignment_fastest_rise"]["from"] == 0 and lm["alignment_fastest_rise"]["to"] == 10
+    assert lm["grokking_onset"] == 75.5
+    assert landmarks(rows[:1]) == {"kernel_fastest": None, "alignment_peak": {"epoch": 0, "value": 0.1},
+                                   "alignment_fastest_rise": None, "grokking_onset": None}
