@@ -67,283 +67,46 @@ computes just the missing checkpoints).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-import scipy.sparse.linalg
-import torch
 from threadpoolctl import threadpool_limits
 
 from ..engine import kernel_measures as km
-from ..engine.kernels import param_group
-from ..engine.measures import kernel_regression
-from ..engine.operators import flat_jacobian
-from ..engine.spectra import detect_cliffs, labelled_cliffs
-from ..families.base import FULL
 from ..families.run import Run
 from ..store.cache import ArrayCache, default_cache, make_key
 from ..store.runs import RunError
 from . import analysis
-from .checkpoint_units import checkpoints_digest, choose_executor, family_kwargs, open_unit_run, unit_location
+from .checkpoint_units import checkpoints_digest, choose_executor, family_kwargs, unit_location
+from .dynamics_measures import (DEFAULT_RIDGE, DYNAMICS_FORMAT, FULL_SPECTRUM_MAX, Request, checkpoint_key,
+                                checkpoint_unit, compute_checkpoint_kernel, kernel_store_key, measure_kernel,
+                                pack_kernel, request, unpack_kernel)
 from .executors import Executor, Unit
 from .sweep_result import json_number, run_onset_epoch
 
-__all__ = ["DynamicsResult", "dynamics", "dynamics_key", "cached_dynamics", "checkpoint_key", "checkpoint_unit",
-           "measure_kernel", "landmarks", "FULL_SPECTRUM_MAX", "DEFAULT_RIDGE", "FIELDS"]
+__all__ = ["DynamicsResult", "dynamics", "dynamics_key", "dynamics_plan", "cached_dynamics", "landmarks", "FIELDS",
+           # re-exported from dynamics_measures, where they live:
+           "checkpoint_key", "checkpoint_unit", "measure_kernel", "FULL_SPECTRUM_MAX", "DEFAULT_RIDGE"]
 
 Progress = Callable[[int, int, str], None]
-
-DYNAMICS_FORMAT = 2
-"""Version of the cached layouts (part of their keys)."""
-
-FULL_SPECTRUM_MAX = 4096
-"""Kernels with at most this many rows get all their eigenvalues (the effective rank uses all)."""
-
-DEFAULT_RIDGE = 1e-6
-"""Kernel regression's ridge, relative to the mean of the train kernel's diagonal."""
 
 FIELDS = ("kernel_distance_prev", "kernel_distance_final", "target_alignment", "effective_rank", "top_eigenvalues",
           "cliffs", "kernel_regression_test_accuracy", "network_train_accuracy", "network_test_accuracy")
 """The per-checkpoint fields of the JSON, in order."""
 
 
-# ------------------------------------------------------------------ the request
-@dataclass(frozen=True)
-class _Request:
-    group: str
-    reduction: str
-    top: int
-    n: int
-    ridge: float
-    factored: bool  # a "flat" kernel with fewer parameters than rows: kept as its Jacobian (K = J Jᵀ)
-
-    def options(self) -> dict[str, Any]:
-        return {"group": self.group, "reduction": self.reduction, "top": self.top, "ridge": self.ridge}
-
-
-def _request(run: Run, group: str | None, reduction: str | None, top: int | None, ridge: float) -> _Request:
-    group = group or FULL
-    reduction = analysis.check_reduction(run, reduction)
-    run.group_members(group)  # ValueError naming the groups
-    n = analysis.kernel_size(run, reduction)
-    top = min(run.family.default_top, n) if top is None else int(top)
-    if not 1 <= top <= n:
-        raise ValueError(f"top must be between 1 and n = {n} (the kernel's size), got {top}")
-    if not (math.isfinite(ridge) and ridge >= 0):
-        raise ValueError(f"ridge must be a finite number >= 0, got {ridge}")
-    factored = reduction == "flat" and _n_params(run, group) < n
-    return _Request(group, reduction, top, n, float(ridge), factored)
-
-
-def _n_params(run: Run, group: str) -> int:
-    members = run.group_members(group)
-    model = run.family.build_model(run.config)
-    return sum(p.numel() for name, p in model.named_parameters() if members is None or param_group(name) in members)
-
-
-def checkpoint_key(run: Run, epoch: int, req: _Request) -> str:
-    """Cache key of one checkpoint's measures (everything but the distances)."""
-    return make_key("dynamics-checkpoint", format=DYNAMICS_FORMAT, family=run.family.name, config=asdict(run.config),
-                    checkpoint=run.checkpoint_sha(epoch), **req.options())
-
-
 def dynamics_key(run: Run, group: str | None = None, reduction: str | None = None, top: int | None = None,
                  ridge: float = DEFAULT_RIDGE) -> str:
     """Cache key of the whole result of :func:`dynamics` for these options."""
-    req = _request(run, group, reduction, top, ridge)
+    req = request(run, group, reduction, top, ridge)
     return _run_key(run, req)
 
 
-def _run_key(run: Run, req: _Request) -> str:
+def _run_key(run: Run, req: Request) -> str:
     return make_key("dynamics", format=DYNAMICS_FORMAT, family=run.family.name, config=asdict(run.config),
                     checkpoints=checkpoints_digest(run), **req.options())
-
-
-# ------------------------------------------------------------ one checkpoint
-def _kernel_store_key(run: Run, epoch: int, req: _Request) -> str:
-    """Where a checkpoint's kernel is cached: :func:`analysis.kernel_key` (shared with
-    ``kernel_matrix``), or for a factored flat kernel its Jacobian's key."""
-    if req.factored:
-        return make_key("flat-jacobian", family=run.family.name, config=asdict(run.config),
-                        checkpoint=run.checkpoint_sha(epoch), group=req.group)
-    return analysis.kernel_key(run, epoch, group=req.group, reduction=req.reduction)
-
-
-def _compute_kernel(run: Run, epoch: int, req: _Request) -> np.ndarray | km.Gram:
-    if req.factored:
-        J = flat_jacobian(run.load_model(epoch), run.data.kernel_x, groups=run.group_members(req.group))
-        return km.Gram(J.detach().cpu().numpy())
-    return analysis.compute_kernel(run, epoch, group=req.group, reduction=req.reduction)
-
-
-def _pack(K: np.ndarray | km.Gram) -> dict[str, np.ndarray]:
-    return {"J": K.J} if isinstance(K, km.Gram) else {"K": K}
-
-
-def _unpack(entry) -> np.ndarray | km.Gram:
-    return km.Gram(entry["J"]) if "J" in entry else entry["K"]
-
-
-def _n_outputs(run: Run) -> int:
-    with torch.no_grad():
-        return int(run.family.build_model(run.config)(run.data.kernel_x[:1]).shape[-1])
-
-
-def _kernel_targets(run: Run, reduction: str) -> tuple[np.ndarray | None, str | None]:
-    """The targets of the kernel's rows, ``(rows, r)``, or ``(None, why not)``."""
-    C = _n_outputs(run)
-    T = run.family.targets(run.config, run.data, C)
-    if T is None:
-        return None, (f"the {run.family.name} family declares no targets for its inputs "
-                      f"(its y has shape {list(run.data.y.shape)}: neither class labels nor (N, {C}) regression targets)")
-    Y = np.asarray(T.detach().cpu().numpy() if hasattr(T, "detach") else T, dtype=np.float64)
-    if Y.ndim == 1:
-        Y = Y[:, None]
-    Y = Y[run.data.kernel_idx.numpy()]
-    if reduction == "flat":
-        if Y.shape[1] != C:
-            return None, f"the targets have {Y.shape[1]} columns, the flattened kernel needs one per output ({C})"
-        Y = Y.T.reshape(-1, 1)  # class-major, as the flattened kernel's rows
-    return Y, None
-
-
-def _regression_split(run: Run, reduction: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | str:
-    """``(train rows, test rows, test labels, C)`` in the kernel, or why there is no accuracy."""
-    fam, data = run.family, run.data
-    y = data.y
-    if not fam.offers("accuracy") or y.ndim != 1 or y.is_floating_point() or y.dtype == torch.bool:
-        return f"the {fam.name} family has no class labels (no accuracy to compare)"
-    pos = {int(i): r for r, i in enumerate(data.kernel_idx.tolist())}
-    tr = np.array([pos[int(i)] for i in data.train_idx.tolist() if int(i) in pos], dtype=np.int64)
-    te = np.array([pos[int(i)] for i in data.test_idx.tolist() if int(i) in pos], dtype=np.int64)
-    if tr.size == 0 or te.size == 0:
-        which = "training" if tr.size == 0 else "test"
-        return f"the kernel inputs of the {fam.name} family include no {which} examples"
-    labels = y[data.kernel_idx].numpy().astype(np.int64)
-    return tr, te, labels[te], _n_outputs(run)
-
-
-def _regression_accuracy(K: np.ndarray | km.Gram, Y: np.ndarray, split, reduction: str, ridge: float) -> float:
-    tr, te, labels, C = split
-    N = K.shape[0] // C if reduction == "flat" else K.shape[0]
-    if reduction == "flat":  # class-major rows c·N + n
-        rows_tr = (np.arange(C)[:, None] * N + tr[None, :]).reshape(-1)
-        rows_te = (np.arange(C)[:, None] * N + te[None, :]).reshape(-1)
-        y_tr = Y[rows_tr, 0]
-    else:
-        rows_tr, rows_te, y_tr = tr, te, Y[tr]
-    if isinstance(K, km.Gram):  # ridge regression in parameter space: the same predictor for λ > 0
-        J_tr = K.J[rows_tr].astype(np.float64)
-        J_te = K.J[rows_te].astype(np.float64)
-        lam = ridge * float(np.mean(np.sum(J_tr * J_tr, axis=1)))
-        A = J_tr.T @ J_tr + lam * np.eye(J_tr.shape[1])
-        pred = J_te @ np.linalg.lstsq(A, J_tr.T @ y_tr, rcond=None)[0]
-    else:
-        K_tr = K[np.ix_(rows_tr, rows_tr)].astype(np.float64)
-        K_te = K[np.ix_(rows_te, rows_tr)].astype(np.float64)
-        lam = ridge * float(np.mean(np.diag(K_tr)))
-        pred = kernel_regression(K_tr, K_te, y_tr, ridge=lam, mode="pure")
-    if reduction == "flat":
-        pred = pred.reshape(C, te.size).T
-    return float(np.mean(pred.argmax(axis=1) == labels))
-
-
-def _eigenvalues(K: np.ndarray | km.Gram, top: int) -> tuple[np.ndarray, bool]:
-    """Descending eigenvalues: all of them (``True``) up to :data:`FULL_SPECTRUM_MAX` rows,
-    else the top ``top``. A Gram kernel's come from ``JᵀJ`` (the rest are zeros)."""
-    n = K.shape[0]
-    if isinstance(K, km.Gram):
-        vals = np.linalg.eigvalsh(K.small())[::-1]
-        vals = np.concatenate([vals, np.zeros(max(0, n - vals.size))])[:n]
-        return (vals, True) if n <= FULL_SPECTRUM_MAX else (vals[:top].copy(), False)
-    S = np.asarray(K, dtype=np.float64)
-    S = (S + S.T) / 2
-    if n <= FULL_SPECTRUM_MAX:  # LAPACK's divide and conquer (?syevd), as torch's eigvalsh
-        return np.linalg.eigvalsh(S)[::-1].copy(), True
-    vals = scipy.sparse.linalg.eigsh(S, k=top, which="LA", v0=np.ones(n), return_eigenvectors=False)
-    return np.sort(vals)[::-1].copy(), False
-
-
-def _top_vector(K: np.ndarray | km.Gram) -> np.ndarray:
-    """The top eigenvector (Lanczos from the all-ones vector: deterministic)."""
-    if isinstance(K, km.Gram):
-        w, U = np.linalg.eigh(K.small())
-        v = K.J.astype(np.float64) @ U[:, -1]
-        return v / max(float(np.linalg.norm(v)), 1e-300)
-    S = np.asarray(K, dtype=np.float64)
-    _, v = scipy.sparse.linalg.eigsh((S + S.T) / 2, k=1, which="LA", v0=np.ones(S.shape[0]))
-    return v[:, 0]
-
-
-def measure_kernel(run: Run, K: np.ndarray | km.Gram, *, reduction: str, top: int, ridge: float = DEFAULT_RIDGE
-                   ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The measures of one checkpoint's kernel ``K`` that need no other kernel:
-    ``({"eigenvalues"}, {"norm", "target_alignment", "effective_rank", "cliffs",
-    "kernel_regression_test_accuracy", "all_eigenvalues", "notes"})`` (module docstring).
-    numpy's BLAS and LAPACK run on one thread here (torch's threads are left alone): these
-    are small products, solves and ``N ≤ 4096`` eigendecompositions, which a second thread
-    barely speeds up on a quiet machine while spinning threads slow them 10-100x on a busy one;
-    one thread also makes the numbers identical whichever executor ran the unit."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _measure_kernel(run, K, reduction=reduction, top=top, ridge=ridge)
-
-
-def _measure_kernel(run: Run, K: np.ndarray | km.Gram, *, reduction: str, top: int, ridge: float
-                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    t0 = time.perf_counter()
-    vals, full = _eigenvalues(K, top)
-    topv = vals[:top]
-    cliffs = detect_cliffs(topv)
-    vecs = None
-    if cliffs and cliffs[0].start == 0 and cliffs[0].size == 1:  # the constant mode? needs the top vector
-        vecs = _top_vector(K)[:, None]  # (labelled_cliffs tests it)
-    notes: dict[str, str] = {}
-    Y, why = _kernel_targets(run, reduction)
-    if Y is None:
-        notes["target_alignment"] = why
-        alignment = None
-    else:
-        alignment = json_number(km.centred_alignment(K, Y))
-    split = _regression_split(run, reduction)
-    if isinstance(split, str):
-        notes["kernel_regression_test_accuracy"] = split
-        kr = None
-    elif Y is None:
-        notes["kernel_regression_test_accuracy"] = why
-        kr = None
-    else:
-        kr = _regression_accuracy(K, Y, split, reduction, ridge)
-    meta = {
-        "norm": km.frobenius_norm(K),
-        "target_alignment": alignment,
-        "effective_rank": json_number(km.effective_rank(vals)),
-        "all_eigenvalues": bool(full),
-        "cliffs": labelled_cliffs(cliffs, vecs),
-        "kernel_regression_test_accuracy": kr,
-        "notes": notes,
-        "measure_s": round(time.perf_counter() - t0, 4),
-    }
-    return {"eigenvalues": topv}, meta
-
-
-def checkpoint_unit(*, epoch: int, group: str, reduction: str, top: int, ridge: float, family: str,
-                    family_ref: str | None = None, run_path: str | None = None, manifest: dict | None = None,
-                    checkpoint: bytes | None = None) -> dict[str, Any]:
-    """Unit: one checkpoint's kernel and :func:`measure_kernel`, touching no cache. Returns
-    ``{"kernel": {"K": kernel} or {"J": Jacobian}, "arrays": {...}, "meta": {...}}`` (the
-    driver caches both)."""
-    with open_unit_run(epoch=epoch, family=family, family_ref=family_ref, run_path=run_path, manifest=manifest,
-                       checkpoint=checkpoint) as run:
-        t0 = time.perf_counter()
-        req = _request(run, group, reduction, top, ridge)
-        K = _compute_kernel(run, epoch, req)
-        kernel_s = time.perf_counter() - t0
-        arrays, meta = measure_kernel(run, K, reduction=reduction, top=top, ridge=ridge)
-    meta["kernel_s"] = round(kernel_s, 4)
-    return {"kernel": _pack(K), "arrays": arrays, "meta": meta}
 
 
 # ------------------------------------------------------------------ the result
@@ -387,12 +150,36 @@ def cached_dynamics(run: Run, group: str | None = None, reduction: str | None = 
                     ridge: float = DEFAULT_RIDGE, cache: ArrayCache | None = None) -> DynamicsResult | None:
     """The result of :func:`dynamics` if it is cached, else ``None`` (computes nothing: what a
     page asks on every rerun before offering to compute)."""
-    req = _request(run, group, reduction, top, ridge)
+    req = request(run, group, reduction, top, ridge)
     cache = cache or default_cache()
     entry = cache.get(_run_key(run, req))
     if entry is None:
         return None
     return _result(run, req, entry["epochs"], entry["eigenvalues"], entry.meta, "hit", 0.0)
+
+
+def dynamics_plan(run: Run, group: str | None = None, reduction: str | None = None, top: int | None = None, *,
+                  ridge: float = DEFAULT_RIDGE, cache: ArrayCache | None = None) -> dict[str, Any]:
+    """What :func:`dynamics` would do now, computing nothing but reading cache keys:
+    ``{"cached": whole result cached, "checkpoints": E, "measured": checkpoints whose measures
+    are cached, "kernels_cached": of the others, those whose kernel is, "to_compute": kernels
+    to compute, "seconds_per_kernel": the planner's estimate of one (``None`` when nothing is
+    to compute)}`` (what a page shows before a Compute button)."""
+    req = request(run, group, reduction, top, ridge)
+    cache = cache or default_cache()
+    if _run_key(run, req) in cache:
+        return {"cached": True, "checkpoints": len(run.epochs), "measured": len(run.epochs), "kernels_cached": 0,
+                "to_compute": 0, "seconds_per_kernel": None}
+    measured = [e for e in run.epochs if checkpoint_key(run, e, req) in cache]
+    rest = [e for e in run.epochs if e not in measured]
+    kernels = [e for e in rest if kernel_store_key(run, e, req) in cache]
+    todo = len(rest) - len(kernels)
+    seconds = None
+    if todo:
+        est = analysis.estimate_spectrum(run, rest[-1], group=req.group, reduction=req.reduction, top=req.top)
+        seconds = float(est["seconds"])
+    return {"cached": False, "checkpoints": len(run.epochs), "measured": len(measured),
+            "kernels_cached": len(kernels), "to_compute": todo, "seconds_per_kernel": seconds}
 
 
 def dynamics(
@@ -423,7 +210,7 @@ def dynamics(
     shapes, and ``ValueError`` for a bad group, reduction or top.
     """
     t0 = time.perf_counter()
-    req = _request(run, group, reduction, top, ridge)
+    req = request(run, group, reduction, top, ridge)
     cache = cache or default_cache()
     epochs = run.epochs
     if not epochs:
@@ -439,7 +226,7 @@ def dynamics(
 
     stats: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}
     ckeys = {e: checkpoint_key(run, e, req) for e in epochs}
-    kkeys = {e: _kernel_store_key(run, e, req) for e in epochs}
+    kkeys = {e: kernel_store_key(run, e, req) for e in epochs}
     done = [0]
     failed: dict[int, str] = {}
 
@@ -457,7 +244,7 @@ def dynamics(
             continue
         kentry = cache.get(kkeys[e])
         if kentry is not None:  # the kernel is cached (Spectrum page, alignment, an earlier call): measure it here
-            arrays, meta = measure_kernel(run, _unpack(kentry), reduction=req.reduction, top=req.top, ridge=req.ridge)
+            arrays, meta = measure_kernel(run, unpack_kernel(kentry), reduction=req.reduction, top=req.top, ridge=req.ridge)
             del kentry
             cache.set(ckeys[e], arrays, meta)
             stats[e] = (arrays["eigenvalues"], meta)
@@ -525,17 +312,17 @@ def dynamics(
     return _result(run, req, np.asarray(epochs, dtype=np.int64), eig, meta, "miss", time.perf_counter() - t0)
 
 
-def _kernel_from_cache(run: Run, epoch: int, req: _Request, key: str, cache: ArrayCache) -> np.ndarray | km.Gram:
+def _kernel_from_cache(run: Run, epoch: int, req: Request, key: str, cache: ArrayCache) -> np.ndarray | km.Gram:
     """The cached kernel, or (evicted, or the cache is smaller than a run's kernels) computed again here."""
     entry = cache.get(key)
     if entry is not None:
-        return _unpack(entry)
-    K = _compute_kernel(run, epoch, req)
-    cache.set(key, _pack(K), {})
+        return unpack_kernel(entry)
+    K = compute_checkpoint_kernel(run, epoch, req)
+    cache.set(key, pack_kernel(K), {})
     return K
 
 
-def _distance_passes(run: Run, req: _Request, epochs: list[int], kkeys: dict[int, str], cache: ArrayCache,
+def _distance_passes(run: Run, req: Request, epochs: list[int], kkeys: dict[int, str], cache: ArrayCache,
                      advance: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
     """``⟨K_i, K_{i−1}⟩_F`` and ``⟨K_i, K_last⟩_F`` for every checkpoint, streaming the kernels
     from the cache in epoch order with at most two in memory."""
@@ -543,7 +330,7 @@ def _distance_passes(run: Run, req: _Request, epochs: list[int], kkeys: dict[int
         return _distances(run, req, epochs, kkeys, cache, advance)
 
 
-def _distances(run: Run, req: _Request, epochs: list[int], kkeys: dict[int, str], cache: ArrayCache,
+def _distances(run: Run, req: Request, epochs: list[int], kkeys: dict[int, str], cache: ArrayCache,
                advance: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
     E = len(epochs)
     prev_ip = np.full(E, np.nan)
@@ -632,7 +419,7 @@ def _notes(run: Run, stats: dict, epochs: list[int]) -> dict[str, str]:
     return notes
 
 
-def _result(run: Run, req: _Request, epochs: np.ndarray, eig: np.ndarray, meta: dict[str, Any], cache_state: str,
+def _result(run: Run, req: Request, epochs: np.ndarray, eig: np.ndarray, meta: dict[str, Any], cache_state: str,
             elapsed: float) -> DynamicsResult:
     over = (f"all {req.n} eigenvalues" if req.n <= FULL_SPECTRUM_MAX else
             f"the top {req.top} eigenvalues (the kernel has {req.n} > {FULL_SPECTRUM_MAX} rows)")

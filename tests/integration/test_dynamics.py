@@ -21,7 +21,7 @@ from _plain_family import PlainMLPFamily, PlainUnlabelledFamily, plugin_site
 from entk_core.families.base import register, unregister
 from entk_core.families.run import Run
 from entk_core.store.cache import ArrayCache
-from entk_core.workflows.dynamics import FIELDS, cached_dynamics, dynamics
+from entk_core.workflows.dynamics import FIELDS, cached_dynamics, dynamics, dynamics_plan
 from entk_core.workflows.sweep import sweep
 from entk_core.workflows.training import train
 
@@ -115,6 +115,9 @@ def test_workers_match_in_process_and_everything_is_cached(plain_run, tmp_path):
     run = Run(plain_run)
     cache = ArrayCache(tmp_path / "c")
     assert cached_dynamics(run, cache=cache) is None
+    plan = dynamics_plan(run, cache=cache)
+    assert plan["cached"] is False and plan["to_compute"] == 3 and plan["measured"] == 0
+    assert plan["seconds_per_kernel"] > 0
     calls = []
     a = dynamics(run, cache=cache, workers=2, progress=lambda d, t, m: calls.append((d, t, m)))
     assert a.meta["executor"] == {"executor": "local", "workers": 2} and a.meta["cache"] == "miss"
@@ -126,6 +129,10 @@ def test_workers_match_in_process_and_everything_is_cached(plain_run, tmp_path):
     again = dynamics(run, cache=cache)
     assert again.meta["cache"] == "hit" and again.rows == a.rows and cache.computed == n
     assert cached_dynamics(run, cache=cache).rows == a.rows
+    assert dynamics_plan(run, cache=cache) == {"cached": True, "checkpoints": 3, "measured": 3, "kernels_cached": 0,
+                                                "to_compute": 0, "seconds_per_kernel": None}
+    # another top: the measures again, from the cached kernels (no kernel to compute)
+    assert dynamics_plan(run, top=4, cache=cache)["kernels_cached"] == 3
     # the kernels are cached under analysis.kernel_matrix's key: the Spectrum page reuses them
     from entk_core.workflows import analysis
     assert analysis.kernel_key(run, 10, reduction="trace") in cache
