@@ -37,8 +37,7 @@ class PlainMLPFamily(ModelFamily):
     name = "plain-mlp"
     title = "Plain MLP (a plug-in without feature families)"
     Config = PlainConfig
-    default_reduction = "trace"
-    default_top = 12
+    default_top = 12  # the reduction: the default, "trace"
 
     def build_model(self, cfg: PlainConfig) -> nn.Module:
         g = torch.Generator().manual_seed(cfg.seed)

@@ -113,9 +113,10 @@ def import_run(family: ModelFamily | str, cfg: Any, checkpoints: Mapping[int, Pa
 
     ``cfg``: the user's config as a dict of some fields (:func:`read_config`; the others keep
     the family's defaults, ``epochs`` defaults to the last imported epoch) or a Config
-    instance. The manifest records it as given (``import.config``, with ``config_file`` and
-    the imported epochs), and marks the train/test metrics as ``unvouched_metrics``: they
-    are evaluated on the family's own seeded split, not the user's.
+    instance (its fields that differ from the family's defaults count as given). The
+    manifest records it as given (``import.config``, with ``config_file`` and the imported
+    epochs), and marks the train/test metrics as ``unvouched_metrics``: they are evaluated
+    on the family's own seeded split, not the user's.
 
     Returns the :class:`~entk_core.families.run.Run`. :class:`RunError` (one line, naming the
     file) for a bad file or a state dict that does not fit; nothing is written then."""
@@ -128,7 +129,11 @@ def import_run(family: ModelFamily | str, cfg: Any, checkpoints: Mapping[int, Pa
     items = sorted((int(e), Path(p)) for e, p in checkpoints.items())
     if not items:
         raise ValueError("no checkpoints to import")
-    given = dict(cfg) if isinstance(cfg, dict) else asdict(cfg)
+    if isinstance(cfg, dict):
+        given = dict(cfg)
+    else:  # a Config object: the fields that differ from the family's defaults are what the user set
+        defaults = asdict(fam.Config())
+        given = {k: v for k, v in asdict(cfg).items() if v != defaults[k]}
     cfg = _run_config(fam, given, items[-1][0])
     model = fam.build_model(cfg)
     data = fam.make_data(cfg)

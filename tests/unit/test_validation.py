@@ -232,3 +232,13 @@ def test_import_records_what_was_imported_and_marks_its_metrics(tmp_path, capsys
     assert cli.main(["sweep", str(out), "--json", "--workers", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["unvouched_metrics"] == um
     np.testing.assert_equal(len(m["imported"]), 3)
+
+
+def test_import_from_the_library_with_a_config_object(tmp_path):
+    from entk_core.workflows.importing import import_run
+
+    ck = tmp_path / "e.safetensors"
+    save_file(MLP.build_model(MLP.config_from_dict(SMALL)).state_dict(), str(ck))
+    run = import_run(MLP, MLP.Config(p=7, width=8), {0: ck, 300: ck}, tmp_path / "r")
+    assert run.config.epochs == 300 and run.manifest["import"]["config"] == SMALL  # not the default 500
+    assert run.manifest["import"]["config_file"] is None
