@@ -75,6 +75,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..engine import kernel_measures as km
+from ..engine.planner import format_bytes
 from ..families.run import Run
 from ..store.cache import ArrayCache, default_cache, make_key
 from ..store.runs import RunError
@@ -164,12 +165,13 @@ def dynamics_plan(run: Run, group: str | None = None, reduction: str | None = No
     ``{"cached": whole result cached, "checkpoints": E, "measured": checkpoints whose measures
     are cached, "kernels_cached": of the others, those whose kernel is, "to_compute": kernels
     to compute, "seconds_per_kernel": the planner's estimate of one (``None`` when nothing is
-    to compute)}`` (what a page shows before a Compute button)."""
+    to compute), "kernel_bytes": what one cached kernel takes}`` (what a page shows before a
+    Compute button)."""
     req = request(run, group, reduction, top, ridge)
     cache = cache or default_cache()
     if _run_key(run, req) in cache:
         return {"cached": True, "checkpoints": len(run.epochs), "measured": len(run.epochs), "kernels_cached": 0,
-                "to_compute": 0, "seconds_per_kernel": None}
+                "to_compute": 0, "seconds_per_kernel": None, "kernel_bytes": kernel_bytes(run, req)}
     measured = [e for e in run.epochs if checkpoint_key(run, e, req) in cache]
     rest = [e for e in run.epochs if e not in measured]
     kernels = [e for e in rest if kernel_store_key(run, e, req) in cache]
@@ -179,7 +181,8 @@ def dynamics_plan(run: Run, group: str | None = None, reduction: str | None = No
         est = analysis.estimate_spectrum(run, rest[-1], group=req.group, reduction=req.reduction, top=req.top)
         seconds = float(est["seconds"])
     return {"cached": False, "checkpoints": len(run.epochs), "measured": len(measured),
-            "kernels_cached": len(kernels), "to_compute": todo, "seconds_per_kernel": seconds}
+            "kernels_cached": len(kernels), "to_compute": todo, "seconds_per_kernel": seconds,
+            "kernel_bytes": kernel_bytes(run, req)}
 
 
 def dynamics(
@@ -223,6 +226,7 @@ def dynamics(
             progress(total, total, "served from the cache")
         return _result(run, req, hit["epochs"], hit["eigenvalues"], hit.meta, "hit", time.perf_counter() - t0)
     run.check_same_shapes()  # one line naming two epochs, before any work
+    _check_cache_room(run, req, cache)
 
     stats: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}
     ckeys = {e: checkpoint_key(run, e, req) for e in epochs}
@@ -310,6 +314,21 @@ def dynamics(
         meta["executor"] = exec_desc
     cache.set(run_key, {"epochs": np.asarray(epochs, dtype=np.int64), "eigenvalues": eig}, meta)
     return _result(run, req, np.asarray(epochs, dtype=np.int64), eig, meta, "miss", time.perf_counter() - t0)
+
+
+def kernel_bytes(run: Run, req: Request) -> int:
+    """Bytes of one checkpoint's cached kernel (float32): ``n²``, or ``n · P`` for a factored one."""
+    return 4 * req.n * (req.n_params if req.factored else req.n)
+
+
+def _check_cache_room(run: Run, req: Request, cache: ArrayCache) -> None:
+    """The distances read every kernel back from the cache: refuse (one line) when the run's
+    kernels cannot all stay there, instead of recomputing each evicted one twice."""
+    need = kernel_bytes(run, req) * len(run.epochs)
+    if need > cache.size_limit:
+        raise ValueError(f"the {len(run.epochs)} kernels of {req.n} rows ({req.reduction}) need "
+                         f"{format_bytes(need)} in the cache, more than its limit of {format_bytes(cache.size_limit)}; "
+                         "choose a smaller --reduction or --group, or raise ENTK_CACHE_SIZE_LIMIT")
 
 
 def _kernel_from_cache(run: Run, epoch: int, req: Request, key: str, cache: ArrayCache) -> np.ndarray | km.Gram:

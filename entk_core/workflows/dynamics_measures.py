@@ -53,6 +53,7 @@ class Request:
     n: int
     ridge: float
     factored: bool  # a "flat" kernel with fewer parameters than rows: kept as its Jacobian (K = J Jᵀ)
+    n_params: int  # parameters of the group (columns of that Jacobian)
 
     def options(self) -> dict[str, Any]:
         return {"group": self.group, "reduction": self.reduction, "top": self.top, "ridge": self.ridge}
@@ -68,8 +69,8 @@ def request(run: Run, group: str | None, reduction: str | None, top: int | None,
         raise ValueError(f"top must be between 1 and n = {n} (the kernel's size), got {top}")
     if not (math.isfinite(ridge) and ridge >= 0):
         raise ValueError(f"ridge must be a finite number >= 0, got {ridge}")
-    factored = reduction == "flat" and _n_params(run, group) < n
-    return Request(group, reduction, top, n, float(ridge), factored)
+    n_params = _n_params(run, group)
+    return Request(group, reduction, top, n, float(ridge), reduction == "flat" and n_params < n, n_params)
 
 
 def _n_params(run: Run, group: str) -> int:

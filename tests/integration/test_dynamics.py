@@ -130,7 +130,7 @@ def test_workers_match_in_process_and_everything_is_cached(plain_run, tmp_path):
     assert again.meta["cache"] == "hit" and again.rows == a.rows and cache.computed == n
     assert cached_dynamics(run, cache=cache).rows == a.rows
     assert dynamics_plan(run, cache=cache) == {"cached": True, "checkpoints": 3, "measured": 3, "kernels_cached": 0,
-                                                "to_compute": 0, "seconds_per_kernel": None}
+                                                "to_compute": 0, "seconds_per_kernel": None, "kernel_bytes": 30 * 30 * 4}
     # another top: the measures again, from the cached kernels (no kernel to compute)
     assert dynamics_plan(run, top=4, cache=cache)["kernels_cached"] == 3
     # the kernels are cached under analysis.kernel_matrix's key: the Spectrum page reuses them
@@ -310,3 +310,10 @@ def test_landmarks_are_per_epoch_on_uneven_intervals():
     assert lm["grokking_onset"] == 75.5
     assert landmarks(rows[:1]) == {"kernel_fastest": None, "alignment_peak": {"epoch": 0, "value": 0.1},
                                    "alignment_fastest_rise": None, "grokking_onset": None}
+
+
+def test_kernels_that_cannot_stay_in_the_cache_are_refused_first(plain_run, tmp_path):
+    with pytest.raises(ValueError) as e:
+        dynamics(Run(plain_run), cache=ArrayCache(tmp_path / "c", size_limit=10_000))
+    assert str(e.value) == ("the 3 kernels of 30 rows (trace) need 10.8 kB in the cache, more than its limit of "
+                            "10 kB; choose a smaller --reduction or --group, or raise ENTK_CACHE_SIZE_LIMIT")
