@@ -267,6 +267,7 @@ def dynamics(
         e = by_key[r.key]
         if r.ok:
             v = r.value
+            # popped: the executor keeps every unit's value until the end, so it must not keep the kernel
             cache.set(kkeys[e], v.pop("kernel"), {"kernel_s": v["meta"].get("kernel_s")})
             cache.set(ckeys[e], v["arrays"], v["meta"])
             stats[e] = (v["arrays"]["eigenvalues"], v["meta"])
