@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from entk_core.engine import planner
-from entk_core.engine.planner import MemoryBudgetError, ParamSpec, choose, estimate, parse_bytes
+from entk_core.engine.costs import choose_form
+from entk_core.engine.machine import available_memory, resolve_budget
+from entk_core.engine.planner import MemoryBudgetError, ParamSpec, choose, estimate
+from entk_core.engine.units import format_bytes, parse_bytes
 
 MLP = {  # modular-addition MLP, p=29, width 512
     "net.0": [ParamSpec("net.0.weight", (512, 58), "linear_weight")],
@@ -19,19 +21,19 @@ def test_parse_bytes():
     assert parse_bytes("1e9") == 10**9
     assert parse_bytes(12345) == 12345
     assert parse_bytes("1.5k") == 1500
-    for bad in ("lots", "-1GB", 0, "4 XB"):
+    for bad in ("lots", "-1GB", 0, "4 XB", "1e400", float("inf")):
         with pytest.raises(ValueError):
             parse_bytes(bad)
 
 
 def test_budget_resolution(monkeypatch):
     monkeypatch.setenv("ENTK_MEMORY_BUDGET", "3GB")
-    assert planner.resolve_budget() == 3 * 10**9
-    assert planner.resolve_budget("1GB") == 10**9
+    assert resolve_budget() == 3 * 10**9
+    assert resolve_budget("1GB") == 10**9
     monkeypatch.delenv("ENTK_MEMORY_BUDGET")
-    avail = planner.available_memory()
+    avail = available_memory()
     assert avail > 0
-    assert 0.3 * avail <= planner.resolve_budget() <= 0.7 * avail + 2**30
+    assert 0.3 * avail <= resolve_budget() <= 0.7 * avail + 2**30
 
 
 def test_estimate_picks_structured_and_reports_every_path():
@@ -59,8 +61,8 @@ def test_refusal_is_one_line_with_suggestions():
         choose(841, None, 29, MLP, "flat", "float32", memory_budget="1GB")
     msg = str(ei.value)
     assert "\n" not in msg
-    assert "reduction='flat'" in msg and "1 GB" in msg and f"output {planner.format_bytes((29 * 841) ** 2 * 4)}" in msg
-    assert "at most" in msg and "reduction='trace'" in msg and "flat_top_eigenpairs" in msg
+    assert "reduction='flat'" in msg and "1 GB" in msg and f"output {format_bytes((29 * 841) ** 2 * 4)}" in msg
+    assert "at most" in msg and "reduction='trace'" in msg and "top_eigenpairs(model, k, x=x)" in msg
     # the suggested input count really fits
     n = int(msg.split("at most ")[1].split()[0])
     assert estimate(n, None, 29, MLP, "flat", "float32", memory_budget="1GB").fits
@@ -75,12 +77,12 @@ def test_refusal_suggests_a_single_group():
 
 def test_choose_form():
     # an MLP layer (one position): pairwise beats per-example gradients
-    assert planner.choose_form("linear", 58, 512, 1, 29, 29) == "pair"
+    assert choose_form("linear", 58, 512, 1, 29, 29) == "pair"
     # long sequences with a small layer: per-example gradients win
-    assert planner.choose_form("linear", 16, 16, 128, 1, 1) == "perex"
+    assert choose_form("linear", 16, 16, 128, 1, 1) == "perex"
     # a convolution (many output positions): per-example gradients
-    assert planner.choose_form("linear", 27 + 1, 16, 1024, 1, 1, 10) == "perex"
-    assert planner.choose_form("elementwise", 1, 64, 8, 3, 3) == "perex"
+    assert choose_form("linear", 27 + 1, 16, 1024, 1, 1, 10) == "perex"
+    assert choose_form("elementwise", 1, 64, 8, 3, 3) == "perex"
 
 
 def test_bad_requests():
@@ -105,3 +107,4 @@ def test_estimate_ntk_matches_what_runs():
     assert info.method == p.method and info.chunk_size == p.chunk_size and info.estimate == p.summary()
     small = estimate_ntk(m, torch.randint(0, 5, (400, 3)), reduction="full", memory_budget="1MB")
     assert not small.fits and small.method is None and "what would fit" in small.suggestion
+
