@@ -14,7 +14,7 @@ import math
 import torch
 
 from . import planner
-from ._flat import structured_bytes, structured_flops
+from ._flat import flat_ctx, structured_bytes, structured_flops
 from ._request import Ctx
 from .machine import Rates, eigh_seconds, machine_rates, resolve_budget
 from .planner import Plan
@@ -132,7 +132,7 @@ def plan_topk(ctx: Ctx, k: int, method: str, memory_budget, tol: float) -> Plan:
         p = paths.get(m, paths["lanczos"])
         plan = Plan(None, N, False, p["bytes"], out_bytes, 0.0, p["seconds"], budget, False, paths, {}, desc,
                     device=str(ctx.device), rates=rates.source)
-        plan.suggestion = topk_refusal(ctx, m, R, P, k, p["bytes"], budget)
+        plan.suggestion = topk_refusal(ctx, m, R, P, k, p["bytes"], budget, requested=method)
         return plan
     p = paths[chosen]
     name = chosen if chosen != "lanczos" else f"lanczos ({p['operator']} operator)"
@@ -145,9 +145,16 @@ def ncv(k: int, R: int) -> int:
     return min(R, max(2 * k + 1, 20))
 
 
-def topk_refusal(ctx: Ctx, method: str, R: int, P: int, k: int, need: int, budget: int) -> str:
+def _fits_alone(ctx: Ctx, group: str, k: int, method: str, budget: int) -> bool:
+    """Whether the top-``k`` request restricted to one layer group fits the budget."""
+    sub = flat_ctx(ctx.model, ctx.x1.build(), ctx.w, group, ctx.dtype, ctx.device, check_finite=False)
+    return plan_topk(sub, max(1, min(k, sub.C * sub.N1)), method, budget, 1e-6).fits
+
+
+def topk_refusal(ctx: Ctx, method: str, R: int, P: int, k: int, need: int, budget: int,
+                 requested: str = "auto") -> str:
     """One line: the request, its estimate, the budget and what would fit (fewer inputs,
-    a smaller ``k``, one layer group, a trace kernel), or that nothing does."""
+    a smaller ``k``, one layer group that fits alone, a trace kernel), or that nothing does."""
     C, N = ctx.C, ctx.N1
     s = ctx.dtype.itemsize
     tips = []
@@ -160,7 +167,9 @@ def topk_refusal(ctx: Ctx, method: str, R: int, P: int, k: int, need: int, budge
     if method in ("iterative", "lanczos") and 1 <= k_fit < k:
         tips.append(f"top-k with k <= {k_fit}")
     if len(ctx.groups) > 1:
-        tips.append("one layer group")
+        ok = [g for g in ctx.groups if _fits_alone(ctx, g, k, requested, budget)]
+        if ok:
+            tips.append("one layer group (" + ", ".join(repr(g) for g in ok[:4]) + (", ..." if len(ok) > 4 else "") + ")")
     if N * N * s * 3 <= budget:
         tips.append(f"reduction='trace' (an {N}x{N} kernel, {format_bytes(N * N * s)})")
     return (f"top_eigenpairs(N={N}, C={C}, P={P}, k={k}, method={method!r}) needs about "

@@ -162,6 +162,18 @@ def estimate(
       a :class:`Plan`; ``plan.fits`` is ``False`` (and ``plan.suggestion`` says what would
       fit) when no path fits. Never raises for budget reasons: see :func:`choose`.
     """
+    plan, request = _estimate(n1, n2, n_classes, groups, reduction, dtype, by_layer=by_layer, symmetric=symmetric,
+                              method=method, chunk_size=chunk_size, memory_budget=memory_budget, device=device,
+                              activation_per_example=activation_per_example, channels=channels, out_elems=out_elems)
+    if not plan.fits:
+        plan.suggestion = _suggest(**request)
+    return plan
+
+
+def _estimate(n1, n2, n_classes, groups, reduction, dtype, *, by_layer, symmetric, method, chunk_size, memory_budget,
+              device, activation_per_example, channels, out_elems) -> tuple[Plan, dict[str, Any]]:
+    """:func:`estimate` without the suggestion: ``(plan, the request normalised)``. Never
+    calls :func:`_suggest`, so trying smaller requests cannot recurse."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
     if method not in ("auto",) + METHODS:
@@ -188,6 +200,9 @@ def estimate(
     fp = max(fp, 1.0)
     gemm, auto = rates.gemm_rate(dtype), rates.autograd_rate(dtype)
     dev = str(device) if device is not None else "cpu"
+    request = {"n1": n1, "n2": None if symmetric else n2, "C": C, "groups": groups, "reduction": reduction,
+               "dtype": dtype, "by_layer": by_layer, "method": method, "budget": budget, "act": act, "ch": ch,
+               "device": device}
     desc = (f"{'empirical_ntk_by_layer' if by_layer else 'empirical_ntk'}(N1={n1}, N2={n2}, C={C}, "
             f"reduction={reduction!r}, {dtype_name(dtype)}, {len(groups)} group{'s' if len(groups) != 1 else ''}, "
             f"{sum(p.numel for p in all_specs)} params)")
@@ -266,19 +281,18 @@ def estimate(
         layout, cblock = p.get("layout", "chunks"), p.get("class_block", 0)
         return Plan(chosen, p["chunk_size"], p["cache"], p["bytes"], out_bytes, p["flops"], p["seconds"],
                     budget, True, paths, forms, desc, layout=layout, class_block=cblock, device=dev,
-                    rates=rates.source)
+                    rates=rates.source), request
     cheapest = min(todo, key=lambda m: paths[m]["bytes"])
     p = paths[cheapest]
-    plan = Plan(None, p["chunk_size"], False, p["bytes"], out_bytes, p["flops"], p["seconds"],
-                budget, False, paths, forms, desc, device=dev, rates=rates.source)
-    plan.suggestion = _suggest(n1, None if symmetric else n2, C, groups, reduction, dtype, by_layer, method,
-                               budget, act, ch, device)
-    return plan
+    return Plan(None, p["chunk_size"], False, p["bytes"], out_bytes, p["flops"], p["seconds"],
+                budget, False, paths, forms, desc, device=dev, rates=rates.source), request
 
 
 def _fits(n1, n2, C, groups, reduction, dtype, by_layer, method, budget, act, ch, device) -> Plan:
-    return estimate(n1, n2, C, groups, reduction, dtype, by_layer=by_layer, method=method,
-                    memory_budget=budget, activation_per_example=act, channels=ch, device=device)
+    """The plan of a smaller request (no suggestion: :func:`_estimate`)."""
+    return _estimate(n1, n2, C, groups, reduction, dtype, by_layer=by_layer, symmetric=None, method=method,
+                     chunk_size=None, memory_budget=budget, device=device, activation_per_example=act,
+                     channels=ch, out_elems=None)[0]
 
 
 def _suggest(n1, n2, C, groups, reduction, dtype, by_layer, method, budget, act, ch, device) -> str:

@@ -108,3 +108,33 @@ def test_estimate_ntk_matches_what_runs():
     small = estimate_ntk(m, torch.randint(0, 5, (400, 3)), reduction="full", memory_budget="1MB")
     assert not small.fits and small.method is None and "what would fit" in small.suggestion
 
+
+# A request that fits nowhere, with many layer groups: the refusal's search for what would
+# fit used to recurse (estimate -> _suggest -> _fits -> estimate -> _suggest ...), every
+# smaller request it tried searching again, so a flat 841 x 29 request over nine groups
+# ran for minutes (hours for larger ones) instead of refusing.
+NINE_GROUPS = {f"block{i}": [ParamSpec(f"block{i}.weight", (16, 16), "linear_weight", 3)] for i in range(9)}
+
+
+@pytest.mark.timeout(30)
+def test_a_request_that_fits_nowhere_is_refused_at_once():
+    p = estimate(841, None, 29, NINE_GROUPS, "flat", "float32", memory_budget="100KB")
+    assert not p.fits
+    assert p.suggestion.startswith("what would fit: ") and "\n" not in p.suggestion
+    with pytest.raises(MemoryBudgetError) as ei:
+        choose(841, None, 29, NINE_GROUPS, "flat", "float32", memory_budget="100KB")
+    msg = str(ei.value)
+    assert "\n" not in msg and "memory budget is 100 kB" in msg and "what would fit" in msg
+
+
+@pytest.mark.timeout(30)
+def test_the_refusal_says_what_fits_or_that_nothing_does():
+    # a trace kernel of 841 inputs cannot fit 100 kB in any form: nothing does
+    p = estimate(841, None, 29, NINE_GROUPS, "trace", "float32", memory_budget="100KB")
+    assert p.suggestion == "what would fit: nothing at this size; raise the budget"
+    # 2,000 inputs of a mean kernel do not fit 1 MB, fewer do: the suggested count fits, one more does not
+    p = estimate(2000, None, 29, NINE_GROUPS, "mean", "float32", memory_budget="1MB")
+    n = int(p.suggestion.split("at most ")[1].split()[0])
+    assert 1 <= n < 2000
+    assert estimate(n, None, 29, NINE_GROUPS, "mean", "float32", memory_budget="1MB").fits
+    assert not estimate(n + 1, None, 29, NINE_GROUPS, "mean", "float32", memory_budget="1MB").fits
