@@ -11,7 +11,7 @@ import torch
 
 from entk_core.families.tms import analysis as tms
 from entk_core.engine.measures import best_feature, cosine_heatmap
-from entk_core.families.features import tms_feature_vectors
+from entk_core.families.tms.features import tms_feature_vectors
 from entk_core.families.tms import TMSModel, feature_norms, importances, make_points, represented_features
 from entk_core.engine.kernels import empirical_ntk, layer_groups
 from entk_core.families.base import get_family, seeded
