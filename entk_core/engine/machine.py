@@ -102,7 +102,10 @@ def resolve_budget(memory_budget: int | float | str | None = None, device: Any =
         return parse_bytes(memory_budget)
     env = os.environ.get("ENTK_MEMORY_BUDGET", "").strip()
     if env:
-        return parse_bytes(env)
+        try:
+            return parse_bytes(env)
+        except ValueError as e:
+            raise ValueError(f"ENTK_MEMORY_BUDGET: {e}") from None
     return int(DEFAULT_FRACTION * available_memory(device))
 
 

@@ -34,6 +34,10 @@ def test_budget_resolution(monkeypatch):
     avail = available_memory()
     assert avail > 0
     assert 0.3 * avail <= resolve_budget() <= 0.7 * avail + 2**30
+    for bad in ("1e400", "lots"):                         # one line naming the variable
+        monkeypatch.setenv("ENTK_MEMORY_BUDGET", bad)
+        with pytest.raises(ValueError, match="^ENTK_MEMORY_BUDGET: "):
+            resolve_budget()
 
 
 def test_estimate_picks_structured_and_reports_every_path():
