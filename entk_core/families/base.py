@@ -46,7 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.planner import available_memory, format_bytes
+from ..engine.machine import available_memory
+from ..engine.units import format_bytes
 from .schema import check_config, size_fields
 
 __all__ = [

@@ -75,7 +75,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..engine import kernel_measures as km
-from ..engine.planner import format_bytes
+from ..engine.units import format_bytes
 from ..families.run import Run
 from ..store.cache import ArrayCache, default_cache, make_key
 from ..store.runs import RunError
