@@ -52,10 +52,11 @@ driver (this process) alone writes the cache: the kernel under
 :func:`entk_core.workflows.analysis.kernel_key` (shared with
 :func:`~entk_core.workflows.analysis.kernel_matrix`, the Spectrum page and the alignment
 views) and the measures under a per-checkpoint key (:func:`checkpoint_key`: the
-checkpoint's sha256, group, reduction, top and ridge). The distances then stream the
-kernels back from the cache in epoch order, two at a time (the previous and the current
-one, then the last and the current one): the driver never holds more than two kernels, a
-worker one. The assembled result is cached once more under the run's key (the sha256s of
+checkpoint's sha256, group, reduction, top and ridge). The distances to the previous
+checkpoint are taken in epoch order while the kernels arrive (the previous kernel and the
+one just arrived, or read back from the cache when it came early), those to the last in one
+pass over the cache afterwards (the last kernel and the current one): the driver never
+holds more than two kernels, a worker one. The assembled result is cached once more under the run's key (the sha256s of
 all its checkpoints), so a second call is one read, and a run that gains a checkpoint
 recomputes only that checkpoint's kernel and the distances.
 
@@ -239,11 +240,13 @@ def dynamics(
         if progress:
             progress(done[0], total, message)
 
+    stream = _PrevStream(run, req, epochs, kkeys, cache)  # ⟨K_{i−1}, K_i⟩ as kernels arrive in order
     todo = []
     for e in epochs:
         entry = cache.get(ckeys[e])
         if entry is not None:
             stats[e] = (entry["eigenvalues"], entry.meta)
+            stream.offer(e)
             advance(f"epoch {e} (cached)")
             continue
         kentry = cache.get(kkeys[e])
@@ -252,6 +255,7 @@ def dynamics(
             del kentry
             cache.set(ckeys[e], arrays, meta)
             stats[e] = (arrays["eigenvalues"], meta)
+            stream.offer(e)
             advance(f"epoch {e} (cached kernel)")
         else:
             todo.append(e)
@@ -268,9 +272,11 @@ def dynamics(
         if r.ok:
             v = r.value
             # popped: the executor keeps every unit's value until the end, so it must not keep the kernel
-            cache.set(kkeys[e], v.pop("kernel"), {"kernel_s": v["meta"].get("kernel_s")})
+            packed = v.pop("kernel")
+            cache.set(kkeys[e], packed, {"kernel_s": v["meta"].get("kernel_s")})
             cache.set(ckeys[e], v["arrays"], v["meta"])
             stats[e] = (v["arrays"]["eigenvalues"], v["meta"])
+            stream.offer(e, packed)  # empties packed: the stream holds the only reference
             advance(f"epoch {e}")
         else:
             failed[e] = r.error
@@ -289,7 +295,7 @@ def dynamics(
         raise RunError(f"{run.path}: {len(failed)} of {len(epochs)} checkpoints failed and were not cached "
                        f"(first: epoch {e}: {err}); run dynamics again to retry them")
 
-    prev_ip, final_ip = _distance_passes(run, req, epochs, kkeys, cache, advance)
+    prev_ip, final_ip = _distance_passes(stream, advance)
     norms = np.array([stats[e][1]["norm"] for e in epochs])
     E = len(epochs)
     d_prev = np.full(E, np.nan)
@@ -342,34 +348,60 @@ def _kernel_from_cache(run: Run, epoch: int, req: Request, key: str, cache: Arra
     return K
 
 
-def _distance_passes(run: Run, req: Request, epochs: list[int], kkeys: dict[int, str], cache: ArrayCache,
-                     advance: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
-    """``⟨K_i, K_{i−1}⟩_F`` and ``⟨K_i, K_last⟩_F`` for every checkpoint, streaming the kernels
-    from the cache in epoch order with at most two in memory."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _distances(run, req, epochs, kkeys, cache, advance)
+class _PrevStream:
+    """``⟨K_{i−1}, K_i⟩_F`` in epoch order while the units' kernels arrive (in any order):
+    checkpoint ``i`` is taken as soon as ``0..i`` are cached, from memory when it is the one
+    that just arrived, else read back from the cache. Holds the previous kernel and the
+    current one, never more."""
+
+    def __init__(self, run: Run, req: Request, epochs: list[int], kkeys: dict[int, str], cache: ArrayCache):
+        self.run, self.req, self.epochs, self.kkeys, self.cache = run, req, epochs, kkeys, cache
+        self.index = {e: i for i, e in enumerate(epochs)}
+        self.ip = np.full(len(epochs), np.nan)
+        self.ready: set[int] = set()
+        self.next, self.prev = 0, None
+
+    def offer(self, epoch: int, packed: dict[str, np.ndarray] | None = None) -> None:
+        """``epoch``'s kernel is cached now; ``packed`` (emptied here): the kernel itself."""
+        self.ready.add(self.index[epoch])
+        K = None
+        if packed is not None and self.index[epoch] == self.next:
+            K = unpack_kernel(packed)
+        if packed is not None:
+            packed.clear()
+        with threadpool_limits(limits=1, user_api="blas"):
+            while self.next in self.ready:
+                e = self.epochs[self.next]
+                cur = K if (K is not None and e == epoch) else _kernel_from_cache(self.run, e, self.req,
+                                                                                  self.kkeys[e], self.cache)
+                K = None
+                if self.prev is not None:
+                    self.ip[self.next] = km.frobenius_inner(self.prev, cur)
+                self.prev, cur = cur, None
+                self.next += 1
+
+    def last(self) -> np.ndarray | km.Gram:
+        """The last checkpoint's kernel, once every checkpoint has been offered."""
+        if self.next != len(self.epochs):
+            raise RuntimeError("not every checkpoint's kernel has been offered")
+        return self.prev
 
 
-def _distances(run: Run, req: Request, epochs: list[int], kkeys: dict[int, str], cache: ArrayCache,
-               advance: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
-    E = len(epochs)
-    prev_ip = np.full(E, np.nan)
-    final_ip = np.full(E, np.nan)
-    prev = None
-    for i, e in enumerate(epochs):
-        cur = _kernel_from_cache(run, e, req, kkeys[e], cache)
-        if prev is not None:
-            prev_ip[i] = km.frobenius_inner(prev, cur)
-        prev = cur
-        del cur
+def _distance_passes(stream: _PrevStream, advance: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
+    """``⟨K_i, K_{i−1}⟩_F`` (from the stream) and ``⟨K_i, K_last⟩_F`` for every checkpoint: the
+    kernels stream back from the cache in epoch order, the last one and the current one in memory."""
+    epochs = stream.epochs
+    final_ip = np.full(len(epochs), np.nan)
+    last = stream.last()
+    stream.prev = None
     advance("distances to the previous checkpoint")
-    last = prev  # the last kernel, still in memory
-    for i, e in enumerate(epochs[:-1]):
-        cur = _kernel_from_cache(run, e, req, kkeys[e], cache)
-        final_ip[i] = km.frobenius_inner(cur, last)
-        del cur
+    with threadpool_limits(limits=1, user_api="blas"):
+        for i, e in enumerate(epochs[:-1]):
+            cur = _kernel_from_cache(stream.run, e, stream.req, stream.kkeys[e], stream.cache)
+            final_ip[i] = km.frobenius_inner(cur, last)
+            del cur
     advance("distances to the last checkpoint")
-    return prev_ip, final_ip
+    return stream.ip, final_ip
 
 
 def _row(run: Run, epoch: int, stats: dict[str, Any], d_prev: float, d_final: float, eig: np.ndarray) -> dict:
