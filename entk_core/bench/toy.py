@@ -170,7 +170,7 @@ def _case_c(dtype, quick: bool, device, repeats: int | None = None) -> dict[str,
     import numpy as np
     import torch
 
-    from ..engine.operators import flat_top_eigenpairs
+    from ..engine.eigenpairs import top_eigenpairs
     from .reference import check_reference, tutorial_flat_operator
 
     model, x = _tms()
@@ -181,7 +181,7 @@ def _case_c(dtype, quick: bool, device, repeats: int | None = None) -> dict[str,
     w = torch.tensor([0.8 ** (c * beta / 2) for c in range(C)], dtype=dtype, device=device)
 
     def fast(xs=x, k=k):
-        return flat_top_eigenpairs(model, xs, k, class_weights=w, method="gram", device=device)
+        return top_eigenpairs(model, k, x=xs, class_weights=w, method="gram", device=device)
 
     def ref(xs=x, k=k):
         from scipy.sparse.linalg import eigsh
