@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any, Callable, Iterator
 
-__all__ = ["save_partial", "table_rows", "table_head", "Timeout", "time_limit", "run_children", "split_names",
+__all__ = ["common_args", "save_partial", "table_rows", "table_head", "Timeout", "time_limit", "run_children", "split_names",
            "one_line", "cli", "command_line"]
 
 
@@ -97,9 +97,24 @@ def run_children(module: str, cases: list[str], args: list[str], progress: Calla
     return out
 
 
+def common_args(ap) -> None:
+    """The options every child-process benchmark has: ``--n``, ``--threads``, ``--json``."""
+    import argparse
+
+    ap.add_argument("--n", type=int, default=None, help="inputs per case (default: each model's N)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads in each case (default: torch's); 1 is fairer on a machine loaded beyond its cores")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+
+
 def cli(args, child: Callable[[], dict], run: Callable[[Callable], dict], table: Callable[[dict], str]) -> int:
     """The driver: ``--_child`` prints one case's JSON; else run every case and print a table or JSON."""
     if args._child:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
         rec = child()
         save_partial(args._child, rec)
         print(json.dumps(rec))

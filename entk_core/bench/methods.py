@@ -19,7 +19,7 @@ import os
 import warnings
 from typing import Any, Callable
 
-from ._runner import Timeout, cli, command_line, one_line, run_children, split_names, table_head, table_rows, time_limit
+from ._runner import Timeout, cli, command_line, common_args, one_line, run_children, split_names, table_head, table_rows, time_limit
 
 __all__ = ["CASES", "METHODS", "run_case", "run_methods", "format_table", "main"]
 
@@ -183,23 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="interleaved timed rounds, best kept (default 3; with 1, auto always runs first)")
     ap.add_argument("--max-seconds", type=float, default=300.0,
                     help="a forced method estimated over this is not run; a run over it is stopped (default 300)")
-    ap.add_argument("--n", type=int, default=None, help="inputs per case (default: each model's N)")
     ap.add_argument("--memory-budget", default=None,
                     help="the planner's budget for every method, e.g. 4GB (default: ENTK_MEMORY_BUDGET or half the "
                          "available RAM)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads in each case (default: torch's); 1 is fairer on a machine loaded beyond its cores")
-    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    common_args(ap)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    if a._child and a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
     return cli(a, lambda: run_case(a._child, a.repeats, a.max_seconds, a.n, a.memory_budget),
                lambda progress: run_methods(a.cases, a.repeats, a.max_seconds, a.n, progress, a.memory_budget,
                                             a.threads),

@@ -46,7 +46,7 @@ import time
 import warnings
 from typing import Any, Callable
 
-from ._runner import Timeout, cli, command_line, one_line, run_children, split_names, table_head, table_rows, time_limit
+from ._runner import Timeout, cli, command_line, common_args, one_line, run_children, split_names, table_head, table_rows, time_limit
 
 __all__ = ["CASES", "LIBS", "peer_status", "run_case", "run_peers", "format_table", "main"]
 
@@ -390,20 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "one that runs longer is stopped (default 900)")
     ap.add_argument("--max-mem-gb", type=float, default=8.0,
                     help="memory the Jacobian-holding libraries may use; they tile to fit (default 8)")
-    ap.add_argument("--n", type=int, default=None, help="inputs per case (default: each model's N)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads in each case (default: torch's); 1 is fairer on a machine loaded beyond its cores")
-    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    common_args(ap)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    if a._child and a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
     return cli(a, lambda: run_case(a._child, a.libs.split(","), a.repeats, a.max_seconds, a.max_mem_gb, a.n),
                lambda progress: run_peers(a.cases, a.libs, a.repeats, a.max_seconds, a.max_mem_gb, a.n, progress,
                                           a.threads),
