@@ -1,27 +1,37 @@
-"""Benchmark of the fast eNTK paths against the reference Jacobian path.
+"""Benchmark of the fast eNTK paths against the reference, the PyTorch NTK tutorial.
 
-Every case runs in its own child process (so peak memory can be read from
-``/proc/self/status`` ``VmHWM``, reset through ``/proc/self/clear_refs`` before each
-measured computation) and times the fast path and the reference in the same run:
+The reference of cases a-e is the tutorial's Jacobian contraction written in the bench
+itself (:mod:`entk_core.bench.reference`: ``functional_call`` + ``vmap(jacrev)`` +
+``einsum`` per parameter, summed), never the library's own path; once per case it is
+checked against a float64 brute-force kernel (one ``autograd.grad`` per example and
+channel) on a few inputs (``ref_check_rel_error_f64``). Every case runs in its own child
+process (so peak memory can be read from ``/proc/self/status`` ``VmHWM``, reset through
+``/proc/self/clear_refs`` before each measured computation) and times the fast path and
+the reference the same way (:func:`entk_core.bench.measure.compare`): the same warm-up (the
+same call on 8 inputs), then ``--repeats`` rounds (default 3; case b 1) in which each side
+runs once, alternating the order, the statistic the best round of each (medians kept):
 
 * ``a`` -- modular-addition MLP (p=29, width 512, 841 inputs): class-traced layerwise
   kernels (``empirical_ntk_by_layer(reduction="trace")``), plus the *floor*: the time
   of the unavoidable final matrix products ``(N, C·width) @ (C·width, N)`` (one per layer,
-  with the ``(N, d_in) @ (d_in, N)`` input Gram).
-* ``b`` -- same model, full flattened kernel ``(24,389 × 24,389)``. ``--quick`` times the
-  reference on two input subsets and extrapolates (``t = αn + βn²``), labelled as such.
+  with the ``(N, d_in) @ (d_in, N)`` input Gram), timed in the same rounds.
+* ``b`` -- same model, full flattened kernel ``(24,389 × 24,389)``. ``--quick`` times both
+  sides on two input subsets and extrapolates (``t = αn + βn²``), labelled as such.
 * ``c`` -- a toy model of superposition ``y = ReLU(x Wᵀ W + b)`` (W 10×50, N=500 unit-norm
   sparse inputs, C=50, class weights ``0.8^(c·β/2)``, β=1): top-80 eigenpairs of the
-  flattened kernel via the Gram trick, against ``scipy.sparse.linalg.eigsh`` on the
-  matrix-free operator.
+  flattened kernel via the Gram trick, against ``scipy.sparse.linalg.eigsh`` on ``J(Jᵀv)``
+  with ``J`` the tutorial's Jacobian.
 * ``d`` -- 1-layer attention model on 3-token sequences (vocab 30, d_model 64, 4 heads,
   MLP 256, no LayerNorm, no biases), all 841 inputs, all-class-mean kernel.
 * ``e``, ``f`` -- the engine's cases (:mod:`entk_core.bench.engine`): a CNN's trace and
-  full kernels against the Jacobian-contraction reference; the demo MLP's flattened
-  top-200 spectrum against a dense float64 reference.
+  full kernels against the tutorial reference; the demo MLP's flattened top-200 spectrum
+  against a dense float64 reference.
 
-Fast-path times are the best of a few warm runs; reference times are one warm run.
-Relative error is ``max|K_fast − K_ref| / max|K_ref|``.
+Relative error is ``max|K_fast − K_ref| / max|K_ref|``. The JSON records the load average
+before and after each case (the machine may be shared) and the command.
+
+``--peers`` (:mod:`entk_core.bench.peers`) times entk_core against the peer libraries;
+``--methods`` (:mod:`entk_core.bench.methods`) times ``auto`` against every forced method.
 
 ``--device`` (``cpu`` by default, ``cuda``, ``mps``, ``auto``: resolved by
 :func:`entk_core.engine.devices.resolve_device`) is where each case runs, fast path and
@@ -41,11 +51,12 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from typing import Any, Callable
+
+from .measure import machine_info
 
 
 __all__ = ["machine_info", "run_bench", "format_table", "build_parser", "main", "CASE_MODULES", "DEVICES"]
@@ -67,55 +78,25 @@ def _registry() -> tuple[dict[str, Callable], dict[str, dict[str, float]]]:
     return cases, targets
 
 
-# ------------------------------------------------------------------ machine info
-def machine_info(device: Any = "cpu") -> dict[str, Any]:
-    """The machine's figures, with the compute ``device`` (and on CUDA the GPU's name)."""
+def _child(case: str, dtype_name: str, quick: bool, device_name: str = "cpu", repeats: int | None = None,
+           threads: int | None = None) -> dict[str, Any]:
+    import inspect
+
     import torch
 
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    dev = torch.device(device)
-    info = {
-        "cpu_model": model or platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "usable_cores": usable,
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(dev),
-        "loadavg_start": list(os.getloadavg()),
-    }
-    if dev.type == "cuda":
-        props = torch.cuda.get_device_properties(dev)
-        info.update({"gpu_name": torch.cuda.get_device_name(dev), "gpu_memory_mb": props.total_memory / 2 ** 20,
-                     "gpu_capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda,
-                     "cudnn": torch.backends.cudnn.version()})
-    return info
-
-
-def _child(case: str, dtype_name: str, quick: bool, device_name: str = "cpu") -> dict[str, Any]:
-    import torch
-
+    if threads:
+        torch.set_num_threads(threads)
     from ..engine.devices import resolve_device
 
     dtype = getattr(torch, dtype_name)
     device = resolve_device(device_name)
     t0 = time.perf_counter()
     load0 = list(os.getloadavg())
-    res = _registry()[0][case](dtype, quick, device)
+    fn = _registry()[0][case]
+    kw = {"repeats": repeats} if repeats and "repeats" in inspect.signature(fn).parameters else {}
+    res = fn(dtype, quick, device, **kw)
     res.update({"case": case, "dtype": dtype_name, "device": str(device), "wall_s": time.perf_counter() - t0,
+                "torch_threads": torch.get_num_threads(),
                 "loadavg_before": load0, "loadavg_after": list(os.getloadavg())})
     return res
 
@@ -136,11 +117,14 @@ def _check(res: dict[str, Any]) -> dict[str, bool]:
 
 # --------------------------------------------------------------------------- API
 def run_bench(cases=("a", "b", "c", "d", "e", "f"), dtype: str = "float32", progress: Callable | None = None,
-              quick: bool = False, device: Any = "cpu") -> dict[str, Any]:
+              quick: bool = False, device: Any = "cpu", repeats: int | None = None,
+              threads: int | None = None) -> dict[str, Any]:
     """Run the benchmark cases (each in a child process) on ``device`` (``"cpu"``, ``"cuda"``,
     ``"mps"``, ``"auto"``) and return a JSON-able dict: ``{"machine": {...}, "cases": {case: {...}}}``.
+    ``repeats``: timed rounds per side (default per case: 3, case b 1).
     ``progress(done, total, message)``. A device that is not available: a one-line ``ValueError``."""
     from ..engine.devices import resolve_device
+    from ._runner import command_line
 
     if dtype not in TOL:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
@@ -152,6 +136,7 @@ def run_bench(cases=("a", "b", "c", "d", "e", "f"), dtype: str = "float32", prog
         if c not in _registry()[0]:
             raise ValueError(f"unknown case {c!r}; known: {sorted(_registry()[0])}")
     result: dict[str, Any] = {"machine": machine_info(dev), "device": str(dev), "dtype": dtype, "quick": quick,
+                              "repeats": repeats, "threads": threads, "command": command_line(),
                               "cases": {}}
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -160,7 +145,8 @@ def run_bench(cases=("a", "b", "c", "d", "e", "f"), dtype: str = "float32", prog
         if progress:
             progress(i, len(cases), f"case {c}")
         cmd = ([sys.executable, "-m", "entk_core.bench", "--_child", c, "--dtype", dtype, "--_device", str(dev)]
-               + (["--quick"] if quick else []))
+               + (["--quick"] if quick else []) + (["--repeats", str(repeats)] if repeats else [])
+               + (["--threads", str(threads)] if threads else []))
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
@@ -225,23 +211,47 @@ def build_parser() -> argparse.ArgumentParser:
                          "else CPU); on CUDA the peak GPU memory is reported too")
     ap.add_argument("--quick", action="store_true", help="case b: time the reference on subsets and extrapolate; "
                     "case e: N=200; case f: ARPACK reference instead of the dense one")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed rounds per side (default per case: a, c, d, e 3; b 1); both sides get the same")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads in each case (default torch's: the usable cores). On a machine loaded "
+                         "beyond its cores, 2 threads thrash the many small operations of the fast paths "
+                         "(measured: case d 10x slower) far more than the tutorial's few large ones; 1 is fairer there")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--peers", action="store_true",
+                    help="time entk_core against the peer libraries instead (entk_core.bench.peers; --help there)")
+    ap.add_argument("--methods", action="store_true",
+                    help="time auto against every forced method instead (entk_core.bench.methods; --help there)")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_device", default="cpu", help=argparse.SUPPRESS)  # the child's resolved device (cuda:1, ...)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--peers" in argv:  # its own parser: python -m entk_core bench --peers --help
+        from .peers import main as peers_main
+
+        return peers_main([a for a in argv if a != "--peers"])
+    if "--methods" in argv:
+        from .methods import main as methods_main
+
+        return methods_main([a for a in argv if a != "--methods"])
     args = build_parser().parse_args(argv)
     if args._child:
-        print(json.dumps(_child(args._child, args.dtype, args.quick, args._device)))
+        from ._runner import save_partial
+
+        rec = _child(args._child, args.dtype, args.quick, args._device, args.repeats, args.threads)
+        save_partial(args._child, rec)
+        print(json.dumps(rec))
         return 0
 
     def prog(done, total, msg):
         print(f"[{done}/{total}] {msg}", file=sys.stderr, flush=True)
 
     try:
-        res = run_bench(args.cases, args.dtype, progress=prog, quick=args.quick, device=args.device)
+        res = run_bench(args.cases, args.dtype, progress=prog, quick=args.quick, device=args.device,
+                        repeats=args.repeats, threads=args.threads)
     except ValueError as e:  # an unknown case, a device that is not here: one line, no traceback
         print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
         return 2

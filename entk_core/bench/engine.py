@@ -2,10 +2,11 @@
 
 * ``e`` -- a small CNN on 3×32×32 inputs (Conv 3→16 and Conv 16→32, both 3×3 with
   padding 1, each followed by ReLU and 2×2 max-pooling, then a Linear to 10 classes;
-  random weights, seed 0), N = 1,000 random inputs: class-traced (``"trace"``) and full
-  (``"full"``) kernels by the library (structured convolution rules) against the
-  torch.func Jacobian-contraction reference (``method="jacobian"``), both reductions in
-  one run, peak memory of each.
+  random weights, seed 0), N = 1,000 random inputs (``--quick``: 200): class-traced
+  (``"trace"``) and full (``"full"``) kernels by the library (structured convolution
+  rules) against the PyTorch NTK tutorial's Jacobian contraction
+  (:func:`entk_core.bench.reference.tutorial_ntk`, vmap chunks of 250), both reductions
+  in one run, timed the same way, peak memory of each.
 * ``f`` -- the demo modular-addition MLP (p = 29, width 512, trained 500 epochs, seed 0:
   the run ``runs/modadd-mlp-p29-seed0`` if present, else trained here in ~10 s), top-200
   eigenpairs of the flattened kernel (24,389 × 24,389) by
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .measure import compare as _compare
 from .measure import max_rel_err as _max_rel_err
 from .measure import measure as _measure
 from .measure import memory_fields as _memory
@@ -53,34 +55,38 @@ def bench_cnn():
     return CNN().eval()
 
 
-def _case_e(dtype, quick: bool, device) -> dict[str, Any]:
+def _case_e(dtype, quick: bool, device, repeats: int | None = None) -> dict[str, Any]:
     import torch
 
     from ..engine.kernels import empirical_ntk
+    from .reference import check_reference, tutorial_ntk
 
     model = bench_cnn().to(device=device, dtype=dtype)
-    N = 1000
+    N = 200 if quick else 1000
     x = torch.randn(N, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
     out: dict[str, Any] = {"description": f"CNN 3x32x32 (conv 3-16-32, 3x3, pool, linear to 10), N={N}: "
-                                          f"trace and full kernels, structured conv rules vs torch.func Jacobian "
-                                          f"contraction", "shape": [N, N], "ref_extrapolated": False}
-    empirical_ntk(model, x[:16], reduction="trace", device=device)                    # warm-up
-    empirical_ntk(model, x[:16], reduction="trace", method="jacobian", device=device)
+                                          f"trace and full kernels, structured conv rules vs the PyTorch NTK "
+                                          f"tutorial's vmap(jacrev) contraction", "shape": [N, N],
+                           "ref_extrapolated": False}
     res = {}
     for red in ("trace", "full"):
-        mf = _measure(lambda red=red: empirical_ntk(model, x, reduction=red, return_info=True, device=device),
-                      repeats=2, device=device)
-        (Kf, info), t_fast = mf.out, mf.seconds
-        mr = _measure(lambda red=red: empirical_ntk(model, x, reduction=red, method="jacobian", device=device),
-                      device=device)
-        Kr, t_ref = mr.out, mr.seconds
-        mem = _memory(mf._replace(out=None), mr._replace(out=None))
+        def fast(xs=x, red=red):
+            return empirical_ntk(model, xs, reduction=red, return_info=True, device=device)
+
+        def ref(xs=x, red=red):
+            return tutorial_ntk(model, xs, reduction=red, chunk_size=250)
+
+        r = _compare({"fast": fast, "ref": ref}, repeats or 3, device,
+                     warmup={"fast": lambda: fast(x[:8]), "ref": lambda: ref(x[:8])})
+        (Kf, info), Kr = r["fast"].out, r["ref"].out
+        mem = _memory(r["fast"], r["ref"])
         mem.pop("peak_delta_mb")
         mem.pop("peak_gpu_delta_mb", None)
-        res[red] = {"time_fast": t_fast, "time_ref": t_ref, "speedup": t_ref / t_fast,
-                    "max_rel_error": _max_rel_err(Kf, Kr), **mem,
+        res[red] = {"time_fast": r["fast"].seconds, "time_ref": r["ref"].seconds,
+                    "speedup": r["ref"].seconds / r["fast"].seconds, "times_fast": r["fast"].times,
+                    "times_ref": r["ref"].times, "max_rel_error": _max_rel_err(Kf, Kr), **mem,
                     "path": f"{info.method}/{info.layout}", "structured": info.structured}
-        del Kf, Kr, mf, mr
+        del Kf, Kr, r
     out.update({
         "time_fast": res["trace"]["time_fast"], "time_ref": res["trace"]["time_ref"],
         "speedup": res["trace"]["speedup"], "speedup_trace": res["trace"]["speedup"],
@@ -90,6 +96,8 @@ def _case_e(dtype, quick: bool, device) -> dict[str, Any]:
         **({"peak_gpu_mb": max(res["trace"]["peak_gpu_mb"], res["full"]["peak_gpu_mb"])}
            if "peak_gpu_mb" in res["trace"] else {}),
         "reductions": res,
+        "statistic": f"best of {repeats or 3} interleaved rounds, same warm-up, both sides",
+        "ref_check_rel_error_f64": check_reference(model, x, n=3, reduction="full"),
         "extra": (f"full {res['full']['time_fast']:.2f}s vs {res['full']['time_ref']:.2f}s "
                   f"(x{res['full']['speedup']:.1f})"),
     })
@@ -118,7 +126,7 @@ def _mlp_run():
     return run.load_model(None), run.data.kernel_x, "trained for the benchmark (500 epochs, seed 0)"
 
 
-def _case_f(dtype, quick: bool, device) -> dict[str, Any]:
+def _case_f(dtype, quick: bool, device, repeats: int | None = None) -> dict[str, Any]:
     import numpy as np
     import torch
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .measure import compare as _compare
 from .measure import max_rel_err as _max_rel_err
-from .measure import measure as _measure
 from .measure import memory_fields as _memory
 
-__all__ = ["CASES", "TARGETS"]
+__all__ = ["CASES", "TARGETS", "REPEATS"]
 
 TARGETS = {
     "a": {"speedup": 30.0, "fast_over_floor": 3.0, "peak_rss_mb": 1000.0},
@@ -65,55 +65,65 @@ def _transformer(p: int = 29):
 
 
 # ------------------------------------------------------------------------- cases
-# Each case is ``fn(dtype, quick, device)``: the model and inputs are moved to ``device``
-# (a torch.device), the library calls get ``device=``, the reference runs there too.
-def _case_a(dtype, quick: bool, device) -> dict[str, Any]:
+# Each case is ``fn(dtype, quick, device, repeats)``: the model and inputs are moved to
+# ``device`` (a torch.device), the library calls get ``device=``, the reference (the PyTorch
+# NTK tutorial's Jacobian contraction, :mod:`entk_core.bench.reference`) runs there too.
+# Both sides get the same warm-up (the same call on 8 inputs) and are timed the same way
+# (:func:`entk_core.bench.measure.compare`: ``repeats`` interleaved rounds, best of them).
+REPEATS = {"a": 3, "b": 1, "c": 3, "d": 3}
+
+
+def _sides(res: dict, fast: str = "fast", ref: str = "ref") -> dict[str, Any]:
+    f, r = res[fast], res[ref]
+    return {"time_fast": f.seconds, "time_ref": r.seconds, "speedup": r.seconds / f.seconds,
+            "times_fast": f.times, "times_ref": r.times, "median_fast": f.median, "median_ref": r.median,
+            "statistic": f"best of {len(f.times)} interleaved rounds, same warm-up, both sides",
+            **_memory(f, r), "ref_peak_delta_mb": r.peak_rss_mb - r.base_rss_mb}
+
+
+def _case_a(dtype, quick: bool, device, repeats: int | None = None) -> dict[str, Any]:
     import torch
 
     from ..engine.kernels import empirical_ntk_by_layer
+    from .reference import check_reference, tutorial_ntk
 
     model, x = _modadd_mlp()
     model = model.to(device=device, dtype=dtype)
     x = x.to(device=device, dtype=dtype)
     N, C, width, d_in = x.shape[0], model.p, model.width, x.shape[1]
-
-    def fast():
-        return empirical_ntk_by_layer(model, x, reduction="trace", method="auto", device=device)
-
-    fast()  # warm-up
-    mf = _measure(fast, device=device)
-    Kf = mf.out
     g = torch.Generator().manual_seed(0)  # drawn on the CPU (the same numbers on every device), then moved
     G0 = torch.randn(N, C * width, generator=g, dtype=dtype).to(device)
     G3 = torch.randn(N, C * C, generator=g, dtype=dtype).to(device)
     A0 = torch.randn(N, d_in, generator=g, dtype=dtype).to(device)
     A3 = torch.randn(N, width, generator=g, dtype=dtype).to(device)
 
+    def fast(xs=x):
+        return empirical_ntk_by_layer(model, xs, reduction="trace", method="auto", device=device)
+
+    def ref(xs=x):
+        return tutorial_ntk(model, xs, reduction="trace", by_layer=True)
+
     def floor():
         return (G0 @ G0.T) * (A0 @ A0.T), (G3 @ G3.T) * (A3 @ A3.T)
 
-    floor()
-    # interleave fast path and floor so both see the same machine load; best of 5 each
-    t_fast = t_floor = math.inf
-    for _ in range(5):
-        t_floor = min(t_floor, _measure(floor, device=device).seconds)
-        t_fast = min(t_fast, _measure(fast, device=device).seconds)
-    empirical_ntk_by_layer(model, x[:8], reduction="trace", method="jacobian", device=device)  # warm-up
-    mr = _measure(lambda: empirical_ntk_by_layer(model, x, reduction="trace", method="jacobian", device=device),
-                  device=device)
-    Kr, t_ref = mr.out, mr.seconds
+    res = _compare({"fast": fast, "ref": ref, "floor": floor}, repeats or REPEATS["a"], device,
+                   warmup={"fast": lambda: fast(x[:8]), "ref": lambda: ref(x[:8]), "floor": floor})
+    Kf, Kr = res["fast"].out, res["ref"].out
     err = max(_max_rel_err(Kf[g_], Kr[g_]) for g_ in Kr)
+    t_fast, t_floor = res["fast"].seconds, res["floor"].seconds
     return {
-        "description": f"modadd MLP p={C} width {width}: class-traced layerwise kernels, N={N}",
-        "shape": [N, N], "groups": list(Kf),
-        "time_fast": t_fast, "time_ref": t_ref, "time_floor": t_floor,
-        "fast_over_floor": t_fast / t_floor, "speedup": t_ref / t_fast, "max_rel_error": err,
-        **_memory(mf, mr), "ref_extrapolated": False,
+        "description": f"modadd MLP p={C} width {width}: class-traced layerwise kernels, N={N}; reference: the "
+                       "PyTorch NTK tutorial's vmap(jacrev) contraction (trace, per layer)",
+        "shape": [N, N], "groups": list(Kf), **_sides(res),
+        "time_floor": t_floor, "fast_over_floor": t_fast / t_floor, "max_rel_error": err,
+        "ref_check_rel_error_f64": check_reference(model, x, reduction="trace", by_layer=True),
+        "ref_extrapolated": False,
     }
 
 
-def _case_b(dtype, quick: bool, device) -> dict[str, Any]:
+def _case_b(dtype, quick: bool, device, repeats: int | None = None) -> dict[str, Any]:
     from ..engine.kernels import empirical_ntk
+    from .reference import check_reference, tutorial_ntk
 
     model, x = _modadd_mlp()
     model = model.to(device=device, dtype=dtype)
@@ -123,50 +133,45 @@ def _case_b(dtype, quick: bool, device) -> dict[str, Any]:
     def fast(xs=x):
         return empirical_ntk(model, xs, reduction="flat", method="auto", device=device)
 
-    fast(x[:64])  # warm-up
-    mf = _measure(fast, repeats=2, device=device)
-    Kf, t_fast = mf.out, mf.seconds
+    def ref(xs=x):  # per_param: the largest parameter's Jacobian at a time (2.9 GB, not 4.4 GB)
+        return tutorial_ntk(model, xs, reduction="flat", per_param=True)
+
     out: dict[str, Any] = {"description": f"modadd MLP p={C} width {model.width}: flattened kernel "
-                                          f"({C * N}x{C * N})", "shape": [C * N, C * N]}
-    empirical_ntk(model, x[:8], reduction="flat", method="jacobian", device=device)  # warm-up
-    if quick:
-        sizes = (100, 200)
-        times = []
-        err = 0.0
-        Kv = Kf.view(C, N, C, N)
+                                          f"({C * N}x{C * N}); reference: the PyTorch NTK tutorial's vmap(jacrev) "
+                                          "contraction", "shape": [C * N, C * N],
+                           "ref_check_rel_error_f64": check_reference(model, x, reduction="flat")}
+    warm = {"fast": lambda: fast(x[:8]), "ref": lambda: ref(x[:8])}
+    if quick:  # both sides on two subsets; the full-size times extrapolated by t = αn + βn² (labelled)
+        sizes, err, times = (100, 200), 0.0, {"fast": [], "ref": []}
         for n in sizes:
-            mr = _measure(lambda n=n: empirical_ntk(model, x[:n], reduction="flat", method="jacobian", device=device),
-                          device=device)
-            Kr = mr.out
-            times.append(mr.seconds)
-            sub = Kv[:, :n, :, :n].reshape(C * n, C * n)
-            err = max(err, _max_rel_err(sub, Kr))
-            del Kr
-            mr = mr._replace(out=None)
-        (n1, n2), (t1, t2) = sizes, times
-        beta = max(0.0, (t2 / n2 - t1 / n1) / (n2 - n1))
-        alpha = max(0.0, t1 / n1 - beta * n1)
-        t_ref = alpha * N + beta * N * N
-        out.update({"ref_extrapolated": True, "ref_subset_sizes": list(sizes), "ref_subset_times": times})
-    else:
-        mr = _measure(lambda: empirical_ntk(model, x, reduction="flat", method="jacobian", device=device),
-                      device=device)
-        Kr, t_ref = mr.out, mr.seconds
-        err = _max_rel_err(Kf, Kr)
-        out["ref_extrapolated"] = False
-        del Kr
-        mr = mr._replace(out=None)
-    out.update({"time_fast": t_fast, "time_ref": t_ref, "speedup": t_ref / t_fast, "max_rel_error": err,
-                **_memory(mf, mr)})
+            res = _compare({"fast": lambda n=n: fast(x[:n]), "ref": lambda n=n: ref(x[:n])},
+                           repeats or REPEATS["b"], device, warmup=warm)
+            warm = None
+            err = max(err, _max_rel_err(res["fast"].out, res["ref"].out))
+            for k in times:
+                times[k].append(res[k].seconds)
+        (n1, n2) = sizes
+        ext = {}
+        for k, (t1, t2) in times.items():
+            beta = max(0.0, (t2 / n2 - t1 / n1) / (n2 - n1))
+            ext[k] = max(0.0, t1 / n1 - beta * n1) * N + beta * N * N
+        out.update({"ref_extrapolated": True, "ref_subset_sizes": list(sizes), "subset_times": times,
+                    "time_fast": ext["fast"], "time_ref": ext["ref"], "speedup": ext["ref"] / ext["fast"],
+                    "max_rel_error": err, **_memory(res["fast"], res["ref"]),
+                    "statistic": "extrapolated from two subsets, same warm-up, both sides"})
+        return out
+    res = _compare({"fast": fast, "ref": ref}, repeats or REPEATS["b"], device, warmup=warm)
+    out.update({**_sides(res), "max_rel_error": _max_rel_err(res["fast"].out, res["ref"].out),
+                "ref_extrapolated": False})
     return out
 
 
-def _case_c(dtype, quick: bool, device) -> dict[str, Any]:
+def _case_c(dtype, quick: bool, device, repeats: int | None = None) -> dict[str, Any]:
     import numpy as np
     import torch
 
     from ..engine.eigenpairs import top_eigenpairs
-    from ..engine.operators import KernelOperator
+    from .reference import check_reference, tutorial_flat_operator
 
     model, x = _tms()
     model = model.to(device=device, dtype=dtype)
@@ -175,60 +180,64 @@ def _case_c(dtype, quick: bool, device) -> dict[str, Any]:
     C, N = x.shape[1], x.shape[0]
     w = torch.tensor([0.8 ** (c * beta / 2) for c in range(C)], dtype=dtype, device=device)
 
-    def fast():
-        return top_eigenpairs(model, k, x=x, class_weights=w, method="gram", device=device)
+    def fast(xs=x, k=k):
+        return top_eigenpairs(model, k, x=xs, class_weights=w, method="gram", device=device)
 
-    fast()
-    mf = _measure(fast, repeats=3, device=device)
-    (vals, vecs), t_fast = mf.out, mf.seconds
-
-    def ref():
+    def ref(xs=x, k=k):
         from scipy.sparse.linalg import eigsh
 
-        op = KernelOperator(model, x, class_weights=w, device=device)
-        v, V = eigsh(op.as_linear_operator(), k=k, which="LA")
+        v, V = eigsh(tutorial_flat_operator(model, xs, weights=w), k=k, which="LA")
         o = np.argsort(v)[::-1]
-        return v[o], V[:, o], op.mode
+        return v[o], V[:, o]
 
-    mr = _measure(ref, device=device)
-    (rv, rV, mode), t_ref = mr.out, mr.seconds
+    res = _compare({"fast": fast, "ref": ref}, repeats or REPEATS["c"], device,
+                   warmup={"fast": lambda: fast(x[:8], 4), "ref": lambda: ref(x[:8], 4)})
+    (vals, vecs), (rv, rV) = res["fast"].out, res["ref"].out
     rel = np.abs(vals - rv) / np.abs(rv)
     overlap = np.abs(np.sum(vecs * rV, axis=0))
     return {
         "description": f"TMS m=10 n={C}, N={N}, C={C}: top-{k} eigenpairs of the flattened kernel "
-                       f"({C * N}x{C * N}), beta={beta}; reference scipy eigsh on the operator ({mode} mode)",
-        "shape": [C * N, C * N],
-        "time_fast": t_fast, "time_ref": t_ref, "speedup": t_ref / t_fast,
+                       f"({C * N}x{C * N}), beta={beta}; reference: scipy eigsh on J(Jᵀv) with J the PyTorch NTK "
+                       "tutorial's vmap(jacrev) Jacobian",
+        "shape": [C * N, C * N], **_sides(res),
         "max_rel_error": float(rel.max()), "eig_rel_error_top": float(rel[0]),
         "min_vector_overlap": float(overlap.min()), "median_vector_overlap": float(np.median(overlap)),
-        **_memory(mf, mr), "ref_extrapolated": False,
+        "ref_check_rel_error_f64": check_reference(model, x, reduction="flat", weights=w),
+        "ref_extrapolated": False,
     }
 
 
-def _case_d(dtype, quick: bool, device) -> dict[str, Any]:
+def _case_d(dtype, quick: bool, device, repeats: int | None = None) -> dict[str, Any]:
     from ..engine.kernels import empirical_ntk
+    from .reference import check_reference, tutorial_ntk
 
     model, x = _transformer()
     model = model.to(device=device, dtype=dtype)
     x = x.to(device)  # token ids: integer, only moved
 
-    def fast():
-        return empirical_ntk(model, x, reduction="mean", method="auto", device=device)
+    def fast(xs=x):
+        return empirical_ntk(model, xs, reduction="mean", method="auto", device=device)
 
-    fast()
-    mf = _measure(fast, repeats=3, device=device)
-    Kf, t_fast = mf.out, mf.seconds
-    empirical_ntk(model, x[:8], reduction="mean", method="jacobian", device=device)
-    mr = _measure(lambda: empirical_ntk(model, x, reduction="mean", method="jacobian", device=device), device=device)
-    Kr, t_ref = mr.out, mr.seconds
+    def ref(xs=x):
+        return tutorial_ntk(model, xs, reduction="mean")
+
+    res = _compare({"fast": fast, "ref": ref}, repeats or REPEATS["d"], device,
+                   warmup={"fast": lambda: fast(x[:8]), "ref": lambda: ref(x[:8])})
+    Kf, Kr = res["fast"].out, res["ref"].out
     return {
         "description": f"1-layer attention (vocab 30, d 64, 4 heads, MLP 256), N={x.shape[0]}: "
-                       "all-class mean kernel; model: entk_core.families.modadd_transformer.ModAddTransformer",
-        "shape": list(Kf.shape), "n_params": sum(p.numel() for p in model.parameters()),
-        "time_fast": t_fast, "time_ref": t_ref, "speedup": t_ref / t_fast,
+                       "all-class mean kernel; model: entk_core.families.modadd_transformer.ModAddTransformer; "
+                       "reference: the PyTorch NTK tutorial's vmap(jacrev) contraction of mean_c f_c",
+        "shape": list(Kf.shape), "n_params": sum(p.numel() for p in model.parameters()), **_sides(res),
         "max_rel_error": _max_rel_err(Kf, Kr),
-        **_memory(mf, mr), "ref_extrapolated": False,
+        "ref_check_rel_error_f64": check_reference(model, x, reduction="mean"),
+        "ref_extrapolated": False,
     }
 
 
 CASES = {"a": _case_a, "b": _case_b, "c": _case_c, "d": _case_d}
+
+tms_model = _tms
+"""Case c's toy model of superposition and inputs: ``tms_model(m, n, N, S, seed) -> (model, x)``."""
+attention_model = _transformer
+"""Case d's 1-layer attention model and its 841 sequences: ``attention_model(p) -> (model, x)``."""
