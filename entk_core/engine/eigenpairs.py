@@ -346,7 +346,7 @@ def _model_top_eigenpairs(model, x, k, *, class_weights, groups, method, dtype, 
     info.path = plan.method
     if chosen == "gram":
         with no_tf32(), autograd_on(), eval_mode(ctx.model):
-            J = jacobian_from_ctx(ctx, None, memory_budget, progress)
+            J = ctx.run_with_fallbacks(lambda: jacobian_from_ctx(ctx, None, memory_budget, progress))
         vals, vecs = _gram_eigenpairs(J, k)
         info.method = "structured"
     elif chosen == "dense" or (chosen == "lanczos" and k >= R - 1):

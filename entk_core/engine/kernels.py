@@ -129,7 +129,7 @@ from torch import nn
 from . import planner
 from ._guards import autograd_on, eval_mode, no_tf32
 from ._kernel_paths import run
-from ._request import ALL, METHODS, Ctx, layer_groups, param_group
+from ._request import ALL, METHODS, Ctx, layer_groups, param_group, safe_chunk
 from .info import KernelInfo, TrainModeWarning
 from .planner import REDUCTIONS, MemoryBudgetError, Plan
 
@@ -153,7 +153,7 @@ def _compute(model, x1, x2, by_layer: bool, return_info: bool, **kw):
     with no_tf32(), autograd_on():
         ctx = Ctx(model, x1, x2, by_layer=by_layer, warn_stacklevel=4, **kw)
         with eval_mode(ctx.model):
-            outs = run(ctx)
+            outs = ctx.run_with_fallbacks(lambda: run(ctx))
     ctx.info.seconds = time.perf_counter() - t0
     return outs, ctx.info
 
@@ -294,11 +294,14 @@ def estimate_ntk(
         ctx = Ctx(model, x1, x2, reduction=reduction, trace_axes=trace_axes, diagonal_axes=diagonal_axes,
                   class_weights=class_weights, block=block, groups=groups, method=method, chunk_size=chunk_size,
                   dtype=dtype, device=device, by_layer=by_layer, plan=False, warn_stacklevel=3)
-    return planner.estimate(ctx.N1, None if ctx.x2 is None else ctx.N2, ctx.C, ctx.group_specs(),
+    plan = planner.estimate(ctx.N1, None if ctx.x2 is None else ctx.N2, ctx.C, ctx.group_specs(),
                             ctx.reduction or "full", ctx.dtype, by_layer=by_layer, symmetric=ctx.x2 is None,
                             method=method, chunk_size=chunk_size, memory_budget=memory_budget, device=ctx.device,
                             activation_per_example=ctx.act, channels=ctx.ch_shape,
                             out_elems=int(math.prod(ctx.channels.out_shape())))
+    if plan.method is not None:   # the chunk that would run (never a vmap(jacrev) hazard: see _request)
+        plan.chunk_size = safe_chunk(plan.chunk_size, ctx.jacrev_rows(plan.method))
+    return plan
 
 
 empirical_ntk.__doc__ = empirical_ntk.__doc__.format(args=_DOC_ARGS)
