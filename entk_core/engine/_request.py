@@ -208,6 +208,7 @@ class Ctx:
                 check_finite_inputs(self.x2)
         self.N1 = self.x1.n
         self.N2 = self.N1 if self.x2 is None else self.x2.n
+        self.raw1, self.raw2 = b1, b2          # as given (the spot check's reference casts them itself)
 
     def _select_parameters(self, groups: Iterable[str] | str | None) -> None:
         all_groups = layer_groups(self.model)

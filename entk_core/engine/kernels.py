@@ -130,12 +130,14 @@ from . import planner
 from ._guards import autograd_on, eval_mode, no_tf32
 from ._kernel_paths import run
 from ._request import ALL, METHODS, Ctx, layer_groups, param_group, safe_chunk
+from .checks import KernelCheckError, check_count, spot_check
 from .info import KernelInfo, TrainModeWarning
 from .planner import REDUCTIONS, MemoryBudgetError, Plan
 
 __all__ = [
     "METHODS",
     "REDUCTIONS",
+    "KernelCheckError",
     "KernelInfo",
     "MemoryBudgetError",
     "Plan",
@@ -148,13 +150,17 @@ __all__ = [
 ]
 
 
-def _compute(model, x1, x2, by_layer: bool, return_info: bool, **kw):
+def _compute(model, x1, x2, by_layer: bool, return_info: bool, check=None, check_tolerance=None, **kw):
     t0 = time.perf_counter()
+    k = check_count(check)
     with no_tf32(), autograd_on():
         ctx = Ctx(model, x1, x2, by_layer=by_layer, warn_stacklevel=4, **kw)
         with eval_mode(ctx.model):
             outs = ctx.run_with_fallbacks(lambda: run(ctx))
-    ctx.info.seconds = time.perf_counter() - t0
+            ctx.info.seconds = time.perf_counter() - t0
+            if k:
+                spot_check(ctx, lambda key, idx: [float(outs[key][i]) for i in idx], k, check_tolerance,
+                           keys=list(outs))
     return outs, ctx.info
 
 
@@ -185,7 +191,15 @@ _DOC_ARGS = """
       allow_train_mode: ``False`` refuses a model in training mode with batch norm or
         dropout (default: a :class:`TrainModeWarning`, then eval mode).
       check_finite: check inputs, parameters and buffers for NaN / inf first.
-      return_info: also return a :class:`KernelInfo` (which path ran, fallbacks, loops).
+      check: spot-check this many random kernel entries against per-example autograd in
+        float64 (:mod:`entk_core.engine.checks`): the worst relative error is in
+        ``info.check``; above the tolerance, a one-line :class:`KernelCheckError`. Seeded:
+        the same entries every time. Costs ``2 × (traced channels)`` single-example
+        backwards per entry (``check=4``: a few percent of a kernel of a few hundred inputs).
+      check_tolerance: the check's tolerance (default
+        :data:`entk_core.engine.checks.TOLERANCE` of the dtype: 1e-3 float32, 1e-6 float64).
+      return_info: also return a :class:`KernelInfo` (which path ran, fallbacks, loops, the
+        check).
 """
 
 
@@ -214,6 +228,8 @@ def empirical_ntk(
     progress=None,
     allow_train_mode: bool = True,
     check_finite: bool = True,
+    check: int | None = None,
+    check_tolerance: float | None = None,
     return_info: bool = False,
 ):
     """The empirical NTK of ``model`` between ``x1`` and ``x2``.
@@ -227,7 +243,7 @@ def empirical_ntk(
                           diagonal_axes=diagonal_axes, class_weights=class_weights, block=block, groups=groups,
                           method=method, chunk_size=chunk_size, dtype=dtype, device=device,
                           memory_budget=memory_budget, progress=progress, allow_train_mode=allow_train_mode,
-                          check_finite=check_finite)
+                          check_finite=check_finite, check=check, check_tolerance=check_tolerance)
     return (outs[ALL], info) if return_info else outs[ALL]
 
 
@@ -250,6 +266,8 @@ def empirical_ntk_by_layer(
     progress=None,
     allow_train_mode: bool = True,
     check_finite: bool = True,
+    check: int | None = None,
+    check_tolerance: float | None = None,
     return_info: bool = False,
 ):
     """Layerwise eNTKs: ``{{group: kernel}}`` in registration order, each shaped as in
@@ -261,7 +279,7 @@ def empirical_ntk_by_layer(
                           diagonal_axes=diagonal_axes, class_weights=class_weights, block=block, groups=groups,
                           method=method, chunk_size=chunk_size, dtype=dtype, device=device,
                           memory_budget=memory_budget, progress=progress, allow_train_mode=allow_train_mode,
-                          check_finite=check_finite)
+                          check_finite=check_finite, check=check, check_tolerance=check_tolerance)
     return (outs, info) if return_info else outs
 
 
