@@ -12,7 +12,9 @@ of the operator they used) from scratch and compare:
   parameters and buffers, and each needed gradient ``g(n, c) = ∂(w_c f_c(x_n))/∂θ`` (or
   ``∂(Σ_c w_c f_c(x_n) / C)/∂θ`` for ``"mean"``) comes from ``torch.autograd.grad``. An
   entry is the contraction the request defines, e.g. ``Σ_c ⟨g(n, c), g(m, c)⟩ / C`` for
-  ``"trace"``: ``2 × (traced channels)`` single-example backwards per entry. Where the model
+  ``"trace"``. The entries' examples come from a pool of ``⌈k/2⌉`` per side: the cost is
+  about ``k`` single-example forwards and backwards (each batched over the channels the
+  entries need: all ``C`` of them for ``"trace"``). Where the model
   cannot run in float64 (it builds float32 tensors of its own; MPS) the reference runs in
   the compute dtype, and ``info.check["dtype"]`` says so;
 * **error**: ``|K − ref| / scale`` with ``scale = Σ_terms ‖g(n, c)‖ ‖g(m, d)‖ / div`` (the
@@ -97,18 +99,18 @@ def _channel_pairs(ctx: Ctx, rng: random.Random) -> tuple[list[tuple[int, int]],
     return pairs, out_l, traced
 
 
-def _axes_entry(ctx: Ctx, rng: random.Random, diagonal: bool) -> Entry:
+def _axes_entry(ctx: Ctx, rng: random.Random, diagonal: bool, pools) -> Entry:
     ch = ctx.channels
-    N1, N2 = ctx.N1, ctx.N2
+    N1 = ctx.N1
     batch = ch.roles[0]
     pairs, parts, traced = _channel_pairs(ctx, rng)
     div = float(math.prod(ch.S[i] for i in traced)) if traced else 1.0
     if batch == "keep":
-        n = rng.randrange(N1)
-        m = n if diagonal else rng.randrange(N2)
+        n = rng.choice(pools[0])
+        m = n if diagonal else rng.choice(pools[1])
         bidx, examples = [n, m], [(n, m)]
     elif batch == "diag":
-        n = rng.randrange(N1)
+        n = rng.choice(pools[0])
         bidx, examples = [n], [(n, n)]
     else:
         bidx, examples = [], [(n, n) for n in range(N1)]
@@ -122,22 +124,27 @@ def _axes_entry(ctx: Ctx, rng: random.Random, diagonal: bool) -> Entry:
 
 def pick_entries(ctx: Ctx, k: int, seed: int = 0) -> list[Entry]:
     """``k`` distinct random entries of the kernel ``ctx`` requests (fewer when it has
-    fewer), every second one on the batch diagonal when there is one."""
+    fewer), every second one on the batch diagonal when there is one. The examples are
+    drawn from a pool of ``⌈k/2⌉`` random examples per side, so the reference differentiates
+    few of them (each once, for every channel its entries need)."""
     rng = random.Random(seed)
     ch = ctx.channels
     C, N1, N2 = ctx.C, ctx.N1, ctx.N2
     total = math.prod(ch.out_shape())
     square = ctx.x2 is None
+    p = max(1, (k + 1) // 2)
+    pool1 = rng.sample(range(N1), min(N1, p))
+    pools = (pool1, pool1 if square else rng.sample(range(N2), min(N2, p)))
     out: dict[tuple, Entry] = {}
     tries = 0
     while len(out) < min(k, total) and tries < 20 * k + 100:
         diagonal = square and len(out) % 2 == 1
         tries += 1
         if ch.axes:
-            e = _axes_entry(ctx, rng, diagonal)
+            e = _axes_entry(ctx, rng, diagonal, pools)
         else:
-            n = rng.randrange(N1)
-            m = n if diagonal else rng.randrange(N2)
+            n = rng.choice(pools[0])
+            m = n if diagonal else rng.choice(pools[1])
             r = ch.reduction
             if r in ("full", "flat"):
                 c, d = rng.randrange(C), rng.randrange(C)
@@ -166,18 +173,23 @@ class _Reference:
             t = t.detach().to(dev)
             return t.to(dtype) if t.is_floating_point() else t
 
+        self.cast = cast
         self.base = {n: cast(t) for n, t in ctx.base.items()}
         for n, b in ctx.model.named_buffers():
             self.base[n] = cast(b)
-        self.x1 = ctx.raw1.map(cast)
-        self.x2 = self.x1 if ctx.raw2 is None else ctx.raw2.map(cast)
         self.w = ctx.w.to(dtype)
 
-    def grads(self, side: int, n: int, chans: list[int | None]) -> list[dict[str, torch.Tensor]]:
-        """``[{param: g(n, c) flattened}]`` for each channel in ``chans`` (``None``: mean)."""
+    def grads(self, side: int, n: int, chans: list[int | None]) -> dict[str, torch.Tensor]:
+        """``{param: (len(chans), numel)}``: row ``i`` is ``g(n, chans[i])`` (``None``: mean).
+
+        One forward of the single example, then one backward batched over the rows
+        (``is_grads_batched``: one vmap level, not the nested one of
+        :data:`~._request.JACREV_HAZARD`), whose first row is compared with a plain
+        backward; a mismatch, or a model that cannot batch it, gets one plain backward per row."""
         ctx = self.ctx
-        x: Batch = (self.x1 if side == 0 else self.x2).slice(n, n + 1)
+        x: Batch = (ctx.raw1 if side == 0 else ctx.raw2).slice(n, n + 1).map(self.cast)
         leaves = {nm: self.base[nm].clone().requires_grad_(True) for nm in ctx.names}
+        plist = [leaves[nm] for nm in ctx.names]
         with torch.enable_grad():
             out = ctx.forward({**self.base, **leaves}, x).reshape(-1)
             if out.dtype != self.dtype:
@@ -188,60 +200,90 @@ class _Reference:
                     cot[i] = self.w / ctx.C
                 else:
                     cot[i, c] = self.w[c]
-            plist = [leaves[nm] for nm in ctx.names]
-            rows = []
-            for i in range(len(chans)):      # one plain backward per row: no batching rule involved
-                gs = torch.autograd.grad(out, plist, cot[i], allow_unused=True, retain_graph=i < len(chans) - 1)
-                rows.append({nm: (torch.zeros(math.prod(ctx.shapes[nm]), dtype=self.dtype, device=out.device)
-                                  if g is None else g.reshape(-1)) for nm, g in zip(ctx.names, gs)})
-        return rows
+            first = self._rows(torch.autograd.grad(out, plist, cot[0], allow_unused=True, retain_graph=True), 1)
+            if len(chans) == 1:
+                return first
+            try:
+                rows = self._rows(torch.autograd.grad(out, plist, cot, is_grads_batched=True, allow_unused=True,
+                                                      retain_graph=True), len(chans))
+                if all(torch.allclose(rows[nm][0], first[nm][0], rtol=1e-6, atol=0) for nm in ctx.names):
+                    return rows
+            except (RuntimeError, NotImplementedError):
+                pass
+            per = [first] + [self._rows(torch.autograd.grad(out, plist, cot[i], allow_unused=True,
+                                                            retain_graph=i < len(chans) - 1), 1)
+                             for i in range(1, len(chans))]
+        return {nm: torch.cat([r[nm] for r in per]) for nm in ctx.names}
+
+    def _rows(self, gs, k: int) -> dict[str, torch.Tensor]:
+        ctx = self.ctx
+        return {nm: (torch.zeros(k, math.prod(ctx.shapes[nm]), dtype=self.dtype, device=ctx.device)
+                     if g is None else g.reshape(k, -1)) for nm, g in zip(ctx.names, gs)}
 
 
-def reference_values(ctx: Ctx, entries: list[Entry], keys: list[str],
-                     dtype: torch.dtype) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+def reference_values(ctx: Ctx, entries: list[Entry], keys: list[str], dtype: torch.dtype,
+                     budget: int | None = None) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """``({key: [value per entry]}, {key: [scale per entry]})`` by per-example autograd in
-    ``dtype`` (``key``: ``ALL`` or a layer group)."""
+    ``dtype`` (``key``: ``ALL`` or a layer group); ``budget``: bytes the gradients may take
+    (default a quarter of the memory budget)."""
     ref = _Reference(ctx, dtype)
+    right = 0 if ctx.raw2 is None else 1                  # x2 = None: both sides are x1's examples
+    need: dict[tuple[int, int], list] = {}
+    for e in entries:
+        for n, c, m, d in e.terms:
+            for key, ch in (((0, n), c), ((right, m), d)):
+                lst = need.setdefault(key, [])
+                if ch not in lst:
+                    lst.append(ch)
     P = sum(math.prod(ctx.shapes[n]) for n in ctx.names)
-    per = max(1, int(2 ** 27 // max(1, P * dtype.itemsize)))     # gradients held at once per side
+    rows = sum(len(v) for v in need.values())
+    budget = resolve_budget(None, ctx.device) // 4 if budget is None else budget
+    if rows * P * dtype.itemsize > budget:
+        raise ValueError(f"check: the reference needs {rows} per-example gradients of {P} parameters "
+                         f"({rows * P * dtype.itemsize / 2**30:.1f} GiB); check fewer entries, or a kernel with "
+                         f"fewer traced channels")
     names_of = {k: [n for n in ctx.names if k == ALL or ctx.group_of[n] == k] for k in keys}
+    got: dict[tuple[int, int], tuple[list, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
+    for (side, n), chans in need.items():
+        g = ref.grads(side, n, chans)
+        sq = {nm: torch.linalg.vector_norm(g[nm], dim=1) ** 2 for nm in ctx.names}
+        norms = {k: sum(sq[nm] for nm in names_of[k]).sqrt() for k in keys}
+        got[(side, n)] = (list(chans), g, norms, sq)
     vals = {k: [] for k in keys}
     scales = {k: [] for k in keys}
     for e in entries:
-        acc = {k: 0.0 for k in keys}
-        sc = {k: 0.0 for k in keys}
-        for t0 in range(0, len(e.terms), per):
-            terms = e.terms[t0:t0 + per]
-            need: dict[tuple[int, int], list] = {}
-            for n, c, m, d in terms:
-                for key in ((0, n, c), (1, m, d)):
-                    lst = need.setdefault(key[:2], [])
-                    if key[2] not in lst:
-                        lst.append(key[2])
-            got = {}
-            for (side, n), chans in need.items():
-                for c, g in zip(chans, ref.grads(side, n, chans)):
-                    got[(side, n, c)] = g
-            for n, c, m, d in terms:
-                gl, gr = got[(0, n, c)], got[(1, m, d)]
-                for k in keys:
-                    dot = sum(float(gl[nm] @ gr[nm]) for nm in names_of[k])
-                    nl = math.sqrt(sum(float(gl[nm] @ gl[nm]) for nm in names_of[k]))
-                    nr = math.sqrt(sum(float(gr[nm] @ gr[nm]) for nm in names_of[k]))
-                    acc[k] += dot
-                    sc[k] += nl * nr
-            del got
+        pairs: dict[tuple[int, int], list] = {}
+        for n, c, m, d in e.terms:
+            pairs.setdefault((n, m), []).append((c, d))
+        dot = dict.fromkeys(keys, 0.0)
+        sc = dict.fromkeys(keys, 0.0)
+        for (n, m), cds in pairs.items():
+            (cl, GL, NL, SQ), (cr, GR, NR, _) = got[(0, n)], got[(right, m)]
+            il = [cl.index(c) for c, _ in cds]
+            ir = [cr.index(d) for _, d in cds]
+            whole = il == ir == list(range(len(cl))) and len(cl) == len(cr)    # e.g. every channel of a trace
+            same = whole and GL is GR                                         # a diagonal entry: ‖g‖² summed
+            per = {}
+            for nm in ctx.names:
+                if same:
+                    per[nm] = float(SQ[nm].sum())
+                    continue
+                L, R = (GL[nm], GR[nm]) if whole else (GL[nm][il], GR[nm][ir])
+                per[nm] = float(torch.dot(L.reshape(-1), R.reshape(-1)))
+            for k in keys:
+                dot[k] += sum(per[nm] for nm in names_of[k])
+                sc[k] += float((NL[k] * NR[k]).sum()) if whole else float((NL[k][il] * NR[k][ir]).sum())
         for k in keys:
-            vals[k].append(acc[k] / e.div)
+            vals[k].append(dot[k] / e.div)
             scales[k].append(sc[k] / e.div)
     return vals, scales
 
 
-def _reference_dtype(ctx: Ctx) -> torch.dtype:
+def _reference_dtype(ctx: Ctx, budget: int) -> torch.dtype:
     if ctx.device.type == "mps":
         return ctx.dtype
     P = sum(t.numel() for t in ctx.base.values())
-    if P * 8 > resolve_budget(None, ctx.device) // 4:      # a float64 copy of a large model: the compute dtype
+    if P * 8 > budget:                    # a float64 copy of a large model: the compute dtype
         return ctx.dtype
     return torch.float64
 
@@ -265,14 +307,15 @@ def spot_check(ctx: Ctx, read: Callable[[str, list[tuple[int, ...]]], list[float
     keys = keys or [ALL]
     tol = float(tolerance) if tolerance is not None else TOLERANCE.get(ctx.dtype, 5e-2)
     entries = pick_entries(ctx, k, seed)
-    dtype = _reference_dtype(ctx)
+    budget = resolve_budget(None, ctx.device) // 4
+    dtype = _reference_dtype(ctx, budget)
     try:
-        vals, scales = reference_values(ctx, entries, keys, dtype)
-    except (RuntimeError, TypeError):
+        vals, scales = reference_values(ctx, entries, keys, dtype, budget)
+    except (RuntimeError, TypeError, NotImplementedError):
         if dtype == ctx.dtype:
             raise
         dtype = ctx.dtype                       # the model does not run in float64: the compute dtype
-        vals, scales = reference_values(ctx, entries, keys, dtype)
+        vals, scales = reference_values(ctx, entries, keys, dtype, budget)
     worst: dict[str, Any] = {}
     max_rel = 0.0
     for key in keys:

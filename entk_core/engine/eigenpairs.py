@@ -366,12 +366,11 @@ def _model_top_eigenpairs(model, x, k, *, class_weights, groups, method, dtype, 
         K, kinfo = empirical_ntk(model, x, reduction="flat", class_weights=class_weights, groups=groups, dtype=dtype,
                                  device=device, memory_budget=memory_budget, progress=progress, return_info=True,
                                  check_finite=False, **kcheck)
-        info.check = kinfo.check
         if progress is not None:
             progress(0, 1, f"eigendecomposition of the {R}x{R} kernel")
         vals, vecs = _dense_eigenpairs(K.cpu(), k)
         info.method, info.layout, info.chunk_size = kinfo.method, kinfo.layout, kinfo.chunk_size
-        info.loops += [x_ for x_ in kinfo.loops if x_ not in info.loops]
+        _adopt(info, kinfo)
     elif chosen == "lanczos":
         vals, vecs = _model_lanczos(ctx, model, x, k, plan, class_weights, groups, dtype, device, memory_budget,
                                     progress, tol, seed, info, kcheck)
@@ -397,9 +396,18 @@ def _model_top_eigenpairs(model, x, k, *, class_weights, groups, method, dtype, 
         vals = np.asarray(vals[order], dtype=np.float64)
         vecs = fix_signs(np.ascontiguousarray(vecs[:, order], dtype=np.float64))
         info.method = op.info.method
-        info.loops += [x_ for x_ in op.info.loops if x_ not in info.loops]
+        _adopt(info, op.info)
     info.seconds = time.perf_counter() - t0
     return (vals, vecs, info) if return_info else (vals, vecs)
+
+
+def _adopt(info: KernelInfo, ran: KernelInfo) -> None:
+    """What the kernel or operator that ran recorded (its own request's fallbacks, loops,
+    adjustments and check) into the top-k call's ``info``."""
+    info.structured, info.fallbacks = ran.structured, ran.fallbacks
+    info.loops += [x_ for x_ in ran.loops if x_ not in info.loops]
+    info.adjustments += [a for a in ran.adjustments if a not in info.adjustments]
+    info.check = ran.check or info.check
 
 
 def _check_operator(ctx, op: KernelOperator, check: int, tolerance) -> None:
@@ -430,10 +438,10 @@ def _model_lanczos(ctx, model, x, k, plan, class_weights, groups, dtype, device,
         K, kinfo = empirical_ntk(model, x, reduction="flat", class_weights=class_weights, groups=groups, dtype=dtype,
                                  device=device, memory_budget=memory_budget, progress=progress, return_info=True,
                                  check_finite=False, **kcheck)
-        info.check = kinfo.check
         Kd = K.to(torch.float64) if R * R * 8 + K.numel() * K.element_size() <= plan.budget else K
         del K
         info.method = kinfo.method
+        _adopt(info, kinfo)
 
         def matmat(V):
             return Kd @ V.to(Kd.dtype)
@@ -443,7 +451,7 @@ def _model_lanczos(ctx, model, x, k, plan, class_weights, groups, dtype, device,
                             else None, progress=progress)
         _check_operator(ctx, op, kcheck["check"], kcheck["check_tolerance"])
         info.method = op.info.method
-        info.check = op.info.check
+        _adopt(info, op.info)
 
         def matmat(V):
             return op.matmat(V)
