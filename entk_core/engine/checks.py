@@ -10,13 +10,14 @@ of the operator they used) from scratch and compare:
 * **reference**: per-example autograd in float64, sharing no code with the kernel paths:
   the model is called functionally on **one example at a time** with float64 copies of its
   parameters and buffers, and each needed gradient ``g(n, c) = ∂(w_c f_c(x_n))/∂θ`` (or
-  ``∂(Σ_c w_c f_c(x_n) / C)/∂θ`` for ``"mean"``) comes from ``torch.autograd.grad``. An
+  ``∂(Σ_c w_c f_c(x_n) / C)/∂θ`` for ``"mean"``) comes from ``torch.autograd.grad``: one
+  backward per example, batched over the channels its entries need (``is_grads_batched``,
+  a single vmap level) and verified against a plain backward of the first channel. An
   entry is the contraction the request defines, e.g. ``Σ_c ⟨g(n, c), g(m, c)⟩ / C`` for
-  ``"trace"``. The entries' examples come from a pool of ``⌈k/2⌉`` per side: the cost is
-  about ``k`` single-example forwards and backwards (each batched over the channels the
-  entries need: all ``C`` of them for ``"trace"``). Where the model
-  cannot run in float64 (it builds float32 tensors of its own; MPS) the reference runs in
-  the compute dtype, and ``info.check["dtype"]`` says so;
+  ``"trace"``. The entries' examples come from a pool of ``max(2, ⌈k/2⌉)`` per side, so the
+  cost is a few single-example forwards and backwards. Where the model cannot run in
+  float64 (it builds float32 tensors of its own; MPS; a float64 copy over a quarter of the
+  memory budget) the reference runs in the compute dtype, and ``info.check["dtype"]`` says so;
 * **error**: ``|K − ref| / scale`` with ``scale = Σ_terms ‖g(n, c)‖ ‖g(m, d)‖ / div`` (the
   Cauchy-Schwarz bound of the entry: equal to ``|ref|`` on the diagonal, and no division by
   a near-zero off-diagonal entry);
@@ -125,20 +126,21 @@ def _axes_entry(ctx: Ctx, rng: random.Random, diagonal: bool, pools) -> Entry:
 def pick_entries(ctx: Ctx, k: int, seed: int = 0) -> list[Entry]:
     """``k`` distinct random entries of the kernel ``ctx`` requests (fewer when it has
     fewer), every second one on the batch diagonal when there is one. The examples are
-    drawn from a pool of ``⌈k/2⌉`` random examples per side, so the reference differentiates
-    few of them (each once, for every channel its entries need)."""
+    drawn from a pool of ``max(2, ⌈k/2⌉)`` random examples per side (one for ``k = 1``), so
+    the reference differentiates few of them (each once, for every channel its entries
+    need)."""
     rng = random.Random(seed)
     ch = ctx.channels
     C, N1, N2 = ctx.C, ctx.N1, ctx.N2
     total = math.prod(ch.out_shape())
     square = ctx.x2 is None
-    p = max(1, (k + 1) // 2)
+    p = 1 if k <= 1 else max(2, (k + 1) // 2)
     pool1 = rng.sample(range(N1), min(N1, p))
     pools = (pool1, pool1 if square else rng.sample(range(N2), min(N2, p)))
     out: dict[tuple, Entry] = {}
     tries = 0
     while len(out) < min(k, total) and tries < 20 * k + 100:
-        diagonal = square and len(out) % 2 == 1
+        diagonal = square and tries % 2 == 1        # every second draw on the batch diagonal
         tries += 1
         if ch.axes:
             e = _axes_entry(ctx, rng, diagonal, pools)
@@ -251,6 +253,7 @@ def reference_values(ctx: Ctx, entries: list[Entry], keys: list[str], dtype: tor
         got[(side, n)] = (list(chans), g, norms, sq)
     vals = {k: [] for k in keys}
     scales = {k: [] for k in keys}
+    memo: dict[tuple, tuple[dict[str, float], dict[str, float]]] = {}     # (m, n) is (n, m) mirrored
     for e in entries:
         pairs: dict[tuple[int, int], list] = {}
         for n, c, m, d in e.terms:
@@ -258,25 +261,41 @@ def reference_values(ctx: Ctx, entries: list[Entry], keys: list[str], dtype: tor
         dot = dict.fromkeys(keys, 0.0)
         sc = dict.fromkeys(keys, 0.0)
         for (n, m), cds in pairs.items():
-            (cl, GL, NL, SQ), (cr, GR, NR, _) = got[(0, n)], got[(right, m)]
-            il = [cl.index(c) for c, _ in cds]
-            ir = [cr.index(d) for _, d in cds]
-            whole = il == ir == list(range(len(cl))) and len(cl) == len(cr)    # e.g. every channel of a trace
-            same = whole and GL is GR                                         # a diagonal entry: ‖g‖² summed
-            per = {}
-            for nm in ctx.names:
-                if same:
-                    per[nm] = float(SQ[nm].sum())
-                    continue
-                L, R = (GL[nm], GR[nm]) if whole else (GL[nm][il], GR[nm][ir])
-                per[nm] = float(torch.dot(L.reshape(-1), R.reshape(-1)))
+            key = ((0, n), (right, m), tuple(cds))
+            mirror = ((right, m), (0, n), tuple((d, c) for c, d in cds))
+            if mirror in memo:
+                d_k, s_k = memo[mirror]
+            else:
+                d_k, s_k = memo.setdefault(key, _contract_pair(got[key[0]], got[key[1]], cds, ctx.names,
+                                                               names_of))
             for k in keys:
-                dot[k] += sum(per[nm] for nm in names_of[k])
-                sc[k] += float((NL[k] * NR[k]).sum()) if whole else float((NL[k][il] * NR[k][ir]).sum())
+                dot[k] += d_k[k]
+                sc[k] += s_k[k]
         for k in keys:
             vals[k].append(dot[k] / e.div)
             scales[k].append(sc[k] / e.div)
     return vals, scales
+
+
+def _contract_pair(left, right, cds, names, names_of) -> tuple[dict[str, float], dict[str, float]]:
+    """``Σ_(c, d) ⟨g(n, c), g(m, d)⟩`` and ``Σ ‖g(n, c)‖ ‖g(m, d)‖`` per key, from two examples'
+    gradient rows (``left``/``right``: ``(channels, {param: rows}, {key: row norms}, {param:
+    squared row norms})``)."""
+    (cl, GL, NL, SQ), (cr, GR, NR, _) = left, right
+    il = [cl.index(c) for c, _ in cds]
+    ir = [cr.index(d) for _, d in cds]
+    whole = il == ir == list(range(len(cl))) and len(cl) == len(cr)    # e.g. every channel of a trace
+    same = whole and GL is GR                                         # a diagonal entry: ‖g‖² summed
+    per = {}
+    for nm in names:
+        if same:
+            per[nm] = float(SQ[nm].sum())
+            continue
+        L, R = (GL[nm], GR[nm]) if whole else (GL[nm][il], GR[nm][ir])
+        per[nm] = float(torch.dot(L.reshape(-1), R.reshape(-1)))
+    dots = {k: sum(per[nm] for nm in ns) for k, ns in names_of.items()}
+    scales = {k: float((NL[k] * NR[k]).sum()) if whole else float((NL[k][il] * NR[k][ir]).sum()) for k in names_of}
+    return dots, scales
 
 
 def _reference_dtype(ctx: Ctx, budget: int) -> torch.dtype:

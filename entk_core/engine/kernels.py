@@ -72,15 +72,25 @@ Methods
   parameter (raw ``nn.Parameter``\\ s, weights tied across modules, layers applied to
   non-batch-first tensors, grouped convolutions, recurrent layers...) falls back, per
   parameter, to the Jacobian path; the fallback is logged once (logger
-  ``entk_core.engine``) and recorded in :class:`KernelInfo`. Before use, the rule of each
-  layer is checked against autograd on a few examples (the gradient of a random
-  combination of outputs), so a weight also used outside its module falls back too.
+  ``entk_core.engine``) and recorded in :class:`KernelInfo`. Before use, each layer's rule
+  is checked **per example** against autograd on 4 probe examples: applied to each
+  example's input and output cotangent, randomly weighted per example and summed, it must
+  give autograd's gradient of the same weighted sum of outputs. So a layer fed a tensor
+  whose leading axis is not the batch (sequence-first, even when its length equals the
+  probe's batch), a layer applied to a parameter (a hypernetwork) and a weight also used
+  outside its module fall back; a layer that passes on the probe but receives a
+  non-batch-first input on a later chunk falls back then (the request is planned again).
 * ``"jacobian"`` -- the reference: ``vmap(jacrev(functional_call))`` per chunk, each
   parameter's Jacobian flattened to ``(N, C, P_i)`` and contracted by ``einsum``
   (the PyTorch NTK tutorial). Models ``vmap`` cannot batch (and models with an
-  ``nn.RNNBase`` module) run one backward per example instead, recorded in ``loops``.
+  ``nn.RNNBase`` module) run one backward per example instead, recorded in ``loops``. A
+  chunk never has as many examples as ``jacrev`` has output rows (``nn.PReLU``'s backward
+  is wrong there under nested vmap, a PyTorch bug: see ``_request.JACREV_HAZARD``): such a
+  ``chunk_size`` is lowered by one and recorded in ``adjustments``.
 * ``"ntk_vp"`` -- NTK-vector products: for each output basis vector a ``vjp`` then a
-  ``jvp`` (the torch.func tutorial's second method).
+  ``jvp`` (the torch.func tutorial's second method). On a model whose forward-mode AD
+  fails (``nn.MultiheadAttention``'s fused kernel), the fastest other path runs instead,
+  recorded in ``fallbacks`` (``"instead_of": "ntk_vp"``).
 * ``"auto"`` -- the fastest path that fits the memory budget (:mod:`entk_core.engine.planner`).
 
 How the output is walked (chosen by the planner for the structured path): input chunks
@@ -108,6 +118,9 @@ Semantics
   is returned there. TF32 matmuls are disabled during kernel work.
 * ``progress(done, total, message)`` is called after every tile / panel / channel block;
   an exception raised by it stops the computation and propagates (cancellation).
+* ``check=k`` recomputes ``k`` seeded random entries of the result by per-example
+  autograd in float64 (:mod:`entk_core.engine.checks`): the worst relative error is in
+  ``info.check``; above the tolerance a one-line :class:`KernelCheckError`.
 
 Where the work is done
 ----------------------
