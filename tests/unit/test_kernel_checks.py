@@ -27,24 +27,18 @@ def test_check_passes_on_right_kernels_float32_and_float64(arch, reduction):
         assert c["max_rel_error"] <= (1e-5 if dtype == torch.float32 else 1e-12), (xx2 is None, dtype)
 
 
-class SeqOut(nn.Module):
-    """(N, T, 2) -> (N, T, 3): every output axis for trace_axes / diagonal_axes."""
+class MixPositions(nn.Module):
+    """``h + mean_t h``: positions interact within an example (no parameters)."""
 
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(2, 4)
-        self.out = nn.Linear(4, 3)
-
-    def forward(self, x):
-        h = torch.tanh(self.lin(x))
-        return self.out(h + h.mean(1, keepdim=True))
+    def forward(self, h):
+        return h + h.mean(1, keepdim=True)
 
 
 @pytest.mark.parametrize("axes", [((), ()), ((-1,), ()), ((1,), ()), ((-1,), (1,)), ((1, 2), ()), ((0,), ()),
                                   ((), (0,)), ((-1,), (0,)), ((0, -1), ())])
 def test_check_covers_neural_tangents_axes(axes):
-    torch.manual_seed(0)
-    m = SeqOut().double()
+    torch.manual_seed(0)      # (N, T, 2) -> (N, T, 3): every output axis for trace_axes / diagonal_axes
+    m = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), MixPositions(), nn.Linear(4, 3)).double()
     x = torch.randn(5, 3, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
     K, info = empirical_ntk(m, x, trace_axes=axes[0], diagonal_axes=axes[1], check=6, return_info=True)
     assert info.check["entries"] == min(6, K.numel()) and info.check["max_rel_error"] <= 1e-12
