@@ -108,9 +108,15 @@ class Ctx:
     6. :meth:`_inspect` -- the output shape ``S``, the checked structured ``layers`` and the
        ``fallback`` parameters, the activation size ``act``;
     7. :meth:`_set_channels` -- ``C``, class weights ``w``, ``channels``, each layer's form;
-    8. :meth:`_choose_path` -- the planner's ``method``, ``chunk``, ``cache``, ``layout``;
+    8. :meth:`_choose_path` -- the planner's ``method``, ``chunk``, ``cache``, ``layout``
+       (never a ``vmap(jacrev)`` chunk of as many examples as output rows:
+       :data:`JACREV_HAZARD`; ``ntk_vp`` replaced where forward-mode AD fails);
     9. :meth:`set_group` (group 0) -- ``left``/``right`` sides and ``mirror``;
     10. :meth:`_record` -- :class:`~entk_core.engine.info.KernelInfo` and the fallback log.
+
+    At run time, :meth:`run_with_fallbacks` repeats the work after a layer that breaks its
+    rule on a later chunk (:meth:`drop_layer`) or an ntk_vp path whose forward-mode AD fails
+    (:meth:`exclude_path`); both plan again from step 8.
 
     ``plan=False`` (estimates, top-k) skips the planner: the structured path in one chunk.
     """

@@ -133,18 +133,23 @@ def test_shared_parameter_activations_at_chunk_equal_to_outputs(act):
             if chunk == C and info.method == "jacobian":
                 assert info.chunk_size != C and info.adjustments[0]["by"] == "the caller"
                 assert "PReLU" in info.adjustments[0]["reason"]
-    # N = 15 with chunk_size = C (10 + 5): lowered to 9 (8 + 7)
+    # N = 15 with chunk_size = C (10 + 5): lowered to 9 (8 + 7); N = 21 in chunks of 11 is cut
+    # 11 + 10: the last chunk, of C, is split in two where it is used
     x = inputs(15, seed=2)
     K = empirical_ntk(m, x, method="jacobian", chunk_size=10)
     assert rel(K, brute_ntk(m, x)) <= 1e-10
-    # the flattened Jacobian splits a chunk of C examples itself (its chunk is chosen elsewhere)
+    x = inputs(21, seed=3)
+    K, info = empirical_ntk(m, x, method="jacobian", chunk_size=11, return_info=True)
+    assert rel(K, brute_ntk(m, x)) <= 1e-10
+    assert any(a["what"] == "a chunk of 10 examples split into 5 + 5" for a in info.adjustments)
+    # the flattened Jacobian (its chunk chosen by its own memory rule) never has a chunk of C either
     x = inputs(C)
     flat = ref.permute(2, 0, 3, 1).reshape(C * C, C * C)
     vals = torch.linalg.eigvalsh(flat).flip(0)[:4].numpy()
     v, _, info = top_eigenpairs(m, 4, x=x, method="gram", return_info=True)
     assert abs(v - vals).max() <= 1e-9 * vals[0]
     if act == "prelu":                                    # no rule: the PReLU slope runs vmap(jacrev)
-        assert any("split" in a["what"] for a in info.adjustments)
+        assert any(a["what"] == f"chunk_size {C} -> {C - 1}" for a in info.adjustments)
 
 
 # PyTorch's own notice that vmap loops over scaled_dot_product_attention (no batching rule):
