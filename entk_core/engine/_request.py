@@ -34,8 +34,8 @@ from .info import KernelInfo
 from .planner import METHODS as PATHS
 from .planner import REDUCTIONS
 
-__all__ = ["ALL", "JACREV_HAZARD", "METHODS", "Ctx", "ForwardADError", "LayerRuleError", "ProgressFn", "layer_groups",
-           "param_group", "safe_chunk"]
+__all__ = ["ALL", "JACREV_HAZARD", "METHODS", "Ctx", "ForwardADError", "LayerRuleError", "ProgressFn", "fastest_other",
+           "layer_groups", "param_group", "safe_chunk"]
 
 ALL = "__all__"
 """The output key of a kernel that is not split by layer group."""
@@ -54,6 +54,13 @@ examples with output rows (relative errors 0.5-7 in the Jacobian; one vmap level
 chunk of one example, is right). The guard costs nothing: the chunk is lowered by one
 (:meth:`Ctx._avoid_hazardous_chunk`), or a chunk of that size is split in two
 (:func:`~._factors.per_example_jacobian`)."""
+
+
+def fastest_other(paths: dict[str, dict], excluded) -> str:
+    """The fastest path of a plan's ``paths`` that fits, other than the ``excluded`` ones
+    (``"structured"`` when none fits: the planner then says what would)."""
+    ok = [m for m in PATHS if m not in excluded and paths[m]["fits"]]
+    return min(ok, key=lambda m: paths[m]["seconds"]) if ok else "structured"
 
 
 def safe_chunk(chunk: int, rows: set[int]) -> int:
@@ -317,9 +324,7 @@ class Ctx:
                     self.reduction or "full", self.dtype)
             if method in self.excluded or (method == "auto" and any(m in PATHS for m in self.excluded)):
                 # a path that cannot run on this model (see exclude_path): the fastest of the others
-                paths = planner.estimate(*args, method="auto", **kw).paths
-                ok = [m for m in PATHS if m not in self.excluded and paths[m]["fits"]]
-                method = min(ok, key=lambda m: paths[m]["seconds"]) if ok else "structured"
+                method = fastest_other(planner.estimate(*args, method="auto", **kw).paths, self.excluded)
             self.plan = planner.choose(*args, method=method, **kw)
             self.method = self.plan.method
             self.chunk = self.plan.chunk_size

@@ -142,7 +142,7 @@ from torch import nn
 from . import planner
 from ._guards import autograd_on, eval_mode, no_tf32
 from ._kernel_paths import run
-from ._request import ALL, METHODS, Ctx, layer_groups, param_group, safe_chunk
+from ._request import ALL, METHODS, Ctx, fastest_other, layer_groups, param_group, safe_chunk
 from .checks import KernelCheckError, check_count, spot_check
 from .info import KernelInfo, TrainModeWarning
 from .planner import REDUCTIONS, MemoryBudgetError, Plan
@@ -325,11 +325,16 @@ def estimate_ntk(
         ctx = Ctx(model, x1, x2, reduction=reduction, trace_axes=trace_axes, diagonal_axes=diagonal_axes,
                   class_weights=class_weights, block=block, groups=groups, method=method, chunk_size=chunk_size,
                   dtype=dtype, device=device, by_layer=by_layer, plan=False, warn_stacklevel=3)
-    plan = planner.estimate(ctx.N1, None if ctx.x2 is None else ctx.N2, ctx.C, ctx.group_specs(),
-                            ctx.reduction or "full", ctx.dtype, by_layer=by_layer, symmetric=ctx.x2 is None,
-                            method=method, chunk_size=chunk_size, memory_budget=memory_budget, device=ctx.device,
-                            activation_per_example=ctx.act, channels=ctx.ch_shape,
-                            out_elems=int(math.prod(ctx.channels.out_shape())))
+    def plan_for(m: str) -> Plan:
+        return planner.estimate(ctx.N1, None if ctx.x2 is None else ctx.N2, ctx.C, ctx.group_specs(),
+                                ctx.reduction or "full", ctx.dtype, by_layer=by_layer, symmetric=ctx.x2 is None,
+                                method=m, chunk_size=chunk_size, memory_budget=memory_budget, device=ctx.device,
+                                activation_per_example=ctx.act, channels=ctx.ch_shape,
+                                out_elems=int(math.prod(ctx.channels.out_shape())))
+
+    plan = plan_for(method)
+    if plan.method == "ntk_vp" and ctx.forward_ad_failure() is not None:   # what would run instead
+        plan = plan_for(fastest_other(plan_for("auto").paths, ("ntk_vp",)))
     if plan.method is not None:   # the chunk that would run (never a vmap(jacrev) hazard: see _request)
         plan.chunk_size = safe_chunk(plan.chunk_size, ctx.jacrev_rows(plan.method))
     return plan

@@ -10,7 +10,7 @@ from entk_core.engine import _request
 from entk_core.engine._layers import check_layers, find_layers, rule_gradients
 from entk_core.engine.checks import KernelCheckError
 from entk_core.engine.eigenpairs import top_eigenpairs
-from entk_core.engine.kernels import empirical_ntk
+from entk_core.engine.kernels import empirical_ntk, estimate_ntk
 from entk_core.engine.operators import KernelOperator
 
 METHODS = ("auto", "structured", "jacobian", "ntk_vp")
@@ -169,6 +169,8 @@ def test_multihead_attention_under_every_method(method, batch_first):
         f = [f for f in info.fallbacks if f.get("instead_of") == "ntk_vp"]
         assert len(f) == 1 and info.method in ("structured", "jacobian") and f[0]["path"] == info.method
         assert "forward" in f[0]["reason"] and "NotImplementedError" in f[0]["reason"]
+        p = estimate_ntk(m, x, method=method)                                   # the estimate says so too
+        assert (p.method, p.chunk_size) == (info.method, info.chunk_size)
 
 
 @pytest.mark.filterwarnings(SDPA_LOOP)
