@@ -23,6 +23,8 @@ runs once, alternating the order, the statistic the best round of each (medians 
   with ``J`` the tutorial's Jacobian.
 * ``d`` -- 1-layer attention model on 3-token sequences (vocab 30, d_model 64, 4 heads,
   MLP 256, no LayerNorm, no biases), all 841 inputs, all-class-mean kernel.
+* ``check`` -- the cost of ``check=4`` (the spot check) on cases a, c, d, e, as a share of
+  each call (:mod:`entk_core.bench.check`, the engine's).
 * ``e``, ``f`` -- the engine's cases (:mod:`entk_core.bench.engine`): a CNN's trace and
   full kernels against the tutorial reference; the demo MLP's flattened top-200 spectrum
   against a dense float64 reference.
@@ -61,7 +63,7 @@ from .measure import machine_info
 
 __all__ = ["machine_info", "run_bench", "format_table", "build_parser", "main", "CASE_MODULES", "DEVICES"]
 
-CASE_MODULES = ("entk_core.bench.toy", "entk_core.bench.engine", "entk_core.bench.lm")
+CASE_MODULES = ("entk_core.bench.toy", "entk_core.bench.engine", "entk_core.bench.lm", "entk_core.bench.check")
 """Modules defining cases: each has ``CASES`` (name -> ``fn(dtype, quick, device) -> dict``, ``device``
 a :class:`torch.device`) and ``TARGETS``."""
 TOL = {"float32": 1e-5, "float64": 1e-10}

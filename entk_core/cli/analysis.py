@@ -29,7 +29,7 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     bar = tqdm_progress("eNTK")
     try:
         res = analysis.spectrum(run, args.epoch, group=args.group, reduction=args.reduction,
-                                top=args.top, beta=args.beta, progress=bar, model=model)
+                                top=args.top, beta=args.beta, progress=bar, model=model, check=args.check)
     finally:
         bar.close()
     obj = res.to_json()
@@ -40,10 +40,33 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
         ev = o["eigenvalues"]
         return (f"{o['run']} epoch {o['epoch']} group {o['group']} reduction {o['reduction']}: top {o['top']} of n={o['n']}\n"
                 f"  eigenvalues: {ev[0]:.4g} ... {ev[-1]:.4g}\n  cliffs: {cl}\n"
-                f"  time: {o['timing']['total_s']:.2f} s ({o['cache']})")
+                f"  time: {o['timing']['total_s']:.2f} s ({o['cache']})" + _check_line(o.get("check")))
 
     emit(args, obj, text)
     return 0
+
+
+def _check_line(c: dict[str, Any] | None) -> str:
+    if not c:
+        return ""
+    return (f"\n  check: {c['entries']} kernel entries against per-example autograd in {c['dtype']}: "
+            f"max relative error {c['max_rel_error']:.1e} (tolerance {c['tolerance']:.0e}, {c['seconds']:.2f} s)")
+
+
+def _check_arg(text: str) -> int:
+    try:
+        k = int(text)
+    except ValueError:
+        k = -1
+    if k < 0:
+        raise argparse.ArgumentTypeError(f"--check takes a number of kernel entries (0 or more), got {text!r}")
+    return k
+
+
+def add_check_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", type=_check_arg, default=0, metavar="K",
+                   help="spot-check K random kernel entries against per-example autograd in float64 when the "
+                        "kernel is computed (not served from the cache); a failed check is an error")
 
 
 def cmd_align(args: argparse.Namespace) -> int:
@@ -51,8 +74,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     epoch = run.resolve_epoch(args.epoch)
     bar = tqdm_progress("align")
     try:
-        report = run.family.align_report(run, epoch, services=Services(), group=args.group, beta=args.beta,
-                                         progress=bar)
+        report = run.family.align_report(run, epoch, services=Services(check=args.check), group=args.group,
+                                         beta=args.beta, progress=bar)
     finally:
         bar.close()
     from ..workflows.alignment import report_baselines
@@ -116,6 +139,7 @@ def add_commands(sub) -> None:
     p.add_argument("--reduction", choices=analysis.REDUCTIONS, default=None, help="default: the family's")
     p.add_argument("--top", type=int, default=None, help="number of eigenpairs (default: the family's)")
     p.add_argument("--beta", type=float, default=None, help="importance rescaling (TMS)")
+    add_check_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_spectrum)
 
@@ -124,6 +148,7 @@ def add_commands(sub) -> None:
     p.add_argument("--epoch", type=int, default=None, help="checkpoint epoch (default: the last)")
     p.add_argument("--group", default=None, help="layer group (default: the family's)")
     p.add_argument("--beta", type=float, default=None, help="importance rescaling (TMS)")
+    add_check_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_align)
 

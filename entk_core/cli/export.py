@@ -8,6 +8,7 @@ from pathlib import Path
 from ..families.run import open_run
 from ..workflows import analysis
 from ..workflows.export import WHAT, export_view
+from .analysis import add_check_option
 from .common import emit, tqdm_progress
 
 __all__ = ["add_commands"]
@@ -29,7 +30,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     bar = tqdm_progress("export")
     try:
         summary = export_view(run, args.epoch, Path(args.out), what=what, group=args.group, reduction=args.reduction,
-                              top=args.top, beta=args.beta, window=_window(args.window), progress=bar)
+                              top=args.top, beta=args.beta, window=_window(args.window), progress=bar,
+                              check=args.check)
     finally:
         bar.close()
     emit(args, summary, lambda o: f"{o['run']} epoch {o['epoch']}: wrote {', '.join(o['files'])} to {o['out']}")
@@ -47,5 +49,6 @@ def add_commands(sub) -> None:
     p.add_argument("--top", type=int, default=None, help="number of eigenpairs (default: the family's)")
     p.add_argument("--beta", type=float, default=None, help="importance rescaling (TMS)")
     p.add_argument("--window", default=None, help="START:END, the eigenvectors to export (default: all)")
+    add_check_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)

@@ -28,7 +28,7 @@ from ._channels import Side
 from ._guards import error_reason
 from ._inputs import Batch, ranges
 from ._layers import Layer, elementwise_deriv, unfold_patches
-from ._request import ALL, Ctx
+from ._request import ALL, JACREV_HAZARD, Ctx, LayerRuleError
 
 __all__ = [
     "Fac", "Fwd", "elementwise_jacobians", "fallback_jacobian", "flat_layout", "key_of", "keys", "layer_factors",
@@ -98,7 +98,9 @@ def struct_forward(ctx: Ctx, x: Batch) -> Fwd:
         calls.append([(a, y) for a, _, y in cl])
         for a, _, y in cl:
             if a.shape[0] != B or y.shape[0] != B:
-                raise RuntimeError(f"layer {L.name!r} received a non-batch-first input {tuple(a.shape)}")
+                raise LayerRuleError(L.name, f"layer received an input that is not batch-first, {tuple(a.shape)} "
+                                             f"for a chunk of {B} examples (after passing the check on the probe "
+                                             f"examples)")
             ys.append(y)
     return Fwd(out, calls, ys)
 
@@ -184,6 +186,12 @@ def per_example_jacobian(ctx: Ctx, names: list[str], x: Batch, side: Side) -> di
             return ((out * w).sum(-1) / C)[..., None]
         return out[..., cls] * w[cls]
 
+    if not ctx.has_rnn and B == CL > 1:
+        # never vmap(jacrev) over as many examples as output rows (JACREV_HAZARD): two halves
+        h = B // 2
+        ctx.note_adjustment(f"a chunk of {B} examples split into {h} + {B - h}", JACREV_HAZARD)
+        parts = [per_example_jacobian(ctx, names, x.slice(a, b), side) for a, b in ((0, h), (h, B))]
+        return {n: torch.cat([p[n] for p in parts], 1) for n in names}
     if not ctx.has_rnn:
         def f_single(p, *leaves):
             out = ctx.forward({**base, **p}, x, [t.unsqueeze(0) for t in leaves]).reshape(-1)

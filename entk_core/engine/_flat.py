@@ -22,7 +22,7 @@ from ._factors import elementwise_jacobians, layer_factors, per_example_jacobian
 from ._guards import autograd_on, no_tf32
 from ._inputs import ranges
 from ._layers import Layer
-from ._request import Ctx
+from ._request import JACREV_HAZARD, Ctx, safe_chunk
 from .machine import resolve_budget
 from .planner import MemoryBudgetError
 from .units import format_bytes
@@ -85,6 +85,9 @@ def jacobian_from_ctx(ctx: Ctx, chunk_size: int | None, memory_budget, progress=
     J = torch.empty(C, N, P, dtype=ctx.dtype, device=ctx.device)
     per_ex = max(1, 4 * C * P + 8 * C * int(ctx.act))
     B = int(chunk_size) if chunk_size else max(1, min(N, int((budget - need) // 4 // (per_ex * ctx.dtype.itemsize))))
+    if safe_chunk(B, ctx.jacrev_rows()) != B:      # never a vmap(jacrev) chunk of C examples (JACREV_HAZARD)
+        ctx.note_adjustment(f"chunk_size {B} -> {safe_chunk(B, ctx.jacrev_rows())}", JACREV_HAZARD)
+        B = safe_chunk(B, ctx.jacrev_rows())
     side = all_side(ctx)
     chunks = ranges(N, B)
     ctx.chunk = B

@@ -26,8 +26,9 @@ from torch.func import vjp, vmap
 from ._channels import Side
 from ._factors import (Fac, fallback_jacobian, flat_layout, key_of, keys, layer_inputs, per_example_jacobian,
                        prepare_layer, struct_forward, struct_grads, structured_factors)
+from ._guards import error_reason
 from ._inputs import Batch, ranges
-from ._request import ALL, Ctx
+from ._request import ALL, Ctx, ForwardADError
 
 __all__ = ["run"]
 
@@ -158,7 +159,12 @@ def _ntkvp_tile(ctx: Ctx, key: str, xl: Batch, xr: Batch) -> torch.Tensor:
     else:
         ctx.note_loop("NTK-vector products", "the model contains a recurrent module: one product per basis vector")
     if res is None:
-        res = torch.stack([slice_fn(v) for v in basis])
+        try:
+            res = torch.stack([slice_fn(v) for v in basis])
+        except (RuntimeError, NotImplementedError) as e:
+            if "forward AD" not in str(e) and "forward-mode" not in str(e):
+                raise
+            raise ForwardADError(error_reason(e)) from e
     if L.channels is None:
         return (res * (w / C)).sum(-1)                        # (B1, B2)
     clsR = torch.tensor(R.channels, device=dev)

@@ -12,9 +12,11 @@ A :class:`Layer` is a module whose per-example Jacobian has a closed form in its
   Jacobian ``∂y/∂q``, read by one forward-mode product: :func:`elementwise_deriv`).
 
 :func:`find_layers` picks the candidate layers of a model; :func:`check_layers` keeps the
-ones whose rule agrees with autograd on a few examples (:func:`rule_gradients` against the
-gradient of a random combination of outputs), so a weight also used outside its module, a
-non-batch-first input or an unused layer falls back to the Jacobian path with a reason.
+ones whose per-example rule agrees with autograd on a few examples (:func:`rule_gradients`
+per example, randomly weighted, against the gradient of the same random combination of
+outputs), so a weight also used outside its module, a non-batch-first input (even one
+whose leading axis happens to match the probe's batch), a layer applied to a parameter or
+an unused layer falls back to the Jacobian path with a reason.
 """
 from __future__ import annotations
 
@@ -229,24 +231,34 @@ def check_layers(layers: list[Layer], rec: list[list], outf: torch.Tensor, param
     used (those of the layers as leaves needing grad). Sets each layer's ``positions``.
 
     A layer fails when a call is not one its rule covers (not batch-first, wrong shapes),
-    when it is unused, or when its rule's gradient of ``⟨r, f⟩`` for a random ``r`` differs
-    from autograd's (relative 1e-9 in float64, 1e-4 in float32)."""
+    when it is unused, or when its **per-example attribution** is wrong. The attribution
+    check: for random output cotangents ``r (b, C)`` and random example weights ``ω (b,)``,
+    the rule applied to row ``n`` of each call's input and of its output cotangent (from one
+    backward of ``⟨r, f⟩``), weighted by ``ω_n`` and summed, must equal autograd's gradient
+    of ``Σ_n ω_n ⟨r_n, f_n⟩`` (relative 1e-9 in float64, 1e-4 in float32). That is exactly
+    what the kernel paths contract (per-example factors ``(a_n, g_n)``), so a gradient
+    credited to the wrong example fails: a layer fed a tensor whose leading axis is not the
+    batch (sequence-first ``(T, N, d)`` with ``T = b``; a parameter: a hypernetwork), a
+    weight also used outside its module, a module that computes something else. Comparing
+    only the summed gradient (``ω = 1``) cannot see the first two."""
     b = outf.shape[0]
     bad: dict[int, str] = {}
     for L, calls in zip(layers, rec):
         good, T = _calls_cover(L, calls, b)
         L.positions = max(1, T)
         if not good or not calls:
-            bad[id(L)] = "layer applied to inputs the rule does not cover (not batch-first, or unused)" \
+            bad[id(L)] = ("layer applied to inputs the rule does not cover (not batch-first, or unused): "
+                          + ", ".join(str(tuple(a.shape)) for a, _, _ in calls[:2]) + f" for {b} probe examples") \
                 if calls else "layer not used by the forward pass"
-    # gradient check: a random combination of outputs through autograd vs the rule
     pnames = [nm for L in layers for nm in L.param_names()]
     gen = torch.Generator(device="cpu").manual_seed(12345)
     r = torch.randn(outf.shape, generator=gen, dtype=torch.float64).to(outf)
+    omega = (0.5 + torch.rand(b, generator=gen, dtype=torch.float64)).to(outf)
     ys = [y for L, calls in zip(layers, rec) if id(L) not in bad for (_, _, y) in calls]
     with torch.enable_grad():
-        grads = torch.autograd.grad(outf, ys + [params[n] for n in pnames], r, allow_unused=True)
-    gy, gp = list(grads[: len(ys)]), dict(zip(pnames, grads[len(ys):]))
+        gy = list(torch.autograd.grad(outf, ys, r, allow_unused=True, retain_graph=True)) if ys else []
+        gp = dict(zip(pnames, torch.autograd.grad(outf, [params[n] for n in pnames], r * omega[:, None],
+                                                  allow_unused=True))) if pnames else {}
     tol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(dtype, 1e-2)
     k = 0
     for L, calls in zip(layers, rec):
@@ -258,10 +270,11 @@ def check_layers(layers: list[Layer], rec: list[list], outf: torch.Tensor, param
             k += 1
             if g is None:
                 continue
-            for name, val in rule_gradients(L, a.detach(), g.detach(), shapes, base).items():
+            gw = g.detach() * omega.view((b,) + (1,) * (g.ndim - 1))     # row n: example n's cotangent, weighted
+            for name, val in rule_gradients(L, a.detach(), gw, shapes, base).items():
                 recon[name] = val if recon.get(name) is None else recon[name] + val
         for name in L.param_names():
-            true_g, rec_g = gp[name], recon.get(name)
+            true_g, rec_g = gp.get(name), recon.get(name)
             tn = 0.0 if true_g is None else float(true_g.norm())
             rn = 0.0 if rec_g is None else float(rec_g.norm())
             if true_g is None or rec_g is None:
@@ -273,8 +286,9 @@ def check_layers(layers: list[Layer], rec: list[list], outf: torch.Tensor, param
                 t = max(tol, 1e-5) if L.kind == "elementwise" else tol
                 ok = rec_g.shape == true_g.shape and float((rec_g - true_g).norm()) <= t * max(tn, 1e-30)
             if not ok:
-                bad[id(L)] = "the structured rule disagrees with autograd (the parameter is also used " \
-                             "outside its module, or the module computes something else)"
+                bad[id(L)] = ("the structured rule's per-example gradients disagree with autograd (an input "
+                              "whose leading axis is not the batch, a parameter also used outside its module, "
+                              "or a module that computes something else)")
     return bad
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from . import planner
 from ._channels import Channels
-from ._guards import (autograd_on, check_finite_inputs, check_finite_model, log_once, private_model,
+from ._guards import (autograd_on, check_finite_inputs, check_finite_model, error_reason, log_once, private_model,
                       refuse_or_warn_train_mode)
 from ._inputs import Batch, call_model, model_output
 from ._layers import Layer, check_layers, find_layers
@@ -34,12 +34,58 @@ from .info import KernelInfo
 from .planner import METHODS as PATHS
 from .planner import REDUCTIONS
 
-__all__ = ["ALL", "METHODS", "Ctx", "ProgressFn", "layer_groups", "param_group"]
+__all__ = ["ALL", "JACREV_HAZARD", "METHODS", "Ctx", "ForwardADError", "LayerRuleError", "ProgressFn", "fastest_other",
+           "layer_groups", "param_group", "safe_chunk"]
 
 ALL = "__all__"
 """The output key of a kernel that is not split by layer group."""
 METHODS = ("auto",) + PATHS
 ProgressFn = Callable[[int, int, str], None]
+
+JACREV_HAZARD = ("vmap(jacrev) over a chunk of as many examples as output rows gives wrong Jacobians for some "
+                 "modules (nn.PReLU; a PyTorch bug)")
+"""Why a chunk of ``vmap(jacrev)`` never has as many examples as ``jacrev`` has output rows.
+
+Found with ``nn.PReLU`` (torch 2.13): its backward (``aten::_prelu_kernel_backward``)
+batches two nested vmap levels -- the examples, and ``jacrev``'s basis of output rows --
+as if they were one. When the two sizes differ it raises a shape error (the engine then
+loops over examples, recorded in ``info.loops``); when they are equal it silently mixes
+examples with output rows (relative errors 0.5-7 in the Jacobian; one vmap level, or a
+chunk of one example, is right). The guard costs nothing: the chunk is lowered by one
+(:meth:`Ctx._avoid_hazardous_chunk`), or a chunk of that size is split in two
+(:func:`~._factors.per_example_jacobian`)."""
+
+
+def fastest_other(paths: dict[str, dict], excluded) -> str:
+    """The fastest path of a plan's ``paths`` that fits, other than the ``excluded`` ones
+    (``"structured"`` when none fits: the planner then says what would)."""
+    ok = [m for m in PATHS if m not in excluded and paths[m]["fits"]]
+    return min(ok, key=lambda m: paths[m]["seconds"]) if ok else "structured"
+
+
+def safe_chunk(chunk: int, rows: set[int]) -> int:
+    """``chunk`` lowered until it is none of ``rows`` (> 1): see :data:`JACREV_HAZARD`."""
+    rows = {r for r in rows if r > 1}
+    while chunk in rows and chunk > 1:
+        chunk -= 1
+    return chunk
+
+
+class LayerRuleError(RuntimeError):
+    """A structured layer received, on some chunk, an input its rule does not cover
+    (caught by :meth:`Ctx.run_with_fallbacks`: the layer falls back to the Jacobian path)."""
+
+    def __init__(self, layer: str, reason: str):
+        super().__init__(f"layer {layer!r}: {reason}")
+        self.layer, self.reason = layer, reason
+
+
+class ForwardADError(RuntimeError):
+    """Forward-mode AD failed on the ntk_vp path (caught by :meth:`Ctx.run_with_fallbacks`)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 def param_group(name: str) -> str:
@@ -69,9 +115,15 @@ class Ctx:
     6. :meth:`_inspect` -- the output shape ``S``, the checked structured ``layers`` and the
        ``fallback`` parameters, the activation size ``act``;
     7. :meth:`_set_channels` -- ``C``, class weights ``w``, ``channels``, each layer's form;
-    8. :meth:`_choose_path` -- the planner's ``method``, ``chunk``, ``cache``, ``layout``;
+    8. :meth:`_choose_path` -- the planner's ``method``, ``chunk``, ``cache``, ``layout``
+       (never a ``vmap(jacrev)`` chunk of as many examples as output rows:
+       :data:`JACREV_HAZARD`; ``ntk_vp`` replaced where forward-mode AD fails);
     9. :meth:`set_group` (group 0) -- ``left``/``right`` sides and ``mirror``;
     10. :meth:`_record` -- :class:`~entk_core.engine.info.KernelInfo` and the fallback log.
+
+    At run time, :meth:`run_with_fallbacks` repeats the work after a layer that breaks its
+    rule on a later chunk (:meth:`drop_layer`) or an ntk_vp path whose forward-mode AD fails
+    (:meth:`exclude_path`); both plan again from step 8.
 
     ``plan=False`` (estimates, top-k) skips the planner: the structured path in one chunk.
     """
@@ -100,9 +152,13 @@ class Ctx:
         with autograd_on():
             self.S, self.act = self._inspect()
         self._set_channels(class_weights, reduction, trace_axes, diagonal_axes, block)
-        self._choose_path(plan, method, chunk_size, memory_budget)
+        self.checked_layers = list(self.layers)
+        self.excluded: dict[str, str] = {}
+        self._plan_args = (plan, method, chunk_size, memory_budget)
+        self.model_name = type(model).__name__
+        self._choose_path(*self._plan_args)
         self.set_group(0)
-        self._record(model)
+        self._record()
 
     # ------------------------------------------------------------------- steps
     def _check_arguments(self, model, reduction, trace_axes, diagonal_axes, method, chunk_size) -> None:
@@ -165,6 +221,7 @@ class Ctx:
                 check_finite_inputs(self.x2)
         self.N1 = self.x1.n
         self.N2 = self.N1 if self.x2 is None else self.x2.n
+        self.raw1, self.raw2 = b1, b2          # as given (the spot check's reference casts them itself)
 
     def _select_parameters(self, groups: Iterable[str] | str | None) -> None:
         all_groups = layer_groups(self.model)
@@ -256,14 +313,19 @@ class Ctx:
 
     def _choose_path(self, plan: bool, method: str, chunk_size, memory_budget) -> None:
         self.plan = None
+        self.adjustments: list[dict] = []
+        self.layers = list(self.checked_layers)
+        self._sync_fallback()
         if plan:
-            self.plan = planner.choose(
-                self.N1, None if self.x2 is None else self.N2, self.C, self.group_specs(), self.reduction or "full",
-                self.dtype, by_layer=self.by_layer, symmetric=self.x2 is None, method=method,
-                chunk_size=chunk_size, memory_budget=memory_budget, device=self.device,
-                activation_per_example=self.act, channels=self.ch_shape,
-                out_elems=int(math.prod(self.channels.out_shape())),
-            )
+            kw = dict(by_layer=self.by_layer, symmetric=self.x2 is None, chunk_size=chunk_size,
+                      memory_budget=memory_budget, device=self.device, activation_per_example=self.act,
+                      channels=self.ch_shape, out_elems=int(math.prod(self.channels.out_shape())))
+            args = (self.N1, None if self.x2 is None else self.N2, self.C, self.group_specs(),
+                    self.reduction or "full", self.dtype)
+            if method in self.excluded or (method == "auto" and any(m in PATHS for m in self.excluded)):
+                # a path that cannot run on this model (see exclude_path): the fastest of the others
+                method = fastest_other(planner.estimate(*args, method="auto", **kw).paths, self.excluded)
+            self.plan = planner.choose(*args, method=method, **kw)
             self.method = self.plan.method
             self.chunk = self.plan.chunk_size
             self.cache = self.plan.cache
@@ -271,30 +333,125 @@ class Ctx:
             self.info.estimate = self.plan.summary()
             self.info.estimated_seconds = float(self.plan.seconds)
         else:
-            self.method = "structured" if method == "auto" else method
+            self.method = "structured" if method == "auto" or method in self.excluded else method
             self.chunk = int(chunk_size) if chunk_size else max(self.N1, self.N2)
             self.cache = True
             self.layout = "chunks"
         self.buffers = None
         if self.method != "structured":
             self.layers, self.fallback = [], list(self.names)
+        self._avoid_hazardous_chunk(chunk_size)
         # The reference ("jacobian") follows the tutorial: every tile is computed, then the
         # result is symmetrised exactly; the other paths compute each pair of chunks once.
         self.symmetrize_after = (self.x2 is None and self.method == "jacobian" and self.channels.batch == "pair"
                                  and self.channels.groups[0][0] == self.channels.groups[0][1])
+        if plan and self.method == "ntk_vp" and "ntk_vp" not in self.excluded:
+            why = self.forward_ad_failure()
+            if why is not None:
+                self.exclude_path("ntk_vp", f"forward-mode AD is not supported by this model ({why})")
 
-    def _record(self, model: nn.Module) -> None:
+    def jacrev_rows(self, method: str | None = None) -> set[int]:
+        """The numbers of output rows ``vmap(jacrev)`` differentiates at once on ``method``'s
+        path (default: the chosen one; see :data:`JACREV_HAZARD`): ``C`` on the jacobian
+        path, each side's channels for the fallback parameters of the structured path."""
+        method = method or self.method
+        if method == "jacobian":
+            return {self.C}
+        fallback = self.fallback if method == self.method else \
+            [n for n in self.names if n not in {nm for L in self.checked_layers for nm in L.param_names()}]
+        if method == "structured" and fallback:
+            return {s.width() for g in self.channels.groups for s in g}
+        return set()
+
+    def _avoid_hazardous_chunk(self, chunk_size) -> None:
+        """Never a chunk of ``vmap(jacrev)`` equal to its number of output rows (see
+        :data:`JACREV_HAZARD`): the planner's or the caller's ``chunk_size`` is lowered
+        (:func:`safe_chunk`) and the change recorded. (Chunks that :func:`~._inputs.ranges`
+        cuts smaller are split again where they are used:
+        :func:`~._factors.per_example_jacobian`.)"""
+        old = self.chunk
+        self.chunk = safe_chunk(old, self.jacrev_rows())
+        if self.chunk == old:
+            return
+        if self.plan is not None:
+            self.plan.chunk_size = self.chunk
+            self.info.estimate = self.plan.summary()
+        self.adjustments.append({"what": f"chunk_size {old} -> {self.chunk}",
+                                 "by": "the caller" if chunk_size else "the planner", "reason": JACREV_HAZARD})
+
+    def forward_ad_failure(self) -> str | None:
+        """``None`` when forward-mode AD runs on one example (the ntk_vp path needs it), else
+        why not (``"NotImplementedError: Trying to use forward AD with ..."``)."""
+        base = self.params()
+        sub = {n: base[n] for n in self.names}
+        x = self.x1.slice(0, 1)
+        try:
+            with torch.no_grad():
+                torch.func.jvp(lambda p: self.forward({**base, **p}, x), (sub,),
+                               ({n: torch.zeros_like(t) for n, t in sub.items()},))
+        except (RuntimeError, NotImplementedError) as e:
+            return error_reason(e)
+        return None
+
+    def exclude_path(self, method: str, reason: str) -> None:
+        """``method`` (a path, or ``"operator:vjp"``) cannot run on this model: plan again
+        without it (recorded in ``info.fallbacks``)."""
+        self.excluded[method] = reason
+        if method == "ntk_vp":
+            self.info.loops = [lp for lp in self.info.loops if lp["where"] != "NTK-vector products"]
+        if method in PATHS:
+            self._choose_path(*self._plan_args)
+            self.set_group(0)
+        self._record()
+
+    def drop_layer(self, name: str, reason: str) -> None:
+        """A structured layer broke its rule's assumptions at run time (a chunk fed it an
+        input that is not batch-first although the probe examples did): its parameters
+        fall back to the Jacobian path with ``reason``, and the request is planned again."""
+        for L in self.checked_layers:
+            if L.name == name:
+                for n in L.param_names():
+                    self.reject[n] = reason
+        self.checked_layers = [L for L in self.checked_layers if L.name != name]
+        self._choose_path(*self._plan_args)
+        self.set_group(0)
+        self._record()
+
+    def run_with_fallbacks(self, fn: Callable[[], Any]) -> Any:
+        """``fn()``, again after each structured layer that fails at run time
+        (:class:`LayerRuleError`: :meth:`drop_layer`) or forward-mode AD that fails on the
+        ntk_vp path (:class:`ForwardADError`: :meth:`exclude_path`)."""
+        while True:
+            try:
+                return fn()
+            except LayerRuleError as e:
+                self.drop_layer(e.layer, e.reason)
+            except ForwardADError as e:
+                if "ntk_vp" in self.excluded:
+                    raise
+                self.exclude_path("ntk_vp", f"forward-mode AD is not supported by this model ({e.reason})")
+
+    def _record(self) -> None:
+        name = self.model_name
         self.info.method, self.info.layout, self.info.chunk_size = self.method, self.layout, int(self.chunk)
         self.info.structured = {L.name or "<root>": L.describe() for L in self.layers}
+        self.info.fallbacks = []
+        self.info.adjustments = list(self.adjustments)
+        for m, why in self.excluded.items():
+            path = f"operator:{self.method}" if m.startswith("operator:") else self.method
+            self.info.fallbacks.append({"params": list(self.names), "path": path, "instead_of": m, "reason": why})
+            log_once(f"exclude:{name}:{m}:{why}", f"eNTK: {name} runs the {path} path instead of {m} ({why})")
         if self.method == "structured" and self.fallback:
             by_reason: dict[str, list[str]] = {}
             for n in self.fallback:
                 by_reason.setdefault(self.reject.get(n, "no structured rule for this parameter"), []).append(n)
             for why, ns in by_reason.items():
                 self.info.fallbacks.append({"params": ns, "path": "jacobian", "reason": why})
-                log_once(f"fallback:{type(model).__name__}:{','.join(ns)}:{why}",
-                         f"eNTK: {len(ns)} parameter(s) of {type(model).__name__} use the per-parameter Jacobian "
+                log_once(f"fallback:{name}:{','.join(ns)}:{why}",
+                         f"eNTK: {len(ns)} parameter(s) of {name} use the per-parameter Jacobian "
                          f"({why}): {', '.join(ns[:4])}{' ...' if len(ns) > 4 else ''}")
+        for a in self.adjustments:
+            log_once(f"adjust:{name}:{a['what']}", f"eNTK: {name}: {a['what']} ({a['reason']})")
         if self.has_rnn and self.method in ("structured", "jacobian") and (self.fallback or self.method == "jacobian"):
             self.note_loop("per-example Jacobian", "the model contains a recurrent module (nn.RNNBase): vmap "
                                                    "is not used, one backward per example")
@@ -304,6 +461,13 @@ class Ctx:
         self.info.note_loop(where, reason)
         log_once(f"loop:{type(self.model).__name__}:{where}:{reason}",
                  f"eNTK: {where} of {type(self.model).__name__} runs as a loop ({reason})")
+
+    def note_adjustment(self, what: str, reason: str) -> None:
+        """Record (once) a setting changed to avoid a known hazard."""
+        item = {"what": what, "by": "the engine", "reason": reason}
+        if item not in self.info.adjustments:
+            self.info.adjustments.append(item)
+            log_once(f"adjust:{self.model_name}:{what}", f"eNTK: {self.model_name}: {what} ({reason})")
 
     def set_group(self, d: int) -> None:
         """Select diagonal group ``d``: its left and right :class:`~._channels.Side`, and

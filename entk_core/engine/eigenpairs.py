@@ -48,6 +48,7 @@ from ._flat import flat_ctx, jacobian_from_ctx
 from ._guards import autograd_on, eval_mode, no_tf32
 from ._lanczos import block_lanczos, lanczos_topk, to_numpy_pairs
 from ._topk_plan import TOPK_METHODS, lanczos_shape, ncv, plan_topk
+from .checks import check_count, spot_check
 from .info import KernelInfo
 from .kernels import empirical_ntk
 from .operators import KernelOperator
@@ -56,7 +57,7 @@ from .spectra import fix_signs
 
 __all__ = ["TOPK_METHODS", "estimate_top_eigenpairs", "top_eigenpairs"]
 
-_MODEL_ONLY = ("x", "groups", "dtype", "memory_budget")
+_MODEL_ONLY = ("x", "groups", "dtype", "memory_budget", "check", "check_tolerance")
 _DENSE_ONLY = ("ridge", "vectors")
 
 
@@ -79,6 +80,8 @@ def top_eigenpairs(
     n: int | None = None,
     ridge: float = 0.0,
     vectors: bool = True,
+    check: int | None = None,
+    check_tolerance: float | None = None,
     return_info: bool = False,
 ):
     """Top-``k`` eigenpairs of a symmetric PSD kernel, however it is given (see the module
@@ -107,6 +110,11 @@ def top_eigenpairs(
       n: the size of a callable operator.
       ridge: formed kernel only: adds ``ridge · mean(diag K)`` to the diagonal.
       vectors: formed kernel only: ``False`` returns ``(vals, None)``.
+      check: model only: spot-check this many random entries of the flattened kernel (the
+        formed kernel, the Jacobian's Gram products or the operator's columns) against
+        per-example autograd in float64 (:mod:`entk_core.engine.checks`); the worst
+        relative error is in ``info.check``, above ``check_tolerance`` a one-line
+        :class:`~entk_core.engine.checks.KernelCheckError`.
       return_info: also return a :class:`~entk_core.engine.info.KernelInfo` (``info.path``
         names the path; ``info.estimate`` the planner's line; ``info.solver`` the Lanczos
         statistics).
@@ -118,7 +126,8 @@ def top_eigenpairs(
     """
     given = {"x": x is not None, "groups": groups is not None, "dtype": dtype is not None,
              "memory_budget": memory_budget is not None, "ridge": bool(ridge), "vectors": not vectors,
-             "class_weights": class_weights is not None, "steps": steps is not None, "n": n is not None}
+             "class_weights": class_weights is not None, "steps": steps is not None, "n": n is not None,
+             "check": bool(check_count(check)), "check_tolerance": check_tolerance is not None}
     t0 = time.perf_counter()
     if isinstance(kernel, nn.Module):
         _refuse(given, "a model", _DENSE_ONLY + ("steps", "n"))
@@ -128,7 +137,8 @@ def top_eigenpairs(
             raise ValueError("top_eigenpairs of a model needs k, the number of eigenpairs")
         return _model_top_eigenpairs(kernel, x, k, class_weights=class_weights, groups=groups, method=method,
                                      dtype=dtype, device=device, memory_budget=memory_budget, progress=progress,
-                                     tol=tol, seed=seed, return_info=return_info)
+                                     tol=tol, seed=seed, return_info=return_info,
+                                     check=check_count(check), check_tolerance=check_tolerance)
     if isinstance(kernel, (torch.Tensor, np.ndarray)):
         if factor:
             _refuse(given, "a factor J", _MODEL_ONLY + _DENSE_ONLY + ("steps", "n"))
@@ -327,7 +337,7 @@ def estimate_top_eigenpairs(
 
 
 def _model_top_eigenpairs(model, x, k, *, class_weights, groups, method, dtype, device, memory_budget, progress, tol,
-                          seed, return_info):
+                          seed, return_info, check=0, check_tolerance=None):
     """The model path of :func:`top_eigenpairs` (see there; every option is passed)."""
     if method not in TOPK_METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {TOPK_METHODS}")
@@ -344,28 +354,32 @@ def _model_top_eigenpairs(model, x, k, *, class_weights, groups, method, dtype, 
     info.estimated_seconds = float(plan.seconds)
     chosen = plan.method.split(" ")[0]
     info.path = plan.method
+    kcheck = dict(check=check, check_tolerance=check_tolerance)
     if chosen == "gram":
         with no_tf32(), autograd_on(), eval_mode(ctx.model):
-            J = jacobian_from_ctx(ctx, None, memory_budget, progress)
+            J = ctx.run_with_fallbacks(lambda: jacobian_from_ctx(ctx, None, memory_budget, progress))
+            if check:
+                spot_check(ctx, lambda key, idx: [float(J[i] @ J[j]) for i, j in idx], check, check_tolerance)
         vals, vecs = _gram_eigenpairs(J, k)
         info.method = "structured"
     elif chosen == "dense" or (chosen == "lanczos" and k >= R - 1):
         K, kinfo = empirical_ntk(model, x, reduction="flat", class_weights=class_weights, groups=groups, dtype=dtype,
                                  device=device, memory_budget=memory_budget, progress=progress, return_info=True,
-                                 check_finite=False)
+                                 check_finite=False, **kcheck)
         if progress is not None:
             progress(0, 1, f"eigendecomposition of the {R}x{R} kernel")
         vals, vecs = _dense_eigenpairs(K.cpu(), k)
         info.method, info.layout, info.chunk_size = kinfo.method, kinfo.layout, kinfo.chunk_size
-        info.loops += [x_ for x_ in kinfo.loops if x_ not in info.loops]
+        _adopt(info, kinfo)
     elif chosen == "lanczos":
         vals, vecs = _model_lanczos(ctx, model, x, k, plan, class_weights, groups, dtype, device, memory_budget,
-                                    progress, tol, seed, info)
+                                    progress, tol, seed, info, kcheck)
     else:
         from scipy.sparse.linalg import eigsh
 
         op = KernelOperator(model, x, class_weights=class_weights, groups=groups, dtype=dtype, device=device,
                             mode=plan.paths["iterative"]["operator"], memory_budget=memory_budget, progress=progress)
+        _check_operator(ctx, op, check, check_tolerance)
         count = [0]
 
         def mv(v):
@@ -382,13 +396,39 @@ def _model_top_eigenpairs(model, x, k, *, class_weights, groups, method, dtype, 
         vals = np.asarray(vals[order], dtype=np.float64)
         vecs = fix_signs(np.ascontiguousarray(vecs[:, order], dtype=np.float64))
         info.method = op.info.method
-        info.loops += [x_ for x_ in op.info.loops if x_ not in info.loops]
+        _adopt(info, op.info)
     info.seconds = time.perf_counter() - t0
     return (vals, vecs, info) if return_info else (vals, vecs)
 
 
+def _adopt(info: KernelInfo, ran: KernelInfo) -> None:
+    """What the kernel or operator that ran recorded (its own request's fallbacks, loops,
+    adjustments and check) into the top-k call's ``info``."""
+    info.structured, info.fallbacks = ran.structured, ran.fallbacks
+    info.loops += [x_ for x_ in ran.loops if x_ not in info.loops]
+    info.adjustments += [a for a in ran.adjustments if a not in info.adjustments]
+    info.check = ran.check or info.check
+
+
+def _check_operator(ctx, op: KernelOperator, check: int, tolerance) -> None:
+    """The spot check of an operator: its columns ``K e_j`` at the checked entries."""
+    if not check:
+        return
+
+    def read(key, idx):
+        cols = sorted({j for _, j in idx})
+        E = torch.zeros(op.shape[0], len(cols), dtype=op.op_dtype, device=op.device)
+        E[cols, range(len(cols))] = 1
+        KE = op.matmat(E)
+        return [float(KE[i, cols.index(j)]) for i, j in idx]
+
+    with no_tf32(), autograd_on(), eval_mode(ctx.model):
+        spot_check(ctx, read, check, tolerance)
+    op.info.check = ctx.info.check
+
+
 def _model_lanczos(ctx, model, x, k, plan, class_weights, groups, dtype, device, memory_budget, progress, tol, seed,
-                   info) -> tuple[np.ndarray, np.ndarray]:
+                   info, kcheck) -> tuple[np.ndarray, np.ndarray]:
     """Block Lanczos on the operator the planner chose (the formed kernel or a
     :class:`~entk_core.engine.operators.KernelOperator`)."""
     R = ctx.C * ctx.N1
@@ -397,10 +437,11 @@ def _model_lanczos(ctx, model, x, k, plan, class_weights, groups, dtype, device,
     if opname == "kernel":
         K, kinfo = empirical_ntk(model, x, reduction="flat", class_weights=class_weights, groups=groups, dtype=dtype,
                                  device=device, memory_budget=memory_budget, progress=progress, return_info=True,
-                                 check_finite=False)
+                                 check_finite=False, **kcheck)
         Kd = K.to(torch.float64) if R * R * 8 + K.numel() * K.element_size() <= plan.budget else K
         del K
         info.method = kinfo.method
+        _adopt(info, kinfo)
 
         def matmat(V):
             return Kd @ V.to(Kd.dtype)
@@ -408,7 +449,9 @@ def _model_lanczos(ctx, model, x, k, plan, class_weights, groups, dtype, device,
         op = KernelOperator(model, x, class_weights=class_weights, groups=groups, dtype=dtype, device=device,
                             mode=opname, memory_budget=memory_budget, op_dtype=torch.float64 if opname == "structured"
                             else None, progress=progress)
+        _check_operator(ctx, op, kcheck["check"], kcheck["check_tolerance"])
         info.method = op.info.method
+        _adopt(info, op.info)
 
         def matmat(V):
             return op.matmat(V)

@@ -28,7 +28,17 @@ class KernelInfo:
       device, dtype: where and in what precision the work ran.
       structured: ``{layer: {"rule", "form", "positions"}}`` of the layers contracted by
         structured rules (form ``"pair"`` or ``"perex"``).
-      fallbacks: parameters computed by their per-parameter Jacobian and why.
+      fallbacks: ``[{"params", "path", "reason"}]``: parameters computed by their
+        per-parameter Jacobian (``"path": "jacobian"``) and why -- no rule, or a rule whose
+        per-example check failed on the probe examples or whose layer received an input
+        that is not batch-first on a later chunk; and a whole path replaced
+        (``"instead_of": "ntk_vp"``, ``"path"`` the one that ran) where it cannot run on the
+        model (forward-mode AD unsupported).
+      adjustments: ``[{"what", "by", "reason"}]``: settings the engine changed to avoid a
+        known PyTorch hazard (a ``vmap(jacrev)`` chunk as large as its output rows).
+      check: the spot check (``check=k``): ``{"entries", "max_rel_error", "tolerance",
+        "dtype", "seed", "seconds", "worst"}`` (see :mod:`entk_core.engine.checks`); empty
+        when no check was asked for.
       loops: places where ``vmap`` could not batch and a per-example (or per-channel) loop
         ran instead, with the reason.
       model_copy: how the caller's module was protected (``"private copy"``, ``"cast
@@ -48,6 +58,7 @@ class KernelInfo:
     structured: dict = field(default_factory=dict)
     fallbacks: list = field(default_factory=list)
     loops: list = field(default_factory=list)
+    adjustments: list = field(default_factory=list)
     model_copy: str = "private copy"
     train_mode: list = field(default_factory=list)
     estimate: str = ""
@@ -55,6 +66,7 @@ class KernelInfo:
     seconds: float = 0.0
     path: str = ""
     solver: dict = field(default_factory=dict)
+    check: dict = field(default_factory=dict)
 
     def note_loop(self, where: str, reason: str) -> None:
         """Record (once) that ``where`` ran as a loop because of ``reason``."""

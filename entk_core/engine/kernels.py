@@ -72,15 +72,25 @@ Methods
   parameter (raw ``nn.Parameter``\\ s, weights tied across modules, layers applied to
   non-batch-first tensors, grouped convolutions, recurrent layers...) falls back, per
   parameter, to the Jacobian path; the fallback is logged once (logger
-  ``entk_core.engine``) and recorded in :class:`KernelInfo`. Before use, the rule of each
-  layer is checked against autograd on a few examples (the gradient of a random
-  combination of outputs), so a weight also used outside its module falls back too.
+  ``entk_core.engine``) and recorded in :class:`KernelInfo`. Before use, each layer's rule
+  is checked **per example** against autograd on 4 probe examples: applied to each
+  example's input and output cotangent, randomly weighted per example and summed, it must
+  give autograd's gradient of the same weighted sum of outputs. So a layer fed a tensor
+  whose leading axis is not the batch (sequence-first, even when its length equals the
+  probe's batch), a layer applied to a parameter (a hypernetwork) and a weight also used
+  outside its module fall back; a layer that passes on the probe but receives a
+  non-batch-first input on a later chunk falls back then (the request is planned again).
 * ``"jacobian"`` -- the reference: ``vmap(jacrev(functional_call))`` per chunk, each
   parameter's Jacobian flattened to ``(N, C, P_i)`` and contracted by ``einsum``
   (the PyTorch NTK tutorial). Models ``vmap`` cannot batch (and models with an
-  ``nn.RNNBase`` module) run one backward per example instead, recorded in ``loops``.
+  ``nn.RNNBase`` module) run one backward per example instead, recorded in ``loops``. A
+  chunk never has as many examples as ``jacrev`` has output rows (``nn.PReLU``'s backward
+  is wrong there under nested vmap, a PyTorch bug: see ``_request.JACREV_HAZARD``): such a
+  ``chunk_size`` is lowered by one and recorded in ``adjustments``.
 * ``"ntk_vp"`` -- NTK-vector products: for each output basis vector a ``vjp`` then a
-  ``jvp`` (the torch.func tutorial's second method).
+  ``jvp`` (the torch.func tutorial's second method). On a model whose forward-mode AD
+  fails (``nn.MultiheadAttention``'s fused kernel), the fastest other path runs instead,
+  recorded in ``fallbacks`` (``"instead_of": "ntk_vp"``).
 * ``"auto"`` -- the fastest path that fits the memory budget (:mod:`entk_core.engine.planner`).
 
 How the output is walked (chosen by the planner for the structured path): input chunks
@@ -108,6 +118,9 @@ Semantics
   is returned there. TF32 matmuls are disabled during kernel work.
 * ``progress(done, total, message)`` is called after every tile / panel / channel block;
   an exception raised by it stops the computation and propagates (cancellation).
+* ``check=k`` recomputes ``k`` seeded random entries of the result by per-example
+  autograd in float64 (:mod:`entk_core.engine.checks`): the worst relative error is in
+  ``info.check``; above the tolerance a one-line :class:`KernelCheckError`.
 
 Where the work is done
 ----------------------
@@ -129,13 +142,15 @@ from torch import nn
 from . import planner
 from ._guards import autograd_on, eval_mode, no_tf32
 from ._kernel_paths import run
-from ._request import ALL, METHODS, Ctx, layer_groups, param_group
+from ._request import ALL, METHODS, Ctx, fastest_other, layer_groups, param_group, safe_chunk
+from .checks import KernelCheckError, check_count, spot_check
 from .info import KernelInfo, TrainModeWarning
 from .planner import REDUCTIONS, MemoryBudgetError, Plan
 
 __all__ = [
     "METHODS",
     "REDUCTIONS",
+    "KernelCheckError",
     "KernelInfo",
     "MemoryBudgetError",
     "Plan",
@@ -148,13 +163,17 @@ __all__ = [
 ]
 
 
-def _compute(model, x1, x2, by_layer: bool, return_info: bool, **kw):
+def _compute(model, x1, x2, by_layer: bool, return_info: bool, check=None, check_tolerance=None, **kw):
     t0 = time.perf_counter()
+    k = check_count(check)
     with no_tf32(), autograd_on():
         ctx = Ctx(model, x1, x2, by_layer=by_layer, warn_stacklevel=4, **kw)
         with eval_mode(ctx.model):
-            outs = run(ctx)
-    ctx.info.seconds = time.perf_counter() - t0
+            outs = ctx.run_with_fallbacks(lambda: run(ctx))
+            ctx.info.seconds = time.perf_counter() - t0
+            if k:
+                spot_check(ctx, lambda key, idx: [float(outs[key][i]) for i in idx], k, check_tolerance,
+                           keys=list(outs))
     return outs, ctx.info
 
 
@@ -185,7 +204,15 @@ _DOC_ARGS = """
       allow_train_mode: ``False`` refuses a model in training mode with batch norm or
         dropout (default: a :class:`TrainModeWarning`, then eval mode).
       check_finite: check inputs, parameters and buffers for NaN / inf first.
-      return_info: also return a :class:`KernelInfo` (which path ran, fallbacks, loops).
+      check: spot-check this many random kernel entries against per-example autograd in
+        float64 (:mod:`entk_core.engine.checks`): the worst relative error is in
+        ``info.check``; above the tolerance, a one-line :class:`KernelCheckError`. Seeded:
+        the same entries every time. Costs ``2 × (traced channels)`` single-example
+        backwards per entry (``check=4``: a few percent of a kernel of a few hundred inputs).
+      check_tolerance: the check's tolerance (default
+        :data:`entk_core.engine.checks.TOLERANCE` of the dtype: 1e-3 float32, 1e-6 float64).
+      return_info: also return a :class:`KernelInfo` (which path ran, fallbacks, loops, the
+        check).
 """
 
 
@@ -214,6 +241,8 @@ def empirical_ntk(
     progress=None,
     allow_train_mode: bool = True,
     check_finite: bool = True,
+    check: int | None = None,
+    check_tolerance: float | None = None,
     return_info: bool = False,
 ):
     """The empirical NTK of ``model`` between ``x1`` and ``x2``.
@@ -227,7 +256,7 @@ def empirical_ntk(
                           diagonal_axes=diagonal_axes, class_weights=class_weights, block=block, groups=groups,
                           method=method, chunk_size=chunk_size, dtype=dtype, device=device,
                           memory_budget=memory_budget, progress=progress, allow_train_mode=allow_train_mode,
-                          check_finite=check_finite)
+                          check_finite=check_finite, check=check, check_tolerance=check_tolerance)
     return (outs[ALL], info) if return_info else outs[ALL]
 
 
@@ -250,6 +279,8 @@ def empirical_ntk_by_layer(
     progress=None,
     allow_train_mode: bool = True,
     check_finite: bool = True,
+    check: int | None = None,
+    check_tolerance: float | None = None,
     return_info: bool = False,
 ):
     """Layerwise eNTKs: ``{{group: kernel}}`` in registration order, each shaped as in
@@ -261,7 +292,7 @@ def empirical_ntk_by_layer(
                           diagonal_axes=diagonal_axes, class_weights=class_weights, block=block, groups=groups,
                           method=method, chunk_size=chunk_size, dtype=dtype, device=device,
                           memory_budget=memory_budget, progress=progress, allow_train_mode=allow_train_mode,
-                          check_finite=check_finite)
+                          check_finite=check_finite, check=check, check_tolerance=check_tolerance)
     return (outs, info) if return_info else outs
 
 
@@ -294,11 +325,19 @@ def estimate_ntk(
         ctx = Ctx(model, x1, x2, reduction=reduction, trace_axes=trace_axes, diagonal_axes=diagonal_axes,
                   class_weights=class_weights, block=block, groups=groups, method=method, chunk_size=chunk_size,
                   dtype=dtype, device=device, by_layer=by_layer, plan=False, warn_stacklevel=3)
-    return planner.estimate(ctx.N1, None if ctx.x2 is None else ctx.N2, ctx.C, ctx.group_specs(),
-                            ctx.reduction or "full", ctx.dtype, by_layer=by_layer, symmetric=ctx.x2 is None,
-                            method=method, chunk_size=chunk_size, memory_budget=memory_budget, device=ctx.device,
-                            activation_per_example=ctx.act, channels=ctx.ch_shape,
-                            out_elems=int(math.prod(ctx.channels.out_shape())))
+    def plan_for(m: str) -> Plan:
+        return planner.estimate(ctx.N1, None if ctx.x2 is None else ctx.N2, ctx.C, ctx.group_specs(),
+                                ctx.reduction or "full", ctx.dtype, by_layer=by_layer, symmetric=ctx.x2 is None,
+                                method=m, chunk_size=chunk_size, memory_budget=memory_budget, device=ctx.device,
+                                activation_per_example=ctx.act, channels=ctx.ch_shape,
+                                out_elems=int(math.prod(ctx.channels.out_shape())))
+
+    plan = plan_for(method)
+    if plan.method == "ntk_vp" and ctx.forward_ad_failure() is not None:   # what would run instead
+        plan = plan_for(fastest_other(plan_for("auto").paths, ("ntk_vp",)))
+    if plan.method is not None:   # the chunk that would run (never a vmap(jacrev) hazard: see _request)
+        plan.chunk_size = safe_chunk(plan.chunk_size, ctx.jacrev_rows(plan.method))
+    return plan
 
 
 empirical_ntk.__doc__ = empirical_ntk.__doc__.format(args=_DOC_ARGS)

@@ -58,7 +58,7 @@ def flat_jacobian(
     device (``device``, default ``$ENTK_DEVICE`` or the inputs' device)."""
     ctx = flat_ctx(model, x, class_weights, groups, dtype, device)
     with no_tf32(), autograd_on(), eval_mode(ctx.model):
-        return jacobian_from_ctx(ctx, chunk_size, memory_budget, progress)
+        return ctx.run_with_fallbacks(lambda: jacobian_from_ctx(ctx, chunk_size, memory_budget, progress))
 
 
 class KernelOperator:
@@ -90,6 +90,11 @@ class KernelOperator:
         budget = resolve_budget(memory_budget, ctx.device)
         if mode == "auto":
             mode = "structured" if structured_bytes(ctx, self.op_dtype) <= budget // 2 else "vjp"
+        if mode == "vjp":
+            why = ctx.forward_ad_failure()
+            if why is not None:   # the vjp operator's jvp pass cannot run: the structured factors
+                mode = "structured"
+                ctx.exclude_path("operator:vjp", f"forward-mode AD is not supported by this model ({why})")
         self.mode = mode
         self.chunk = int(chunk_size) if chunk_size else max(1, min(self.N, 256))
         self.J = None
@@ -98,7 +103,8 @@ class KernelOperator:
         self.info.path = f"operator:{mode}"
         if mode == "jacobian":
             with no_tf32(), autograd_on(), eval_mode(ctx.model):
-                self.J = jacobian_from_ctx(ctx, chunk_size, memory_budget, progress).to(self.op_dtype)
+                self.J = ctx.run_with_fallbacks(
+                    lambda: jacobian_from_ctx(ctx, chunk_size, memory_budget, progress)).to(self.op_dtype)
         elif mode == "structured":
             need = structured_bytes(ctx, self.op_dtype)
             if need > budget:
@@ -107,7 +113,7 @@ class KernelOperator:
                     f"but the memory budget is {format_bytes(budget)}; what would fit: mode='vjp'")
             ctx.chunk = self.chunk
             with no_tf32(), autograd_on(), eval_mode(ctx.model):
-                self._op = StructuredOp(ctx, self.op_dtype, self.chunk, progress)
+                self._op = ctx.run_with_fallbacks(lambda: StructuredOp(ctx, self.op_dtype, self.chunk, progress))
         ctx.info.method = "structured" if mode != "vjp" else "ntk_vp"
 
     @property

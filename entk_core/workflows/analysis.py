@@ -101,14 +101,24 @@ def kernel_size(run: Run, reduction: str) -> int:
 
 
 def _compute_kernel(run: Run, epoch: int, members, reduction: str, beta: float | None,
-                    model: torch.nn.Module | None, progress: Progress | None) -> tuple[dict, dict]:
+                    model: torch.nn.Module | None, progress: Progress | None, check: int | None = None
+                    ) -> tuple[dict, dict]:
     m = model if model is not None else run.load_model(epoch)
     t0 = time.perf_counter()
-    K = kernels.empirical_ntk(
+    K, info = kernels.empirical_ntk(
         m, run.data.kernel_x, reduction=reduction, groups=members,
-        class_weights=_class_weights(run, beta), progress=progress,
+        class_weights=_class_weights(run, beta), progress=progress, check=check, return_info=True,
     )
-    return {"K": K.detach().cpu().numpy()}, {"kernel_s": time.perf_counter() - t0}
+    return {"K": K.detach().cpu().numpy()}, {"kernel_s": time.perf_counter() - t0, "check": info.check or None}
+
+
+def _kernel_entry(run: Run, epoch: int, group: str, reduction: str, beta: float | None, model, cache: ArrayCache,
+                  progress: Progress | None, check: int | None):
+    """The cache entry (``["K"]``, ``.meta``) of a reduced kernel, under :func:`kernel_key`."""
+    key = kernel_key(run, epoch, group=group, reduction=reduction, beta=beta)
+    members = run.group_members(group)
+    return cache.get_or_compute(
+        key, lambda: _compute_kernel(run, epoch, members, reduction, beta, model, progress, check))
 
 
 def kernel_key(run: Run, epoch: int, *, group: str = FULL, reduction: str, beta: float | None = None) -> str:
@@ -119,10 +129,12 @@ def kernel_key(run: Run, epoch: int, *, group: str = FULL, reduction: str, beta:
 
 
 def compute_kernel(run: Run, epoch: int, *, group: str = FULL, reduction: str, beta: float | None = None,
-                   model: torch.nn.Module | None = None, progress: Progress | None = None) -> np.ndarray:
+                   model: torch.nn.Module | None = None, progress: Progress | None = None,
+                   check: int | None = None) -> np.ndarray:
     """The reduced kernel (``(N, N)``, or ``(C·N, C·N)`` for ``"flat"``) of ``group`` at
-    ``epoch``, computed now and not stored (what a worker returns to the driver)."""
-    return _compute_kernel(run, epoch, run.group_members(group), reduction, beta, model, progress)[0]["K"]
+    ``epoch``, computed now and not stored (what a worker returns to the driver);
+    ``check``: spot-check it (see :func:`kernel_matrix`)."""
+    return _compute_kernel(run, epoch, run.group_members(group), reduction, beta, model, progress, check)[0]["K"]
 
 
 def kernel_matrix(
@@ -135,17 +147,21 @@ def kernel_matrix(
     model: torch.nn.Module | None = None,
     cache: ArrayCache | None = None,
     progress: Progress | None = None,
+    check: int | None = None,
 ) -> np.ndarray:
-    """The reduced ``(N, N)`` kernel ("trace" or "mean") of ``group`` at ``epoch``, cached."""
+    """The reduced ``(N, N)`` kernel ("trace" or "mean") of ``group`` at ``epoch``, cached.
+
+    ``check=k``: when the kernel is computed (not served from the cache), spot-check ``k``
+    random entries against per-example autograd in float64 (``empirical_ntk(check=k)``);
+    the record ``{"entries", "max_rel_error", "tolerance", ...}`` is stored in the cache
+    entry's metadata (``"check"``; ``None`` when no check ran), and a failed check raises
+    :class:`~entk_core.engine.checks.KernelCheckError` and caches nothing."""
     epoch = run.resolve_epoch(epoch)
     reduction = check_reduction(run, reduction)
     if reduction == "flat":
         raise ValueError("kernel_matrix serves (N, N) reductions; use spectrum() for flattened kernels")
-    members = run.group_members(group)
-    cache = cache or default_cache()
-    key = kernel_key(run, epoch, group=group, reduction=reduction, beta=beta)
-    return cache.get_or_compute(
-        key, lambda: _compute_kernel(run, epoch, members, reduction, beta, model, progress))["K"]
+    run.group_members(group)
+    return _kernel_entry(run, epoch, group, reduction, beta, model, cache or default_cache(), progress, check)["K"]
 
 
 def _spectrum_request(run: Run, epoch: int | None, group: str, reduction: str | None, top: int | None,
@@ -179,29 +195,34 @@ def compute_spectrum(
     model: torch.nn.Module | None = None,
     cache: ArrayCache | None = None,
     progress: Progress | None = None,
+    check: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """``({"eigenvalues", "eigenvectors"}, timing meta)`` of a :func:`spectrum` request,
-    computed now and not stored: what a worker process returns to the driver, which
-    stores it under :func:`spectrum_key`. With ``cache``, an ``(N, N)`` kernel is read from
-    (or stored in) it; without, nothing touches a cache."""
+    """``({"eigenvalues", "eigenvectors"}, meta)`` of a :func:`spectrum` request, computed
+    now and not stored: what a worker process returns to the driver, which stores it under
+    :func:`spectrum_key`. With ``cache``, an ``(N, N)`` kernel is read from (or stored in)
+    it; without, nothing touches a cache. ``meta``: timings, and ``"check"``: the spot
+    check's record (``check=k``; the kernel's, when it came from the cache; else ``None``)."""
     epoch, reduction, members, top, _ = _spectrum_request(run, epoch, group, reduction, top, beta)
     t0 = time.perf_counter()
     if reduction == "flat":
         m = model if model is not None else run.load_model(epoch)
-        vals, vecs = top_eigenpairs(
+        vals, vecs, info = top_eigenpairs(
             m, top, x=run.data.kernel_x, groups=members, class_weights=_class_weights(run, beta), progress=progress,
+            check=check, return_info=True,
         )
+        checked = info.check or None
         t1 = time.perf_counter()
     else:
         if cache is not None:
-            K = kernel_matrix(run, epoch, group=group, reduction=reduction, beta=beta,
-                              model=model, cache=cache, progress=progress)
+            entry = _kernel_entry(run, epoch, group, reduction, beta, model, cache, progress, check)
+            K, checked = entry["K"], entry.meta.get("check")
         else:
-            K = _compute_kernel(run, epoch, members, reduction, beta, model, progress)[0]["K"]
+            arrays, meta = _compute_kernel(run, epoch, members, reduction, beta, model, progress, check)
+            K, checked = arrays["K"], meta["check"]
         t1 = time.perf_counter()
         vals, vecs = top_eigenpairs(K, top)
     return {"eigenvalues": vals, "eigenvectors": vecs}, {
-        "kernel_s": round(t1 - t0, 4), "eig_s": round(time.perf_counter() - t1, 4),
+        "kernel_s": round(t1 - t0, 4), "eig_s": round(time.perf_counter() - t1, 4), "check": checked,
     }
 
 
@@ -249,6 +270,7 @@ def spectrum(
     model: torch.nn.Module | None = None,
     cache: ArrayCache | None = None,
     progress: Progress | None = None,
+    check: int | None = None,
 ) -> SpectrumResult:
     """Top-``top`` eigenpairs of the eNTK of ``run`` at ``epoch`` with cliffs, cached.
 
@@ -259,6 +281,12 @@ def spectrum(
         ``default_top``, or ``n`` if smaller).
       beta: importance rescaling β (families with class weights, e.g. TMS).
       model: the already loaded model at ``epoch`` (saves a reload).
+      check: when the spectrum (or its kernel) is computed rather than served from the
+        cache, spot-check this many random kernel entries against per-example autograd in
+        float64 (:mod:`entk_core.engine.checks`). ``result.meta["check"]`` is the record
+        stored with the first computation (``{"entries", "max_rel_error", "tolerance",
+        "dtype", "seconds", "worst", ...}``), ``None`` when none ran; a failed check raises
+        :class:`~entk_core.engine.checks.KernelCheckError` and caches nothing.
     """
     t_start = time.perf_counter()
     epoch, reduction, _members, top, key = _spectrum_request(run, epoch, group, reduction, top, beta)
@@ -266,7 +294,7 @@ def spectrum(
 
     def compute():
         return compute_spectrum(run, epoch, group=group, reduction=reduction, top=top, beta=beta, model=model,
-                                cache=cache, progress=progress)
+                                cache=cache, progress=progress, check=check)
 
     entry = cache.get_or_compute(key, compute)
     vals = entry["eigenvalues"]
@@ -277,6 +305,7 @@ def spectrum(
         "timing": {"kernel_s": entry.meta.get("kernel_s"), "eig_s": entry.meta.get("eig_s"),
                    "total_s": round(time.perf_counter() - t_start, 4)},
         "cache": entry.meta.get("cache"),
+        "check": entry.meta.get("check"),
         "metrics": run.metrics_at(epoch),
     }
     return SpectrumResult(vals, entry["eigenvectors"], detect_cliffs(vals), meta)

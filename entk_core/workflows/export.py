@@ -63,10 +63,11 @@ def table_csv(rows: list[dict[str, Any]]) -> bytes:
 
 def export_view(run, epoch: int | None, out: Path, *, what: Sequence[str] = WHAT, group: str | None = None,
                 reduction: str | None = None, top: int | None = None, beta: float | None = None,
-                window: tuple[int, int] | None = None, progress=None) -> dict[str, Any]:
+                window: tuple[int, int] | None = None, progress=None, check: int | None = None) -> dict[str, Any]:
     """Write the files of the module docstring into ``out`` (created); returns a summary
     ``{"files": [...], ...}``. ``window`` (inclusive) limits the exported eigenvectors
-    (default: all ``top``)."""
+    (default: all ``top``); ``check``: spot-check the kernel when it is computed (see
+    :func:`~entk_core.workflows.analysis.spectrum`)."""
     from ..store.runs import atomic_write_bytes
     from . import analysis
     from .alignment import pca_for, window_table
@@ -77,7 +78,7 @@ def export_view(run, epoch: int | None, out: Path, *, what: Sequence[str] = WHAT
         raise ValueError(f"unknown export {', '.join(bad)}; choose from {', '.join(WHAT)}")
     epoch = run.resolve_epoch(epoch)
     res = analysis.spectrum(run, epoch, group=group or analysis.FULL, reduction=reduction, top=top, beta=beta,
-                            progress=progress)
+                            progress=progress, check=check)
     labels = label_cliffs(res.cliffs, res.eigenvectors)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,16 +32,22 @@ class Services:
     cache); implements :class:`entk_core.families.base.AnalysisServices`."""
 
     cache: ArrayCache | None = None
+    check: int | None = None
+    """Spot-check this many kernel entries of every spectrum / kernel computed (not served
+    from the cache) through these services (``check=`` of
+    :func:`~entk_core.workflows.analysis.spectrum`); a call's own ``check=`` wins."""
 
     def __post_init__(self) -> None:
         self.cache = self.cache or default_cache()
 
     def spectrum(self, run: Run, epoch: int | None = None, **kw: Any) -> analysis.SpectrumResult:
         """:func:`entk_core.workflows.analysis.spectrum` on this cache (same keywords)."""
+        kw.setdefault("check", self.check)
         return analysis.spectrum(run, epoch, cache=self.cache, **kw)
 
     def kernel_matrix(self, run: Run, epoch: int | None = None, **kw: Any) -> np.ndarray:
         """:func:`entk_core.workflows.analysis.kernel_matrix` on this cache (same keywords)."""
+        kw.setdefault("check", self.check)
         return analysis.kernel_matrix(run, epoch, cache=self.cache, **kw)
 
     def sweep(self, run: Run, spec: SweepSpec | None = None, *, progress=None, workers: int | None = None) -> SweepResult:
