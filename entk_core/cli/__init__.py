@@ -16,8 +16,8 @@ import os
 import sys
 from typing import Sequence
 
-from ..store.runs import RunError
-from .common import one_line, tqdm_progress
+from ..errors import USER_ERRORS, one_line
+from .common import tqdm_progress
 
 __all__ = ["main", "build_parser", "one_line", "tqdm_progress", "COMMAND_MODULES"]
 
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted (nothing saved is lost; `train` resumes from the last checkpoint)", file=sys.stderr)
         return 130
-    except (RunError, ValueError, FileNotFoundError, PermissionError, MemoryError) as e:
+    except USER_ERRORS as e:  # bad input (entk_core.errors): one line, status 2
         if os.environ.get("ENTK_DEBUG"):
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
