@@ -1,16 +1,19 @@
 """eNTK Explorer core library: empirical neural tangent kernels, their spectra, and
-their alignment with ground-truth features. No Streamlit import anywhere in here.
+their alignment with ground-truth features. Streamlit is imported only by the pages layer:
+:mod:`entk_core.ui` (the dashboard's helpers) and the families' page scripts (``page.py``),
+never by this package's import.
 
 The public API is re-exported below; everything else is internal. Shapes and axis
 conventions are documented on each function and in docs/ARCHITECTURE.md. A plug-in
 family needs only :class:`ModelFamily`, :class:`Dataset`, :class:`FeatureFamily` (and
-:class:`SweepSpec` / :class:`AnalysisServices` for its optional hooks).
+:class:`SweepSpec` / :class:`AnalysisServices` for its optional hooks, :class:`FamilyPage`
+for a dashboard page of its own).
 """
 from .engine.kernels import MemoryBudgetError, empirical_ntk, empirical_ntk_by_layer, layer_groups, param_group
 from .engine.operators import KernelOperator, flat_jacobian, flat_top_eigenpairs, gram_eigenpairs
 from .engine.spectra import Cliff, detect_cliffs, label_cliffs, top_eigenpairs
-from .families.base import (AnalysisServices, Dataset, FeatureFamily, ModelFamily, SweepSpec, get_family,
-                            list_families, register)
+from .families.base import (AnalysisServices, Dataset, FamilyPage, FeatureFamily, ModelFamily, SweepSpec,
+                            get_family, list_families, register)
 from .families.run import Run, list_runs, open_run
 from .store.runs import RunError
 from .workflows.training import train
@@ -19,6 +22,7 @@ __all__ = [
     "AnalysisServices",
     "Cliff",
     "Dataset",
+    "FamilyPage",
     "FeatureFamily",
     "KernelOperator",
     "MemoryBudgetError",
