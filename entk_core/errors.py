@@ -3,8 +3,8 @@
 Bad input -- a missing or corrupt file, wrong shapes, NaN weights, a request that would not
 fit, a wrong path -- is a *user error*: the CLI prints it as one ``error: ...`` line and exits
 with status 2, the dashboard shows it as one ``st.error`` line. Anything else is a bug: the
-CLI says ``unexpected ...`` (status 1) and the dashboard shows the traceback under
-``ENTK_DEBUG=1``; both log it.
+CLI says ``unexpected ...`` (status 1), the dashboard says so in one line and logs the
+traceback; with ``ENTK_DEBUG=1`` (:func:`debug_enabled`) both show the traceback.
 
 What counts as a user error (:func:`is_user_error`): :data:`USER_ERRORS` (``ValueError``
 and its subclasses such as ``RunError`` and ``MemoryBudgetError``, missing files, denied
@@ -15,7 +15,9 @@ a ``KeyError`` or a torch ``RuntimeError`` is a bug until a layer turns it into 
 """
 from __future__ import annotations
 
-__all__ = ["USER_ERRORS", "is_user_error", "one_line"]
+import os
+
+__all__ = ["USER_ERRORS", "debug_enabled", "is_user_error", "one_line"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, MemoryError)
 """Exception classes that mean bad input (their message is for the user, one line)."""
@@ -31,3 +33,8 @@ def one_line(e: BaseException) -> str:
 def is_user_error(e: BaseException) -> bool:
     """Whether ``e`` reports bad input (module docstring) rather than a bug."""
     return isinstance(e, USER_ERRORS) or getattr(e, "user_error", False) is True
+
+
+def debug_enabled() -> bool:
+    """Whether ``ENTK_DEBUG`` asks for tracebacks (set, and neither empty nor ``0``)."""
+    return os.environ.get("ENTK_DEBUG", "") not in ("", "0")

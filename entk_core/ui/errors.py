@@ -9,28 +9,22 @@ the runs folder, the cache folder and the repository are shown relative
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import streamlit as st
 
-from ..errors import is_user_error, one_line
+from ..errors import debug_enabled, is_user_error, one_line
 from ..store.runs import runs_root
 
-__all__ = ["LOG", "relative_paths", "error_line", "guarded", "is_control_flow", "debug"]
+__all__ = ["LOG", "relative_paths", "error_line", "guarded", "is_control_flow"]
 
 LOG = logging.getLogger("entk_core.ui")
 """Where :func:`guarded` logs what it catches: user errors at INFO, bugs at ERROR, both with
 the traceback (a worker's traceback too)."""
 
 _CONTROL_FLOW = ("RerunException", "StopException", "FragmentHandledException", "FragmentStorageKeyError")
-
-
-def debug() -> bool:
-    """Whether ``ENTK_DEBUG`` asks for tracebacks (any value but empty or ``0``)."""
-    return os.environ.get("ENTK_DEBUG", "") not in ("", "0")
 
 
 def relative_paths(text: str) -> str:
@@ -86,9 +80,9 @@ def guarded(what: str = "") -> Iterator[None]:
             st.error(prefix + error_line(e), icon="⚠️")
             return
         LOG.error("%sunexpected %s: %s%s", prefix, type(e).__name__, one_line(e), extra, exc_info=True)
-        hint = "" if debug() else " (a bug: the server log has the traceback; ENTK_DEBUG=1 shows it here)"
+        hint = "" if debug_enabled() else " (a bug: the server log has the traceback; ENTK_DEBUG=1 shows it here)"
         st.error(f"{prefix}unexpected {type(e).__name__}: {error_line(e)}{hint}", icon="⚠️")
-        if debug():
+        if debug_enabled():
             st.exception(e)
             if worker:
                 st.code(worker, language=None)
