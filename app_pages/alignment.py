@@ -61,7 +61,7 @@ def _spectrum(g: str):
     kw = {"epoch": epoch, "group": g, "reduction": fam.default_reduction, "top": int(top), "beta": beta}
     return long_call(f"spectrum|{run.path}|{sorted(kw.items())}", f"the {g} eNTK spectrum", analysis.spectrum, run,
                      target="entk_core.workflows.analysis:spectrum", kwargs=kw,
-                     estimate_s=spectrum_seconds(run, epoch, group=g, top=int(top), beta=beta))
+                     estimate_s=lambda: spectrum_seconds(run, epoch, group=g, top=int(top), beta=beta))
 
 
 with guarded("cannot compute the alignment"):

@@ -42,7 +42,7 @@ st.caption(
 def _sweep(r, label):
     return long_call(f"sweep|{r.path}|{group}", f"the sweep of {label}", alignment.grokking_sweep, r,
                      target="entk_core.workflows.alignment:grokking_sweep", kwargs={"group": group},
-                     estimate_s=sweep_seconds(r, group=group))
+                     estimate_s=lambda: sweep_seconds(r, group=group))
 
 
 with guarded("cannot compute the sweep"):
@@ -84,7 +84,7 @@ with guarded("cannot compute the sweep"):
         pca = long_call(f"pca|{run.path}|{res.windows[wi].size}|{fams}", "the PCA baseline over training",
                         alignment.pca_over_training, run, target="entk_core.workflows.alignment:pca_over_training",
                         kwargs={"sizes": [res.windows[wi].size], "families": list(fams)},
-                        estimate_s=pca_over_training_seconds(run))
+                        estimate_s=lambda: pca_over_training_seconds(run))
     elif not fam.offers("pca"):
         pca_note = " (no PCA baseline: the family declares no hidden activations)"
     if other is not None and other[0].path != run.path:

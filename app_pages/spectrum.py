@@ -65,8 +65,8 @@ kw = {"epoch": epoch, "group": group, "reduction": reduction, "top": int(top), "
 with guarded("cannot compute the spectrum"):
     (res, dt) = timed(long_call, f"spectrum|{run.path}|{sorted(kw.items())}", "the eNTK spectrum", analysis.spectrum,
                       run, target="entk_core.workflows.analysis:spectrum", kwargs=kw,
-                      estimate_s=spectrum_seconds(run, epoch, group=group, reduction=reduction, top=int(top),
-                                                  beta=beta))
+                      estimate_s=lambda: spectrum_seconds(run, epoch, group=group, reduction=reduction,
+                                                          top=int(top), beta=beta))
     if res is None:
         stop()
     labels = res.labels
@@ -80,8 +80,8 @@ with guarded("cannot compute the spectrum"):
             kw2 = {**kw, "epoch": epoch2}
             res2 = long_call(f"spectrum|{run2.path}|{sorted(kw2.items())}", f"the spectrum at {lab2}",
                              analysis.spectrum, run2, target="entk_core.workflows.analysis:spectrum", kwargs=kw2,
-                             estimate_s=spectrum_seconds(run2, epoch2, group=group, reduction=reduction,
-                                                         top=int(top), beta=beta))
+                             estimate_s=lambda: spectrum_seconds(run2, epoch2, group=group, reduction=reduction,
+                                                                 top=int(top), beta=beta))
             if res2 is not None:
                 extra = {lab2: res2.eigenvalues}
     V = res.eigenvectors

@@ -23,7 +23,7 @@ ASK_ABOVE_S = 10.0
 
 
 def long_call(key: str, label: str, fn: Callable, run: Run, *, target: str, kwargs: dict[str, Any],
-              estimate_s: float | None) -> Any:
+              estimate_s: float | Callable[[], float | None] | None) -> Any:
     """Return ``fn(run, **kwargs)`` (a cached operation taking ``cache=`` and ``progress=``).
 
     A cached result comes back at once. Otherwise, below :data:`ASK_ABOVE_S` (or when no
@@ -32,10 +32,14 @@ def long_call(key: str, label: str, fn: Callable, run: Run, *, target: str, kwar
     (:class:`entk_core.workflows.jobs.Job`) with progress and a **Stop** button. Stop,
     leaving the page or changing any control interrupts this script run, which kills the
     worker at once. Returns ``None`` (after drawing the offer) when nothing was computed.
-    ``key`` identifies the request (include every argument)."""
+    ``key`` identifies the request (include every argument). ``estimate_s``: seconds, or a
+    function giving them (:mod:`entk_core.workflows.estimates`), called only when the result
+    is not cached (a warm rerun costs no estimate)."""
     hit = cached(fn, run, **kwargs)
     if hit is not None:
         return hit
+    if callable(estimate_s):
+        estimate_s = estimate_s()
     state = st.session_state.setdefault("_long", {})
     small = estimate_s is None or estimate_s <= ASK_ABOVE_S
     if small:

@@ -117,13 +117,13 @@ with guarded("cannot compute the overlap over training"):
     sw = long_call(f"tfsweep|{run.path}|{alignment.spec_dict(spec)}",
                    f"the {group} spectrum at each of {len(run.epochs)} checkpoints", alignment.spec_sweep, run,
                    target="entk_core.workflows.alignment:spec_sweep", kwargs={"spec": alignment.spec_dict(spec)},
-                   estimate_s=sweep_seconds(run, spec))
+                   estimate_s=lambda: sweep_seconds(run, spec))
     if sw is not None and sel_fams:
         size = blocks[block][1] - blocks[block][0]
         pca = long_call(f"tfpca|{run.path}|{size}|{sel_fams}", "the PCA baseline over training",
                         alignment.pca_over_training, run, target="entk_core.workflows.alignment:pca_over_training",
                         kwargs={"sizes": [size], "families": list(sel_fams)},
-                        estimate_s=pca_over_training_seconds(run))
+                        estimate_s=lambda: pca_over_training_seconds(run))
         cv = views.overlap_curves(sw, block, sel_fams, pca=pca, with_dims=False, peak_of=sel_fams[0])
         m = run.metrics
         ofig = overlap_figure(cv.epochs, cv.curves, derivatives=cv.derivatives, dashed=cv.dashed, current=epoch,
