@@ -191,28 +191,32 @@ def test_the_parser_sees_the_known_structure():
     assert ("entk_core.workflows.sweep", "entk_core.workflows.analysis") in edges
     assert ("entk_core.families.run", "entk_core.store.runs") in edges
     assert ("entk_core.families.modadd_mlp", "entk_core.families.modadd_mlp.analysis") in edges
-    assert _layer("entk_core.engine.kernels") == "engine" and _layer("pages._shared") == "pages"
+    assert _layer("entk_core.engine.kernels") == "engine" and _layer("app_pages.spectrum") == "pages"
+
+
+def _in_tree(root: Path, files: dict[str, str], check):
+    """``check()`` run on a tree of ``files`` written under ``root`` instead of the repository."""
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    globals()["REPO"], saved = root, REPO
+    try:
+        return check()
+    finally:
+        globals()["REPO"] = saved
 
 
 def test_the_checker_catches_an_upward_import_and_a_cycle(tmp_path):
     """A deliberately broken tree: the checker reports both faults."""
-    root = tmp_path / "repo"
-    for rel, text in {
+    found = _in_tree(tmp_path / "repo", {
         "entk_core/__init__.py": "",
         "entk_core/engine/a.py": "def f():\n    from ..workflows import b\n",
         "entk_core/workflows/b.py": "from ..engine import a\n",
         "entk_core/store/c.py": "from ..engine.a import _hidden\n",
         "pages/p.py": "x = run.family.name == 'tms'\nsame = a.family.name == b.family.name\n",
         "app.py": "",
-    }.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    globals()["REPO"], saved = root, REPO
-    try:
-        kinds = {k for k, _ in _violations()}
-    finally:
-        globals()["REPO"] = saved
-    assert kinds == {"upward", "cycle", "private", "family-name"}
+    }, _violations)
+    assert {k for k, _ in found} == {"upward", "cycle", "private", "family-name"}
 
 
 def test_layers_point_down_without_cycles_or_private_names():
@@ -347,8 +351,7 @@ def _page_violations_in(repo: Path) -> frozenset[tuple[str, str]]:
 
 def test_the_page_checker_catches_each_fault(tmp_path):
     """A deliberately broken tree: every rule of the pages layer is reported."""
-    root = tmp_path / "repo"
-    for rel, text in {
+    found = _in_tree(tmp_path / "repo", {
         "entk_core/__init__.py": "",
         "entk_core/families/__init__.py": "",
         "entk_core/families/base.py": "class ModelFamily: ...\n",
@@ -361,14 +364,7 @@ def test_the_page_checker_catches_each_fault(tmp_path):
                            "from entk_core.families import tms\n"
                            "x = isinstance(run.family, tms.TMSFamily)\ny = wlm._fmt_s(3)\n"),
         "app.py": "",
-    }.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    globals()["REPO"], saved = root, REPO
-    try:
-        found = _page_violations()
-    finally:
-        globals()["REPO"] = saved
+    }, _page_violations)
     kinds = {k for k, _ in found}
     assert kinds == {"too-long", "streamlit", "family-import", "family-type", "private"}, found
     msgs = "\n".join(m for _, m in found)
