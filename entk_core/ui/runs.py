@@ -57,11 +57,9 @@ def load_model(run: Run, epoch: int):
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def _view_inputs(path: str, epoch: int, sha: str, rows: int) -> ViewInputs:
-    run = open_run(path)
-    last = run.epochs[-1]
-    return view_inputs(run, epoch, rows=rows, model=_load_model(path, epoch, sha),
-                       final_model=_load_model(path, last, run.checkpoint_sha(last)))
+def _view_inputs(path: str, epoch: int, sha: str, last: int, last_sha: str, rows: int) -> ViewInputs:
+    return view_inputs(open_run(path), epoch, rows=rows, model=_load_model(path, epoch, sha),
+                       final_model=_load_model(path, last, last_sha))
 
 
 def view_inputs_of(run: Run, epoch: int, reduction: str | None = None) -> ViewInputs:
@@ -69,7 +67,8 @@ def view_inputs_of(run: Run, epoch: int, reduction: str | None = None) -> ViewIn
     (default: the family's): :func:`entk_core.workflows.views.view_inputs`, built once per
     checkpoint and shared across sessions and reruns (the same for every control on a page)."""
     rows = kernel_size_of(run, reduction or run.family.default_reduction)
-    return _view_inputs(str(run.path), epoch, run.checkpoint_sha(epoch), rows)
+    last = run.epochs[-1]  # the families come from the final model: a new checkpoint is a new entry
+    return _view_inputs(str(run.path), epoch, run.checkpoint_sha(epoch), last, run.checkpoint_sha(last), rows)
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
