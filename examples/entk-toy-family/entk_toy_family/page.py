@@ -6,8 +6,8 @@ helpers (:mod:`entk_core.ui`: the sidebar's run and epoch, URL-mirrored controls
 errors) and reads the family's own align report through the cached services.
 
 What it shows: the inputs (x0, x1) coloured by one top eigenvector of the eNTK at the
-sidebar's checkpoint -- once the network has learnt XOR, a top eigenvector changes sign
-with x0·x1 -- and how much of the ``xor`` and ``linear`` families the top-k eigenvectors span.
+sidebar's checkpoint (a sign pattern by quadrant is the XOR feature x0·x1, a gradient along
+an axis a linear one), and how much of each family the top-k eigenvectors span.
 """
 import plotly.graph_objects as go
 import streamlit as st
