@@ -14,7 +14,6 @@ from torch import nn
 
 import numpy as np
 
-from ...engine.measures import rotate_cliff
 from ..base import AnalysisServices, Dataset, FeatureFamily, ModelFamily, SweepSpec, seeded
 from ..data import modadd_onehot, modadd_pairs, random_split
 from ..features import modadd_families
@@ -87,7 +86,7 @@ class ModAddMLPFamily(ModelFamily):
         """The two-stage Laplacian rotation of :func:`entk_core.families.modadd_mlp.analysis.analyse_cliff`:
         the axis pair when the window overlaps ``a``/``b`` more than ``sum``/``diff``, else the sum/diff pair."""
         kind = analysis.rotation_kind({k: round(float(v), 4) for k, v in overlaps.items()})
-        return rotate_cliff(block, cfg.p, kind), kind
+        return analysis.rotate_cliff(block, cfg.p, kind), kind  # the rotation analyse_cliff uses
 
     def hidden_activations(self, model: nn.Module, x: Any) -> torch.Tensor:
         """The hidden layer after the quadratic activation, ``(N, width)`` (the input of ``net.3``)."""
