@@ -235,11 +235,6 @@ def test_every_layer_has_modules(layer):
 
 
 # ------------------------------------------------------- the pages layer (issues 19 §3, 21)
-MAX_LINES = 700
-LONG_PENDING = {"entk_core/engine/_ctx.py", "entk_core/engine/kernels.py", "entk_core/engine/operators.py",
-                "entk_core/engine/planner.py"}
-"""Modules over :data:`MAX_LINES` owned by another issue (the engine split of issue 21), to be
-removed by it: the test fails when an entry is no longer too long, so the set can only shrink."""
 GENERIC_PAGES = ("app", "app_pages", "entk_core.ui")
 """Modules that serve every family (the generic pages, the shared sidebar and page helpers)."""
 FAMILY_AGNOSTIC = {"entk_core.families", "entk_core.families.base", "entk_core.families.run"}
@@ -303,17 +298,13 @@ def _page_violations() -> set[tuple[str, str]]:
 @functools.lru_cache(maxsize=4)
 def _page_violations_in(repo: Path) -> frozenset[tuple[str, str]]:
     """The rules of the pages layer (docs/ARCHITECTURE.md): generic pages import no family
-    package and test no family type; Streamlit only in the pages layer; no module over
-    :data:`MAX_LINES` lines; no private name of another module reached by attribute."""
+    package and test no family type; Streamlit only in the pages layer; no private name of
+    another module reached by attribute."""
     sources = _sources()
     found: set[tuple[str, str]] = set()
     for mod, path in sources.items():
-        text = path.read_text(encoding="utf-8")
-        tree = ast.parse(text, filename=str(path))
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         rel = path.relative_to(REPO)
-        lines = len(text.splitlines())
-        if lines > MAX_LINES:
-            found.add(("too-long", f"{rel} has {lines} lines (at most {MAX_LINES})"))
         is_pkg = path.name == "__init__.py"
         for node in ast.walk(tree):
             targets = []
@@ -357,7 +348,7 @@ def test_the_page_checker_catches_each_fault(tmp_path):
         "entk_core/families/base.py": "class ModelFamily: ...\n",
         "entk_core/families/tms/__init__.py": "class TMSFamily: ...\n",
         "entk_core/families/tms/page.py": "import streamlit as st\nfrom entk_core.families.tms import TMSFamily\n",
-        "entk_core/workflows/lm.py": "def _fmt_s(s):\n    return str(s)\n" + "x = 1\n" * MAX_LINES,
+        "entk_core/workflows/lm.py": "def _fmt_s(s):\n    return str(s)\n",
         "entk_core/workflows/chart.py": "import streamlit\n",
         "entk_core/ui/__init__.py": "from entk_core.families import base\nok = isinstance(1, base.ModelFamily)\n",
         "app_pages/p.py": ("from entk_core.families.tms import analysis\nfrom entk_core.workflows import lm as wlm\n"
@@ -366,7 +357,7 @@ def test_the_page_checker_catches_each_fault(tmp_path):
         "app.py": "",
     }, _page_violations)
     kinds = {k for k, _ in found}
-    assert kinds == {"too-long", "streamlit", "family-import", "family-type", "private"}, found
+    assert kinds == {"streamlit", "family-import", "family-type", "private"}, found
     msgs = "\n".join(m for _, m in found)
     assert "entk_core/workflows/chart.py (workflows) imports streamlit" in msgs
     assert "tms/page.py" not in msgs  # a family's own page may import its package and Streamlit
@@ -390,15 +381,116 @@ def test_streamlit_only_in_the_pages_layer():
     assert _layer("entk_core.families.tms") == "families"
 
 
-def test_no_module_over_700_lines():
-    long_ = {m.split(" has ")[0]: m for k, m in _page_violations() if k == "too-long"}
-    new = sorted(m for f, m in long_.items() if f not in LONG_PENDING)
-    fixed = sorted(LONG_PENDING - set(long_))
-    assert not new, "\n".join(new)
-    assert not fixed, "no longer too long, so delete from LONG_PENDING: " + ", ".join(fixed)
-
-
 def test_no_private_name_reached_by_attribute():
     """``wlm._fmt_s(x)`` is a private import in disguise (the layering test's private rule)."""
     found = sorted(m for k, m in _page_violations() if k == "private")
     assert not found, "\n".join(found)
+
+
+# ------------------------------------------------------------ sizes and knowledge
+MAX_MODULE_LINES = 700
+"""No module of entk_core/ or app_pages/ (nor app.py) is longer (the brief: each reads in one sitting)."""
+
+
+def _long_modules() -> list[str]:
+    """``"path (lines)"`` of every module of entk_core/, app_pages/ and app.py over :data:`MAX_MODULE_LINES`."""
+    out = []
+    for p in sorted(_sources().values()):
+        n = len(p.read_text(encoding="utf-8").splitlines())
+        if n > MAX_MODULE_LINES:
+            out.append(f"{p.relative_to(REPO)} ({n} lines)")
+    return out
+
+
+def _family_words() -> set[str]:
+    """Names that are family knowledge: every family package's name under entk_core/families
+    (``modadd_mlp``) and its registry spelling (``modadd-mlp``), the built-in registry names,
+    and the vocabulary of the modular-arithmetic families."""
+    pkgs = {p.parent.name for p in (REPO / "entk_core" / "families").glob("*/__init__.py")}
+    return pkgs | {p.replace("_", "-") for p in pkgs} | BUILTIN_FAMILIES | {"modular", "modadd", "torus"}
+
+
+def _engine_family_knowledge() -> list[str]:
+    """Where the engine knows a family: a definition of a Laplacian or a cliff rotation of a
+    particular input geometry (any function or class named ``*laplacian*``, ``*torus*`` or
+    ``rotate_cliff``), or a family's name anywhere in its source (code, strings, comments)."""
+    import re
+
+    words = _family_words()
+    pattern = re.compile(r"(?<!\w)(" + "|".join(sorted(map(re.escape, words), key=len, reverse=True))
+                         + r")(?!\w)", re.IGNORECASE)
+    out = []
+    for p in sorted((REPO / "entk_core" / "engine").rglob("*.py")):
+        rel = p.relative_to(REPO)
+        text = p.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                low = node.name.lower()
+                if "laplacian" in low or "torus" in low or low == "rotate_cliff":
+                    out.append(f"{rel}:{node.lineno} defines {node.name}")
+        for i, line in enumerate(text.splitlines(), 1):
+            m = pattern.search(line)
+            if m:
+                out.append(f"{rel}:{i} names {m.group(1)!r}")
+    return out
+
+
+def _store_imports_planner() -> list[str]:
+    """Store modules that import the engine's planner (the store needs at most the engine's
+    bottom helpers, :mod:`entk_core.engine.units`)."""
+    sources = _sources()
+    return sorted(f"{a} imports {_internal(b, sources)}" for a, b, _ in _edges(sources)
+                  if a.startswith("entk_core.store") and _internal(b, sources) == "entk_core.engine.planner")
+
+
+def test_no_module_of_entk_core_is_over_700_lines():
+    long = _long_modules()
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by concern):\n" + "\n".join(long)
+
+
+def test_the_engine_defines_no_family_laplacian_and_names_no_family():
+    found = _engine_family_knowledge()
+    assert not found, ("the engine knows no family: move this into the family's package "
+                       "(entk_core/families/NAME/):\n" + "\n".join(found))
+
+
+def test_the_store_does_not_import_the_planner():
+    found = _store_imports_planner()
+    assert not found, "the store imports the planner (use entk_core.engine.units):\n" + "\n".join(found)
+
+
+def test_the_size_knowledge_and_store_checks_catch_planted_violations(tmp_path):
+    """A deliberately broken tree: each of the three checks above reports its fault, and a
+    clean tree passes them."""
+    root = tmp_path / "repo"
+    files = {
+        "entk_core/__init__.py": "",
+        "entk_core/engine/units.py": "def parse_bytes(v):\n    return int(v)\n",
+        "entk_core/engine/planner.py": "from .units import parse_bytes\n",
+        "entk_core/engine/spectra.py": "def fix_signs(v):\n    return v\n",
+        "entk_core/families/modadd_mlp/__init__.py": "",
+        "entk_core/store/cache.py": "from ..engine.units import parse_bytes\n",
+        "app.py": "",
+    }
+    broken = {
+        "entk_core/engine/big.py": "x = 1\n" * (MAX_MODULE_LINES + 1),
+        "entk_core/engine/measures.py": "def torus_laplacian(p):\n    return p\n",
+        "entk_core/engine/notes.py": "# tuned on the modadd-mlp run\n",
+        "entk_core/store/runs.py": "from ..engine.planner import parse_bytes\n",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    globals()["REPO"], saved = root, REPO
+    try:
+        clean = (_long_modules(), _engine_family_knowledge(), _store_imports_planner())
+        for rel, text in broken.items():
+            (root / rel).write_text(text)
+        long, knowledge, store = _long_modules(), _engine_family_knowledge(), _store_imports_planner()
+    finally:
+        globals()["REPO"] = saved
+    assert clean == ([], [], [])
+    assert long == [f"entk_core/engine/big.py ({MAX_MODULE_LINES + 1} lines)"]
+    assert any("defines torus_laplacian" in k for k in knowledge)
+    assert any("notes.py:1 names 'modadd-mlp'" in k for k in knowledge)
+    assert store == ["entk_core.store.runs imports entk_core.engine.planner"]
