@@ -23,6 +23,7 @@ __all__ = ["main", "build_parser", "one_line", "tqdm_progress", "COMMAND_MODULES
 COMMAND_MODULES = (
     "entk_core.cli.runs",
     "entk_core.cli.analysis",
+    "entk_core.cli.dynamics",
     "entk_core.cli.grid",
     "entk_core.cli.export",
     "entk_core.cli.lm",

@@ -73,8 +73,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     obj = res.to_json()
+    top_ev = [float(v[0]) for v in res.eigenvalues]
 
     def text(o: dict[str, Any]) -> str:
+        o = {**o, "top_eigenvalue": top_ev}
         fams = list(o["families"])
         lines = [f"{o['run']}: sweep of the {o['group']} eNTK ({o['reduction']}) over {len(o['table'])} checkpoints "
                  f"({o['cache']}, {o['total_s']:.1f} s); windows from {o['window_group']} at epoch {o['reference_epoch']}",
@@ -82,11 +84,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                  f"  grokking onset: {o['onset_epoch']}; overlap-derivative peak: {o['peak_epoch']}"
                  + (f" ({o['primary']['window']} vs {o['primary']['family']})" if o["primary"] else ""),
                  "  % overlap of each window with " + "/".join(fams) + " (test acc):"]
-        for row in o["table"]:
+        if not fams:
+            lines[-1] = ("  no feature families for this kernel (the family declares none): "
+                         "each checkpoint's top eigenvalue and cliff sizes (test acc):")
+            for row, ev in zip(o["table"], o["top_eigenvalue"]):
+                acc = "–" if row["test_acc"] is None else f"{row['test_acc']:.0%}"
+                sizes = ", ".join(f"{c['label']} {c['size']}" for c in row["cliffs"]) or "none"
+                lines.append(f"    epoch {row['epoch']:>5} ({acc:>4})  λ_max {ev:.4g}  cliffs: {sizes}")
+        for row in o["table"] if fams else []:
             acc = "–" if row["test_acc"] is None else f"{row['test_acc']:.0%}"
             cells = "  ".join(f"{lab}: " + "/".join("–" if v is None else f"{v:.0f}" for v in ov.values())
                               for lab, ov in row["overlap_pct"].items())
             lines.append(f"    epoch {row['epoch']:>5} ({acc:>4})  {cells}")
+        if o.get("unvouched_metrics"):
+            lines.append(f"  note: the test accuracies are not vouched for: {o['unvouched_metrics']['reason']}")
         return "\n".join(lines)
 
     emit(args, obj, text)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from ..errors import one_line
 
-__all__ = ["tqdm_progress", "emit", "one_line", "add_family_options", "add_executor_options"]
+__all__ = ["tqdm_progress", "progress_lines", "emit", "one_line", "add_family_options", "add_executor_options"]
 
 
 class _Progress:
@@ -40,6 +40,33 @@ class _Progress:
 
 def tqdm_progress(desc: str) -> _Progress:
     return _Progress(desc, mode=os.environ.get("ENTK_PROGRESS", "auto"))
+
+
+class _LineProgress(_Progress):
+    """A tqdm bar on a terminal; elsewhere (a pipe, a log file, a notebook cell) plain stderr
+    lines ``desc: done/total message``, at most one a second plus the first and the last."""
+
+    def __init__(self, desc: str, mode: str = "auto", every_s: float = 1.0):
+        super().__init__(desc, mode)
+        self.lines = mode in ("auto", "on", "lines") and not (mode != "lines" and sys.stderr.isatty())
+        self.enabled = self.enabled and not self.lines
+        self.every_s, self._last = every_s, None
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        if not self.lines:
+            return super().__call__(done, total, message)
+        import time
+
+        now = time.monotonic()
+        if self._last is None or done >= total or now - self._last >= self.every_s:
+            self._last = now
+            print(f"{self.desc}: {done}/{total} {message}".rstrip(), file=sys.stderr, flush=True)
+
+
+def progress_lines(desc: str) -> _Progress:
+    """Progress for long commands that must report it in every setting: a bar on a terminal,
+    stderr lines otherwise (``ENTK_PROGRESS=off``: nothing; ``=lines``: lines even on a terminal)."""
+    return _LineProgress(desc, mode=os.environ.get("ENTK_PROGRESS", "auto"))
 
 
 def emit(args: argparse.Namespace, obj: dict[str, Any], text: Callable[[dict[str, Any]], str]) -> None:

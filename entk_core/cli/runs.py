@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 from ..families.base import family_errors, family_origin, get_family, list_families
@@ -19,7 +21,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     fam = get_family(args.family)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(fam.Config) if getattr(args, f.name) is not None}
-    cfg = fam.Config(**overrides)
+    cfg = fam.config_from_dict(overrides)  # types, ranges and memory, one line naming the field
     out = args.out or str(runs_root() / f"{fam.name}-seed{cfg.seed}")
     bar = tqdm_progress(f"train {fam.name}")
     try:
@@ -42,7 +44,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     checkpoints = parse_checkpoint_args(args.checkpoint or [])
     bar = tqdm_progress(f"import {fam.name}")
     try:
-        run = import_run(fam, cfg, checkpoints, args.out, progress=bar)
+        run = import_run(fam, cfg, checkpoints, args.out, progress=bar,
+                         config_file=None if args.config is None else Path(args.config).name)
     finally:
         bar.close()
     info = run.info()
@@ -81,7 +84,16 @@ def cmd_info(args: argparse.Namespace) -> int:
                   if i["checkpoints"] else "  checkpoints: none"),
                  "  final: " + ", ".join(f"{k}={v:.4g}" for k, v in i["final_metrics"].items() if isinstance(v, float)),
                  "  layer groups: " + ", ".join(i["groups"])]
-        shown = {"name", "family", "status", "path", "config", "checkpoints", "final_metrics", "groups"}
+        if i.get("import"):
+            imp = i["import"]
+            lines.insert(3, f"  imported: epochs {', '.join(map(str, imp['epochs']))}"
+                            + (f" with config {imp['config_file']} " if imp.get("config_file") else " ")
+                            + json.dumps(imp["config"]))
+        if i.get("unvouched_metrics"):
+            um = i["unvouched_metrics"]
+            lines.append(f"  not vouched for ({', '.join(um['keys'])}): {um['reason']}")
+        shown = {"name", "family", "status", "path", "config", "checkpoints", "final_metrics", "groups", "import",
+                 "unvouched_metrics", "imported"}
         extra = {k: v for k, v in i.items() if k not in shown}
         lines += [f"  {k}: {v}" for k, v in extra.items()]
         return "\n".join(lines)

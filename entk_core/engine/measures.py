@@ -408,13 +408,23 @@ def grokking_onset(
 
 
 def derivative_peak_epoch(epochs, overlap) -> float:
-    """The logged epoch at which :func:`local_first_derivative` of ``overlap`` is largest
-    (first one on ties)."""
+    """Where :func:`local_first_derivative` of ``overlap`` is largest (first one on ties).
+
+    An interior maximum is reported at its logged epoch (the central difference there
+    spans the two intervals around it). At the first or the last logged epoch the
+    derivative is a one-sided difference, the rise over that single interval, so a maximum
+    there is reported at that interval's midpoint: a curve that jumps from 0.3 to 98.6
+    between epochs 0 and 10 peaks at 5, not at 0, where nothing had risen yet."""
     e = to_numpy(epochs).reshape(-1)
     y = to_numpy(overlap).reshape(-1)
     if e.size != y.size or e.size == 0:
         raise ValueError("epochs and overlap must be non-empty and of the same length")
-    return float(e[int(np.argmax(local_first_derivative(y)))])
+    i = int(np.argmax(local_first_derivative(y)))
+    if e.size >= 2 and i == 0:
+        return float((e[0] + e[1]) / 2)
+    if e.size >= 2 and i == e.size - 1:
+        return float((e[-2] + e[-1]) / 2)
+    return float(e[i])
 
 
 # --------------------------------------------------- linearised predictor

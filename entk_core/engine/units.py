@@ -28,14 +28,14 @@ def parse_bytes(value: int | float | str) -> int:
     if isinstance(value, bool):
         raise ValueError(f"not a byte count: {value!r}")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"memory budget must be a positive number of bytes, got {value!r}")
+        if not math.isfinite(value) or value <= 0 or value >= 2**63:
+            raise ValueError(f"memory budget must be a positive number of bytes below 2**63, got {value!r}")
         return int(value)
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]i?)?[bB]?\s*", str(value))
     if not m:
         raise ValueError(f"cannot parse a byte count from {value!r} (examples: 4GB, 512MiB, 1e9)")
     n = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
-    if not math.isfinite(n):
+    if not math.isfinite(n) or n >= 2**63:  # (sqlite and torch hold 64-bit integers)
         raise ValueError(f"byte count too large: {value!r}")
     if n <= 0:
         raise ValueError(f"memory budget must be positive, got {value!r}")

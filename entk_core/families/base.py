@@ -35,7 +35,6 @@ processes when its class can be imported by module path (not from ``__main__``).
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.metadata
 import threading
@@ -46,6 +45,10 @@ from typing import Any, Callable, ClassVar, Iterator, Protocol
 import numpy as np
 import torch
 from torch import nn
+
+from ..engine.machine import available_memory
+from ..engine.units import format_bytes
+from .schema import check_config, size_fields
 
 __all__ = [
     "FULL",
@@ -286,21 +289,34 @@ class ModelFamily:
 
     # ------------------------------------------------------------------ config
     def config_from_dict(self, d: dict[str, Any]) -> Any:
-        """Build a Config from a JSON object, rejecting unknown keys and coercing the types
-        of known ones (``ValueError``/``TypeError`` on bad values); missing keys keep
-        their defaults."""
-        if not isinstance(d, dict):
-            raise ValueError(f"a {self.name} config must be a JSON object, got {type(d).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(self.Config)}
-        unknown = set(d) - set(fields)
-        if unknown:
-            raise ValueError(f"unknown {self.name} config keys: {sorted(unknown)}")
-        defaults = self.Config()
-        kwargs = {}
-        for k, v in d.items():
-            default = getattr(defaults, k)
-            kwargs[k] = type(default)(v) if default is not None and not isinstance(v, type(default)) else v
-        return self.Config(**kwargs)
+        """Build a Config from a JSON object (a manifest's config, a config file, CLI options)
+        and check it (:meth:`check_config`): unknown keys, wrong types, values out of their
+        declared ranges (:mod:`entk_core.families.schema`) and configs whose model and data
+        would not fit in memory are refused with one line naming the field (``ValueError``);
+        missing keys keep their defaults."""
+        return self.check_config(check_config(self.Config, d, family=self.name))
+
+    def check_config(self, cfg: Any) -> Any:
+        """``cfg`` if it is a valid config of this family, else ``ValueError`` (one line naming
+        the field): every field's type and declared range, then :meth:`memory_estimate`
+        against the memory available now. Called before any model or data is built from it
+        (opening a run, ``train``, ``import``). Returns ``cfg``."""
+        cfg = check_config(self.Config, cfg, family=self.name)
+        need = self.memory_estimate(cfg)
+        if need is not None:
+            have = available_memory()
+            if need > have:
+                sizes = ", ".join(f"{k}={getattr(cfg, k)}" for k in size_fields(self.Config)) or "its config"
+                raise ValueError(f"the {self.name} model and data for {sizes} need about {format_bytes(need)}, "
+                                 f"more than the {format_bytes(have)} of memory available; choose smaller values")
+        return cfg
+
+    def memory_estimate(self, cfg: Any) -> int | None:
+        """Bytes the model and the dataset of ``cfg`` take to build and train (parameters,
+        gradients and optimizer state, the data, one full-batch forward pass), computed from
+        the config alone, before anything is built (``None``: unknown, no check). The
+        built-in families override it; a plug-in may."""
+        return None
 
     # ------------------------------------------------------------ to implement
     def build_model(self, cfg: Any) -> nn.Module:
@@ -321,6 +337,21 @@ class ModelFamily:
 
     def accuracy(self, out: torch.Tensor, y: torch.Tensor) -> float | None:
         """Fraction correct, or ``None`` where accuracy has no meaning (TMS)."""
+        return None
+
+    def targets(self, cfg: Any, data: Dataset, n_outputs: int) -> torch.Tensor | None:
+        """What the model's ``n_outputs`` outputs are fitted to, one row per input of
+        ``data.x``: ``(N, n_outputs)`` float targets, or ``None`` when the family has none (the
+        kernel-target alignment and kernel regression of ``dynamics`` are then omitted, with
+        the reason). Default: one-hot rows for integer class labels ``y (N,)``; ``y`` itself
+        for float targets of shape ``(N, n_outputs)``; otherwise ``None``."""
+        y = data.y
+        if y.ndim == 1 and not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool:
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_outputs):
+                return None
+            return torch.nn.functional.one_hot(y.long(), n_outputs).to(torch.float64)
+        if y.is_floating_point() and tuple(y.shape) == (len(data.x), n_outputs):
+            return y.to(torch.float64)
         return None
 
     def batches(self, data: Dataset, cfg: Any, epoch: int) -> Iterator[torch.Tensor]:
@@ -413,7 +444,8 @@ class ModelFamily:
         * ``"import"`` -- checkpoints trained elsewhere can be imported (``build_model``);
         * ``"accuracy"`` -- :meth:`accuracy` is meaningful (classification);
         * ``"grokking"`` -- the per-checkpoint overlap sweep with accuracy (needs accuracy);
-        * ``"sweep"`` -- the per-checkpoint overlap sweep (:meth:`feature_families`);
+        * ``"sweep"`` -- the per-checkpoint sweep: spectra and cliffs at every checkpoint, and
+          overlaps with :meth:`feature_families` where the family declares some;
         * ``"align"`` -- :meth:`align_report` is implemented;
         * ``"beta"`` -- :meth:`class_weights` (importance rescaling) is implemented;
         * ``"pca"`` -- :meth:`hidden_activations` is implemented (PCA baseline);
@@ -430,7 +462,7 @@ class ModelFamily:
         if what == "grokking":
             return self.has_accuracy and implemented("build_model") and implemented("feature_families")
         if what == "sweep":
-            return implemented("build_model") and implemented("feature_families")
+            return implemented("build_model")
         if what == "align":
             return implemented("align_report")
         if what == "beta":
@@ -443,7 +475,8 @@ class ModelFamily:
 
     def validate_state(self, cfg: Any, state: dict[str, torch.Tensor]) -> None:
         """Raise ``ValueError`` if a loaded state dict does not fit ``cfg``'s model (tensor
-        names and shapes; finiteness is checked when the checkpoint is read)."""
+        names, shapes and dtypes: a floating-point parameter needs floating-point values, not
+        bool or integers; finiteness is checked when the checkpoint is read)."""
         model = self.build_model(cfg)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in state.items()}
@@ -454,6 +487,10 @@ class ModelFamily:
         for k, shape in expected.items():
             if got[k] != shape:
                 raise ValueError(f"tensor '{k}' has shape {list(got[k])}, the run's config implies {list(shape)}")
+        for k, want in model.state_dict().items():
+            if want.is_floating_point() and not state[k].is_floating_point():
+                raise ValueError(f"tensor '{k}' has dtype {str(state[k].dtype).removeprefix('torch.')}, the model "
+                                 f"needs floating-point values ({str(want.dtype).removeprefix('torch.')})")
 
 
 # ------------------------------------------------------------------ registry

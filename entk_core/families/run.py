@@ -86,10 +86,13 @@ class Run(RunRecord):
         return [group]
 
     def info(self) -> dict[str, Any]:
-        """JSON-able description: config, checkpoints, last metrics and the family's summary."""
+        """JSON-able description: the family's summary, config, checkpoints and last metrics;
+        for an imported run also what was imported (``import``) and the metrics it cannot
+        vouch for (``unvouched_metrics``)."""
         m = self.metrics
         last = {k: (v[-1] if v else None) for k, v in m.items()}
-        return {
+        out = {
+            **self.summary,
             "name": self.name,
             "path": str(self.path),
             "family": self.family.name,
@@ -97,8 +100,12 @@ class Run(RunRecord):
             "config": asdict(self.config),
             "checkpoints": self.epochs,
             "final_metrics": last,
-            **self.summary,
         }
+        if self.unvouched_metrics is not None:
+            out["unvouched_metrics"] = self.unvouched_metrics
+        if "import" in self.manifest:
+            out["import"] = self.manifest["import"]
+        return out
 
 
 def open_run(run: str | Path, root: Path | str | None = None, *, confine: bool = False) -> Run:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import sqlite3
 import stat
@@ -45,6 +46,7 @@ __all__ = ["ArrayCache", "CacheEntry", "SafeDisk", "default_cache", "cache_dir",
 CODE_VERSION = "2"
 """Bumped whenever a cached computation changes its results; part of every key."""
 
+_log = logging.getLogger(__name__)
 MAGIC = b"ENTKC001"
 DEFAULT_SIZE_LIMIT = 8 * 2**30  # kernels are large: 8 GiB with least-recently-stored eviction
 SIZE_LIMIT_ENV = "ENTK_CACHE_SIZE_LIMIT"
@@ -93,6 +95,34 @@ class SafeDisk(diskcache.Disk):
             return False
         root = Path(self._directory).resolve()
         return (root / rel).resolve().is_relative_to(root)
+
+
+_SETTINGS = {**diskcache.DEFAULT_SETTINGS, **diskcache.core.METADATA}
+
+
+def _clean_settings(db: Path) -> None:
+    """Delete rows of diskcache's ``Settings`` table that it would choke on at every open (a key
+    it does not know, e.g. a stray ``disk_*`` row passed to ``Disk()``, or a value of the wrong
+    type): diskcache writes its defaults back, and the cached entries stay. Read-only when the
+    table is sound; a corrupt or missing index is left to the caller's recovery."""
+    if not db.is_file():
+        return
+    try:
+        con = sqlite3.connect(str(db), timeout=60)
+    except sqlite3.Error:
+        return
+    try:
+        rows = con.execute("SELECT key, value FROM Settings").fetchall()
+        bad = [k for k, v in rows if k not in _SETTINGS or type(v) is not type(_SETTINGS[k])
+               or (k == "eviction_policy" and v not in diskcache.EVICTION_POLICY)]
+        if bad:
+            _log.warning("cache %s: removing unusable settings rows %s", db.parent, sorted(map(str, bad)))
+            con.executemany("DELETE FROM Settings WHERE key = ?", [(k,) for k in bad])
+            con.commit()
+    except sqlite3.Error:
+        pass
+    finally:
+        con.close()
 
 
 def cache_dir() -> Path:
@@ -184,6 +214,7 @@ class ArrayCache:
         self.computed = 0  # number of computations this object ran (for tests and stats)
 
     def _open(self) -> diskcache.Cache:
+        _clean_settings(self.directory / "cache.db")
         return diskcache.Cache(
             str(self.directory), disk=SafeDisk, size_limit=self.size_limit, eviction_policy="least-recently-stored"
         )

@@ -353,6 +353,42 @@ class RunRecord:
     def summary(self) -> dict[str, Any]:
         return self.manifest.get("summary", {})
 
+    @property
+    def unvouched_metrics(self) -> dict[str, Any] | None:
+        """``{"keys": [metric names], "reason": sentence}`` for metrics this run cannot vouch
+        for (an imported run's metrics were evaluated on the family's own seeded split, not
+        on the data the checkpoints were trained and tested on); ``None`` for a trained run.
+        Everything that shows these metrics shows the reason beside them."""
+        return self.manifest.get("unvouched_metrics")
+
+    def checkpoint_tensors(self, epoch: int | None = None) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """``name -> (dtype, shape)`` of a checkpoint's tensors, from its safetensors header
+        alone (nothing else is read, nothing is checked against the sha256: cheap enough to
+        compare every checkpoint of a run before computing anything). :class:`RunError`
+        for a file that is missing or not a safetensors file."""
+        path = self.checkpoint_path(epoch)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+                n = int.from_bytes(head, "little") if len(head) == 8 else -1
+                if not 0 < n <= 100_000_000:
+                    raise RunError(f"{path}: {_checkpoint_fault(head + f.read(64)) or 'not a valid checkpoint'}")
+                header = json.loads(f.read(n))
+        except FileNotFoundError:
+            raise RunError(f"{path}: checkpoint file is missing") from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunError(f"{path}: not a valid checkpoint (corrupt safetensors header: {one_line(e)})") from None
+        if not isinstance(header, dict):
+            raise RunError(f"{path}: not a valid checkpoint (corrupt safetensors header)")
+        out = {}
+        for k, v in header.items():
+            if k == "__metadata__":
+                continue
+            if not (isinstance(v, dict) and isinstance(v.get("shape"), list) and isinstance(v.get("dtype"), str)):
+                raise RunError(f"{path}: not a valid checkpoint (corrupt safetensors header entry for '{k}')")
+            out[k] = (v["dtype"], tuple(int(d) for d in v["shape"]))
+        return out
+
     def checkpoint_entry(self, epoch: int | None = None) -> dict:
         """The manifest entry of ``epoch`` (default: the last checkpoint)."""
         if not self.manifest["checkpoints"]:
@@ -394,6 +430,26 @@ class RunRecord:
             raise RunError(f"{path}: {fault or SHA_MISMATCH}")
         return sha
 
+    def check_same_shapes(self) -> None:
+        """:class:`RunError` in one line naming two epochs whose checkpoints hold different
+        tensor names or shapes (read from the headers, :meth:`checkpoint_tensors`): a series
+        whose parameters change shape is not one model over training."""
+        first, ref = None, None
+        for e in self.epochs:
+            shapes = {k: s for k, (_, s) in self.checkpoint_tensors(e).items()}
+            if ref is None:
+                first, ref = e, shapes
+                continue
+            if shapes != ref:
+                diff = sorted(set(ref) ^ set(shapes))
+                if diff:
+                    what = f"tensor '{diff[0]}' is in one and not the other"
+                else:
+                    k = next(k for k in ref if ref[k] != shapes[k])
+                    what = f"'{k}' is {list(ref[k])} at epoch {first} and {list(shapes[k])} at epoch {e}"
+                raise RunError(f"{self.path}: the checkpoints at epochs {first} and {e} have different parameter "
+                               f"shapes ({what}); a run's checkpoints must all be the same model")
+
     def load_tensors(self, epoch: int | None = None) -> dict[str, torch.Tensor]:
         """The state dict at ``epoch``, checked for structure, sha256 and finiteness (not
         against a model: :meth:`entk_core.families.run.Run.load_state` adds that)."""
@@ -424,6 +480,16 @@ def validate_manifest(m: Any, mpath: Path) -> dict:
     for k, v in m["metrics"].items():
         if not isinstance(v, list):
             raise RunError(f"{mpath}: manifest field 'metrics.{k}' is not a list")
+    for key in ("summary", "unvouched_metrics"):
+        if key in m and not isinstance(m[key], dict):
+            raise RunError(f"{mpath}: manifest field '{key}' is not a JSON object")
+    um = m.get("unvouched_metrics")
+    if um is not None and not (isinstance(um.get("reason"), str)
+                               and isinstance(um.get("keys"), list) and all(isinstance(k, str) for k in um["keys"])):
+        raise RunError(f"{mpath}: manifest field 'unvouched_metrics' needs a 'reason' string and a 'keys' list")
+    bad = _non_finite(m)
+    if bad is not None:
+        raise RunError(f"{mpath}: manifest field '{bad}' holds a non-finite number (NaN or infinity is not JSON)")
     seen: set[int] = set()
     for c in m["checkpoints"]:
         if not (isinstance(c, dict) and type(c.get("epoch")) is int and c["epoch"] >= 0
@@ -440,6 +506,23 @@ def validate_manifest(m: Any, mpath: Path) -> dict:
         if f.is_absolute() or ".." in f.parts or "\0" in c["file"]:
             raise RunError(f"{mpath}: checkpoint path '{c['file']}' points outside the run folder")
     return m
+
+
+def _non_finite(obj: Any, path: str = "") -> str | None:
+    """The dotted path of the first NaN or infinite number in a parsed manifest, else ``None``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return path or "(top level)"
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, list):
+        items = ((str(i), v) for i, v in enumerate(obj))
+    else:
+        return None
+    for k, v in items:
+        hit = _non_finite(v, f"{path}.{k}" if path else str(k))
+        if hit is not None:
+            return hit
+    return None
 
 
 def list_run_folders(root: Path | str | None = None) -> list[tuple[str, Path | RunError]]:

@@ -27,7 +27,7 @@ from ..families.run import Run
 from ..store.cache import ArrayCache, default_cache, make_key
 
 __all__ = ["SpectrumResult", "kernel_groups", "kernel_size", "spectrum", "spectrum_key", "compute_spectrum", "kernel_matrix",
-           "REDUCTIONS", "FULL"]
+           "kernel_key", "compute_kernel", "check_reduction", "REDUCTIONS", "FULL"]
 
 REDUCTIONS = tuple(r for r in kernels.REDUCTIONS if r not in ("full", "block"))
 """Reductions offered by the CLI and dashboard: the engine's (:data:`entk_core.engine.kernels.REDUCTIONS`)
@@ -69,7 +69,8 @@ def kernel_groups(run: Run) -> list[str]:
     return run.groups()
 
 
-def _check_reduction(run: Run, reduction: str | None) -> str:
+def check_reduction(run: Run, reduction: str | None) -> str:
+    """``reduction`` (default: the family's), or ``ValueError`` naming the offered ones."""
     reduction = reduction or run.family.default_reduction
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction '{reduction}'; choose one of: {', '.join(REDUCTIONS)}")
@@ -110,6 +111,20 @@ def _compute_kernel(run: Run, epoch: int, members, reduction: str, beta: float |
     return {"K": K.detach().cpu().numpy()}, {"kernel_s": time.perf_counter() - t0}
 
 
+def kernel_key(run: Run, epoch: int, *, group: str = FULL, reduction: str, beta: float | None = None) -> str:
+    """The cache key of the reduced kernel of ``group`` at ``epoch`` (``reduction`` resolved):
+    the key :func:`kernel_matrix` stores under, for every reduction (``"flat"`` kernels are
+    stored under it by :mod:`entk_core.workflows.dynamics`)."""
+    return make_key("kernel", **_base_key(run, epoch), group=group, reduction=reduction, beta=beta)
+
+
+def compute_kernel(run: Run, epoch: int, *, group: str = FULL, reduction: str, beta: float | None = None,
+                   model: torch.nn.Module | None = None, progress: Progress | None = None) -> np.ndarray:
+    """The reduced kernel (``(N, N)``, or ``(C·N, C·N)`` for ``"flat"``) of ``group`` at
+    ``epoch``, computed now and not stored (what a worker returns to the driver)."""
+    return _compute_kernel(run, epoch, run.group_members(group), reduction, beta, model, progress)[0]["K"]
+
+
 def kernel_matrix(
     run: Run,
     epoch: int | None = None,
@@ -123,12 +138,12 @@ def kernel_matrix(
 ) -> np.ndarray:
     """The reduced ``(N, N)`` kernel ("trace" or "mean") of ``group`` at ``epoch``, cached."""
     epoch = run.resolve_epoch(epoch)
-    reduction = _check_reduction(run, reduction)
+    reduction = check_reduction(run, reduction)
     if reduction == "flat":
         raise ValueError("kernel_matrix serves (N, N) reductions; use spectrum() for flattened kernels")
     members = run.group_members(group)
     cache = cache or default_cache()
-    key = make_key("kernel", **_base_key(run, epoch), group=group, reduction=reduction, beta=beta)
+    key = kernel_key(run, epoch, group=group, reduction=reduction, beta=beta)
     return cache.get_or_compute(
         key, lambda: _compute_kernel(run, epoch, members, reduction, beta, model, progress))["K"]
 
@@ -137,7 +152,7 @@ def _spectrum_request(run: Run, epoch: int | None, group: str, reduction: str | 
                       beta: float | None) -> tuple[int, str, list[str] | None, int, str]:
     """Validated ``(epoch, reduction, members, top, cache key)`` of a spectrum request."""
     epoch = run.resolve_epoch(epoch)
-    reduction = _check_reduction(run, reduction)
+    reduction = check_reduction(run, reduction)
     members = run.group_members(group)
     n = kernel_size(run, reduction)
     top = min(run.family.default_top, n) if top is None else int(top)

@@ -110,13 +110,17 @@ def _call(fn: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[Any, float]:
 
 
 def _worker_init(threads: int) -> None:
-    """Worker processes: few torch threads (units run side by side) and a quiet log."""
+    """Worker processes: few torch and BLAS threads (units run side by side) and a quiet log."""
     import logging
     import warnings
 
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(max(1, threads))
+    # numpy/scipy's OpenBLAS would start a thread per core in every worker; on a busy machine its
+    # spinning threads make small solves and products 10-50x slower
+    threadpool_limits(limits=max(1, threads), user_api="blas")
     # a worker spawned from the dashboard re-imports the Streamlit runtime: its warnings about
     # the missing script context mean nothing here
     logging.getLogger("streamlit").setLevel(logging.ERROR)

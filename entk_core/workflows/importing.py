@@ -34,16 +34,18 @@ from ..store.runs import (FORMAT, MANIFEST, RunError, atomic_write_json, fsync_d
                           save_checkpoint, sha256_bytes)
 from .training import METRIC_KEYS, evaluate
 
-__all__ = ["import_run", "read_config", "parse_checkpoint_args"]
+__all__ = ["import_run", "read_config", "parse_checkpoint_args", "unvouched_reason"]
 
 Progress = Callable[[int, int, str], None]
 
 
-def read_config(family: ModelFamily, path: Path | str | None) -> Any:
-    """The family's config from a JSON file (an object of config fields; missing fields keep
-    their defaults), or the default config for ``path=None``. One-line errors."""
+def read_config(family: ModelFamily, path: Path | str | None) -> dict[str, Any]:
+    """The user's config from a JSON file (an object of some of the family's config fields;
+    the others keep their defaults), checked against the family's schema, returned as the
+    object the file holds (``{}`` for ``path=None``: the defaults). One-line errors naming
+    the file and the field."""
     if path is None:
-        return family.Config()
+        return {}
     path = Path(path)
     try:
         raw = path.read_text(encoding="utf-8")
@@ -56,9 +58,10 @@ def read_config(family: ModelFamily, path: Path | str | None) -> Any:
     except json.JSONDecodeError as e:
         raise RunError(f"{path}: config is not valid JSON ({e.msg} at line {e.lineno})") from None
     try:
-        return family.config_from_dict(d)
+        family.config_from_dict(d)
     except (ValueError, TypeError, OverflowError) as e:
         raise RunError(f"{path}: bad {family.name} config ({one_line(e)})") from None
+    return d
 
 
 def parse_checkpoint_args(items: list[str]) -> dict[int, Path]:
@@ -82,10 +85,39 @@ def parse_checkpoint_args(items: list[str]) -> dict[int, Path]:
     return out
 
 
+def _run_config(fam: ModelFamily, given: dict[str, Any], last_epoch: int) -> Any:
+    """The run's config: the user's fields, the family's defaults for the others, and
+    ``epochs`` = the last imported epoch unless the user gave it (then it must reach it)."""
+    given = dict(given)
+    if "epochs" in given:
+        if type(given["epochs"]) is int and given["epochs"] < last_epoch:
+            raise ValueError(f"the config says epochs={given['epochs']}, but a checkpoint is at epoch {last_epoch}")
+    else:
+        given["epochs"] = last_epoch
+    return fam.config_from_dict(given)
+
+
+def unvouched_reason(fam: ModelFamily, cfg: Any) -> str:
+    """Why an imported run's metrics are not the user's: they are evaluated on the family's
+    own seeded split of its own data."""
+    split = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("seed", "split_seed", "train_frac") if hasattr(cfg, k))
+    return (f"evaluated at import on the {fam.name} family's own data and seeded train/test split ({split}), "
+            "not on the data the checkpoints were trained and tested on; the 'test' examples may have been "
+            "trained on")
+
+
 def import_run(family: ModelFamily | str, cfg: Any, checkpoints: Mapping[int, Path | str], out: Path | str, *,
-               progress: Progress | None = None) -> Run:
+               progress: Progress | None = None, config_file: str | None = None) -> Run:
     """Validate ``checkpoints`` (``epoch -> safetensors file``) against ``family``'s model
     built from ``cfg`` and write them as the run folder ``out`` (see the module docstring).
+
+    ``cfg``: the user's config as a dict of some fields (:func:`read_config`; the others keep
+    the family's defaults, ``epochs`` defaults to the last imported epoch) or a Config
+    instance (its fields that differ from the family's defaults count as given). The
+    manifest records it as given (``import.config``, with ``config_file`` and the imported
+    epochs), and marks the train/test metrics as ``unvouched_metrics``: they are evaluated
+    on the family's own seeded split, not the user's.
+
     Returns the :class:`~entk_core.families.run.Run`. :class:`RunError` (one line, naming the
     file) for a bad file or a state dict that does not fit; nothing is written then."""
     fam = get_family(family) if isinstance(family, str) else family
@@ -97,6 +129,12 @@ def import_run(family: ModelFamily | str, cfg: Any, checkpoints: Mapping[int, Pa
     items = sorted((int(e), Path(p)) for e, p in checkpoints.items())
     if not items:
         raise ValueError("no checkpoints to import")
+    if isinstance(cfg, dict):
+        given = dict(cfg)
+    else:  # a Config object: the fields that differ from the family's defaults are what the user set
+        defaults = asdict(fam.Config())
+        given = {k: v for k, v in asdict(cfg).items() if v != defaults[k]}
+    cfg = _run_config(fam, given, items[-1][0])
     model = fam.build_model(cfg)
     data = fam.make_data(cfg)
     states: list[tuple[int, Path, dict[str, torch.Tensor], str]] = []
@@ -131,6 +169,8 @@ def import_run(family: ModelFamily | str, cfg: Any, checkpoints: Mapping[int, Pa
             "format": FORMAT, "family": fam.name, "config": asdict(cfg), "status": "complete",
             "epochs_done": items[-1][0], "metrics": metrics, "checkpoints": entries, "summary": summary,
             "imported": [{"epoch": e, "source": p.name, "source_sha256": s} for e, p, _, s in states],
+            "import": {"config": given, "config_file": config_file, "epochs": [e for e, _ in items]},
+            "unvouched_metrics": {"keys": list(METRIC_KEYS), "reason": unvouched_reason(fam, cfg)},
         }
         atomic_write_json(tmp / MANIFEST, manifest)
         fsync_dir(tmp / "checkpoints")

@@ -1,10 +1,15 @@
-"""Per-checkpoint (grokking) sweeps: how the eNTK's cliffs align with features over training.
+"""Per-checkpoint (grokking) sweeps: the eNTK's spectrum and cliffs over training, and how
+they align with features where the family has feature families.
 
 For every checkpoint of a run, :func:`sweep` takes the top-k spectrum of one kernel
 (:func:`entk_core.workflows.analysis.spectrum`, so each epoch is cached and shared with the
-Spectrum page) and measures the subspace overlap (:func:`entk_core.engine.measures.subspace_overlap`,
-``‖QᵀF‖²_F``, out of the family's dimension) of spectral windows with feature families.
-The whole result is cached again as one entry, so a second sweep is a single read.
+Spectrum page), detects its cliffs and tracks the reference epoch's cliff windows, and
+measures the subspace overlap (:func:`entk_core.engine.measures.subspace_overlap`,
+``‖QᵀF‖²_F``, out of the family's dimension) of those windows with the family's feature
+families. A family without feature families (a researcher's own model, usually) gets the
+spectra, windows and cliffs with no overlap columns (``families`` empty, ``peak_epoch``
+``None``). The whole result is cached again as one entry, so a second sweep is a single
+read. The result and its JSON are :mod:`entk_core.workflows.sweep_result`.
 
 What is measured
 ----------------
@@ -61,28 +66,24 @@ the calling process.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, replace
 from typing import Any, Callable
 
 import numpy as np
 
-from ..engine.measures import (derivative_peak_epoch, family_bases, grokking_onset, local_first_derivative,
-                               window_overlaps, windows_overlaps)
+from ..engine.measures import family_bases, window_overlaps, windows_overlaps
 from ..engine.spectra import CONSTANT_LABEL, Cliff, detect_cliffs, is_constant_mode, label_cliffs
-from ..families.base import FULL, SweepSpec, family_ref, get_family, load_family_ref
+from ..families.base import FULL, SweepSpec
 from ..families.features import families_with_rows
 from ..families.run import Run
 from ..store.cache import ArrayCache, CacheEntry, default_cache, make_key
-from ..store.runs import MANIFEST
 from . import analysis
-from .executors import Executor, InlineExecutor, Unit, make_executor
+from .checkpoint_units import checkpoints_digest, choose_executor, family_kwargs, open_unit_run, unit_location
+from .executors import Executor, Unit
+from .sweep_result import SweepResult, Window, assemble_result, spec_json
 
-__all__ = ["SweepSpec", "Window", "SweepResult", "default_spec", "resolve_spec", "sweep",
+__all__ = ["SweepSpec", "Window", "SweepResult", "default_spec", "resolve_spec", "sweep", "spectrum_unit",
            # re-exported from the layers below, where they live:
            "CONSTANT_LABEL", "label_cliffs", "family_bases", "window_overlaps", "windows_overlaps"]
 
@@ -90,22 +91,6 @@ Progress = Callable[[int, int, str], None]
 
 SWEEP_FORMAT = 2
 """Version of the cached sweep layout (part of its cache key)."""
-
-@dataclass(frozen=True)
-class Window:
-    """A tracked index window ``[start, end]`` (inclusive) of the spectrum."""
-
-    start: int
-    end: int
-    label: str
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start + 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "start": self.start, "end": self.end, "size": self.size}
-
 
 def default_spec(run: Run, group: str | None = None, **overrides: Any) -> SweepSpec:
     """The family's sweep spec for ``group`` (its ``sweep_spec`` hook, else the defaults),
@@ -129,162 +114,6 @@ def resolve_spec(spec: SweepSpec, run: Run) -> SweepSpec:
         families=tuple(spec.families) if spec.families is not None else None,
         windows=tuple((int(a), int(b)) for a, b in spec.windows) if spec.windows is not None else None,
     )
-
-
-@dataclass
-class SweepResult:
-    """Result of :func:`sweep` (arrays indexed ``[epoch, window, family]``).
-
-    Attributes:
-      epochs: ``(E,)`` checkpoint epochs; ``train_acc``, ``test_acc``: ``(E,)`` (NaN if unknown).
-      eigenvalues: ``(E, top)``.
-      windows: tracked windows; ``families``: family names; ``dims``: their dimensions.
-      overlap: ``(E, W, F)`` subspace overlaps (out of ``dims``); ``derivative``: ``(E, W, F)``
-        first derivative of the % overlap, points per logging step.
-      own_start, own_size: ``(E, M)`` each epoch's detected cliffs (``-1`` = none);
-      own_overlap: ``(E, M, F)`` their overlaps (NaN = none).
-      top_constant: ``(E,)`` whether the top eigenvector is the constant mode (labels own cliffs).
-      onset_epoch, peak_epoch: see the module docstring; ``primary``: ``(window index,
-        family)`` of the curve whose derivative peak is ``peak_epoch``.
-      peaks: ``(W, F)`` epoch of each curve's derivative peak.
-    """
-
-    run: str
-    spec: SweepSpec
-    epochs: np.ndarray
-    train_acc: np.ndarray
-    test_acc: np.ndarray
-    eigenvalues: np.ndarray
-    windows: list[Window]
-    families: list[str]
-    dims: np.ndarray
-    overlap: np.ndarray
-    derivative: np.ndarray
-    own_start: np.ndarray
-    own_size: np.ndarray
-    own_overlap: np.ndarray
-    top_constant: np.ndarray
-    onset_epoch: float | None
-    peak_epoch: float | None
-    primary: tuple[int, str] | None
-    peaks: np.ndarray
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def percent(self) -> np.ndarray:
-        """``(E, W, F)`` overlaps in % of each family's dimension."""
-        return 100.0 * self.overlap / np.where(self.dims > 0, self.dims, 1)[None, None, :]
-
-    def window_index(self, label: str) -> int:
-        for i, w in enumerate(self.windows):
-            if w.label == label:
-                return i
-        raise ValueError(f"no window '{label}'; windows: {', '.join(w.label for w in self.windows)}")
-
-    def family_index(self, name: str) -> int:
-        try:
-            return self.families.index(name)
-        except ValueError:
-            raise ValueError(f"no family '{name}' in this sweep; families: {', '.join(self.families)}") from None
-
-    def epoch_index(self, epoch: int) -> int:
-        hits = np.flatnonzero(self.epochs == epoch)
-        if not hits.size:
-            raise ValueError(f"epoch {epoch} is not a checkpoint of this sweep")
-        return int(hits[0])
-
-    def own_cliffs(self, i: int) -> list[Cliff]:
-        """The cliffs detected at epoch index ``i`` (ratios from the stored eigenvalues)."""
-        out = []
-        ev = self.eigenvalues[i]
-        for s, n in zip(self.own_start[i], self.own_size[i]):
-            if n > 0:
-                e = s + n - 1
-                ratio = float(ev[e] / ev[e + 1]) if e + 1 < ev.size and ev[e + 1] > 0 else float("inf")
-                out.append(Cliff(start=int(s), size=int(n), ratio=ratio))
-        return out
-
-    def own_labels(self, i: int) -> list[str]:
-        """Labels of :meth:`own_cliffs` (``constant``, ``cliff 1``, ... as :func:`label_cliffs`)."""
-        cl = self.own_cliffs(i)
-        const = bool(self.top_constant[i]) and bool(cl) and cl[0].start == 0 and cl[0].size == 1
-        return [CONSTANT_LABEL] * const + label_cliffs(cl[const:], None)
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-able: the spec, windows, per-epoch table, onset and peak."""
-        table = []
-        pct, der = self.percent, self.derivative
-        for i, e in enumerate(self.epochs):
-            row: dict[str, Any] = {"epoch": int(e), "train_acc": _num(self.train_acc[i]),
-                                   "test_acc": _num(self.test_acc[i])}
-            for name, arr, nd in (("overlap", self.overlap, 4), ("overlap_pct", pct, 3), ("d_overlap_pct", der, 3)):
-                row[name] = {w.label: {f: _num(arr[i, j, k], nd) for k, f in enumerate(self.families)}
-                             for j, w in enumerate(self.windows)}
-            row["cliffs"] = [
-                {"label": lab, "start": c.start, "end": c.end, "size": c.size,
-                 "overlap": {f: _num(self.own_overlap[i, m, k], 4) for k, f in enumerate(self.families)}}
-                for m, (c, lab) in enumerate(zip(self.own_cliffs(i), self.own_labels(i)))
-            ]
-            table.append(row)
-        prim = None
-        if self.primary is not None:
-            prim = {"window": self.windows[self.primary[0]].label, "family": self.primary[1]}
-        return {
-            "run": self.run,
-            "spec": _spec_json(self.spec),
-            "windows": [w.to_dict() for w in self.windows],
-            "families": {f: int(d) for f, d in zip(self.families, self.dims)},
-            "onset_epoch": self.onset_epoch,
-            "peak_epoch": self.peak_epoch,
-            "primary": prim,
-            "peaks": {w.label: {f: _num(self.peaks[j, k]) for k, f in enumerate(self.families)}
-                      for j, w in enumerate(self.windows)},
-            "table": table,
-            **{k: v for k, v in self.meta.items()},
-        }
-
-
-def _num(x: float | None, digits: int | None = None) -> float | None:
-    """A JSON number (``None`` for missing or non-finite values)."""
-    if x is None or not np.isfinite(x):
-        return None
-    return round(float(x), digits) if digits is not None else float(x)
-
-
-def _spec_json(spec: SweepSpec) -> dict[str, Any]:
-    d = asdict(spec)
-    d["families"] = list(spec.families) if spec.families is not None else None
-    d["windows"] = [list(w) for w in spec.windows] if spec.windows is not None else None
-    return d
-
-
-def _metric_series(run: Run, name: str, epochs: list[int]) -> np.ndarray:
-    m = run.metrics
-    log_e, vals = m.get("epoch", []), m.get(name, [])
-    where = {int(e): i for i, e in enumerate(log_e)}
-    out = np.full(len(epochs), np.nan)
-    for i, e in enumerate(epochs):
-        j = where.get(int(e))
-        if j is not None and j < len(vals) and vals[j] is not None:
-            out[i] = float(vals[j])
-    return out
-
-
-def _onset(run: Run) -> float | None:
-    m = run.metrics
-    e, acc = m.get("epoch") or [], m.get("test_acc") or []
-    if not e or len(acc) != len(e) or any(a is None for a in acc):
-        return None
-    y = run.data.y
-    if y.ndim != 1 or y.is_floating_point():
-        return None
-    chance = 1.0 / int(y.max().item() + 1)
-    return grokking_onset(e, acc, chance=chance)
-
-
-def _checkpoints_digest(run: Run) -> str:
-    items = [(e, run.checkpoint_sha(e)) for e in run.epochs]
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
 
 def sweep(
@@ -317,10 +146,11 @@ def sweep(
     cache = cache or default_cache()
     epochs = run.epochs
     key = make_key("sweep", format=SWEEP_FORMAT, family=run.family.name, config=asdict(run.config),
-                   checkpoints=_checkpoints_digest(run), spec=_spec_json(spec))
+                   checkpoints=checkpoints_digest(run), spec=spec_json(spec))
     total = len(epochs) + 1
 
     def compute():
+        run.check_same_shapes()  # a series whose shapes change is not one model: one line naming two epochs
         ref = spec.reference_epoch
         ref_model = run.load_model(ref)
         families = families_with_rows(run.family.feature_families(run.config, run.data, ref_model),
@@ -331,11 +161,9 @@ def sweep(
                 raise ValueError(f"unknown feature families {missing} for {run.family.name} "
                                  f"(with {_kernel_rows(run, spec)} rows: {', '.join(families)})")
             families = {f: families[f] for f in spec.families}
-        if not families:
-            raise ValueError(f"the {run.family.name} family has no feature families for this kernel")
-        bases = family_bases(families)
+        bases = family_bases(families)  # none: spectra and cliffs only
         names = list(bases)
-        dims = np.array([b.shape[1] for b in bases.values()])
+        dims = np.array([b.shape[1] for b in bases.values()], dtype=np.int64)
 
         ref_spec = analysis.spectrum(run, ref, group=spec.window_group, reduction=spec.reduction, top=spec.top,
                                      model=ref_model, cache=cache)
@@ -386,8 +214,8 @@ def sweep(
                 one(epochs.index(e))
                 advance(e)
         ship = bool(ray) or executor is not None
-        ref_name = family_ref(run.family)  # how a worker imports the family (None: it cannot)
-        units = [Unit(f"epoch {e}", spectrum_unit, _unit_kwargs(run, e, spec, ship=ship, ref=ref_name))
+        opts = {"group": spec.group, "reduction": spec.reduction, "top": spec.top, **family_kwargs(run)}
+        units = [Unit(f"epoch {e}", spectrum_unit, {"epoch": e, **opts, **unit_location(run, e, ship=ship)})
                  for e in todo]
         by_key = {u.key: e for u, e in zip(units, todo)}
 
@@ -400,10 +228,7 @@ def sweep(
                 failed[e] = r.error
             advance(e)
 
-        if executor is None and ref_name is None:
-            ex = InlineExecutor()  # a family registered at run time only exists in this process
-        else:
-            ex = executor or make_executor(ray=ray, workers=workers, n_units=len(units))
+        ex = choose_executor(run, executor=executor, ray=ray, workers=workers, n_units=len(units))
         try:
             ex.run(units, on_result=on_result)
             exec_desc.update(ex.describe())
@@ -429,7 +254,7 @@ def sweep(
         entry = CacheEntry(inc.arrays, {**inc.meta, "cache": "incomplete"})
     if progress:
         progress(total, total, "done")
-    res = _assemble(run, spec, epochs, entry, time.perf_counter() - t0)
+    res = assemble_result(run, spec, epochs, entry, time.perf_counter() - t0)
     res.meta["failed"] = [{"epoch": e, "error": err} for e, err in sorted(failed.items())]
     if exec_desc:
         res.meta["executor"] = exec_desc
@@ -448,45 +273,14 @@ def _cliffs(res: analysis.SpectrumResult, spec: SweepSpec) -> list[Cliff]:
     return res.cliffs if spec.min_ratio is None else detect_cliffs(res.eigenvalues, min_ratio=spec.min_ratio)
 
 
-def _unit_kwargs(run: Run, epoch: int, spec: SweepSpec, *, ship: bool, ref: str | None) -> dict[str, Any]:
-    """A checkpoint's unit arguments: the run folder's path, or (``ship``) the manifest and the
-    checkpoint's safetensors bytes, so a worker on another machine needs no shared filesystem;
-    ``ref`` (``module:Class``) lets a worker import a family that no entry point declares."""
-    kw: dict[str, Any] = {"epoch": epoch, "group": spec.group, "reduction": spec.reduction, "top": spec.top,
-                          "family": run.family.name, "family_ref": ref}
-    if ship:
-        kw["manifest"] = run.manifest
-        kw["checkpoint"] = run.checkpoint_path(epoch).read_bytes()
-    else:
-        kw["run_path"] = str(run.path.resolve())
-    return kw
-
-
 def spectrum_unit(*, epoch: int, group: str, reduction: str, top: int, family: str, family_ref: str | None = None,
                   run_path: str | None = None, manifest: dict | None = None,
                   checkpoint: bytes | None = None) -> dict[str, Any]:
     """Unit: one checkpoint's spectrum (:func:`entk_core.workflows.analysis.compute_spectrum`),
-    computed without touching any cache. The run is the folder ``run_path``, or is rebuilt in
-    a private temporary folder from the shipped ``manifest`` and ``checkpoint`` bytes (checked
-    against the manifest's sha256 when read, like any checkpoint). A family that no entry
-    point declares (registered at run time in the driver) is imported from ``family_ref``."""
-    try:
-        get_family(family)
-    except ValueError:
-        if family_ref is None:
-            raise
-        load_family_ref(family_ref, name=family)
-    if run_path is not None:
-        run = Run(run_path)
-        arrays, meta = analysis.compute_spectrum(run, epoch, group=group, reduction=reduction, top=top)
-        return {"arrays": arrays, "meta": meta}
-    entry = next(c for c in manifest["checkpoints"] if c["epoch"] == epoch)
-    with tempfile.TemporaryDirectory(prefix="entk-unit-") as tmp:
-        folder = Path(tmp) / "run"
-        (folder / Path(entry["file"]).parent).mkdir(parents=True)
-        (folder / entry["file"]).write_bytes(checkpoint)
-        (folder / MANIFEST).write_text(json.dumps({**manifest, "checkpoints": [entry]}))
-        run = Run(folder)
+    computed without touching any cache, on the run that
+    :func:`entk_core.workflows.checkpoint_units.open_unit_run` opens."""
+    with open_unit_run(epoch=epoch, family=family, family_ref=family_ref, run_path=run_path, manifest=manifest,
+                       checkpoint=checkpoint) as run:
         arrays, meta = analysis.compute_spectrum(run, epoch, group=group, reduction=reduction, top=top)
     return {"arrays": arrays, "meta": meta}
 
@@ -496,54 +290,3 @@ def _kernel_rows(run: Run, spec: SweepSpec) -> int:
     if spec.reduction == "flat":
         n *= int(run.family.build_model(run.config)(run.data.kernel_x[:1]).shape[-1])
     return n
-
-
-def _assemble(run: Run, spec: SweepSpec, epochs: list[int], entry, elapsed: float) -> SweepResult:
-    names = list(entry.meta["families"])
-    windows = [Window(int(s), int(t), lab) for s, t, lab in
-               zip(entry["window_start"], entry["window_end"], entry.meta["labels"])]
-    dims = entry["dims"]
-    ov = entry["overlap"]
-    pct = 100.0 * ov / np.where(dims > 0, dims, 1)[None, None, :]
-    der = np.zeros_like(pct)
-    peaks = np.full((len(windows), len(names)), np.nan)
-    ep = np.asarray(epochs, dtype=float)
-    for j in range(len(windows)):
-        for k in range(len(names)):
-            y = pct[:, j, k]
-            if np.isfinite(y).all() and y.size:
-                der[:, j, k] = local_first_derivative(y)
-                peaks[j, k] = derivative_peak_epoch(ep, y)
-            else:
-                der[:, j, k] = np.nan
-    primary = _primary(spec, windows, names, pct)
-    peak = float(peaks[primary[0], names.index(primary[1])]) if primary is not None else None
-    if peak is not None and not np.isfinite(peak):
-        peak = None
-    meta = {
-        "group": spec.group, "reduction": spec.reduction, "top": spec.top,
-        "reference_epoch": spec.reference_epoch, "window_group": spec.window_group,
-        "cache": entry.meta.get("cache"), "compute_s": entry.meta.get("compute_s"),
-        "total_s": round(elapsed, 3),
-    }
-    return SweepResult(
-        run=run.name, spec=spec, epochs=np.asarray(epochs, dtype=np.int64),
-        train_acc=_metric_series(run, "train_acc", epochs), test_acc=_metric_series(run, "test_acc", epochs),
-        eigenvalues=entry["eigenvalues"], windows=windows, families=names, dims=dims, overlap=ov,
-        derivative=der, own_start=entry["own_start"], own_size=entry["own_size"],
-        own_overlap=entry["own_overlap"], top_constant=entry["top_constant"], onset_epoch=_onset(run), peak_epoch=peak, primary=primary,
-        peaks=peaks, meta=meta,
-    )
-
-
-def _primary(spec: SweepSpec, windows: list[Window], names: list[str], pct: np.ndarray) -> tuple[int, str] | None:
-    if not windows or not names or pct.shape[0] < 2:
-        return None
-    if spec.primary is not None and spec.primary in names:
-        k = names.index(spec.primary)
-        final = np.nan_to_num(pct[-1, :, k], nan=-np.inf)
-        if final.max() >= 50.0:
-            return int(np.argmax(final)), spec.primary
-    rise = np.nan_to_num(pct[-1] - pct[0], nan=-np.inf)
-    j, k = np.unravel_index(int(np.argmax(rise)), rise.shape)
-    return int(j), names[int(k)]

@@ -162,6 +162,7 @@ def train(
     """
     fam = get_family(family) if isinstance(family, str) else family
     out = Path(out)
+    cfg = fam.check_config(cfg)  # types, ranges and memory, before anything is built
     if cfg.epochs < 1 or cfg.checkpoint_every < 1:
         raise ValueError(f"epochs and checkpoint_every must be at least 1 (got {cfg.epochs}, {cfg.checkpoint_every})")
     if out.exists() and not out.is_dir():

@@ -213,6 +213,13 @@ def test_derivative_peak_epoch():
     overlap = 2 + 24 / (1 + np.exp(-(ep - 72) / 10.0))
     assert derivative_peak_epoch(ep, overlap) == 70.0
     assert derivative_peak_epoch(ep, -overlap) != 70.0
+    # a rise inside the first (last) interval peaks at that interval's midpoint, not at the
+    # checkpoint before it (a plug-in's overlap: 0.3% -> 98.6% by epoch 50 reported peak 0.0)
+    ep6 = np.arange(0, 60, 10)
+    assert derivative_peak_epoch(ep6, [0.3, 90.0, 95.0, 97.0, 98.0, 98.6]) == 5.0
+    assert derivative_peak_epoch(ep6, [0.3, 0.4, 0.5, 0.6, 0.7, 98.6]) == 45.0
+    assert derivative_peak_epoch(ep6, [0.3, 20.0, 40.0, 60.0, 80.0, 98.6]) == 20.0  # central differences 19.85, 20, 20: first
+    assert derivative_peak_epoch([7], [1.0]) == 7.0
 
 
 # ---------------------------------------------------- linearised predictor

@@ -83,7 +83,7 @@ def test_train_refuses_a_run_folder_another_writer_holds(tmp_path):
 def test_a_train_that_fails_before_saving_leaves_no_folder(tmp_path):
     fam = get_family("modadd-mlp")
     out = tmp_path / "r"
-    with pytest.raises(ValueError, match="p >= 3"):
+    with pytest.raises(ValueError, match="config field 'p' must be >= 3"):
         train(fam, fam.Config(p=2, epochs=2), out)
     assert not out.exists()
 

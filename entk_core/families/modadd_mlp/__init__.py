@@ -19,7 +19,7 @@ from ..data import random_split
 from . import analysis
 from .data import modadd_onehot, modadd_pairs
 from .features import modadd_families
-from .model import ModAddMLP, ModAddMLPConfig, Quadratic, Scale
+from .model import ModAddMLP, ModAddMLPConfig, Quadratic, Scale, memory_estimate
 
 __all__ = ["ModAddMLP", "ModAddMLPConfig", "ModAddMLPFamily", "Quadratic", "Scale"]
 
@@ -35,11 +35,13 @@ class ModAddMLPFamily(ModelFamily):
                      "Laplacians for sum/diff cliffs), so each direction is one Fourier mode")
 
     def build_model(self, cfg: ModAddMLPConfig) -> nn.Module:
-        if cfg.p < 3 or cfg.width < 1:
-            raise ValueError(f"need p >= 3 and width >= 1, got p={cfg.p}, width={cfg.width}")
         model = ModAddMLP(cfg.p, cfg.width)
         model.reset_parameters(seeded(cfg.seed))
         return model
+
+    def memory_estimate(self, cfg: ModAddMLPConfig) -> int:
+        """:func:`entk_core.families.modadd_mlp.model.memory_estimate`."""
+        return memory_estimate(cfg)
 
     def make_data(self, cfg: ModAddMLPConfig) -> Dataset:
         pairs, labels = modadd_pairs(cfg.p)

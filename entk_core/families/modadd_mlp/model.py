@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ModAddMLP", "ModAddMLPConfig", "Scale", "Quadratic"]
+from ..schema import param
+
+__all__ = ["ModAddMLP", "ModAddMLPConfig", "Scale", "Quadratic", "memory_estimate"]
 
 
 class Scale(nn.Module):
@@ -62,11 +64,26 @@ class ModAddMLP(nn.Module):
 
 @dataclass
 class ModAddMLPConfig:
-    p: int = 29
-    width: int = 512
-    epochs: int = 500
-    seed: int = 0
-    lr: float = 0.05
-    weight_decay: float = 0.01
-    train_frac: float = 0.7
-    checkpoint_every: int = 10
+    """Hyperparameters; each field's type and range are checked before a model is built
+    (:mod:`entk_core.families.schema`)."""
+
+    p: int = param(29, lo=3, hi=10_000, size=True, doc="the modulus (inputs: all p² pairs)")
+    width: int = param(512, lo=1, hi=2**24, size=True, doc="hidden units")
+    epochs: int = param(500, lo=0, hi=10**9)
+    seed: int = param(0, lo=0, hi=2**63 - 1)
+    lr: float = param(0.05, lo=0.0, lo_open=True, hi=1e3)
+    weight_decay: float = param(0.01, lo=0.0, hi=1e3)
+    train_frac: float = param(0.7, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    checkpoint_every: int = param(10, lo=1, hi=10**9)
+
+
+def memory_estimate(cfg: ModAddMLPConfig) -> int:
+    """Bytes to build and train the model of ``cfg`` (float32): the weights with their
+    gradients and two AdamW moments, the p² one-hot inputs (2p each) with their labels and
+    index tensors, and one full-batch forward over all p² inputs (hidden and output
+    activations, twice: the autograd graph keeps them)."""
+    p, w = cfg.p, cfg.width
+    weights = (2 * p * w + w * p) * 4 * 4
+    data = p * p * 2 * p * 4 + p * p * 8 * 5
+    forward = p * p * (2 * w + p) * 4 * 2
+    return weights + data + forward

@@ -18,7 +18,7 @@ from ..base import AnalysisServices, Dataset, FamilyPage, FeatureFamily, ModelFa
 from . import analysis
 from .features import detect_key_frequencies, key_frequencies, transformer_families
 from .model import (ModAddTransformer, ModAddTransformerConfig, NotebookBatchStream, author_split, modadd_tokens,
-                    notebook_init)
+                    memory_estimate, notebook_init)
 
 __all__ = ["ModAddTransformer", "ModAddTransformerConfig", "ModAddTransformerFamily", "modadd_tokens", "author_split",
            "notebook_init", "NotebookBatchStream"]
@@ -57,12 +57,14 @@ class ModAddTransformerFamily(ModelFamily):
                         order=10),)
 
     def build_model(self, cfg: ModAddTransformerConfig) -> nn.Module:
-        if cfg.p < 3 or cfg.d_model < 1 or cfg.n_heads < 1 or cfg.d_mlp < 1:
-            raise ValueError(f"need p >= 3 and positive sizes, got p={cfg.p}, d_model={cfg.d_model}, "
-                             f"n_heads={cfg.n_heads}, d_mlp={cfg.d_mlp}")
         model = ModAddTransformer(cfg.p, cfg.d_model, cfg.n_heads, cfg.d_mlp)
         model.reset_parameters(seeded(cfg.seed))
         return model
+
+    def memory_estimate(self, cfg: ModAddTransformerConfig) -> int:
+        """:func:`entk_core.families.modadd_transformer.model.memory_estimate` (which also
+        refuses a ``d_model`` that is not a multiple of ``n_heads``)."""
+        return memory_estimate(cfg)
 
     def make_data(self, cfg: ModAddTransformerConfig) -> Dataset:
         tokens, labels = modadd_tokens(cfg.p)
@@ -85,8 +87,6 @@ class ModAddTransformerFamily(ModelFamily):
         return (out[:, :p].argmax(-1) == y).float().mean().item()
 
     def batches(self, data: Dataset, cfg: ModAddTransformerConfig, epoch: int) -> Iterator[torch.Tensor]:
-        if cfg.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {cfg.batch_size}")
         n = len(data.train_idx)
         key = (cfg.seed, cfg.p, cfg.d_model, cfg.n_heads, cfg.d_mlp, n)
         with self._stream_lock:

@@ -43,9 +43,10 @@ from torch import nn
 
 from ..base import seeded
 from ..modadd_mlp.data import modadd_pairs
+from ..schema import param
 
 __all__ = ["ModAddTransformer", "ModAddTransformerConfig", "modadd_tokens", "author_split", "notebook_init",
-           "NotebookBatchStream", "NOTEBOOK_LOG_EVERY"]
+           "NotebookBatchStream", "NOTEBOOK_LOG_EVERY", "memory_estimate"]
 
 
 class PosEmbed(nn.Module):
@@ -146,18 +147,35 @@ class ModAddTransformer(nn.Module):
 
 @dataclass
 class ModAddTransformerConfig:
-    p: int = 29
-    d_model: int = 64
-    n_heads: int = 4
-    d_mlp: int = 256
-    epochs: int = 4000
-    seed: int = 2
-    lr: float = 3e-4
-    weight_decay: float = 1.0
-    batch_size: int = 64
-    train_frac: float = 0.5
-    split_seed: int = 0
-    checkpoint_every: int = 20
+    """Hyperparameters; each field's type and range are checked before a model is built
+    (:mod:`entk_core.families.schema`); ``d_model`` must also be a multiple of ``n_heads``."""
+
+    p: int = param(29, lo=3, hi=10_000, size=True, doc="the modulus (inputs: all p² pairs)")
+    d_model: int = param(64, lo=1, hi=2**16, size=True)
+    n_heads: int = param(4, lo=1, hi=2**10)
+    d_mlp: int = param(256, lo=1, hi=2**20, size=True)
+    epochs: int = param(4000, lo=0, hi=10**9)
+    seed: int = param(2, lo=0, hi=2**63 - 1)
+    lr: float = param(3e-4, lo=0.0, lo_open=True, hi=1e3)
+    weight_decay: float = param(1.0, lo=0.0, hi=1e3)
+    batch_size: int = param(64, lo=1, hi=10**9)
+    train_frac: float = param(0.5, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    split_seed: int = param(0, lo=0, hi=2**63 - 1)
+    checkpoint_every: int = param(20, lo=1, hi=10**9)
+
+
+def memory_estimate(cfg: ModAddTransformerConfig) -> int:
+    """Bytes to build and train ``cfg`` (float32): the weights with gradients and two AdamW
+    moments; the p² token triples and labels; one forward over all p² inputs (the residual
+    stream, queries/keys/values, attention patterns and MLP activations of 3 positions,
+    kept for the backward pass). ``d_model`` not a multiple of ``n_heads``: ``ValueError``."""
+    if cfg.d_model % cfg.n_heads:
+        raise ValueError(f"config field 'd_model' ({cfg.d_model}) must be a multiple of 'n_heads' ({cfg.n_heads})")
+    p, d, h, m = cfg.p, cfg.d_model, cfg.n_heads, cfg.d_mlp
+    weights = ((p + 1) * d + 3 * d + 4 * d * d + 2 * d * m + d * (p + 1)) * 4 * 4
+    data = p * p * (3 + 1) * 8 * 3
+    forward = p * p * 3 * (6 * d + 3 * h + 2 * m) * 4 * 2 + p * p * (p + 1) * 4 * 2
+    return weights + data + forward
 
 
 def modadd_tokens(p: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ from ..base import AnalysisServices, Dataset, FamilyPage, FeatureFamily, ModelFa
 from . import analysis
 from .features import tms_feature_vectors
 from .model import (DATA_SEED_OFFSET, REPRESENTED_THRESHOLD, TMSConfig, TMSModel, feature_norms, importances,
-                    make_points, represented_features)
+                    make_points, memory_estimate, represented_features)
 
 __all__ = [
     "TMSModel",
@@ -40,23 +40,16 @@ class TMSFamily(ModelFamily):
     train_threads = 1  # full-batch steps on a 550-parameter model: one thread is fastest
     pages = (FamilyPage("TMS", "tms", "entk_core.families.tms.page", ":material/scatter_plot:", order=20),)
 
-    @staticmethod
-    def _check(cfg: TMSConfig) -> None:
-        if cfg.n < 1 or cfg.m < 1 or cfg.n_points < 1:
-            raise ValueError(f"need n, m, n_points >= 1, got n={cfg.n}, m={cfg.m}, n_points={cfg.n_points}")
-        if not 0.0 <= cfg.sparsity < 1.0:
-            raise ValueError(f"sparsity must lie in [0, 1), got {cfg.sparsity}")
-        if not 0.0 < cfg.importance <= 1.0:
-            raise ValueError(f"importance must lie in (0, 1], got {cfg.importance}")
-
     def build_model(self, cfg: TMSConfig) -> nn.Module:
-        self._check(cfg)
         model = TMSModel(cfg.n, cfg.m)
         model.reset_parameters(seeded(cfg.seed))
         return model
 
+    def memory_estimate(self, cfg: TMSConfig) -> int:
+        """:func:`entk_core.families.tms.model.memory_estimate`."""
+        return memory_estimate(cfg)
+
     def make_data(self, cfg: TMSConfig) -> Dataset:
-        self._check(cfg)
         pts = make_points(cfg.n_points, cfg.n, cfg.sparsity, seeded(cfg.seed + DATA_SEED_OFFSET))
         x = torch.cat([pts, torch.eye(cfg.n)])
         imp = importances(cfg.n, cfg.importance)
@@ -75,6 +68,10 @@ class TMSFamily(ModelFamily):
 
     def accuracy(self, out: torch.Tensor, y: torch.Tensor) -> None:
         return None
+
+    def targets(self, cfg: TMSConfig, data: Dataset, n_outputs: int) -> torch.Tensor:
+        """The reconstruction targets ``y[:, 0]`` (= the inputs), ``(N, n)``."""
+        return data.y[:, 0].to(torch.float64)
 
     def class_weights(self, cfg: TMSConfig, beta: float) -> torch.Tensor:
         """``I_c**(β/2)``: rows of output ``c`` scaled so that ``K_β = D^{β/2} K D^{β/2}``, ``D = diag(I)``."""

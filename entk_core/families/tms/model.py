@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..schema import param
+
 __all__ = [
     "TMSModel",
     "TMSConfig",
@@ -38,6 +40,7 @@ __all__ = [
     "make_points",
     "feature_norms",
     "represented_features",
+    "memory_estimate",
 ]
 
 REPRESENTED_THRESHOLD = 0.75
@@ -70,15 +73,30 @@ class TMSModel(nn.Module):
 
 @dataclass
 class TMSConfig:
-    n: int = 50
-    m: int = 10
-    sparsity: float = 0.9
-    importance: float = 0.8
-    n_points: int = 500
-    epochs: int = 5000
-    lr: float = 1e-3
-    seed: int = 0
-    checkpoint_every: int = 250
+    """Hyperparameters; each field's type and range are checked before a model is built
+    (:mod:`entk_core.families.schema`)."""
+
+    n: int = param(50, lo=1, hi=100_000, size=True, doc="features")
+    m: int = param(10, lo=1, hi=100_000, size=True, doc="hidden dimensions")
+    sparsity: float = param(0.9, lo=0.0, hi=1.0, hi_open=True, doc="probability that an entry is 0")
+    importance: float = param(0.8, lo=0.0, lo_open=True, hi=1.0, doc="importance decay: I_i = importance**i")
+    n_points: int = param(500, lo=1, hi=10**9, size=True, doc="training points")
+    epochs: int = param(5000, lo=0, hi=10**9)
+    lr: float = param(1e-3, lo=0.0, lo_open=True, hi=1e3)
+    seed: int = param(0, lo=0, hi=2**63 - 1 - DATA_SEED_OFFSET)
+    checkpoint_every: int = param(250, lo=1, hi=10**9)
+
+
+def memory_estimate(cfg: TMSConfig) -> int:
+    """Bytes to build and train ``cfg`` (float32): ``W`` and ``b`` with gradients and two Adam
+    moments; the ``n_points + n`` inputs, their targets and importances (``y`` is
+    ``(N, 2, n)``) and the random draws of :func:`make_points`; one full-batch forward
+    (hidden and outputs, kept for the backward pass)."""
+    n, m, N = cfg.n, cfg.m, cfg.n_points
+    weights = (m * n + n) * 4 * 4
+    data = (N + n) * n * 4 * 3 + N * n * 4 * 2
+    forward = N * (m + 2 * n) * 4 * 2
+    return weights + data + forward
 
 
 def importances(n: int, importance: float) -> torch.Tensor:
