@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .family_page import FamilyPage
+
 from ..engine.machine import available_memory
 from ..engine.units import format_bytes
 from .schema import check_config, size_fields
@@ -176,31 +178,6 @@ class SweepSpec:
     primary: str | None = None
     max_cliffs: int = 4
     min_ratio: float | None = None
-
-
-@dataclass(frozen=True)
-class FamilyPage:
-    """A dashboard page a family contributes beside the generic ones (``ModelFamily.pages``).
-
-    The page is a Streamlit script, like the generic pages: ``script`` names its module
-    (``"my_plugin.page"``), which the dashboard runs by path on every visit and never
-    imports (so declaring a page costs a family nothing outside the dashboard, and its
-    package needs no Streamlit). The script draws with :mod:`entk_core.ui` (the sidebar's
-    run and epoch: ``entk_core.ui.selection()``; URL-mirrored controls: ``entk_core.ui.url_*``).
-
-    Attributes:
-      title: the menu entry (``"TMS"``).
-      url_path: the page's path (``/tms``); unique across the generic pages and every family.
-      script: the page module, importable by name (``"entk_core.families.tms.page"``).
-      icon: a Material icon (``":material/scatter_plot:"``) or an emoji.
-      order: position in the menu after the generic pages (lower first; ties by title).
-    """
-
-    title: str
-    url_path: str
-    script: str
-    icon: str = ":material/extension:"
-    order: int = 100
 
 
 class AnalysisServices(Protocol):

@@ -237,7 +237,8 @@ def test_every_layer_has_modules(layer):
 # ------------------------------------------------------- the pages layer (issues 19 §3, 21)
 GENERIC_PAGES = ("app", "app_pages", "entk_core.ui")
 """Modules that serve every family (the generic pages, the shared sidebar and page helpers)."""
-FAMILY_AGNOSTIC = {"entk_core.families", "entk_core.families.base", "entk_core.families.run"}
+FAMILY_AGNOSTIC = {"entk_core.families", "entk_core.families.base", "entk_core.families.run",
+                   "entk_core.families.family_page", "entk_core.families.schema"}
 """What a generic page may import from the families layer: the registry, the base class, runs."""
 FAMILY_TYPE_NAMES = {"ModelFamily"}
 """Type names a generic page may test against (the base class every family shares)."""
