@@ -1,8 +1,10 @@
 """eNTK Explorer dashboard. Run with ``streamlit run app.py``.
 
-This file sets up navigation and the shared sidebar (run and checkpoint picker); each page
-lives in ``app_pages/``. The whole view is mirrored in the URL (``app_pages/_shared.py``,
-``docs/url-parameters.md``).
+This file sets up navigation and the shared sidebar (run and checkpoint picker). The generic
+pages (Spectrum, Grokking, Alignment) live in ``app_pages/``; every registered model family
+adds its own pages (``ModelFamily.pages``: TMS, Transformer, Language model, and any plug-in's),
+found by :mod:`entk_core.ui.menu`. The helpers every page uses are :mod:`entk_core.ui`; the
+whole view is mirrored in the URL (:mod:`entk_core.ui.urlstate`, ``docs/url-parameters.md``).
 
 Why the pages folder is not called ``pages/``: when a folder named ``pages`` sits next to
 the entry script, Streamlit (1.67) runs the first script run of the server in its
@@ -29,29 +31,28 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import streamlit as st
 
-    from app_pages import _shared
+    from entk_core.ui import guarded, menu, runs, urlstate
 
     # A local icon: a Material icon as page icon is fetched from fonts.gstatic.com by the browser.
     st.set_page_config(page_title="eNTK Explorer", page_icon=str(ROOT / "static" / "favicon.png"), layout="wide")
-    pages = [
+    generic = [
         st.Page("app_pages/spectrum.py", title="Spectrum", icon=":material/show_chart:", url_path="spectrum",
                 default=True),
         st.Page("app_pages/grokking.py", title="Grokking", icon=":material/timeline:", url_path="grokking"),
         st.Page("app_pages/alignment.py", title="Alignment", icon=":material/grid_on:", url_path="alignment"),
-        st.Page("app_pages/transformer.py", title="Transformer", icon=":material/hub:", url_path="transformer"),
-        st.Page("app_pages/tms.py", title="TMS", icon=":material/scatter_plot:", url_path="tms"),
-        st.Page("app_pages/language_model.py", title="Language model", icon=":material/notes:",
-                url_path="language-model"),
     ]
+    # then every registered family's own pages (ModelFamily.pages: TMS, Transformer, Language model, plug-ins')
+    pages = menu.menu(generic)
     # Streamlit's own page menu drops the query string on a page switch; the sidebar draws page
-    # links carrying the whole view instead (_shared.sync_url fills them at the end of the run).
+    # links carrying the whole view instead (urlstate.sync_url fills them at the end of the run).
     nav = st.navigation(pages, position="hidden")
-    _shared.nav_menu(pages)
+    urlstate.nav_menu(pages)
     st.sidebar.title("eNTK Explorer")
-    _shared.sidebar()
-    _shared.url_box()
-    nav.run()
-    _shared.sync_url(final=True)
+    runs.sidebar()
+    urlstate.url_box()
+    with guarded(f"the {nav.title} page failed"):  # a bug in a page is one line (the traceback: ENTK_DEBUG=1)
+        nav.run()
+    urlstate.sync_url(final=True)
 
 
 if __name__ == "__main__":

@@ -1,40 +1,39 @@
-"""Alignment page: eNTK cliff directions against the Fourier feature families (modular
-arithmetic), beside the PCA and random baselines.
+"""Alignment page: the directions of one spectral window (a cliff) against the feature
+families the run's family declares, beside the PCA and random baselines.
 
-Heatmaps of the phase-insensitive correlation between the directions of one cliff and the
-stacked Fourier banks, before or after the two-stage Laplacian rotation inside the cliff
-(:mod:`entk_core.families.modadd_mlp.analysis`); click an eigenvalue (or type its index) to
-see its eigenvector (or, inside the rotated cliff, the rotated direction) as a p × p image
-over (a, b) with its 2-D Fourier power.
+Generic over families: the families are the family's view families
+(:attr:`~entk_core.families.base.ModelFamily.view_families`, built from the run's final
+model: a Transformer's are at its key frequencies), the windows are the blocks detected in
+a group's spectrum, β is offered when the family rescales classes, and the rotation
+control when it declares a rotation inside a window
+(:meth:`~entk_core.families.base.ModelFamily.cliff_rotation`: the MLP's two-stage Laplacian
+rotation, so each direction is one Fourier mode). Click an eigenvalue (or type its index)
+to see its eigenvector -- inside the rotated window, the rotated direction -- in its
+family's form.
 """
-import numpy as np
 import streamlit as st
 
-from entk_core.engine.measures import best_phase_corr
 from entk_core.engine.spectra import Cliff
-from entk_core.families.modadd_mlp import analysis as ma
 from entk_core.figures import heatmap_figure
-from entk_core.workflows import alignment, analysis
-from entk_core.workflows.services import Services
+from entk_core.ui import (cache_caption, compare_control, export_buttons, group_name, groups_of, guarded,
+                          kernel_size_of, long_call, not_available, require_run, spectrum_explorer, stop, timed,
+                          url_float, url_int, url_multiselect, url_selectbox, url_toggle, vector_figures,
+                          view_inputs_of)
+from entk_core.workflows import analysis, views
+from entk_core.workflows.estimates import spectrum_seconds
 from entk_core.workflows.sweep import CONSTANT_LABEL
-from app_pages._shared import (alignment_inputs, cache_caption, compare_control, export_buttons, group_name, groups_of,
-                               guarded, kernel_size_of, load_model, not_available, require_run, spectrum_explorer, timed,
-                               url_int, url_multiselect, url_selectbox, url_toggle, vector_figures)
 
-st.header("Alignment with Fourier features")
+st.header("Alignment with feature families")
 run, epoch = require_run()
 fam = run.family
-p = getattr(run.config, "p", None)
-N = len(run.data.kernel_idx)
-families, inputs = {}, {}
+inputs = None
 with guarded("cannot build the feature families"):
-    inputs = alignment_inputs(run, epoch)
-    families = inputs["families"]
-if p is None or N != p * p or not all(f in families for f in ma.FOURIER):
-    not_available(run, "The Fourier alignment view", "It needs a modular-arithmetic run whose feature families "
-                  "include the a, b, sum and diff Fourier banks over all p² pairs (the MLP); pick one in the sidebar.")
-families = {k: f for k, f in families.items() if k in ma.REPORT_FAMILIES}
-bases = {k: b for k, b in inputs["bases"].items() if k in families}
+    inputs = view_inputs_of(run, epoch)
+if inputs is None:
+    stop()
+if not inputs.families:
+    not_available(run, "The alignment view", "It needs feature families over the kernel's rows, and this family "
+                  "declares none (a family adds them with its feature_families hook; see docs/ARCHITECTURE.md).")
 
 groups = groups_of(run)
 c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
@@ -48,92 +47,99 @@ n = kernel_size_of(run, fam.default_reduction)
 kmax = min(n, 2000)
 top = url_int("top", f"Eigenvalues k (1–{kmax})", 1, kmax, min(fam.default_top, n), key="align_top", where=c3,
               step=10)
-rotated = url_toggle("rotation", "After rotation", True, key="align_rotated", where=c4,
-                     help="two-stage graph-Laplacian rotation inside the cliff (axis Laplacians for a/b cliffs, "
-                          "sum/diff Laplacians for sum/diff cliffs), so each direction is one Fourier mode")
+rotated = False
+if fam.offers("rotation"):
+    rotated = url_toggle("rotation", "After rotation", True, key="align_rotated", where=c4, help=fam.rotation_help)
+beta = None
+if fam.offers("beta"):
+    beta = url_float("beta", "Importance β", 0.0, 1.0, 0.0, key="align_beta", step=0.05, where=c4,
+                     help="class rows scaled by I_c^(β/2) (importance rescaling)") or None
 other = compare_control(run, epoch, key="align_compare")
 
+
+def _spectrum(g: str):
+    kw = {"epoch": epoch, "group": g, "reduction": fam.default_reduction, "top": int(top), "beta": beta}
+    return long_call(f"spectrum|{run.path}|{sorted(kw.items())}", f"the {g} eNTK spectrum", analysis.spectrum, run,
+                     target="entk_core.workflows.analysis:spectrum", kwargs=kw,
+                     estimate_s=lambda: spectrum_seconds(run, epoch, group=g, top=int(top), beta=beta))
+
+
 with guarded("cannot compute the alignment"):
-    model = load_model(run, epoch)
-    res, dt = timed(analysis.spectrum, run, epoch, group=group, top=top, model=model)
-    wins = ma.cliff_windows(run, epoch, services=Services(), windows_from=windows_from, top=top)
+    res, dt = timed(_spectrum, group)
+    ref = res if windows_from == group else _spectrum(windows_from)
+    if res is None or ref is None:
+        stop()
     V = res.eigenvectors
-    wins = [w for w in wins if w[2] < V.shape[1]]
-    fourier = [w for w in wins if w[0] != CONSTANT_LABEL]
+    wins = [w for w in views.cliff_windows(ref) if w[2] < V.shape[1]]
+    blocks = [w for w in wins if w[0] != CONSTANT_LABEL]
     st.subheader(f"Cliff directions vs feature families · {group} eNTK, epoch {epoch}")
-    U, s, figures, tables = None, 0, {}, {}
-    if not fourier:
+    cv, figures, tables = None, {}, {}
+    if not blocks:
         later = "pick a later epoch or another group" if epoch != run.epochs[-1] else "pick another group"
         st.info(f"No cliff of two or more eigenvalues was detected at this checkpoint; {later}.")
     else:
-        labels = [f"{lab} [{a}–{b}], drop ×{r:.2f}" for lab, a, b, r in fourier]
+        labels = [f"{lab} [{a}–{b}], drop ×{r:.2f}" for lab, a, b, r in blocks]
         d1, d2 = st.columns([2, 4])
-        ci = url_selectbox("cliff", "Cliff", list(range(len(fourier))), 0, key="align_cliff", where=d1,
+        ci = url_selectbox("cliff", "Cliff", list(range(len(blocks))), 0, key="align_cliff", where=d1,
                            format_func=lambda j: labels[j],
-                           url_format=lambda j: fourier[j][0].replace(" ", "") if j < len(fourier) else str(j))
-        chosen = url_multiselect("families", "Families (stacked rows)", list(ma.FOURIER), list(ma.FOURIER),
+                           url_format=lambda j: blocks[j][0].replace(" ", "") if j < len(blocks) else str(j))
+        chosen = url_multiselect("families", "Families (stacked rows)", inputs.features, inputs.features,
                                  key="align_fams", where=d2)
-        lab, s, e, _ = fourier[ci]
-        block = V[:, s:e + 1]
-        info = ma.analyse_cliff(block, families, p, rotate=block.shape[1] >= 2, bases=bases)
-        U = info.get("rotated") if rotated and info["rotation"] else None
-        dirs = U if U is not None else block
-        if chosen:
-            H, ylabels = alignment.direction_correlations(dirs, families, chosen)
-            xl = ([f"rotated direction {j}" for j in range(dirs.shape[1])] if U is not None
-                  else [f"eigenvector {s + j}" for j in range(dirs.shape[1])])
-            state = f"after {info['rotation']} rotation" if U is not None else "raw eigenvectors"
-            hfig = heatmap_figure(H, x_labels=xl, y_labels=ylabels, z_title="corr", x_title="direction in the cliff",
-                                  y_title="Fourier mode",
+        lab, s, e, _ = blocks[ci]
+        cv = views.cliff_view(run, V, (lab, s, e), inputs, chosen=chosen, rotate=rotated)
+        if cv.heatmap is not None:
+            state = f"after {cv.rotation} rotation" if cv.rotation else "raw eigenvectors"
+            hfig = heatmap_figure(cv.heatmap, x_labels=cv.column_labels, y_labels=cv.row_labels, z_title="corr",
+                                  x_title="direction in the cliff", y_title="feature",
                                   title=f"{lab} ({e - s + 1} directions), {state}: phase-insensitive correlation")
             st.plotly_chart(hfig, key="align_heatmap", width="stretch")
             figures["heatmap"] = hfig
         else:
             st.info("Pick at least one family.")
-        mb = info["mean_best_corr"]
+        mb = cv.mean_best_corr
         k1, k2, k3 = st.columns(3)
-        k1.metric("Mean best correlation, raw", f"{mb['before']:.3f}")
-        k2.metric("after rotation", "–" if mb["after"] is None else f"{mb['after']:.3f}",
-                  delta=None if mb["after"] is None else f"{mb['after'] - mb['before']:+.3f}")
-        k3.metric("Rotation", info["rotation"] or "none")
-        H_act = inputs["activations"]
-        rows = alignment.window_table(V, [(lab, s, e)], families, H=H_act, bases=bases)
-        table = [{"family": r["family"], "dim": r["dim"], "eNTK": r["entk"], "PCA": r["pca"], "random": r["random"],
-                  "eNTK %": round(100 * r["entk"] / max(r["dim"], 1), 1)} for r in rows]
-        st.dataframe(table, hide_index=True, width="content")
-        tables["overlaps"] = table
+        k1.metric("Mean best correlation, raw", "–" if mb["raw"] is None else f"{mb['raw']:.3f}")
+        if fam.offers("rotation"):
+            k2.metric("after rotation", "–" if mb["rotated"] is None else f"{mb['rotated']:.3f}",
+                      delta=None if mb["rotated"] is None else f"{mb['rotated'] - mb['raw']:+.3f}")
+            k3.metric("Rotation", cv.rotation or "none")
+        st.dataframe(cv.table, hide_index=True, width="content")
+        tables["overlaps"] = cv.table
+        H = inputs.activations
         st.caption(f"Subspace overlap ‖QᵀF‖² of the cliff span ({e - s + 1} directions) with each mean-centred "
                    "family, out of its dimension, beside the same budget of PCA directions of the hidden "
-                   "activations (" + ("none declared" if H_act is None else f"{H_act.shape[1]} units") + ") and of a "
-                   "random subspace. The rotation changes only how single-mode each direction is.")
+                   "activations (" + ("none declared" if H is None else f"{H.shape[1]} units") + ") and of a "
+                   "random subspace." + (" The rotation changes only how single-mode each direction is."
+                                         if fam.offers("rotation") else ""))
+        with st.expander("The feature families"):
+            st.dataframe([{"family": k, "dim": int(inputs.bases[k].shape[1]), "what": f.description}
+                          for k, f in inputs.families.items()], hide_index=True, width="stretch")
 
-    st.subheader("One eigenvector over (a, b)")
-    bank = ma.fourier_bank_all(families)
-    shaded = [Cliff(start=a, size=b - a + 1, ratio=r) for _, a, b, r in fourier]
+    st.subheader("One eigenvector")
+    shaded = [Cliff(start=a, size=b - a + 1, ratio=r) for _, a, b, r in blocks]
 
-    def vec_at(i: int) -> tuple[np.ndarray, str]:
-        if U is not None and s <= i < s + U.shape[1]:
-            return U[:, i - s], f"rotated direction {i - s} of the cliff (position {i})"
-        return V[:, i], f"eigenvector {i}"
+    def vec_at(i: int):
+        vec, name = cv.direction_at(i) if cv is not None else (None, f"eigenvector {i}")
+        return (V[:, i] if vec is None else vec), name
 
     def side(i: int) -> None:
-        vec, _ = vec_at(i)
-        corr, best = best_phase_corr(vec, bank)
-        st.metric("Best Fourier match", bank.labels[int(best[0])],
-                  help="highest phase-insensitive correlation over a|b|sum|diff")
-        st.metric("correlation", f"{corr[0]:.3f}")
+        best = views.best_match(vec_at(i)[0], inputs)
+        if best is not None:
+            st.metric("Best feature match", best[0],
+                      help="highest phase-insensitive correlation over " + " | ".join(inputs.features))
+            st.metric("correlation", f"{best[1]:.3f}")
 
     extra = None
     if other is not None:
-        r2 = analysis.spectrum(other[0], other[1], group=group, top=top)
+        r2 = analysis.spectrum(other[0], other[1], group=group, top=top, beta=beta)
         extra = {other[2]: r2.eigenvalues}
     idx, sfig, vfigs = spectrum_explorer(
-        run, key="align", eigenvalues=res.eigenvalues, cliffs=shaded, labels=[w[0] for w in fourier],
+        run, key="align", eigenvalues=res.eigenvalues, cliffs=shaded, labels=[w[0] for w in blocks],
         title=f"{group} eNTK spectrum (click an eigenvalue; cliffs from {windows_from})", log=True,
-        n_vectors=V.shape[1], default_vector=fourier[0][1] if fourier else 0, side=side, extra=extra,
-        vector_of=lambda i: vector_figures(run, vec_at(i)[0], title=f"{vec_at(i)[1]} as a p × p image (p = {p})"))
+        n_vectors=V.shape[1], default_vector=blocks[0][1] if blocks else 0, side=side, extra=extra,
+        vector_of=lambda i: vector_figures(run, vec_at(i)[0], title=vec_at(i)[1]))
     figures.update({"spectrum": sfig, **{f"vector_{idx}_{j}": f for j, f in enumerate(vfigs)}})
-    st.caption(cache_caption(res.meta, dt, (res.meta["timing"].get("kernel_s") or 0) + (res.meta["timing"].get("eig_s") or 0)))
+    st.caption(cache_caption(res.meta, dt, views.computed_seconds(res)))
     export_buttons(f"{run.name}_e{epoch}_{group}_alignment",
                    arrays={"eigenvalues": res.eigenvalues, "eigenvectors": V[:, :max(w[2] for w in wins) + 1] if wins else V},
                    tables=tables, figures=figures, key="align_export")

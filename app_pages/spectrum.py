@@ -2,14 +2,13 @@
 eigenvector in its family's form, a comparison with another checkpoint or run, exports."""
 import streamlit as st
 
-from entk_core.engine.spectra import label_cliffs
 from entk_core.figures import principal_angles_figure
-from entk_core.workflows import analysis
+from entk_core.ui import (cache_caption, compare_control, export_buttons, fmt_pct, group_name, groups_of, guarded,
+                          kernel_size_of, long_call, require_run, spectrum_explorer, stop, timed, url_float, url_int,
+                          url_selectbox, url_toggle, vector_figures)
+from entk_core.workflows import analysis, views
 from entk_core.workflows.alignment import compare_spectra
-from app_pages._shared import (cache_caption, compare_control, estimate_seconds, export_buttons, fmt_pct,
-                               group_name, groups_of, guarded, kernel_size_of, long_call, require_run,
-                               spectrum_explorer, stop, timed, url_float, url_int, url_selectbox, url_toggle,
-                               vector_figures)
+from entk_core.workflows.estimates import spectrum_seconds
 
 st.header("eNTK spectrum")
 with st.expander("New here? What this page shows", expanded=not st.query_params):
@@ -66,10 +65,11 @@ kw = {"epoch": epoch, "group": group, "reduction": reduction, "top": int(top), "
 with guarded("cannot compute the spectrum"):
     (res, dt) = timed(long_call, f"spectrum|{run.path}|{sorted(kw.items())}", "the eNTK spectrum", analysis.spectrum,
                       run, target="entk_core.workflows.analysis:spectrum", kwargs=kw,
-                      estimate_s=estimate_seconds(run, reduction=reduction, group=group, top=int(top)))
+                      estimate_s=lambda: spectrum_seconds(run, epoch, group=group, reduction=reduction,
+                                                          top=int(top), beta=beta))
     if res is None:
         stop()
-    labels = label_cliffs(res.cliffs, res.eigenvectors)
+    labels = res.labels
     res2 = None
     extra = None
     if other is not None:
@@ -80,7 +80,8 @@ with guarded("cannot compute the spectrum"):
             kw2 = {**kw, "epoch": epoch2}
             res2 = long_call(f"spectrum|{run2.path}|{sorted(kw2.items())}", f"the spectrum at {lab2}",
                              analysis.spectrum, run2, target="entk_core.workflows.analysis:spectrum", kwargs=kw2,
-                             estimate_s=estimate_seconds(run2, reduction=reduction, group=group, top=int(top)))
+                             estimate_s=lambda: spectrum_seconds(run2, epoch2, group=group, reduction=reduction,
+                                                                 top=int(top), beta=beta))
             if res2 is not None:
                 extra = {lab2: res2.eigenvalues}
     V = res.eigenvectors
@@ -88,26 +89,21 @@ with guarded("cannot compute the spectrum"):
     idx, fig, vfigs = spectrum_explorer(
         run, key="spec", eigenvalues=res.eigenvalues, cliffs=res.cliffs, labels=labels, title=title, log=log,
         n_vectors=V.shape[1], extra=extra,
-        default_vector=next((c.start for c, lab in zip(res.cliffs, labels) if lab != "constant"), 0),
+        default_vector=views.first_feature_window(res),
         vector_of=lambda i: vector_figures(run, V[:, i], title=f"eigenvector {i} (λ = {res.eigenvalues[i]:.4g})"),
     )
-    t = res.meta["timing"]
-    computed = (t.get("kernel_s") or 0) + (t.get("eig_s") or 0)
-    st.caption(f"n = {res.meta['n']} · {cache_caption(res.meta, dt, computed)}")
-    if res.cliffs:
+    st.caption(f"n = {res.meta['n']} · {cache_caption(res.meta, dt, views.computed_seconds(res))}")
+    rows = views.spectrum_blocks(res)
+    if rows:
         st.markdown("**Detected blocks** (a block of eigenvalues ended by a sharp drop; the constant mode apart; "
                     "rule in `entk_core/engine/spectra.py`)")
-        rows = [{"block": "constant mode" if lab == "constant" else lab, "start": c.start, "end": c.end,
-                 "size": c.size, "drop ratio": round(c.ratio, 3)} for lab, c in zip(labels, res.cliffs)]
         st.dataframe(rows, hide_index=True, width="content")
     else:
-        rows = []
         st.caption("No sharp cliff detected in the top eigenvalues.")
     figures = {"spectrum": fig, **{f"eigenvector_{idx}_{j}": f for j, f in enumerate(vfigs)}}
     if res2 is not None:
         if res2.eigenvectors.shape[0] == V.shape[0]:
-            k = int(min(top, 100))
-            cmp = compare_spectra(res, res2, k)
+            cmp = compare_spectra(res, res2, min(top, 100))
             st.subheader(f"Top-{cmp['k']} eigenspaces: epoch {epoch} vs {other[2]}")
             st.caption(f"overlap ‖QₐᵀQ_b‖²/k = {cmp['overlap']:.3f} (1: the same subspace) · largest principal "
                        f"angle {cmp['angles_deg'].max():.1f}°")

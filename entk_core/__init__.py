@@ -1,5 +1,7 @@
 """eNTK Explorer core library: empirical neural tangent kernels, their spectra, and
-their alignment with ground-truth features. No Streamlit import anywhere in here.
+their alignment with ground-truth features. Streamlit is imported only by the pages layer:
+:mod:`entk_core.ui` (the dashboard's helpers) and the families' page scripts (``page.py``),
+never by this package's import.
 
 The public API is re-exported below (``__all__``); everything else is internal. Shapes and
 axis conventions are documented on each function and in docs/ARCHITECTURE.md:
@@ -14,15 +16,16 @@ axis conventions are documented on each function and in docs/ARCHITECTURE.md:
   :func:`get_family`, :func:`list_families`, :func:`register`.
 
 A plug-in family needs only :class:`ModelFamily`, :class:`Dataset`, :class:`FeatureFamily`
-(and :class:`SweepSpec` / :class:`AnalysisServices` for its optional hooks).
+(and :class:`SweepSpec` / :class:`AnalysisServices` for its optional hooks, :class:`FamilyPage`
+for a dashboard page of its own).
 """
 from .engine.eigenpairs import top_eigenpairs
 from .engine.info import KernelInfo, TrainModeWarning
 from .engine.kernels import MemoryBudgetError, empirical_ntk, empirical_ntk_by_layer, layer_groups, param_group
 from .engine.operators import KernelOperator, flat_jacobian
 from .engine.spectra import Cliff, detect_cliffs, label_cliffs
-from .families.base import (AnalysisServices, Dataset, FeatureFamily, ModelFamily, SweepSpec, get_family,
-                            list_families, register)
+from .families.base import (AnalysisServices, Dataset, FamilyPage, FeatureFamily, ModelFamily, SweepSpec,
+                            get_family, list_families, register)
 from .families.run import Run, list_runs, open_run
 from .store.runs import RunError
 from .workflows.training import train
@@ -31,6 +34,7 @@ __all__ = [
     "AnalysisServices",
     "Cliff",
     "Dataset",
+    "FamilyPage",
     "FeatureFamily",
     "KernelInfo",
     "KernelOperator",

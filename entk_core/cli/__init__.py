@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from typing import Sequence
 
-from ..store.runs import RunError
-from .common import one_line, tqdm_progress
+from ..errors import USER_ERRORS, debug_enabled, one_line
+from .common import tqdm_progress
 
 __all__ = ["main", "build_parser", "one_line", "tqdm_progress", "COMMAND_MODULES"]
 
@@ -58,13 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted (nothing saved is lost; `train` resumes from the last checkpoint)", file=sys.stderr)
         return 130
-    except (RunError, ValueError, FileNotFoundError, PermissionError, MemoryError) as e:
-        if os.environ.get("ENTK_DEBUG"):
+    except USER_ERRORS as e:  # bad input (entk_core.errors): one line, status 2
+        if debug_enabled():
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - the CLI never shows a traceback
-        if os.environ.get("ENTK_DEBUG"):
+        if debug_enabled():
             raise
         print(f"error: unexpected {e.__class__.__name__}: {one_line(e)} (set ENTK_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from ..store.runs import one_line
+from ..errors import one_line
 
 __all__ = ["tqdm_progress", "progress_lines", "emit", "one_line", "add_family_options", "add_executor_options"]
 

@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .family_page import FamilyPage
+
 from ..engine.machine import available_memory
 from ..engine.units import format_bytes
 from .schema import check_config, size_fields
@@ -56,6 +58,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "AnalysisServices",
     "Dataset",
+    "FamilyPage",
     "FeatureFamily",
     "ModelFamily",
     "SweepSpec",
@@ -229,6 +232,9 @@ class ModelFamily:
       train_threads: torch threads during training (``None``: unchanged).
       description: a few sentences for newcomers.
       has_accuracy: whether :meth:`accuracy` is meaningful.
+      view_families, control_families, rotation_help: what the alignment views show
+        (see each attribute).
+      pages: the family's own dashboard pages (:class:`FamilyPage`).
     """
 
     name: ClassVar[str] = ""
@@ -245,6 +251,18 @@ class ModelFamily:
     """A few sentences for newcomers: what the model is and what its eNTK shows."""
     has_accuracy: ClassVar[bool] = True
     """Whether :meth:`accuracy` is meaningful (``False`` for regression-style families such as TMS)."""
+    view_families: ClassVar[tuple[str, ...] | None] = None
+    """The feature families the alignment views show and measure, in this order (``None``: every
+    family of :meth:`feature_families` whose rows match the kernel). The MLP leaves out its
+    digit families, which span the same centred subspaces as its Fourier ones."""
+    control_families: ClassVar[tuple[str, ...]] = ("random",)
+    """Families that are controls, not features (a random subspace): measured beside the others,
+    never selected by default, never reported as a direction's best feature match."""
+    rotation_help: ClassVar[str] = ""
+    """What :meth:`cliff_rotation` does, in a sentence (the help of the pages' rotation control)."""
+    pages: ClassVar[tuple[FamilyPage, ...]] = ()
+    """The family's own dashboard pages (:class:`FamilyPage`), in the menu after the generic
+    ones (Spectrum, Grokking, Alignment) whichever run is selected."""
 
     # ------------------------------------------------------------------ config
     def config_from_dict(self, d: dict[str, Any]) -> Any:
@@ -350,6 +368,20 @@ class ModelFamily:
         """
         raise ValueError(f"the align command is not available for the {self.name} family")
 
+    def cliff_rotation(self, cfg: Any, block: np.ndarray, overlaps: dict[str, float]) -> tuple[np.ndarray, str] | None:
+        """Rotate the directions of one spectral window inside their span so that each is a
+        single feature where it can be (the alignment views' rotation control).
+
+        Args:
+          block: ``(N, k)`` orthonormal directions (``k >= 2``) over the kernel rows.
+          overlaps: the window's subspace overlap with each view family (name -> overlap),
+            e.g. to choose which rotation applies.
+
+        Returns ``(rotated (N, k), name of the rotation)``, or ``None`` when no rotation
+        applies to this window. The span (and so every overlap) must not change.
+        """
+        return None
+
     # ------------------------------------------------ what the family offers
     def sweep_spec(self, cfg: Any, group: str) -> SweepSpec | None:
         """What the per-checkpoint (grokking) sweep measures for ``group``: a
@@ -364,8 +396,8 @@ class ModelFamily:
     def eigenvector_view(self, cfg: Any) -> str:
         """How the dashboard draws one eigenvector of this family's default kernel:
 
-        * ``"grid"`` -- rows are the ``p²`` pairs ``(a, b)`` (row ``a*p + b``): a ``p × p``
-          image and its 2-D Fourier power;
+        * ``"grid"`` -- rows are the ``p²`` pairs ``(a, b)`` (row ``a*p + b``; ``p`` is the
+          square root of the number of rows): a ``p × p`` image and its 2-D Fourier power;
         * ``"features"`` -- a vector over the family's features, importance-ordered (rows of
           a class-major flattened kernel are folded per feature);
         * ``"contexts"`` -- rows are text contexts: the most positive and most negative ones;
@@ -379,7 +411,7 @@ class ModelFamily:
         return None
 
     CAPABILITIES: ClassVar[tuple[str, ...]] = ("train", "import", "accuracy", "grokking", "sweep", "align",
-                                               "beta", "pca")
+                                               "beta", "pca", "rotation")
 
     def offers(self, what: str) -> bool:
         """Whether this family supports a view or command, so pages and the CLI can say
@@ -393,7 +425,8 @@ class ModelFamily:
           overlaps with :meth:`feature_families` where the family declares some;
         * ``"align"`` -- :meth:`align_report` is implemented;
         * ``"beta"`` -- :meth:`class_weights` (importance rescaling) is implemented;
-        * ``"pca"`` -- :meth:`hidden_activations` is implemented (PCA baseline).
+        * ``"pca"`` -- :meth:`hidden_activations` is implemented (PCA baseline);
+        * ``"rotation"`` -- :meth:`cliff_rotation` is implemented (rotation inside a window).
         """
         cls = type(self)
         implemented = lambda hook: getattr(cls, hook) is not getattr(ModelFamily, hook)  # noqa: E731
@@ -413,6 +446,8 @@ class ModelFamily:
             return implemented("class_weights")
         if what == "pca":
             return implemented("hidden_activations")
+        if what == "rotation":
+            return implemented("cliff_rotation")
         raise ValueError(f"unknown capability {what!r}; known: {', '.join(self.CAPABILITIES)}")
 
     def validate_state(self, cfg: Any, state: dict[str, torch.Tensor]) -> None:

@@ -35,6 +35,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..errors import one_line  # re-exported: the one error format (entk_core.errors)
+
 __all__ = [
     "RunError",
     "RunRecord",
@@ -66,13 +68,6 @@ class RunError(ValueError):
     """A run folder, manifest or checkpoint is missing, malformed or inconsistent.
 
     The message is one line naming the file and the fault."""
-
-
-def one_line(e: BaseException) -> str:
-    """The first line of an exception's message (its class name if empty): the one error
-    format of the CLI (``error: ...``) and the dashboard (``st.error``)."""
-    msg = str(e).strip().splitlines()
-    return msg[0] if msg else e.__class__.__name__
 
 
 # --------------------------------------------------------------------- files

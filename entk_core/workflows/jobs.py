@@ -1,7 +1,7 @@
 """Long computations for interactive callers: look a result up without computing it, and
 run a computation in a separate, killable worker process that reports progress.
 
-The dashboard uses both (:mod:`app_pages._shared`): a request whose result is cached is
+The dashboard uses both (:func:`entk_core.ui.jobs.long_call`): a request whose result is cached is
 served at once (:func:`cached`); otherwise the caller estimates its cost, asks the user
 above ~10 s, and runs it with :class:`Job` -- a ``python -m entk_core.workflows.jobs``
 subprocess that computes the result into the shared on-disk cache and streams
@@ -67,7 +67,17 @@ def cached(fn: Callable, *args: Any, cache=None, **kwargs: Any):
 
 
 class JobError(RuntimeError):
-    """The worker failed; the message is its one-line error."""
+    """The worker failed; the message is its one-line error.
+
+    ``user_error``: whether the worker's exception was bad input
+    (:func:`entk_core.errors.is_user_error`), so callers report it as such;
+    ``worker_traceback``: the worker's traceback text (empty when the worker died without
+    reporting)."""
+
+    def __init__(self, message: str, *, user_error: bool = False, worker_traceback: str = ""):
+        super().__init__(message)
+        self.user_error = bool(user_error)
+        self.worker_traceback = worker_traceback
 
 
 @dataclass
@@ -126,7 +136,8 @@ class Job:
                 status = "done"
             elif msg.get("kind") == "error":
                 self.kill()
-                raise JobError(msg.get("message") or "the worker failed")
+                raise JobError(msg.get("message") or "the worker failed", user_error=bool(msg.get("user_error")),
+                               worker_traceback=str(msg.get("traceback") or ""))
         if status == "running" and self.proc.poll() is not None:
             raise JobError(f"the worker exited with status {self.proc.returncode}")
         return status
@@ -143,12 +154,15 @@ class Job:
             self.kill()
             raise
         self.proc.wait()
+        self.kill()  # closes the pipe (the worker has exited)
 
     def kill(self) -> None:
-        """Stop the worker now (SIGKILL) and reap it."""
+        """Stop the worker now (SIGKILL), reap it and close its pipe."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.proc is not None and self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.proc.stdout.close()
 
 
 def _main() -> int:  # the worker: python -m entk_core.workflows.jobs < {"target", "run", "kwargs"}
@@ -172,8 +186,12 @@ def _main() -> int:  # the worker: python -m entk_core.workflows.jobs < {"target
         fn = getattr(importlib.import_module(mod), name)
         fn(open_run(req["run"]), **req.get("kwargs", {}), progress=progress)
     except Exception as e:  # noqa: BLE001 - reported to the caller as one line
-        lines = str(e).strip().splitlines()
-        send({"kind": "error", "message": lines[0] if lines else e.__class__.__name__})
+        import traceback
+
+        from ..errors import is_user_error, one_line
+
+        send({"kind": "error", "message": one_line(e), "user_error": is_user_error(e),
+              "traceback": traceback.format_exc()})
         return 1
     send({"kind": "done"})
     return 0

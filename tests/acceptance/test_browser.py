@@ -192,9 +192,17 @@ def _check_page(page, where: str, server) -> list[str]:
     return plot_titles(page)
 
 
-def _open(page, url: str) -> None:
+def _open(page, url: str, start: bool = True) -> None:
+    """Open ``url``; with ``start``, also start the long work a page offers with its estimate
+    ("Start (~35 s)": an uncached sweep or PCA baseline) and wait for it."""
     page.goto(url)
     wait_idle(page)
+    for _ in range(3 if start else 0):
+        offer = page.get_by_role("button", name=re.compile(r"^Start \("))
+        if not offer.count():
+            break
+        offer.first.click()
+        after_interaction(page, timeout_s=900)
 
 
 def _query(page) -> dict[str, str]:
@@ -248,10 +256,25 @@ def test_every_page_renders_and_reacts(page, server):
 
 
 def test_other_families_say_not_available(page, server):
-    for path, run in (("grokking", TMS), ("alignment", TF), ("tms", MLP), ("transformer", MLP)):
+    for path, run in (("grokking", TMS), ("tms", MLP), ("transformer", MLP)):
         _open(page, f"{server.url}/{path}?run={run}")
         _check_page(page, path, server)
         assert any("not available for this family" in t for t in info_texts(page)), (path, info_texts(page))
+
+
+def test_alignment_is_generic_over_families(page, server):
+    """The Alignment page asks the run's family: the Transformer's key-frequency families, TMS's
+    feature indicators with its β control, the rotation control only for the MLP (which
+    declares a rotation inside a cliff)."""
+    main = page.get_by_test_id("stMain")
+    for run, families, rotation, beta in ((TF, ["axis_diff", "axis_sum", "diff", "sum"], False, False),
+                                          (TMS, ["features"], False, True), (MLP, ["a", "b", "diff", "sum"], True, False)):
+        _open(page, f"{server.url}/alignment?run={run}")
+        titles = _check_page(page, f"alignment of {run}", server)
+        assert any("phase-insensitive correlation" in t for t in titles), (run, titles)
+        assert _widget_value(page, "multi", "Families (stacked rows)") == families, run
+        assert main.get_by_role("switch", name="After rotation", exact=True).count() == int(rotation), run
+        assert main.get_by_test_id("stSlider").filter(has_text="Importance β").count() == int(beta), run
 
 
 # -------------------------------------------------- URL round trips
@@ -306,6 +329,7 @@ ROUND_TRIPS = [
     ("alignment", MLP, "select", "Cliff", None, "cliff"),
     ("alignment", MLP, "toggle", "After rotation", None, "rotation"),
     ("alignment", MLP, "select", "Cliffs detected in", "net.0 · W1, input → hidden", "windows"),
+    ("alignment", TMS, "slider", "Importance β", "ArrowRight", "beta"),
     ("tms", TMS, "slider", "β", "ArrowRight", "beta"),
     ("tms", TMS, "number", "Eigenvalues k (10–300)", 60, "top"),
     ("transformer", TF, "select", "Layer group", "attn.OV · W_O + W_V, the OV circuit", "group"),
@@ -466,7 +490,7 @@ def _cpu_s(pid: int) -> float:
 def test_stop_ends_the_work(page, server):
     """The flat-reduction spectrum of the p = 29 MLP is estimated above a minute: it asks first,
     runs in a worker with progress, and Stop kills the worker at once."""
-    _open(page, f"{server.url}/?run={MLP}&reduction=flat")
+    _open(page, f"{server.url}/?run={MLP}&reduction=flat", start=False)
     info = " ".join(info_texts(page))
     assert "estimated at about" in info, info
     page.get_by_role("button", name=re.compile(r"^Start")).click()

@@ -22,12 +22,12 @@ def test_no_runs_offers_demo():
 
 @pytest.mark.slow
 def test_demo_training_from_the_ui(monkeypatch):
-    from app_pages import _shared
+    from entk_core.workflows.presets import DEMO
 
     at = _app().run()
     at.button(key="train_demo").click().run()
     assert not at.exception
-    assert at.session_state["run"] == _shared.DEMO_NAME
+    assert at.session_state["run"] == DEMO
     assert at.get("plotly_chart")
 
 

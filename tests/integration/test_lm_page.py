@@ -52,7 +52,7 @@ def page(lm_world, monkeypatch, tmp_path):
 
         def run(self) -> AppTest:
             self.at.run()
-            self.at.switch_page("app_pages/language_model.py")
+            self.at.switch_page(str(REPO / "entk_core" / "families" / "causal_lm" / "page.py"))
             return self.at.run()
 
     return Page

@@ -106,25 +106,27 @@ def test_alignment_page(install_run, tiny_run_dir):
     at.switch_page("app_pages/alignment.py").run()
     assert not at.exception and not at.error
     titles = _titles(at)
-    assert any("phase-insensitive correlation" in t for t in titles)
-    assert any("as a p × p image" in t for t in titles)
+    assert any("phase-insensitive correlation" in t and "after axis rotation" in t for t in titles)
+    assert any(t.startswith("rotated direction 0 of the cliff") for t in titles)
+    assert at.multiselect(key="align_fams").value == ["a", "b", "sum", "diff"]  # the MLP's view families, no control
     at.toggle(key="align_rotated").set_value(False).run()
     assert not at.exception and not at.error
     assert any("raw eigenvectors" in t for t in _titles(at))
     at.number_input(key="align_vector").set_value(3).run()
-    assert any(t.startswith("eigenvector 3 as") for t in _titles(at))
+    assert "eigenvector 3" in _titles(at)
     at.selectbox(key="align_group").set_value("net.0").run()
     assert not at.exception and not at.error
 
 
-def test_alignment_page_other_family_shows_info(tmp_path, monkeypatch):
+def test_alignment_page_is_generic_over_families(tmp_path, monkeypatch):
+    """The Alignment page over TMS's feature indicators (β offered, no rotation: TMS declares
+    none), and a family without feature families told so in one line."""
     from streamlit.testing.v1 import AppTest
 
-    from entk_core.families.base import get_family, list_families
+    from entk_core.families.base import get_family, register, unregister
+    from entk_core.families.modadd_mlp import ModAddMLPFamily
     from entk_core.workflows.training import train
 
-    if "tms" not in list_families():
-        pytest.skip("no TMS family registered")
     fam = get_family("tms")
     root = tmp_path / "runs"
     train(fam, fam.Config(n=5, m=2, n_points=20, epochs=2, checkpoint_every=1), root / "tms-tiny")
@@ -132,7 +134,30 @@ def test_alignment_page_other_family_shows_info(tmp_path, monkeypatch):
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
     at.switch_page("app_pages/alignment.py").run()
     assert not at.exception and not at.error
-    assert any("needs a modular-arithmetic run" in i.value for i in at.info)
+    assert at.multiselect(key="align_fams").value == ["features"] and not at.toggle
+    assert at.slider(key="align_beta").value == 0.0
+    assert any("phase-insensitive correlation" in t for t in _titles(at))
+    at.slider(key="align_beta").set_value(1.0).run()
+    assert not at.exception and not at.error and at.query_params["beta"] == "1"
+
+    class Featureless(ModAddMLPFamily):
+        name = "featureless-mlp"
+
+        def feature_families(self, cfg, data, model=None):
+            return {}
+
+    register(Featureless)
+    try:
+        f = get_family("featureless-mlp")
+        train(f, f.Config(p=5, width=8, epochs=2, checkpoint_every=2), root / "a-featureless")
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+        at.switch_page("app_pages/alignment.py").run()
+        assert at.session_state["run"] == "a-featureless"
+        assert not at.exception and not at.error
+        assert any("alignment view** is not available for this family" in i.value and "declares none" in i.value
+                   for i in at.info), [i.value for i in at.info]
+    finally:
+        unregister("featureless-mlp")
 
 
 @pytest.mark.slow
@@ -161,5 +186,11 @@ def test_mlp29_pages(install_run, mlp29_run_dir):
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600).run()
     for page in ("app_pages/grokking.py", "app_pages/alignment.py"):
         at.switch_page(page).run()
+        for _ in range(3):  # long work (the sweep, the PCA baseline) is offered with its estimate: start it
+            start = [b for b in at.button if b.label.startswith("Start (")]
+            if not start:
+                break
+            assert any("estimated at about" in i.value for i in at.info)
+            start[0].click().run()
         assert not at.exception and not at.error
         assert at.get("plotly_chart")

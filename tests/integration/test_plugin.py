@@ -116,7 +116,13 @@ def test_import_checkpoints_trained_elsewhere(site, tmp_path):
     assert not [p for p in (tmp_path / "runs").iterdir() if p.name.startswith(".")]
 
 
-def test_plugin_run_opens_in_the_dashboard(site, tmp_path, monkeypatch):
+def _titles(at) -> list[str]:
+    return [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+
+
+def test_plugin_run_opens_in_the_dashboard_and_its_page_is_in_the_menu(site, tmp_path, monkeypatch):
+    """The plug-in's run opens in the generic pages; the page it declares (FamilyPage) is in
+    the menu after the built-in families' pages and renders, with no edit to entk_core or app.py."""
     from streamlit.testing.v1 import AppTest
 
     from entk_core.families import base
@@ -130,8 +136,26 @@ def test_plugin_run_opens_in_the_dashboard(site, tmp_path, monkeypatch):
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
         assert not at.exception and not at.error
         assert at.session_state["run"] == "toy-xor-seed0"
-        title = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
+        title = _titles(at)[0]
         assert "Toy XOR MLP" in title and "epoch 20" in title
+        menu = [(p.proto.label, p.proto.page) for p in at.get("page_link")]
+        assert [label for label, _ in menu] == ["Spectrum", "Grokking", "Alignment", "Transformer", "TMS",
+                                                "Language model", "Toy XOR"], menu
+        # the generic Alignment page over the plug-in's families (linear, xor; random is the control)
+        at.switch_page("app_pages/alignment.py").run()
+        assert not at.exception and not at.error
+        assert at.multiselect(key="align_fams").value == ["linear", "xor"]
+        assert not at.toggle  # the family declares no rotation inside a window: no rotation control
+        # the plug-in's own page, run from the installed package
+        page = site / "entk_toy_family" / "page.py"
+        at.switch_page(str(page)).run()
+        assert not at.exception and not at.error
+        assert any(t.startswith("Eigenvector 1 over the inputs (x0, x1), epoch 20") for t in _titles(at)), _titles(at)
+        rows = at.dataframe[0].value
+        assert list(rows["top"]) == [1, 2, 4, 8] and set(rows.columns) >= {"linear", "xor", "random"}
+        at.number_input(key="toy_vector").set_value(2).run()
+        assert not at.exception and at.query_params["vector"] == "2"
+        assert any(t.startswith("Eigenvector 2 over the inputs") for t in _titles(at))
     finally:
         base.unregister("toy-xor")
         base.refresh_families()

@@ -258,7 +258,7 @@ def test_tms_page(tmp_path, fam, tiny_run_dir):
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
         at.session_state["run"] = run_name
         at.run()
-        at.switch_page("app_pages/tms.py")
+        at.switch_page(str(REPO / "entk_core" / "families" / "tms" / "page.py"))
         at.run()
         assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
         return at

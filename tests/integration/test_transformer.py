@@ -387,7 +387,7 @@ def test_dashboard_page(tmp_path):
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
         at.session_state["run"] = run_name
         at.run()
-        at.switch_page("app_pages/transformer.py")
+        at.switch_page(str(REPO / "entk_core" / "families" / "modadd_transformer" / "page.py"))
         at.run()
         assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
         return at

@@ -1,6 +1,8 @@
 """The layering rule of docs/ARCHITECTURE.md, checked on the source (no import is executed).
 
-Layers, lowest first: engine < store < families < workflows < figures < cli < pages.
+Layers, lowest first: errors < engine < store < families < workflows < figures < cli < pages.
+The pages layer is app.py, ``app_pages/``, ``entk_core/ui/`` and every family's page script
+(``entk_core/families/<pkg>/page.py``), the only modules that may import Streamlit.
 ``bench`` may import anything below ``cli``; the package root ``entk_core/__init__.py``
 (the public API facade) anything below ``cli``. A module may import its own layer and
 the layers below, never above; there is no import cycle (function-level imports count:
@@ -11,13 +13,14 @@ family name is compared as a string outside its own family package.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-LAYERS = ["engine", "store", "families", "workflows", "figures", "bench", "cli", "pages"]
+LAYERS = ["errors", "engine", "store", "families", "workflows", "figures", "bench", "cli", "pages"]
 RANK = {name: i for i, name in enumerate(LAYERS)}
 RANK["api"] = RANK["bench"]  # entk_core/__init__.py: the public facade
 # bench sits below cli (cli wires the bench command) and may use every library layer.
@@ -61,6 +64,8 @@ def _layer(mod: str) -> str | None:
         return "api"
     if parts[1] == "__main__":
         return "cli"
+    if parts[1] == "ui" or (parts[1] == "families" and len(parts) > 3 and parts[3] == "page"):
+        return "pages"  # the dashboard's helpers, and each family's own page script
     return parts[1] if parts[1] in RANK else None
 
 
@@ -186,28 +191,32 @@ def test_the_parser_sees_the_known_structure():
     assert ("entk_core.workflows.sweep", "entk_core.workflows.analysis") in edges
     assert ("entk_core.families.run", "entk_core.store.runs") in edges
     assert ("entk_core.families.modadd_mlp", "entk_core.families.modadd_mlp.analysis") in edges
-    assert _layer("entk_core.engine.kernels") == "engine" and _layer("pages._shared") == "pages"
+    assert _layer("entk_core.engine.kernels") == "engine" and _layer("app_pages.spectrum") == "pages"
+
+
+def _in_tree(root: Path, files: dict[str, str], check):
+    """``check()`` run on a tree of ``files`` written under ``root`` instead of the repository."""
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    globals()["REPO"], saved = root, REPO
+    try:
+        return check()
+    finally:
+        globals()["REPO"] = saved
 
 
 def test_the_checker_catches_an_upward_import_and_a_cycle(tmp_path):
     """A deliberately broken tree: the checker reports both faults."""
-    root = tmp_path / "repo"
-    for rel, text in {
+    found = _in_tree(tmp_path / "repo", {
         "entk_core/__init__.py": "",
         "entk_core/engine/a.py": "def f():\n    from ..workflows import b\n",
         "entk_core/workflows/b.py": "from ..engine import a\n",
         "entk_core/store/c.py": "from ..engine.a import _hidden\n",
         "pages/p.py": "x = run.family.name == 'tms'\nsame = a.family.name == b.family.name\n",
         "app.py": "",
-    }.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    globals()["REPO"], saved = root, REPO
-    try:
-        kinds = {k for k, _ in _violations()}
-    finally:
-        globals()["REPO"] = saved
-    assert kinds == {"upward", "cycle", "private", "family-name"}
+    }, _violations)
+    assert {k for k, _ in found} == {"upward", "cycle", "private", "family-name"}
 
 
 def test_layers_point_down_without_cycles_or_private_names():
@@ -225,15 +234,169 @@ def test_every_layer_has_modules(layer):
     assert any(_layer(m) == layer for m in _sources())
 
 
+# ------------------------------------------------------- the pages layer (issues 19 §3, 21)
+GENERIC_PAGES = ("app", "app_pages", "entk_core.ui")
+"""Modules that serve every family (the generic pages, the shared sidebar and page helpers)."""
+FAMILY_AGNOSTIC = {"entk_core.families", "entk_core.families.base", "entk_core.families.run",
+                   "entk_core.families.family_page", "entk_core.families.schema"}
+"""What a generic page may import from the families layer: the registry, the base class, runs."""
+FAMILY_TYPE_NAMES = {"ModelFamily"}
+"""Type names a generic page may test against (the base class every family shares)."""
+
+
+def _is_generic_page(mod: str) -> bool:
+    return any(mod == g or mod.startswith(g + ".") for g in GENERIC_PAGES)
+
+
+def _family_package(target: str) -> str | None:
+    """``entk_core.families.<pkg>`` when ``target`` is (inside) a family package."""
+    parts = target.split(".")
+    if parts[:2] == ["entk_core", "families"] and len(parts) > 2 and ".".join(parts[:3]) not in FAMILY_AGNOSTIC:
+        return ".".join(parts[:3])
+    return None
+
+
+def _type_names(node: ast.AST) -> list[str]:
+    """The class names in an ``isinstance``/``issubclass`` second argument."""
+    if isinstance(node, ast.Tuple):
+        return [n for elt in node.elts for n in _type_names(elt)]
+    if isinstance(node, ast.Name):
+        return [node.id]
+    if isinstance(node, ast.Attribute):
+        return [node.attr]
+    return []
+
+
+def _module_aliases(tree: ast.AST, mod: str, is_pkg: bool, sources: dict[str, Path]) -> dict[str, str]:
+    """Local names bound to project modules by imports (``import a.b as m``, ``from a import b``)."""
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in sources:
+                    out[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom):
+            target = _resolve(mod, is_pkg, node)
+            for a in node.names:
+                if f"{target}.{a.name}" in sources:
+                    out[a.asname or a.name] = f"{target}.{a.name}"
+    return out
+
+
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return None if base is None else f"{base}.{node.attr}"
+    return None
+
+
+def _page_violations() -> set[tuple[str, str]]:
+    return _page_violations_in(REPO)
+
+
+@functools.lru_cache(maxsize=4)
+def _page_violations_in(repo: Path) -> frozenset[tuple[str, str]]:
+    """The rules of the pages layer (docs/ARCHITECTURE.md): generic pages import no family
+    package and test no family type; Streamlit only in the pages layer; no private name of
+    another module reached by attribute."""
+    sources = _sources()
+    found: set[tuple[str, str]] = set()
+    for mod, path in sources.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        rel = path.relative_to(REPO)
+        is_pkg = path.name == "__init__.py"
+        for node in ast.walk(tree):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                target = _resolve(mod, is_pkg, node)
+                targets = [target] + [f"{target}.{a.name}" for a in node.names]
+            for t in targets:
+                if (t == "streamlit" or t.startswith("streamlit.")) and _layer(mod) != "pages":
+                    found.add(("streamlit", f"{rel} ({_layer(mod)}) imports {t}"))
+                if _is_generic_page(mod) and _family_package(t):
+                    found.add(("family-import", f"{rel} imports the family package {_family_package(t)}"))
+            if _is_generic_page(mod) and isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                    and node.func.id in ("isinstance", "issubclass") and len(node.args) == 2:
+                for name in _type_names(node.args[1]):
+                    if (name.endswith("Family") or name.endswith("Config")) and name not in FAMILY_TYPE_NAMES:
+                        found.add(("family-type", f"{rel} tests the family type {name}"))
+        aliases = _module_aliases(tree, mod, is_pkg, sources)
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+                continue
+            base = _dotted(node.value)
+            if base is None:
+                continue
+            head, _, rest = base.partition(".")
+            target = aliases.get(head)
+            if target is None:
+                continue
+            target = f"{target}.{rest}" if rest else target
+            if target in sources and target != mod and not target.split(".")[-1].startswith("_"):
+                found.add(("private", f"{rel} reaches {node.attr} of {target} by attribute"))
+    return frozenset(found)
+
+
+def test_the_page_checker_catches_each_fault(tmp_path):
+    """A deliberately broken tree: every rule of the pages layer is reported."""
+    found = _in_tree(tmp_path / "repo", {
+        "entk_core/__init__.py": "",
+        "entk_core/families/__init__.py": "",
+        "entk_core/families/base.py": "class ModelFamily: ...\n",
+        "entk_core/families/tms/__init__.py": "class TMSFamily: ...\n",
+        "entk_core/families/tms/page.py": "import streamlit as st\nfrom entk_core.families.tms import TMSFamily\n",
+        "entk_core/workflows/lm.py": "def _fmt_s(s):\n    return str(s)\n",
+        "entk_core/workflows/chart.py": "import streamlit\n",
+        "entk_core/ui/__init__.py": "from entk_core.families import base\nok = isinstance(1, base.ModelFamily)\n",
+        "app_pages/p.py": ("from entk_core.families.tms import analysis\nfrom entk_core.workflows import lm as wlm\n"
+                           "from entk_core.families import tms\n"
+                           "x = isinstance(run.family, tms.TMSFamily)\ny = wlm._fmt_s(3)\n"),
+        "app.py": "",
+    }, _page_violations)
+    kinds = {k for k, _ in found}
+    assert kinds == {"streamlit", "family-import", "family-type", "private"}, found
+    msgs = "\n".join(m for _, m in found)
+    assert "entk_core/workflows/chart.py (workflows) imports streamlit" in msgs
+    assert "tms/page.py" not in msgs  # a family's own page may import its package and Streamlit
+    assert "entk_core/ui/__init__.py" not in msgs  # the base class and the registry are family-agnostic
+    assert "app_pages/p.py reaches _fmt_s of entk_core.workflows.lm by attribute" in msgs
+
+
+def test_generic_pages_know_no_family():
+    """The generic pages (app.py, app_pages/, the shared sidebar and helpers in entk_core/ui)
+    import no family package and test no family type: what differs by family is asked of the
+    family (docs/ARCHITECTURE.md, "Pages are family capabilities")."""
+    found = sorted(m for k, m in _page_violations() if k in ("family-import", "family-type"))
+    assert not found, "\n".join(found)
+    assert any(_is_generic_page(m) for m in _sources() if m.startswith("entk_core.ui"))  # the checker sees them
+
+
+def test_streamlit_only_in_the_pages_layer():
+    found = sorted(m for k, m in _page_violations() if k == "streamlit")
+    assert not found, "\n".join(found)
+    assert _layer("entk_core.families.tms.page") == "pages" and _layer("entk_core.ui.urlstate") == "pages"
+    assert _layer("entk_core.families.tms") == "families"
+
+
+def test_no_private_name_reached_by_attribute():
+    """``wlm._fmt_s(x)`` is a private import in disguise (the layering test's private rule)."""
+    found = sorted(m for k, m in _page_violations() if k == "private")
+    assert not found, "\n".join(found)
+
+
 # ------------------------------------------------------------ sizes and knowledge
 MAX_MODULE_LINES = 700
-"""No module of entk_core/ is longer (the brief: each reads in one sitting)."""
+"""No module of entk_core/ or app_pages/ (nor app.py) is longer (the brief: each reads in one sitting)."""
 
 
 def _long_modules() -> list[str]:
-    """``"path (lines)"`` of every module of entk_core/ over :data:`MAX_MODULE_LINES`."""
+    """``"path (lines)"`` of every module of entk_core/, app_pages/ and app.py over :data:`MAX_MODULE_LINES`."""
     out = []
-    for p in sorted((REPO / "entk_core").rglob("*.py")):
+    for p in sorted(_sources().values()):
         n = len(p.read_text(encoding="utf-8").splitlines())
         if n > MAX_MODULE_LINES:
             out.append(f"{p.relative_to(REPO)} ({n} lines)")

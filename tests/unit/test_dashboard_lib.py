@@ -3,7 +3,6 @@ exports and the worker jobs (no Streamlit, no training)."""
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ def test_no_pages_folder_next_to_the_app():
     """A ``pages/`` folder beside app.py puts Streamlit's first run in MPA-v1 mode and shows a
     'Page not found' dialog on the first deep link (streamlit#8860): the pages live in app_pages/."""
     assert not (REPO / "pages").exists()
-    assert (REPO / "app_pages" / "_shared.py").exists()
+    assert (REPO / "app_pages" / "spectrum.py").exists()
 
 
 def test_app_makes_no_request_to_another_host():
@@ -164,16 +163,24 @@ def test_static_export_reason_is_one_line_or_none():
 
 
 def test_url_parameter_table_lists_every_name():
+    """Every URL parameter a page draws (``url_*("name", ...)``: the generic pages, the shared
+    sidebar and every family's page script) is documented in docs/url-parameters.md."""
+    import re
+
     text = (REPO / "docs" / "url-parameters.md").read_text()
     for name in ("run", "epoch", "group", "reduction", "top", "beta", "log", "windows", "window", "cliff",
                  "families", "rotation", "vector", "compare"):
         assert f"| `{name}` |" in text, name
-    shared = (REPO / "app_pages" / "_shared.py").read_text()
-    names = json.loads(json.dumps(__import__("re").findall(r'url_\w+\("(\w+)"', "".join(
-        p.read_text() for p in (REPO / "app_pages").glob("*.py") if p.name != "_shared.py"))))
-    for n in set(names):
+    pages = [*(REPO / "app_pages").glob("*.py"), *(REPO / "entk_core" / "ui").glob("*.py"),
+             *(REPO / "entk_core" / "families").glob("*/page.py")]
+    assert len([p for p in pages if p.name == "page.py"]) >= 3  # TMS, Transformer, Language model
+    names = set(re.findall(r'url_\w+\("(\w+)"', "".join(p.read_text() for p in pages))) - {"name"}  # a docstring's
+    assert {"run", "epoch", "beta", "rotation", "layer"} <= names  # the scan sees the controls
+    for n in names:
         assert f"| `{n}` |" in text, f"URL parameter {n} is not documented"
-    assert "PARAM_ORDER" in shared
+    from entk_core.ui.urlstate import PARAM_ORDER
+
+    assert set(PARAM_ORDER) <= names
 
 
 def _all_builders():
@@ -293,3 +300,136 @@ def test_the_server_config_listens_on_loopback_and_skips_the_full_gc_after_each_
     cfg = tomllib.loads((Path(__file__).resolve().parents[2] / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["address"] == "127.0.0.1"
     assert cfg["runner"]["postScriptGC"] is False  # ~200 ms of every warm rerun (benchmarks/bench_dashboard.py)
+
+
+# ------------------------------------------------ the page menu (family pages)
+def test_every_family_page_is_in_the_menu_once_and_bad_ones_say_why(tmp_path, monkeypatch):
+    """Family pages follow the generic ones in ``order``; a page whose url path is taken or whose
+    module cannot be found is left out with one line; no page module is imported to build the menu."""
+    import sys
+
+    from entk_core.families.base import FamilyPage, register, unregister
+    from entk_core.families.modadd_mlp import ModAddMLPFamily
+    from entk_core.ui.menu import family_pages
+
+    (tmp_path / "my_page_mod.py").write_text("raise RuntimeError('a page script is never imported by the menu')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class First(ModAddMLPFamily):
+        name = "menu-test-first"
+        pages = (FamilyPage("Mine", "mine", "my_page_mod", order=5),)
+
+    class Second(ModAddMLPFamily):
+        name = "menu-test-second"
+        pages = (FamilyPage("Clash", "spectrum", "my_page_mod"), FamilyPage("Missing", "missing", "no_such_pkg.page"),
+                 FamilyPage("Twice", "/mine/", "my_page_mod", order=50))
+
+    register(First)
+    register(Second)
+    try:
+        entries, problems = family_pages(["spectrum", "grokking", "alignment"])
+    finally:
+        unregister("menu-test-first")
+        unregister("menu-test-second")
+    assert [(e.page.title, e.family) for e in entries][:1] == [("Mine", "menu-test-first")]
+    assert [e.page.title for e in entries][1:] == ["Transformer", "TMS", "Language model"]  # the built-ins' pages
+    assert entries[0].path == tmp_path / "my_page_mod.py" and "my_page_mod" not in sys.modules
+    assert all(e.path.name == "page.py" and e.path.is_file() for e in entries[1:])
+    assert len(problems) == 3 and all("\n" not in p for p in problems)
+    assert any("'Clash'" in p and "/spectrum is taken by a generic page" in p for p in problems)
+    assert any("'Twice'" in p and "/mine is taken by family menu-test-first" in p for p in problems)
+    assert any("'Missing'" in p and "no_such_pkg.page" in p for p in problems)
+
+
+def test_the_builtin_families_declare_their_pages_and_capabilities():
+    from entk_core.families.base import get_family
+
+    pages = {n: [(p.title, p.url_path, p.script) for p in get_family(n).pages]
+             for n in ("modadd-mlp", "tms", "modadd-transformer", "causal-lm")}
+    assert pages == {
+        "modadd-mlp": [],
+        "tms": [("TMS", "tms", "entk_core.families.tms.page")],
+        "modadd-transformer": [("Transformer", "transformer", "entk_core.families.modadd_transformer.page")],
+        "causal-lm": [("Language model", "language-model", "entk_core.families.causal_lm.page")],
+    }
+    mlp, tms, tf = get_family("modadd-mlp"), get_family("tms"), get_family("modadd-transformer")
+    assert mlp.offers("rotation") and not tms.offers("rotation") and not tf.offers("rotation")
+    assert not get_family("causal-lm").offers("rotation") and mlp.rotation_help
+    assert mlp.view_families == ("a", "b", "sum", "diff", "random") and tms.view_families is None
+    assert tf.view_families == ("sum", "diff", "axis_sum", "axis_diff")
+    assert all(f.control_families == ("random",) for f in (mlp, tms, tf))
+
+
+# ------------------------------------------------------ workflows.views (pure)
+def test_block_rows_put_each_block_beside_its_baselines():
+    from entk_core.engine.measures import family_bases
+    from entk_core.families.base import FeatureFamily
+    from entk_core.workflows.alignment import baseline_overlaps
+    from entk_core.workflows.views import block_rows
+
+    g = np.random.default_rng(3)
+    fams = {"sum": FeatureFamily("sum", g.standard_normal((30, 2))), "axis": FeatureFamily("axis", g.standard_normal((30, 2)))}
+    bases = family_bases(fams)
+    H = g.standard_normal((30, 6))
+    def fam(ov):
+        return {"overlap": ov, "dim": 2, "percent": 50.0 * ov}
+
+    rep = {"blocks": [{"modes": [0, 5], "expected": "sum", "families": {"sum": fam(1.23456), "axis": fam(0.1)}},
+                      {"modes": [5, 9], "expected": "axis", "families": {"sum": fam(0.2), "axis": fam(1.9)}}]}
+    rows = block_rows(rep, H, bases)
+    assert [(r["modes"], r["family"], r["expected"]) for r in rows] == [
+        ("0:5", "sum", "✓"), ("0:5", "axis", ""), ("5:9", "sum", ""), ("5:9", "axis", "✓")]
+    base = baseline_overlaps(H, [5, 4], bases)  # block j's random subspace is drawn with seed j
+    assert [r["PCA"] for r in rows] == [base["pca"][0]["sum"], base["pca"][0]["axis"], base["pca"][1]["sum"],
+                                        base["pca"][1]["axis"]]
+    assert rows[3]["random"] == base["random"][1]["axis"] and rows[0]["eNTK"] == 1.2346 and rows[0]["eNTK %"] == 61.7
+    assert all(r["PCA"] is None for r in block_rows(rep, None, bases))
+
+
+def test_spectrum_blocks_name_the_constant_mode_and_open_on_cliff_1():
+    from entk_core.engine.spectra import Cliff
+    from entk_core.workflows.analysis import SpectrumResult
+    from entk_core.workflows.views import cliff_windows, first_feature_window, spectrum_blocks
+
+    n = 40
+    vals = np.r_[10.0, np.full(4, 1.0), np.full(5, 0.1), np.geomspace(1e-3, 1e-4, 20)]
+    V = np.linalg.qr(np.random.default_rng(0).standard_normal((n, vals.size)))[0]
+    V[:, 0] = 1 / np.sqrt(n)  # the constant mode
+    res = SpectrumResult(vals, V, [Cliff(0, 1, 10.0), Cliff(1, 4, 10.0), Cliff(5, 5, 100.0)])
+    rows = spectrum_blocks(res)
+    assert [(r["block"], r["start"], r["end"], r["size"]) for r in rows][:3] == [
+        ("constant mode", 0, 0, 1), ("cliff 1", 1, 4, 4), ("cliff 2", 5, 9, 5)]
+    assert first_feature_window(res) == 1
+    assert cliff_windows(res) == [("constant", 0, 0, 10.0), ("cliff 1", 1, 4, 10.0), ("cliff 2", 5, 9, 100.0)]
+    res.cliffs = res.cliffs[:1]
+    assert first_feature_window(res) == 0 and spectrum_blocks(res)[0]["block"] == "constant mode"
+
+
+def test_stacked_bank_takes_fourier_and_plain_families_with_named_rows():
+    from entk_core.engine.measures import phase_insensitive_corr
+    from entk_core.families.base import FeatureFamily
+    from entk_core.workflows.views import stacked_bank
+
+    g = np.random.default_rng(1)
+    four = FeatureFamily("a", g.standard_normal((12, 3, 2)), labels=("k=1", "k=2", "k=3"))
+    plain = FeatureFamily("xor", g.standard_normal((12, 1)), labels=("x0·x1",))
+    bank = stacked_bank({"a": four, "xor": plain}, ["a", "xor"])
+    assert bank.bank.shape == (12, 4, 2) and bank.labels == ("a k=1", "a k=2", "a k=3", "xor x0·x1")
+    v = g.standard_normal((12, 2))
+    H = phase_insensitive_corr(v, bank)
+    cos = np.abs(plain.bank[:, 0] @ v) / (np.linalg.norm(plain.bank[:, 0]) * np.linalg.norm(v, axis=0))
+    assert np.allclose(H[3], cos)  # a plain family's phase-insensitive correlation is |cos|
+    with pytest.raises(ValueError):
+        stacked_bank({"a": four}, [])
+
+
+def test_time_and_size_formats():
+    from entk_core.ui.format import cache_caption, fmt_pct, fmt_seconds, fmt_size
+
+    assert [fmt_seconds(s) for s in (None, float("nan"), 4.2, 89.4, 90, 434, 5400)] == [
+        "?", "?", "4 s", "89 s", "1.5 min", "7.2 min", "1.5 h"]
+    assert fmt_pct(0.973) == "97.3%" and fmt_pct(None) == "–" and fmt_pct(float("nan")) == "–"
+    assert fmt_size(512) == "512 B" and fmt_size(3.4e6) == "3.4 MB" and fmt_size(5e12) == "5000.0 GB"
+    assert cache_caption({"cache": "hit", "computed_at": "2026-12-01T10:00"}, 0.009, 0.61) == \
+        "from the cache in 9 ms; computed in 610 ms on 2026-12-01"
+    assert cache_caption({"cache": "miss"}, 1.5, 1.5) == "computed now in 1.50 s and cached"

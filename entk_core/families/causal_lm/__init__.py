@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..base import ModelFamily
+from ..base import FamilyPage, ModelFamily
 from .arch import SUPPORTED_MODEL_TYPES, Arch, get_arch
 from .models import (LMRef, LoadedLM, convert_to_folder, inspect_model, list_models, load_lm, models_root,
                      resolve_device, resolve_model)
@@ -88,7 +88,9 @@ class CausalLMFamily(ModelFamily):
 
     CAPABILITIES = ModelFamily.CAPABILITIES + ("models", "probes", "lm-align")
     _OFFERS = {"train": False, "import": False, "accuracy": False, "grokking": False, "sweep": False, "align": False,
-               "beta": False, "pca": True, "models": True, "probes": True, "lm-align": True}
+               "beta": False, "pca": True, "rotation": False, "models": True, "probes": True, "lm-align": True}
+    pages = (FamilyPage("Language model", "language-model", "entk_core.families.causal_lm.page", ":material/notes:",
+                        order=30),)
 
     def offers(self, what: str) -> bool:
         if what not in self._OFFERS:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import numpy as np
+
 from ..base import AnalysisServices, Dataset, FeatureFamily, ModelFamily, SweepSpec, seeded
 from ..data import random_split
 from . import analysis
@@ -28,6 +30,9 @@ class ModAddMLPFamily(ModelFamily):
     Config = ModAddMLPConfig
     default_reduction = "trace"
     default_top = 200
+    view_families = analysis.REPORT_FAMILIES
+    rotation_help = ("two-stage graph-Laplacian rotation inside the cliff (axis Laplacians for a/b cliffs, sum/diff "
+                     "Laplacians for sum/diff cliffs), so each direction is one Fourier mode")
 
     def build_model(self, cfg: ModAddMLPConfig) -> nn.Module:
         model = ModAddMLP(cfg.p, cfg.width)
@@ -79,6 +84,12 @@ class ModAddMLPFamily(ModelFamily):
 
     def eigenvector_view(self, cfg: Any) -> str:
         return "grid"
+
+    def cliff_rotation(self, cfg: Any, block: np.ndarray, overlaps: dict[str, float]) -> tuple[np.ndarray, str]:
+        """The two-stage Laplacian rotation of :func:`entk_core.families.modadd_mlp.analysis.analyse_cliff`:
+        the axis pair when the window overlaps ``a``/``b`` more than ``sum``/``diff``, else the sum/diff pair."""
+        kind = analysis.rotation_kind({k: round(float(v), 4) for k, v in overlaps.items()})
+        return analysis.rotate_cliff(block, cfg.p, kind), kind  # the rotation analyse_cliff uses
 
     def hidden_activations(self, model: nn.Module, x: Any) -> torch.Tensor:
         """The hidden layer after the quadratic activation, ``(N, width)`` (the input of ``net.3``)."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import AnalysisServices, Dataset, FeatureFamily, ModelFamily, SweepSpec, seeded
+from ..base import AnalysisServices, Dataset, FamilyPage, FeatureFamily, ModelFamily, SweepSpec, seeded
 from . import analysis
 from .features import detect_key_frequencies, key_frequencies, transformer_families
 from .model import (ModAddTransformer, ModAddTransformerConfig, NotebookBatchStream, author_split, modadd_tokens,
@@ -52,6 +52,9 @@ class ModAddTransformerFamily(ModelFamily):
     _stream_lock = threading.Lock()
     derived_groups = {"attn.OV": ("attn.W_O", "attn.W_V")}
     default_align_group = "unembed"
+    view_families = analysis.ALIGN_FAMILIES
+    pages = (FamilyPage("Transformer", "transformer", "entk_core.families.modadd_transformer.page", ":material/hub:",
+                        order=10),)
 
     def build_model(self, cfg: ModAddTransformerConfig) -> nn.Module:
         model = ModAddTransformer(cfg.p, cfg.d_model, cfg.n_heads, cfg.d_mlp)

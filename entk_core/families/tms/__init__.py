@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..base import AnalysisServices, Dataset, FeatureFamily, ModelFamily, seeded
+from ..base import AnalysisServices, Dataset, FamilyPage, FeatureFamily, ModelFamily, seeded
 from . import analysis
 from .features import tms_feature_vectors
 from .model import (DATA_SEED_OFFSET, REPRESENTED_THRESHOLD, TMSConfig, TMSModel, feature_norms, importances,
@@ -38,6 +38,7 @@ class TMSFamily(ModelFamily):
     default_reduction = "flat"
     default_top = 80
     train_threads = 1  # full-batch steps on a 550-parameter model: one thread is fastest
+    pages = (FamilyPage("TMS", "tms", "entk_core.families.tms.page", ":material/scatter_plot:", order=20),)
 
     def build_model(self, cfg: TMSConfig) -> nn.Module:
         model = TMSModel(cfg.n, cfg.m)

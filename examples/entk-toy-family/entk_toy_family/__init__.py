@@ -7,8 +7,9 @@ Target ``y = [x0 · x1 > 0]`` (XOR of the signs of the first two coordinates); t
 all ``n_points`` inputs (class-traced reduction), whose rows are the points in order.
 
 Only the public plug-in API of ``entk_core`` is used: :class:`~entk_core.ModelFamily`,
-:class:`~entk_core.Dataset`, :class:`~entk_core.FeatureFamily`, and the services object
-the align hook receives.
+:class:`~entk_core.Dataset`, :class:`~entk_core.FeatureFamily`, :class:`~entk_core.FamilyPage`
+(its own dashboard page, ``entk_toy_family/page.py``), and the services object the align
+hook receives.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from entk_core import Dataset, FeatureFamily, ModelFamily
+from entk_core import Dataset, FamilyPage, FeatureFamily, ModelFamily
 from entk_core.engine.measures import subspace_overlap
 from entk_core.engine.spectra import labelled_cliffs
 
@@ -62,6 +63,8 @@ class ToyXORFamily(ModelFamily):
     Config = ToyXORConfig
     default_reduction = "trace"
     default_top = 24
+    # its own dashboard page: a Streamlit script, run by path when opened (never imported here)
+    pages = (FamilyPage("Toy XOR", "toy-xor", "entk_toy_family.page", ":material/extension:"),)
 
     def build_model(self, cfg: ToyXORConfig) -> nn.Module:
         if cfg.dim < 2 or cfg.width < 1 or cfg.n_points < 8:

@@ -1,16 +1,18 @@
-"""TMS page (spec §3): represented features, the β importance-rescaled flattened eNTK
-spectrum with its cliffs, the eigenvector × feature heatmap, one eigenvector over the
-features (click an eigenvalue), and the paper's three configurations side by side. One β
-control drives every view (a fragment redraws them when it moves)."""
+"""The TMS family's own page (spec §3), a Streamlit page script declared by
+:attr:`entk_core.families.tms.TMSFamily.pages`: represented features, the β
+importance-rescaled flattened eNTK spectrum with its cliffs, the eigenvector × feature
+heatmap, one eigenvector over the features (click an eigenvalue), and the paper's three
+configurations side by side. One β control drives every view (a fragment redraws them when
+it moves)."""
 import streamlit as st
 
+from entk_core.families.run import Run
 from entk_core.families.tms import REPRESENTED_THRESHOLD, TMSFamily, feature_norms, represented_features
 from entk_core.families.tms import analysis as T
 from entk_core.figures import feature_norms_figure, heatmap_figure, spectrum_figure
-from entk_core.families.run import Run
-from app_pages._shared import (runs_listing, cache_caption, export_buttons, guarded, load_model, runs_root,
-                               select_run_button, selection, spectrum_explorer, sync_url, timed, train_runs,
-                               url_float, url_int, url_toggle, vector_figures)
+from entk_core.ui import (cache_caption, export_buttons, guarded, load_model, runs_of_family, select_run_button,
+                          selection, spectrum_explorer, sync_url, timed, train_runs, url_float, url_int, url_toggle,
+                          vector_figures)
 
 PAPER = [(10, 0.3, "dense"), (10, 0.9, "sparse, high superposition"), (40, 0.9, "dense")]
 PAPER_COUNTS = {(10, 0.3): 10, (10, 0.9): 21, (40, 0.9): 42}
@@ -19,11 +21,6 @@ BETA_STEP = 0.05
 
 def paper_name(m: int, S: float, seed: int = 0) -> str:
     return f"tms-m{m}-s{S}-seed{seed}"
-
-
-def _tms_runs() -> dict[str, Run]:
-    return {n: r for n, r in runs_listing(runs_root())
-            if isinstance(r, Run) and isinstance(r.family, TMSFamily) and r.epochs}
 
 
 def _offer_paper_training(runs: dict[str, Run], key: str) -> None:
@@ -47,7 +44,7 @@ def _cliff_text(res: T.TMSSpectrum) -> str:
 
 st.header("Toy Models of Superposition")
 run, epoch = selection()
-tms_runs = _tms_runs()
+tms_runs = runs_of_family(TMSFamily)
 is_tms = run is not None and isinstance(run.family, TMSFamily)
 if not is_tms:
     if run is None:

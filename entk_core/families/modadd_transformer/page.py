@@ -1,30 +1,28 @@
-"""Transformer page (spec §5): key frequencies of the token embedding, layerwise eNTK
-spectra (click an eigenvalue for its eigenvector over the (a, b) pairs), the overlap of
-the top modes with the key-frequency families beside the PCA and random baselines, and
-that overlap over training against the accuracy curves."""
-import numpy as np
+"""The Transformer family's own page (spec §5), a Streamlit page script declared by
+:attr:`entk_core.families.modadd_transformer.ModAddTransformerFamily.pages`: key
+frequencies of the token embedding, layerwise eNTK spectra (click an eigenvalue for its
+eigenvector over the (a, b) pairs), the overlap of the top modes with the key-frequency
+families beside the PCA and random baselines, and that overlap over training against the
+accuracy curves."""
 import streamlit as st
 
-from entk_core.engine.spectra import label_cliffs
+from entk_core.engine.measures import family_bases
 from entk_core.families.modadd_transformer import ModAddTransformerFamily
 from entk_core.families.modadd_transformer import analysis as T
 from entk_core.figures import key_frequency_figure, overlap_figure
-from entk_core.families.run import Run
+from entk_core.ui import (cache_caption, export_buttons, fmt_pct, group_name, groups_of, guarded, kernel_size_of,
+                          load_model, long_call, runs_of_family, select_run_button, selection, spectrum_explorer, stop,
+                          timed, train_runs, url_int, url_multiselect, url_selectbox, url_toggle, vector_figures)
+from entk_core.workflows import alignment, analysis, views
+from entk_core.workflows.estimates import pca_over_training_seconds, sweep_seconds
 from entk_core.workflows.services import Services
-from entk_core.workflows import alignment, analysis
-from entk_core.workflows.sweep import family_bases
-from app_pages._shared import (cache_caption, export_buttons, fmt_pct, group_name, groups_of, guarded,
-                               kernel_size_of, load_model, long_call, runs_listing, runs_root, select_run_button,
-                               selection, spectrum_explorer, stop, timed, train_runs, url_int, url_multiselect,
-                               url_selectbox, url_toggle, vector_figures)
 
 DEFAULT_NAME = "modadd-transformer-p29-seed2"
 
 st.header("1-layer Transformer on modular addition")
 run, epoch = selection()
 if run is None or not isinstance(run.family, ModAddTransformerFamily):
-    others = [n for n, r in runs_listing(runs_root())
-              if isinstance(r, Run) and isinstance(r.family, ModAddTransformerFamily) and r.epochs]
+    others = list(runs_of_family(ModAddTransformerFamily))
     if run is None:
         st.info("No runs yet. This page analyses a 1-layer Transformer (`modadd-transformer`) run.")
     else:
@@ -83,7 +81,7 @@ with guarded("cannot compute the spectrum"):
     res, dt = timed(analysis.spectrum, run, epoch, group=group, reduction="mean", top=top, model=model)
     refs = {f"{b} ({e})": e - 0.5 for b, (_, e) in zip(("2F+1", "4F+1"), blocks)}
     idx, sfig, vfigs = spectrum_explorer(
-        run, key="tf", eigenvalues=res.eigenvalues, cliffs=res.cliffs, labels=label_cliffs(res.cliffs, res.eigenvectors), log=log,
+        run, key="tf", eigenvalues=res.eigenvalues, cliffs=res.cliffs, labels=res.labels, log=log,
         reference_lines=refs,
         title=f"{group} eNTK (mean over class pairs), epoch {epoch}", n_vectors=res.eigenvectors.shape[1],
         vector_of=lambda i: vector_figures(run, res.eigenvectors[:, i], title=f"eigenvector {i} over the (a, b) pairs"))
@@ -91,7 +89,7 @@ with guarded("cannot compute the spectrum"):
     cl = ", ".join(f"{c.start}–{c.end} (size {c.size}, drop ×{c.ratio:.2f})" for c in res.cliffs) or "none"
     st.caption(f"Detected cliffs: {cl}. Dotted lines: the ends of the mode blocks 0:{blocks[0][1]} and "
                f"{blocks[1][0]}:{blocks[1][1]} used below · "
-               + cache_caption(res.meta, dt, (res.meta["timing"].get("kernel_s") or 0) + (res.meta["timing"].get("eig_s") or 0)))
+               + cache_caption(res.meta, dt, views.computed_seconds(res)))
 
 # ------------------------------------------------------------ overlap table
 st.subheader(f"Overlap of the top {group} modes with the key-frequency families")
@@ -99,16 +97,8 @@ tables = {}
 with guarded("cannot compute the overlaps"):
     rep = T.align_report(run, epoch, services=Services(), group=group, key_freqs=key_freqs, top=top, model=model)
     fams = run.family.feature_families(run.config, run.data, key_freqs=key_freqs)
-    names = list(T.ALIGN_FAMILIES)
-    bases = family_bases({f: fams[f] for f in names})
-    base = alignment.baseline_overlaps(alignment.pca_for(run, epoch, model=model), [b - a for a, b in blocks], bases)
-    rows = []
-    for bi, b in enumerate(rep["blocks"]):
-        for name, f in b["families"].items():
-            pca = base["pca"][bi][name] if base["pca"][bi] is not None else None
-            rows.append({"modes": f"{b['modes'][0]}:{b['modes'][1]}", "family": name,
-                         "expected": "✓" if name == b["expected"] else "", "eNTK": round(f["overlap"], 4),
-                         "PCA": pca, "random": base["random"][bi][name], "of": f["dim"], "eNTK %": round(f["percent"], 1)})
+    bases = family_bases({f: fams[f] for f in T.ALIGN_FAMILIES})
+    rows = views.block_rows(rep, alignment.pca_for(run, epoch, model=model), bases)
     st.dataframe(rows, hide_index=True, width="stretch")
     tables["overlaps"] = rows
     st.caption("overlap = ‖QᵀF‖²_F (sum of squared cosines of the principal angles) between the modes and the "
@@ -123,34 +113,21 @@ sel_fams = url_multiselect("families", "Families", list(T.ALIGN_FAMILIES), [T.EX
 block = url_selectbox("window", "Modes", [0, 1], 0, key="tf_block", where=c2,
                       format_func=lambda b: f"{blocks[b][0]}:{blocks[b][1]}")
 with guarded("cannot compute the overlap over training"):
-    est = 0.25 * len(run.epochs)
-    spec = alignment.spec_dict(T.sweep_spec(run, group))
-    sw = long_call(f"tfsweep|{run.path}|{spec}", f"the {group} spectrum at each of {len(run.epochs)} checkpoints",
-                   alignment.spec_sweep, run, target="entk_core.workflows.alignment:spec_sweep",
-                   kwargs={"spec": spec}, estimate_s=est)
+    spec = T.sweep_spec(run, group)
+    sw = long_call(f"tfsweep|{run.path}|{alignment.spec_dict(spec)}",
+                   f"the {group} spectrum at each of {len(run.epochs)} checkpoints", alignment.spec_sweep, run,
+                   target="entk_core.workflows.alignment:spec_sweep", kwargs={"spec": alignment.spec_dict(spec)},
+                   estimate_s=lambda: sweep_seconds(run, spec))
     if sw is not None and sel_fams:
-        curves, ders, dashed = {}, {}, []
-        for f in sel_fams:
-            k = sw.family_index(f)
-            curves[f] = sw.percent[:, block, k]
-            ders[f] = sw.derivative[:, block, k]
         size = blocks[block][1] - blocks[block][0]
         pca = long_call(f"tfpca|{run.path}|{size}|{sel_fams}", "the PCA baseline over training",
                         alignment.pca_over_training, run, target="entk_core.workflows.alignment:pca_over_training",
-                        kwargs={"sizes": [size], "families": list(sel_fams)}, estimate_s=0.02 * len(run.epochs))
-        if pca is not None:
-            for j, f in enumerate(sel_fams):
-                curves[f"{f} · PCA"] = 100 * pca[:, 0, j] / max(int(sw.dims[sw.family_index(f)]), 1)
-                dashed.append(f"{f} · PCA")
+                        kwargs={"sizes": [size], "families": list(sel_fams)},
+                        estimate_s=lambda: pca_over_training_seconds(run))
+        cv = views.overlap_curves(sw, block, sel_fams, pca=pca, with_dims=False, peak_of=sel_fams[0])
         m = run.metrics
-        peak = sw.peaks[block, sw.family_index(sel_fams[0])]
-        markers = {}
-        if sw.onset_epoch is not None:
-            markers[f"onset {sw.onset_epoch:g}"] = sw.onset_epoch
-        if np.isfinite(peak):
-            markers[f"peak {peak:g} ({sel_fams[0]})"] = float(peak)
-        ofig = overlap_figure(sw.epochs, curves, derivatives=ders, dashed=dashed, current=epoch, markers=markers,
-                              accuracy={k: m[k] for k in ("train_acc", "test_acc") if m.get(k)},
+        ofig = overlap_figure(cv.epochs, cv.curves, derivatives=cv.derivatives, dashed=cv.dashed, current=epoch,
+                              markers=cv.markers, accuracy={k: m[k] for k in ("train_acc", "test_acc") if m.get(k)},
                               accuracy_epochs=m.get("epoch"),
                               title=f"Modes {blocks[block][0]}:{blocks[block][1]} of the {group} eNTK vs the "
                                     f"families at k = {key_freqs}")
@@ -160,8 +137,7 @@ with guarded("cannot compute the overlap over training"):
         st.caption("Grokking onset (rule in `entk_core/engine/measures.py`) "
                    + ("none" if sw.onset_epoch is None else f"{sw.onset_epoch:g}") + "; test accuracy stays ≥ "
                    + ", ".join(f"{k} from epoch {v}" for k, v in ms.items() if v is not None) + ".")
-        tables["overlap_over_training"] = [{"epoch": int(e), **{n: round(float(c[t]), 3) for n, c in curves.items()}}
-                                           for t, e in enumerate(sw.epochs)]
+        tables["overlap_over_training"] = views.curve_rows(cv)
 if res is not None:
     export_buttons(f"{run.name}_e{epoch}_{group}", arrays={"eigenvalues": res.eigenvalues,
                                                            "eigenvectors": res.eigenvectors},

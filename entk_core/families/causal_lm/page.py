@@ -1,4 +1,5 @@
-"""Language model page (spec §6): eNTK eigendirections of a pretrained causal LM on story
+"""The causal-LM family's own page (spec §6), a Streamlit page script declared by
+:attr:`entk_core.families.causal_lm.CausalLMFamily.pages`: eNTK eigendirections of a pretrained causal LM on story
 contexts, against a same-budget PCA, on part-of-speech and morphology labels.
 
 Pick a model (models folder) and a probe set (probes folder, or build one here), then a
@@ -13,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from entk_core.errors import one_line
 from entk_core.figures.lm import contexts_html, direction_scores_figure, layer_auroc_figure, lm_spectrum_figure, top_contexts
-from app_pages._shared import ProgressBar, guarded, stop, url_int, url_selectbox
-
-from entk_core.cli import one_line
+from entk_core.ui import ProgressBar, fmt_seconds, guarded, stop, url_int, url_selectbox
 from entk_core.families.causal_lm import list_models, load_lm, models_root
 from entk_core.families.causal_lm.probes import (AUTHOR_TAGGER, DEFAULT_TAGS, build_probe_set, list_probe_sets,
                                                  probes_root)
@@ -90,7 +90,7 @@ for n, err in sets:
         st.warning(f"probes folder: {n}: {one_line(err)}", icon="⚠️")
 
 with st.expander("Build a probe set" + ("" if mine else " (none yet for this model)"), expanded=not mine):
-    default_stories = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tinystories" / \
+    default_stories = Path(__file__).resolve().parents[4] / "shared" / "data" / "tinystories" / \
         "tinystories-v1-train-head.txt"
     b1, b2, b3, b4 = st.columns([4, 2, 1, 1])
     stories = b1.text_input("Stories file (.txt or .jsonl)", value=str(default_stories) if default_stories.exists() else "",
@@ -154,9 +154,9 @@ with guarded("cannot read the cache"):
 est = wlm.estimate_unit_seconds(lm, ps.N, ps.T, layer, opts.steps)
 if entry is None:
     st.info(f"Layer {layer} is not computed yet for this probe set ({ps.N} contexts, {opts.steps} Lanczos steps → "
-            f"{opts.top} pairs). Estimate on this machine: about {wlm._fmt_s(est)}. "
+            f"{opts.top} pairs). Estimate on this machine: about {fmt_seconds(est)}. "
             f"CLI: `python -m entk_core lm-align --model {lm.ref.path} --probes {ps.path} --layer {layer}`")
-    if st.button(f"Compute layer {layer} (~{wlm._fmt_s(est)})", key="lm_compute", type="primary"):
+    if st.button(f"Compute layer {layer} (~{fmt_seconds(est)})", key="lm_compute", type="primary"):
         st.button("Stop", key="lm_compute_stop", help="interrupts the computation; nothing partial is stored")
         with guarded("computation failed"):
             with ProgressBar(f"Layer {layer}:") as bar:
@@ -248,10 +248,10 @@ missing = [L for L in layers if L not in cached]
 if missing:
     est_all = sum(wlm.estimate_unit_seconds(lm, ps.N, ps.T, L, opts.steps) for L in missing)
     with st.expander(f"Layer sweep: {len(cached)} of {lm.n_layers} layers cached"):
-        st.caption(f"The remaining {len(missing)} layers take about {wlm._fmt_s(est_all)} here (early layers re-run "
+        st.caption(f"The remaining {len(missing)} layers take about {fmt_seconds(est_all)} here (early layers re-run "
                    f"many blocks per product). An interrupted sweep resumes from the cache. CLI: `python -m entk_core "
                    f"lm-align --model {lm.ref.path} --probes {ps.path} --layer {layer} --layers all`")
-        if st.button(f"Sweep the remaining layers (~{wlm._fmt_s(est_all)})", key="lm_sweep"):
+        if st.button(f"Sweep the remaining layers (~{fmt_seconds(est_all)})", key="lm_sweep"):
             st.button("Stop", key="lm_sweep_stop")
             with guarded("sweep failed"):
                 with ProgressBar("Sweep:") as bar:

@@ -1,0 +1,79 @@
+"""The dashboard's pages layer: what app.py, the generic pages (``app_pages/``) and every
+family's own page script use. Streamlit is imported here and in the families' page scripts,
+nowhere else in :mod:`entk_core`.
+
+A page holds widgets, library calls and figures only: tables, curves and estimates come
+from :mod:`entk_core.workflows` (:mod:`~entk_core.workflows.views`,
+:mod:`~entk_core.workflows.estimates`), figures from :mod:`entk_core.figures`.
+
+Modules, by concern:
+
+* :mod:`~entk_core.ui.urlstate` -- the whole view in the URL (``url_*`` controls,
+  :func:`sync_url`, :func:`stop`, the page menu's links);
+* :mod:`~entk_core.ui.runs` -- the sidebar (run and checkpoint) and cached runs, models and
+  view inputs;
+* :mod:`~entk_core.ui.jobs` -- long computations (:func:`long_call`, :class:`ProgressBar`);
+* :mod:`~entk_core.ui.views` -- the clickable spectrum, eigenvector pictures, compare, export;
+* :mod:`~entk_core.ui.errors` -- :func:`guarded` and one-line messages;
+* :mod:`~entk_core.ui.format` -- durations, percentages, the cache caption;
+* :mod:`~entk_core.ui.menu` -- the page menu with every family's pages.
+
+A family page (a plug-in's too) is a script that starts like a generic one::
+
+    from entk_core.ui import guarded, require_run, url_int
+
+    run, epoch = require_run()
+    k = url_int("top", "Eigenvalues k", 1, 100, 20, key="mypage_top")
+    with guarded("cannot draw the view"):
+        ...
+"""
+from .errors import error_line, guarded, relative_paths
+from .format import cache_caption, fmt_elapsed, fmt_pct, fmt_seconds, fmt_size, timed
+from .jobs import ASK_ABOVE_S, ProgressBar, long_call
+from .runs import (groups_of, group_name, kernel_size_of, load_model, load_run, not_available, require_run,
+                   runs_listing, runs_of_family, select_run_button, selection, train_runs, view_inputs_of)
+from .urlstate import (set_control, stop, sync_url, url_float, url_int, url_multiselect, url_select_slider,
+                       url_selectbox, url_text, url_toggle)
+from .views import compare_control, export_buttons, spectrum_explorer, vector_figures
+
+__all__ = [
+    "ASK_ABOVE_S",
+    "ProgressBar",
+    "cache_caption",
+    "compare_control",
+    "error_line",
+    "export_buttons",
+    "fmt_elapsed",
+    "fmt_pct",
+    "fmt_seconds",
+    "fmt_size",
+    "group_name",
+    "groups_of",
+    "guarded",
+    "kernel_size_of",
+    "load_model",
+    "load_run",
+    "long_call",
+    "not_available",
+    "relative_paths",
+    "require_run",
+    "runs_listing",
+    "runs_of_family",
+    "select_run_button",
+    "selection",
+    "set_control",
+    "spectrum_explorer",
+    "stop",
+    "sync_url",
+    "timed",
+    "train_runs",
+    "url_float",
+    "url_int",
+    "url_multiselect",
+    "url_select_slider",
+    "url_selectbox",
+    "url_text",
+    "url_toggle",
+    "vector_figures",
+    "view_inputs_of",
+]

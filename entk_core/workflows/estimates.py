@@ -1,0 +1,89 @@
+"""What a long computation will cost on this machine, before it starts (for the dashboard's
+"Start (~2 min)" offers and the CLI's estimate lines).
+
+* A spectrum: the engine's calibrated planner (:func:`entk_core.workflows.analysis.estimate_spectrum`).
+* A sweep over the checkpoints: one planner estimate per checkpoint whose spectrum is not
+  cached yet, run as the sweep runs them (:func:`entk_core.workflows.executors.make_executor`'s
+  default: worker processes of one thread each from 8 checkpoints on, else this process),
+  plus the start of the worker processes.
+* The PCA baseline over training: one checkpoint's activations and SVD, timed on this
+  machine (once per run and process), times the number of checkpoints.
+
+Every estimate is 0 for work already cached, and ``None`` where nothing can be said (a
+request that is invalid or cannot fit: it is refused before any work with its own message).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import numpy as np
+import torch
+
+from ..families.run import Run
+from ..store.cache import default_cache
+from . import analysis
+from .baselines import hidden_activations
+from .sweep import default_spec, resolve_spec
+
+__all__ = ["WORKER_START_S", "spectrum_seconds", "sweep_seconds", "pca_over_training_seconds"]
+
+WORKER_START_S = 4.0
+"""Seconds to start the sweep's worker processes (a fresh interpreter importing torch and the
+library, measured at 2-4 s each on 2 busy cores; they start in parallel)."""
+
+_PCA_UNIT: dict[tuple[str, str], float] = {}
+_LOCK = threading.Lock()
+
+
+def spectrum_seconds(run: Run, epoch: int | None = None, *, group: str, reduction: str | None = None,
+                     top: int | None = None, beta: float | None = None) -> float | None:
+    """Seconds one spectrum request would take here (0 when cached; ``None`` when it is
+    invalid or cannot fit in memory: starting it costs nothing, it is refused at once)."""
+    try:
+        e = analysis.estimate_spectrum(run, epoch, group=group, reduction=reduction, top=top, beta=beta)
+    except ValueError:
+        return None
+    return float(e["seconds"]) if e["fits"] else None
+
+
+def sweep_seconds(run: Run, spec=None, *, group: str | None = None) -> float | None:
+    """Seconds :func:`entk_core.workflows.sweep.sweep` of ``run`` would take with ``spec``
+    (default: the family's spec for ``group``), counting only the checkpoints whose spectrum
+    is not cached."""
+    spec = resolve_spec(spec or default_spec(run, group), run)
+    cache = default_cache()
+    todo = [e for e in run.epochs
+            if analysis.spectrum_key(run, e, group=spec.group, reduction=spec.reduction, top=spec.top) not in cache]
+    if not todo:
+        return 0.0
+    one = spectrum_seconds(run, todo[-1], group=spec.group, reduction=spec.reduction, top=spec.top)
+    if one is None:
+        return None
+    if len(todo) < 8:  # computed in this process, with its torch threads
+        return len(todo) * one
+    workers = min(os.cpu_count() or 1, 4)
+    # the planner's rates are this process's (torch.get_num_threads() threads); each worker has one
+    speedup = max(1.0, workers / max(1, torch.get_num_threads()))
+    return WORKER_START_S + len(todo) * one / speedup
+
+
+def pca_over_training_seconds(run: Run) -> float | None:
+    """Seconds :func:`entk_core.workflows.alignment.pca_over_training` of ``run`` would take:
+    the last checkpoint's model load, hidden activations and principal directions, timed
+    here once per run (and process), times the number of checkpoints. ``None`` when the
+    family declares no hidden activations."""
+    if not run.family.offers("pca"):
+        return None
+    last = run.epochs[-1]
+    key = (str(run.path), run.checkpoint_sha(last))
+    with _LOCK:
+        unit = _PCA_UNIT.get(key)
+    if unit is None:
+        t0 = time.perf_counter()
+        H = hidden_activations(run, last)  # loads the checkpoint and runs the model, as each step does
+        np.linalg.svd(H - H.mean(axis=0, keepdims=True), full_matrices=False)  # what each step's PCA costs
+        unit = time.perf_counter() - t0
+        with _LOCK:
+            _PCA_UNIT[key] = unit
+    return unit * len(run.epochs)
