@@ -7,6 +7,10 @@ Tiers (like TransformerLens): ``tests/unit`` (fast, no training), ``tests/integr
 (training, sweeps, the app under AppTest), ``tests/acceptance`` (real browser, paper
 numbers). Each test gets its tier's marker (``-m unit`` ...) and a pytest-timeout limit
 (:data:`TIER_TIMEOUT_S`) unless it sets its own ``@pytest.mark.timeout``.
+
+Skips are honest (the plug-in ``tests/_honest_skips.py``): under ``CI=true`` every skip is a
+failure naming its reason; locally a skip must name one. Conventions for new tests (shared
+fixtures, the in-process CLI, where slow things go): ``tests/README.md``.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+pytest_plugins = ("pytester", "_honest_skips")
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 REPO = Path(__file__).resolve().parent.parent

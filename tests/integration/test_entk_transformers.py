@@ -11,7 +11,8 @@ import torch
 from _brute import jacobian, nt_kernel
 from entk_core.engine.kernels import empirical_ntk, empirical_ntk_by_layer
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is a pinned dependency (requirements.txt); under CI its absence fails")
 
 F64 = torch.float64
 V, T, N = 24, 4, 3
