@@ -148,8 +148,18 @@ def test_split_fixed_by_split_seed_and_batches_exact():
     assert all(torch.equal(u, v) for u, v in zip(b1, FAM.batches(d2, cfg, 1)))  # redrawn exactly
     assert not torch.equal(torch.cat(b1), torch.cat(list(FAM.batches(d2, cfg, 2))))
     assert not torch.equal(torch.cat(b1), torch.cat(list(FAM.batches(d2, replace(cfg, seed=0), 1))))
-    # out-of-order and repeated requests replay the same stream
-    assert torch.equal(torch.cat(list(FAM.batches(d2, cfg, 45))), torch.cat(list(FAM.batches(d2, cfg, 45))))
+    # out-of-order requests replay the same stream: epoch 45 reached by the family (continuing
+    # its cached stream from epoch 2), by a cold replay, by walking epoch by epoch and by
+    # rewinding from a later epoch is one permutation (and not epoch 44's)
+    via_family = torch.cat(list(FAM.batches(d2, cfg, 45)))
+    cold = NotebookBatchStream(cfg, 420).permutation(45)
+    walk, rewound = NotebookBatchStream(cfg, 420), NotebookBatchStream(cfg, 420)
+    for e in range(1, 45):
+        walk.permutation(e)
+    rewound.permutation(50)
+    assert torch.equal(via_family, d2.train_idx[cold])
+    assert torch.equal(walk.permutation(45), cold) and torch.equal(rewound.permutation(45), cold)
+    assert not torch.equal(cold, NotebookBatchStream(cfg, 420).permutation(44))
     s = NotebookBatchStream(cfg, 420)
     p3 = s.permutation(3)
     assert torch.equal(NotebookBatchStream(cfg, 420).permutation(3), p3) and torch.equal(s.permutation(3), p3)
