@@ -339,10 +339,14 @@ def test_poisoned_cache_entries_are_discarded_and_recomputed_cli(runs_root, tmp_
     r = cli(*SPECTRUM[:1], run, "--top", "10", "--json")
     assert r.returncode == 0, r.stderr
     first = json.loads(r.stdout)
-    assert _poison_cache(Path(os.environ["ENTK_CACHE_DIR"]), marker) >= 2  # kernel + spectrum
+    n = _poison_cache(Path(os.environ["ENTK_CACHE_DIR"]), marker)
+    assert n >= 2  # kernel + spectrum
     before = tree_hashes(runs_root)
     r = cli(*SPECTRUM[:1], run, "--top", "10", "--json")
-    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.returncode == 0, r.stderr
+    warnings = r.stderr.splitlines()  # one warning per discarded entry, naming its key and reason
+    assert len(warnings) == n and all(w.startswith("warning: discarded the cache entry '") for w in warnings), r.stderr
+    assert any("ForeignEntry" in w for w in warnings) and "Traceback" not in r.stderr
     again = json.loads(r.stdout)
     assert again["cache"] == "miss" and again["eigenvalues"] == pytest.approx(first["eigenvalues"], rel=1e-6)
     assert not marker.exists(), "a pickled cache entry was executed"

@@ -4,6 +4,7 @@ import sqlite3
 import stat
 import threading
 import time
+from pathlib import Path
 
 import diskcache
 import numpy as np
@@ -77,3 +78,67 @@ def test_concurrent_threads_compute_once(tmp_path):
     for t in ts:
         t.join()
     assert len(calls) == 1 and c.computed == 1
+
+
+def _discards(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "entk_core.store.cache" and r.levelname == "WARNING" and "discarded the cache entry" in r.getMessage()]
+
+
+def test_a_discarded_entry_is_logged_with_its_key_and_reason(tmp_path, caplog):
+    caplog.set_level("WARNING", logger="entk_core.store.cache")
+    c = ArrayCache(tmp_path / "c")
+    c.set("spectrum|v1|epoch=3", {"v": np.arange(3.0)})
+    db = sqlite3.connect(tmp_path / "c" / "cache.db")
+    db.execute("UPDATE Cache SET value = ? WHERE key = ?", (b"ENTKC001" + b"\x00" * 40, "spectrum|v1|epoch=3"))
+    db.commit()
+    db.close()
+    assert c.get("spectrum|v1|epoch=3") is None
+    (msg,) = _discards(caplog)
+    assert "'spectrum|v1|epoch=3'" in msg and "ValueError: checksum mismatch" in msg and str(tmp_path / "c") in msg
+    assert "\n" not in msg
+    assert c.get("spectrum|v1|epoch=3") is None and len(_discards(caplog)) == 1  # deleted: now a plain miss
+    # a foreign (pickled) value names its reason too
+    raw = diskcache.Cache(str(tmp_path / "c"))
+    raw.set("kernel|v1|x", {"pickled": True})
+    raw.close()
+    assert c.get("kernel|v1|x") is None
+    msg = _discards(caplog)[-1]
+    assert "'kernel|v1|x'" in msg and "ForeignEntry: value stored in mode" in msg
+    # a good entry logs nothing
+    c.set("ok", {"v": np.ones(2)})
+    assert c.get("ok") is not None and len(_discards(caplog)) == 2
+
+
+def test_code_version_is_derived_from_the_cached_code(tmp_path):
+    import shutil
+
+    from entk_core.store import cache as cache_mod
+
+    pkg = Path(cache_mod.__file__).resolve().parents[1]  # entk_core/
+    assert cache_mod.CACHED_CODE == ("engine", "families", "workflows")
+    assert cache_mod.CODE_VERSION == cache_mod.source_version() == cache_mod.source_version(pkg)
+    assert f"|v{cache_mod.CODE_VERSION}|" in make_key("kernel", a=1)
+    copy = tmp_path / "entk_core"
+    for sub in ("engine", "families", "workflows", "cli"):
+        shutil.copytree(pkg / sub, copy / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    base = cache_mod.source_version(copy)
+    assert base == cache_mod.CODE_VERSION  # the same sources, wherever they lie
+    engine_file = sorted((copy / "engine").glob("*.py"))[-1]
+    text = engine_file.read_text()
+    engine_file.write_text(text + "\n# a change to the engine\n")
+    assert cache_mod.source_version(copy) != base
+    engine_file.write_text(text)
+    assert cache_mod.source_version(copy) == base
+    (copy / "workflows" / "new_result.py").write_text("X = 1\n")  # a new module of a cached package
+    assert cache_mod.source_version(copy) != base
+    (copy / "workflows" / "new_result.py").unlink()
+    family_file = next((copy / "families").rglob("model*.py"))
+    family_file.write_text(family_file.read_text().replace("def ", "def  ", 1))
+    assert cache_mod.source_version(copy) != base
+    family_file.write_text(family_file.read_text().replace("def  ", "def ", 1))
+    cli_file = next((copy / "cli").glob("*.py"))  # the CLI shows results, it does not decide them
+    cli_file.write_text(cli_file.read_text() + "\n# formatting only\n")
+    assert cache_mod.source_version(copy) == base
+    with pytest.raises(RuntimeError, match="no Python sources"):
+        cache_mod.source_version(tmp_path / "empty")
