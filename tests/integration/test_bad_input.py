@@ -3,8 +3,9 @@
 Each case damages a copy of a tiny trained run (or asks for something impossible) and
 checks that
 
-* the CLI (``python -m entk_core ...`` in a subprocess) exits 2 with exactly one stderr
-  line ``error: ...`` naming the file and the fault, and no traceback;
+* the CLI (``entk_core.cli.main`` in this process, and ``python -m entk_core`` in a subprocess
+  for a few cases) exits 2 with exactly one stderr line ``error: ...`` naming the file and
+  the fault, and no traceback;
 * the dashboard (``AppTest`` on app.py with the run in ``ENTK_RUNS_DIR``, the bad value
   in the URL where there is one) shows the fault in an ``st.error`` and raises nothing;
 * nothing on disk changed (every file under the runs folder hashed before and after);
@@ -20,13 +21,14 @@ import pickle
 import shutil
 import sqlite3
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
+
+from _cli import run_cli, run_cli_subprocess
 
 REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")
@@ -63,9 +65,9 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return out
 
 
-def cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "entk_core", *map(str, args)], cwd=REPO,
-                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+def cli(*args, env=None) -> subprocess.CompletedProcess:
+    """The CLI in this process (tests/_cli.py); :func:`run_cli_subprocess` for the real entry point."""
+    return run_cli(*args, env=env)
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
@@ -264,23 +266,29 @@ def test_bad_input_cli_and_ui(case: Case, runs_root: Path, tmp_path: Path):
     run = runs_root / RUN
     case.damage(run, tmp_path)
     before = tree_hashes(tmp_path)
-    proc = None
-    if case.cli is not None:  # the CLI runs in a subprocess while the dashboard runs here
-        args = [sys.executable, "-m", "entk_core", *[a.format(run=run) for a in case.cli]]
-        proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        if case.query is not None:
-            at = app_run(case.query)
-            ui_line = assert_ui_error(at, *(case.ui_needles or case.needles))
-    finally:
-        if proc is not None:
-            out, err = proc.communicate(timeout=300)
-    if proc is not None:
-        cli_line = assert_one_line_error(subprocess.CompletedProcess(args, proc.returncode, out, err), *case.needles)
+    cli_line = ui_line = "-"
+    if case.cli is not None:
+        cli_line = assert_one_line_error(cli(*[a.format(run=run) for a in case.cli]), *case.needles)
+    if case.query is not None:
+        ui_line = assert_ui_error(app_run(case.query), *(case.ui_needles or case.needles))
     if os.environ.get("ENTK_SHOW_ERRORS"):  # to read the messages: ENTK_SHOW_ERRORS=1 pytest -s
-        print(f"\n[{case.id}]\n  CLI: {cli_line if proc else '-'}\n  UI:  {ui_line if case.query is not None else '-'}")
+        print(f"\n[{case.id}]\n  CLI: {cli_line}\n  UI:  {ui_line}")
     assert tree_hashes(tmp_path) == before, "the CLI or the dashboard changed files"
     assert not (tmp_path / "PWNED").exists(), "a pickle was executed"
+
+
+SUBPROCESS_CASES = ("truncated-checkpoint", "pickle-posing-as-checkpoint", "manifest-not-json")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if c.id in SUBPROCESS_CASES])
+def test_bad_input_through_the_real_entry_point(case: Case, runs_root: Path, tmp_path: Path):
+    """``python -m entk_core`` in a fresh process: the same single line, exit 2, no traceback
+    (nothing else, a warning say, reaches stderr), nothing written, no pickle executed."""
+    run = runs_root / RUN
+    case.damage(run, tmp_path)
+    before = tree_hashes(tmp_path)
+    assert_one_line_error(run_cli_subprocess(*[a.format(run=run) for a in case.cli], timeout=300), *case.needles)
+    assert tree_hashes(tmp_path) == before and not (tmp_path / "PWNED").exists()
 
 
 def test_ui_widgets_refuse_bad_top(runs_root):
@@ -342,7 +350,7 @@ def test_poisoned_cache_entries_are_discarded_and_recomputed_cli(runs_root, tmp_
     n = _poison_cache(Path(os.environ["ENTK_CACHE_DIR"]), marker)
     assert n >= 2  # kernel + spectrum
     before = tree_hashes(runs_root)
-    r = cli(*SPECTRUM[:1], run, "--top", "10", "--json")
+    r = run_cli_subprocess(*SPECTRUM[:1], run, "--top", "10", "--json")  # a real process: its stderr
     assert r.returncode == 0, r.stderr
     warnings = r.stderr.splitlines()  # one warning per discarded entry, naming its key and reason
     assert len(warnings) == n and all(w.startswith("warning: discarded the cache entry '") for w in warnings), r.stderr
@@ -529,8 +537,8 @@ def test_memory_budget_refuses_flat_spectrum_with_suggestion(mlp29_run_dir, tmp_
     shutil.copytree(mlp29_run_dir, root / mlp29_run_dir.name)
     monkeypatch.setenv("ENTK_RUNS_DIR", str(root))
     try:
-        r = cli("spectrum", root / mlp29_run_dir.name, "--reduction", "flat", "--top", "50",
-                env={"ENTK_MEMORY_BUDGET": "20MB"}, timeout=60)
+        r = run_cli_subprocess("spectrum", root / mlp29_run_dir.name, "--reduction", "flat", "--top", "50",
+                               env={"ENTK_MEMORY_BUDGET": "20MB"}, timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail("the flat spectrum was not refused within 60 s under a 20 MB budget")
     assert_one_line_error(r, "memory budget is 20 MB", "what would fit")

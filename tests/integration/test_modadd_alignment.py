@@ -1,13 +1,11 @@
 """Fourier-feature alignment of the modular-addition MLP: report helpers, `align` CLI, Alignment page."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _cli import run_cli
 from entk_core.families.modadd_mlp import analysis as ma
 from entk_core.families.features import modadd_families
 from entk_core.families.run import open_run
@@ -81,8 +79,7 @@ def test_align_report_structure(tiny_run_dir):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "entk_core", *map(str, args)], cwd=REPO, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=600)
+    return run_cli(*args)  # in this process (tests/README.md)
 
 
 def test_align_cli(tiny_run_dir):
@@ -134,10 +131,12 @@ def test_alignment_page_other_family_shows_info(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_mlp29_alignment_figures(mlp29_run_dir):
-    """The Done figures at the last epoch of the paper's p=29 MLP."""
+def test_mlp29_alignment_figures(mlp29_run_dir, mlp29_cache_dir):
+    """The Done figures at the last epoch of the paper's p=29 MLP (its spectra from the session's cache)."""
+    from entk_core.store.cache import ArrayCache
+
     run = open_run(mlp29_run_dir)
-    rep = run.family.align_report(run, 500, services=Services())
+    rep = run.family.align_report(run, 500, services=Services(ArrayCache(mlp29_cache_dir)))
     by = {c["label"]: c for c in rep["cliffs"]}
     assert [(by[k]["start"], by[k]["end"]) for k in ("cliff 1", "cliff 2")] == [(1, 56), (57, 112)]
     c1, c2 = by["cliff 1"], by["cliff 2"]
@@ -152,10 +151,13 @@ def test_mlp29_alignment_figures(mlp29_run_dir):
 
 
 @pytest.mark.slow
-def test_mlp29_pages(install_run, mlp29_run_dir):
+def test_mlp29_pages(install_run, mlp29_run_dir, mlp29_cache_dir, monkeypatch):
+    """The pages on the paper's run, its sweep already in the cache (the pages computing a
+    sweep themselves: test_sweep.py::test_grokking_page on the tiny run)."""
     from streamlit.testing.v1 import AppTest
 
     install_run(mlp29_run_dir)
+    monkeypatch.setenv("ENTK_CACHE_DIR", str(mlp29_cache_dir))
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600).run()
     for page in ("app_pages/grokking.py", "app_pages/alignment.py"):
         at.switch_page(page).run()

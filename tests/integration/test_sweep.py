@@ -1,13 +1,11 @@
 """Grokking sweeps (entk_core.workflows.sweep), the `sweep` CLI command and the Grokking page."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _cli import run_cli
 from entk_core.workflows import analysis
 from entk_core.engine.measures import local_first_derivative, subspace_overlap
 from entk_core.store.cache import ArrayCache
@@ -118,8 +116,7 @@ def test_custom_spec_per_layer_and_errors(tiny_run_dir, tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "entk_core", *map(str, args)], cwd=REPO, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=600)
+    return run_cli(*args)  # in this process (tests/README.md)
 
 
 def test_sweep_cli(tiny_run_dir):
@@ -162,12 +159,15 @@ def test_grokking_page(install_run, tiny_run_dir):
 
 
 @pytest.mark.slow
-def test_mlp29_sweep_grokking_and_layers(mlp29_run_dir, tmp_path):
+def test_mlp29_sweep_grokking_and_layers(mlp29_run_dir, mlp29_cache_dir):
     """The paper's p=29 MLP: the sum/diff window aligns during grokking; the overlap
-    derivative peaks within 20 epochs of the grokking onset; layers localise the features."""
+    derivative peaks within 20 epochs of the grokking onset; layers localise the features.
+    The sweep was computed once for the session (``mlp29_cache_dir``: the same ``sweep``
+    call); here it is read back from that cache and checked."""
     run = open_run(mlp29_run_dir)
-    cache = ArrayCache(tmp_path / "c")
+    cache = ArrayCache(mlp29_cache_dir)
     res = sweep(run, cache=cache)
+    assert res.meta["cache"] == "hit"
     assert len(res.epochs) == 51
     labels = [w.label for w in res.windows]
     assert labels[:3] == ["constant", "cliff 1", "cliff 2"]

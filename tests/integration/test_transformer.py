@@ -3,9 +3,6 @@ key frequencies, the all-class mean reduction, and the alignment analysis. Tiny 
 the CLI round trip is marked slow."""
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -359,11 +356,7 @@ def test_non_transformer_run_is_refused(tiny_run_dir):
 
 @pytest.mark.slow
 def test_cli_train_info_align(tmp_path):
-    env = {**os.environ, "ENTK_CACHE_DIR": str(tmp_path / "cache")}
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "entk_core", *map(str, args)], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=600)
+    from _cli import run_cli as cli  # in this process (tests/README.md)
 
     out = tmp_path / "t"
     r = cli("train", "modadd-transformer", "--p", 7, "--d-model", 8, "--n-heads", 2, "--d-mlp", 16,
