@@ -379,73 +379,6 @@ def test_poisoned_cache_entries_are_discarded_and_recomputed_ui(runs_root, tmp_p
     assert tree_hashes(runs_root) == before
 
 
-def test_cache_value_file_outside_the_cache_is_neither_read_nor_deleted(tmp_path):
-    """A forged index row naming a file elsewhere is treated as foreign: not read, not removed."""
-    import numpy as np
-
-    from entk_core.store.cache import ArrayCache
-
-    victim = tmp_path / "victim.txt"
-    victim.write_text("keep me")
-    c = ArrayCache(tmp_path / "c")
-    c.set("k", {"v": np.arange(100_000.0)})  # large: stored in a value file
-    db = sqlite3.connect(tmp_path / "c" / "cache.db")
-    db.execute("UPDATE Cache SET filename = ? WHERE key = 'k'", (str(victim),))
-    db.commit()
-    db.close()
-    assert c.get("k") is None
-    assert victim.read_text() == "keep me"
-    e = c.get_or_compute("k", lambda: ({"v": np.ones(3)}, {}))
-    assert e.meta["cache"] == "miss"
-
-
-def test_compressed_cache_payload_is_refused(tmp_path):
-    """Our values are uncompressed npz; a compressed one (a potential zip bomb) is foreign."""
-    import io
-
-    import numpy as np
-
-    from entk_core.store.cache import MAGIC, ArrayCache
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, v=np.zeros(10**6), __meta__=np.frombuffer(b"{}", dtype=np.uint8))
-    payload = buf.getvalue()
-    c = ArrayCache(tmp_path / "c")
-    c._cache.set("k", MAGIC + hashlib.sha256(payload).digest() + payload)
-    assert c.get("k") is None and "k" not in c._cache
-
-
-def test_corrupt_cache_index_is_discarded(tmp_path):
-    import numpy as np
-
-    from entk_core.store.cache import ArrayCache
-
-    c = ArrayCache(tmp_path / "c")
-    c.set("k", {"v": np.ones(3)})
-    c.close()
-    (tmp_path / "c" / "cache.db").write_bytes(os.urandom(4096))
-    c = ArrayCache(tmp_path / "c")
-    assert c.get("k") is None
-    assert c.get_or_compute("k", lambda: ({"v": np.ones(3)}, {})).meta["cache"] == "miss"
-    assert c.get("k") is not None
-
-
-def test_cache_folder_is_private_and_foreign_owner_refused(tmp_path, monkeypatch):
-    import stat
-
-    from entk_core.store import cache as cache_mod
-
-    d = tmp_path / "c"
-    d.mkdir(mode=0o755)
-    os.chmod(d, 0o755)
-    cache_mod.ArrayCache(d)
-    assert stat.S_IMODE(d.stat().st_mode) == 0o700
-    me = os.getuid()
-    monkeypatch.setattr(cache_mod.os, "getuid", lambda: me + 1)
-    with pytest.raises(PermissionError, match="belongs to another user"):
-        cache_mod.ArrayCache(d)
-
-
 def test_cache_keys_cover_every_dependency(runs_root, tmp_path):
     """Checkpoint content, group, reduction, beta, k and the code version all change the key;
     the key is built from the checkpoint's actual bytes, so a replaced file never hits."""
@@ -480,40 +413,6 @@ def test_cache_keys_cover_every_dependency(runs_root, tmp_path):
     flip_bytes(runs_root / RUN, tmp_path)
     with pytest.raises(ValueError, match="does not match the manifest's sha256"):
         analysis.kernel_matrix(Run(runs_root / RUN), 30)
-
-
-def test_identical_weights_give_identical_checkpoint_bytes(tmp_path):
-    """safetensors writes metadata in a random (HashMap) order; save_checkpoint canonicalises it,
-    so equal weights always get equal sha256s and share cache entries across runs and processes."""
-    from safetensors.torch import load
-
-    from entk_core.store.runs import load_checkpoint, save_checkpoint
-
-    state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2)}
-    meta = {"family": "modadd-mlp", "epoch": "10", "z": "1"}
-    shas = {save_checkpoint(tmp_path / f"c{i}.safetensors", state, meta) for i in range(24)}
-    assert len(shas) == 1
-    torch.testing.assert_close(load_checkpoint(tmp_path / "c0.safetensors")["w"], state["w"])
-    assert load((tmp_path / "c0.safetensors").read_bytes()).keys() == state.keys()
-
-
-def test_cache_evicts_beyond_its_size_limit(tmp_path, monkeypatch):
-    import numpy as np
-
-    from entk_core.store import cache as cache_mod
-
-    c = cache_mod.ArrayCache(tmp_path / "c", size_limit=2_000_000)
-    for i in range(12):
-        c.set(f"k{i}", {"v": np.full(50_000, float(i))})  # 400 kB each
-    assert c.volume() < 3_000_000
-    assert c.get("k0") is None and c.get("k11") is not None  # least recently stored went first
-    monkeypatch.setenv("ENTK_CACHE_DIR", str(tmp_path / "d"))
-    monkeypatch.setenv("ENTK_CACHE_SIZE_LIMIT", "3MB")
-    assert cache_mod.default_cache().size_limit == 3_000_000
-    monkeypatch.setenv("ENTK_CACHE_SIZE_LIMIT", "lots")
-    monkeypatch.setenv("ENTK_CACHE_DIR", str(tmp_path / "e"))
-    with pytest.raises(ValueError, match="ENTK_CACHE_SIZE_LIMIT"):
-        cache_mod.default_cache()
 
 
 # ------------------------------------------------------- resource limits

@@ -1,4 +1,7 @@
-"""The array cache: round trips, foreign/corrupt entries, compute-once under concurrency."""
+"""The array cache: round trips, foreign/corrupt entries (a value file outside the folder, a
+compressed payload, a corrupt index), the private folder, eviction, logged discards, the derived
+code version, compute-once under concurrency."""
+import hashlib
 import os
 import sqlite3
 import stat
@@ -142,3 +145,89 @@ def test_code_version_is_derived_from_the_cached_code(tmp_path):
     assert cache_mod.source_version(copy) == base
     with pytest.raises(RuntimeError, match="no Python sources"):
         cache_mod.source_version(tmp_path / "empty")
+
+
+def test_cache_value_file_outside_the_cache_is_neither_read_nor_deleted(tmp_path):
+    """A forged index row naming a file elsewhere is treated as foreign: not read, not removed."""
+    import numpy as np
+
+    from entk_core.store.cache import ArrayCache
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    c = ArrayCache(tmp_path / "c")
+    c.set("k", {"v": np.arange(100_000.0)})  # large: stored in a value file
+    db = sqlite3.connect(tmp_path / "c" / "cache.db")
+    db.execute("UPDATE Cache SET filename = ? WHERE key = 'k'", (str(victim),))
+    db.commit()
+    db.close()
+    assert c.get("k") is None
+    assert victim.read_text() == "keep me"
+    e = c.get_or_compute("k", lambda: ({"v": np.ones(3)}, {}))
+    assert e.meta["cache"] == "miss"
+
+
+def test_compressed_cache_payload_is_refused(tmp_path):
+    """Our values are uncompressed npz; a compressed one (a potential zip bomb) is foreign."""
+    import io
+
+    import numpy as np
+
+    from entk_core.store.cache import MAGIC, ArrayCache
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, v=np.zeros(10**6), __meta__=np.frombuffer(b"{}", dtype=np.uint8))
+    payload = buf.getvalue()
+    c = ArrayCache(tmp_path / "c")
+    c._cache.set("k", MAGIC + hashlib.sha256(payload).digest() + payload)
+    assert c.get("k") is None and "k" not in c._cache
+
+
+def test_corrupt_cache_index_is_discarded(tmp_path):
+    import numpy as np
+
+    from entk_core.store.cache import ArrayCache
+
+    c = ArrayCache(tmp_path / "c")
+    c.set("k", {"v": np.ones(3)})
+    c.close()
+    (tmp_path / "c" / "cache.db").write_bytes(os.urandom(4096))
+    c = ArrayCache(tmp_path / "c")
+    assert c.get("k") is None
+    assert c.get_or_compute("k", lambda: ({"v": np.ones(3)}, {})).meta["cache"] == "miss"
+    assert c.get("k") is not None
+
+
+def test_cache_folder_is_private_and_foreign_owner_refused(tmp_path, monkeypatch):
+    import stat
+
+    from entk_core.store import cache as cache_mod
+
+    d = tmp_path / "c"
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)
+    cache_mod.ArrayCache(d)
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    me = os.getuid()
+    monkeypatch.setattr(cache_mod.os, "getuid", lambda: me + 1)
+    with pytest.raises(PermissionError, match="belongs to another user"):
+        cache_mod.ArrayCache(d)
+
+
+def test_cache_evicts_beyond_its_size_limit(tmp_path, monkeypatch):
+    import numpy as np
+
+    from entk_core.store import cache as cache_mod
+
+    c = cache_mod.ArrayCache(tmp_path / "c", size_limit=2_000_000)
+    for i in range(12):
+        c.set(f"k{i}", {"v": np.full(50_000, float(i))})  # 400 kB each
+    assert c.volume() < 3_000_000
+    assert c.get("k0") is None and c.get("k11") is not None  # least recently stored went first
+    monkeypatch.setenv("ENTK_CACHE_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("ENTK_CACHE_SIZE_LIMIT", "3MB")
+    assert cache_mod.default_cache().size_limit == 3_000_000
+    monkeypatch.setenv("ENTK_CACHE_SIZE_LIMIT", "lots")
+    monkeypatch.setenv("ENTK_CACHE_DIR", str(tmp_path / "e"))
+    with pytest.raises(ValueError, match="ENTK_CACHE_SIZE_LIMIT"):
+        cache_mod.default_cache()
