@@ -13,9 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY requirements.txt .
 # torch 2.13.0's CPU wheel comes from the PyTorch CPU index first (PyPI's is the multi-GB CUDA
-# build); the rest from PyPI, where the pinned torch is then already satisfied.
-# The project itself (`-e .`) is not installed: the app runs from /app, whose pyproject.toml
-# declares the built-in model families (read directly when the package is not installed).
+# build); the rest from PyPI, where the pinned torch is then already satisfied. The project's
+# own line (`-e .`) waits until its source is copied in (below), so this layer stays cached.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==$(sed -n 's/^torch==//p' requirements.txt)" \
     && grep -v '^-e ' requirements.txt > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
@@ -24,6 +23,9 @@ RUN useradd --create-home --uid 10001 entk \
     && mkdir -p /app/runs /app/models /app/probes \
     && chown entk:entk /app/runs /app/probes
 COPY --chown=entk:entk . .
+# The package itself: its metadata declares the built-in model families (entry points),
+# which is the only place the registry looks. Its dependencies are all installed above.
+RUN pip install --no-deps . && rm -rf build entk_explorer.egg-info
 
 USER 10001
 EXPOSE 8501

@@ -7,6 +7,10 @@ Tiers (like TransformerLens): ``tests/unit`` (fast, no training), ``tests/integr
 (training, sweeps, the app under AppTest), ``tests/acceptance`` (real browser, paper
 numbers). Each test gets its tier's marker (``-m unit`` ...) and a pytest-timeout limit
 (:data:`TIER_TIMEOUT_S`) unless it sets its own ``@pytest.mark.timeout``.
+
+Skips are honest (the plug-in ``tests/_honest_skips.py``): under ``CI=true`` every skip is a
+failure naming its reason; locally a skip must name one. Conventions for new tests (shared
+fixtures, the in-process CLI, where slow things go): ``tests/README.md``.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+pytest_plugins = ("pytester", "_honest_skips")
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 REPO = Path(__file__).resolve().parent.parent
@@ -35,8 +41,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _isolated_dirs(tmp_path, monkeypatch):
+    """Every folder the library reads or writes by default points into this test's tmp; the
+    dashboard does not offer (and load, ~1 min) the installed dev Gemma unless a test asks."""
     monkeypatch.setenv("ENTK_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("ENTK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ENTK_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("ENTK_PROBES_DIR", str(tmp_path / "probes"))
+    monkeypatch.setenv("ENTK_OFFER_GGUF_PACKAGE", "0")
     monkeypatch.setenv("ENTK_PROGRESS", "off")
     yield
 
@@ -65,6 +76,27 @@ def mlp29_run_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def mlp29_cache_dir(mlp29_run_dir, tmp_path_factory) -> Path:
+    """A result cache (folder) holding the p=29 MLP's default grokking sweep: every one of its
+    51 checkpoints' spectra, computed once per session by ``sweep`` (the heaviest computation
+    the suite repeats otherwise). Tests and pages that read those results point their cache at
+    it (``Services(ArrayCache(mlp29_cache_dir))``, ``ENTK_CACHE_DIR``). Cached values are pure
+    functions of their keys, so a shared cache changes speed, never numbers; a test that
+    asserts what is or is not cached (``miss``, ``computed``) uses its own cache instead."""
+    from entk_core.families.run import open_run
+    from entk_core.store.cache import ArrayCache
+    from entk_core.workflows.sweep import sweep
+
+    folder = tmp_path_factory.mktemp("mlp29-cache") / "cache"
+    cache = ArrayCache(folder)
+    try:
+        sweep(open_run(mlp29_run_dir), cache=cache)
+    finally:
+        cache.close()
+    return folder
+
+
 @pytest.fixture
 def install_run(tmp_path, monkeypatch):
     """``install_run(run_dir) -> name``: copy a run into a fresh runs folder and point
@@ -78,3 +110,25 @@ def install_run(tmp_path, monkeypatch):
         return run_dir.name
 
     return install
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance for the whole session, started on first use (10-20 s) and shut
+    down at the end. In this process, any executor made with ``ray=True`` (``make_executor``,
+    the CLI's ``--ray`` through :func:`_cli.run_cli`) finds Ray initialised and uses it; a
+    subprocess reaches it with ``ENTK_RAY_ADDRESS=ray_cluster.address``. Tasks see the
+    environment of the moment Ray started, not a test's later ``monkeypatch.setenv``: pass
+    paths as unit arguments (the library's units do)."""
+    import types
+
+    pytest.importorskip("ray", reason="ray is a pinned dependency (requirements.txt); under CI its absence fails")
+    import ray
+
+    from entk_core.workflows.executors import RayExecutor
+
+    ex = RayExecutor(None)  # a local instance sized to this machine, workers on this process's sys.path
+    try:
+        yield types.SimpleNamespace(executor=ex, address=ray.get_runtime_context().gcs_address)
+    finally:
+        ex.close()

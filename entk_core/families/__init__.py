@@ -2,8 +2,9 @@
 
 A family is a :class:`~entk_core.families.base.ModelFamily` subclass found through the
 ``entk_core.families`` entry-point group; the built-in ones (``modadd-mlp``, ``tms``,
-``modadd-transformer``) are declared in the project's ``pyproject.toml`` like any
-plug-in's (see :mod:`entk_core.families.base` for the lookup rules). Nothing is imported
+``modadd-transformer``, ``causal-lm``) are declared in the project's ``pyproject.toml`` like
+any plug-in's and found through the installed distribution's metadata (see
+:mod:`entk_core.families.base` for the lookup rules). Nothing is imported
 here eagerly: a family's package is imported when it is first asked for.
 
 The registry functions are re-exported here; :mod:`entk_core.families.run` opens runs

@@ -26,12 +26,14 @@ Entry points
 ------------
 The group is :data:`ENTRY_POINT_GROUP`; each entry point's name is the family name and
 its value ``module:Class`` names a :class:`ModelFamily` subclass whose ``name`` equals
-it. The built-in families come from the ``entk-explorer`` declaration next to the
-imported ``entk_core`` package: the checkout's own ``pyproject.toml`` when it is run
-from a checkout (installed or not), else the installed distribution's metadata. Every
-other installed distribution adds its entry points. :func:`register` adds a family
-class at run time (tests, notebooks); such a family reaches the sweep's worker
-processes when its class can be imported by module path (not from ``__main__``).
+it. Families are found only through the installed distributions' entry-point metadata
+(:func:`importlib.metadata.distributions`): the built-ins through this project's own
+distribution, ``entk-explorer`` (installed by ``requirements.txt`` with ``-e .``, and by
+the Dockerfile), plug-ins through theirs. Nothing reads a ``pyproject.toml``: after
+editing the entry points of an editable install, reinstall it (``pip install -e .``).
+:func:`register` adds a family class at run time (tests, notebooks); such a family
+reaches the sweep's worker processes when its class can be imported by module path (not
+from ``__main__``).
 """
 from __future__ import annotations
 
@@ -39,7 +41,6 @@ import importlib
 import importlib.metadata
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Protocol
 
 import numpy as np
@@ -476,59 +477,32 @@ _REGISTRY: dict[str, ModelFamily] = {}
 _ORIGIN: dict[str, str] = {}
 _ERRORS: dict[str, str] = {}
 _TABLE: dict[str, tuple[str, str]] | None = None  # name -> (module:Class, where declared)
-_DIST = "entk-explorer"
-
-
-def _norm(name: str) -> str:
-    return name.lower().replace("_", "-").replace(".", "-")
-
-
-def _checkout_entry_points() -> dict[str, str] | None:
-    """The family entry points declared by the ``pyproject.toml`` beside the imported
-    ``entk_core`` package (``None`` when it is not a checkout of this project)."""
-    import tomllib
-
-    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
-    try:
-        meta = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return None
-    project = meta.get("project", {})
-    if _norm(str(project.get("name", ""))) != _DIST:
-        return None
-    eps = project.get("entry-points", {}).get(ENTRY_POINT_GROUP, {})
-    return {str(k): str(v) for k, v in eps.items()} if isinstance(eps, dict) else {}
 
 
 def _entry_point_table() -> dict[str, tuple[str, str]]:
-    """``name -> (value, origin)`` of every declared family (cached per process)."""
+    """``name -> (value, origin)`` of every family declared in the :data:`ENTRY_POINT_GROUP`
+    entry points of the installed distributions (cached per process)."""
     global _TABLE
     with _lock:
         if _TABLE is not None:
             return _TABLE
         table: dict[str, tuple[str, str]] = {}
-
-        def add(name: str, value: str, origin: str) -> None:
-            value = value.replace(" ", "")
-            if name in table and table[name][0] != value:
-                _ERRORS[name] = (f"family '{name}' is declared twice: {table[name][0]} ({table[name][1]}) and "
-                                 f"{value} ({origin}); uninstall one of them")
-                return
-            table.setdefault(name, (value, origin))
-
-        checkout = _checkout_entry_points()
-        if checkout is not None:
-            for name, value in checkout.items():
-                add(name, value, f"{_DIST} (pyproject.toml of the checkout)")
         seen: set[tuple[str, str]] = set()
         for dist in importlib.metadata.distributions():
             dname = dist.metadata["Name"] or "?"
-            if checkout is not None and _norm(dname) == _DIST:
-                continue  # the checkout's own declaration describes the code actually imported
             for ep in dist.entry_points:
-                if ep.group == ENTRY_POINT_GROUP and (ep.name, ep.value) not in seen:
-                    seen.add((ep.name, ep.value))
-                    add(ep.name, ep.value, f"{dname} {dist.version}")
+                if ep.group != ENTRY_POINT_GROUP:
+                    continue
+                name, value = ep.name, ep.value.replace(" ", "")
+                if (name, value) in seen:  # one distribution seen twice on the path (a build folder, say)
+                    continue
+                seen.add((name, value))
+                origin = f"{dname} {dist.version}"
+                if name in table:
+                    _ERRORS[name] = (f"family '{name}' is declared twice: {table[name][0]} ({table[name][1]}) and "
+                                     f"{value} ({origin}); uninstall one of them")
+                    continue
+                table[name] = (value, origin)
         _TABLE = table
         return table
 
@@ -644,8 +618,8 @@ def family_errors() -> dict[str, str]:
 
 
 def family_origin(name: str) -> str:
-    """Where a loaded family was declared (``"entk-explorer (pyproject.toml of the checkout)"``,
-    ``"my-plugin 0.1"``, ``"registered at run time"``)."""
+    """Where a loaded family was declared: its distribution and version (``"entk-explorer 0.1.0"``,
+    ``"my-plugin 0.1"``) or ``"registered at run time"``."""
     get_family(name)
     return _ORIGIN.get(name, "?")
 

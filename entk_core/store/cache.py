@@ -11,7 +11,9 @@ where the payload is an ``.npz`` archive of plain (non-object) arrays plus the J
 metadata stored as a ``uint8`` array under ``__meta__``; it is read with
 ``numpy.load(allow_pickle=False)``. A corrupt, truncated or foreign entry (a pickled
 value, a value file outside the cache folder, a compressed archive, a corrupt index) is
-discarded and recomputed, never trusted. The folder is private to its user (0700; a
+discarded (with a warning on the ``entk_core.store.cache`` logger naming the key and the
+reason, so a codec bug cannot become silent endless recomputation) and recomputed, never
+trusted. The folder is private to its user (0700; a
 folder owned by someone else is refused). Least-recently-stored entries are evicted
 beyond the size limit (8 GiB, or ``$ENTK_CACHE_SIZE_LIMIT``).
 
@@ -20,6 +22,11 @@ processes: it holds a lock file per key while computing
 (:func:`entk_core.store.locks.file_lock`: the OS releases it if the process dies, and the
 file is deleted when released, so lock files do not accumulate), and re-checks the cache
 after taking the lock.
+
+Every key carries :data:`CODE_VERSION`, derived from the source of the code that decides
+cached values (:data:`CACHED_CODE`: the engine, the families -- models, data, feature banks,
+family analyses -- and the workflows that compute and store results), so any change to that
+code invalidates the cache; nothing is bumped by hand.
 """
 from __future__ import annotations
 
@@ -41,10 +48,36 @@ import numpy as np
 from ..engine.units import parse_bytes
 from .locks import file_lock
 
-__all__ = ["ArrayCache", "CacheEntry", "SafeDisk", "default_cache", "cache_dir", "make_key", "CODE_VERSION"]
+__all__ = ["ArrayCache", "CacheEntry", "SafeDisk", "default_cache", "cache_dir", "make_key", "source_version",
+           "CACHED_CODE", "CODE_VERSION"]
 
-CODE_VERSION = "2"
-"""Bumped whenever a cached computation changes its results; part of every key."""
+log = logging.getLogger(__name__)
+
+CACHED_CODE = ("engine", "families", "workflows")
+"""Subpackages of ``entk_core`` whose source decides cached values (hashed into
+:data:`CODE_VERSION`): the engine computes kernels and spectra; the families define the
+models, data, feature banks and family analyses (``tms-spectrum``); the workflows compute
+and key what is stored (spectra, kernels, sweeps, PCA overlaps, LM layers). The store, the
+CLI, figures and pages only read or show cached values. Hashing whole packages over-invalidates
+(a change to, say, the grid runner also starts a fresh cache) rather than ever serving a
+result of older code. Plug-in families outside ``entk_core`` are not covered."""
+
+
+def source_version(root: Path | str | None = None, packages: tuple[str, ...] = CACHED_CODE) -> str:
+    """A 16-hex-digit sha256 over the relative path and bytes of every ``*.py`` file under
+    ``root/<package>`` for each of ``packages`` (``root``: the ``entk_core`` folder)."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    files = sorted(p for pkg in packages for p in (root / pkg).rglob("*.py"))
+    if not files:  # an installation without sources: never share a version with another one
+        raise RuntimeError(f"no Python sources under {root} for {', '.join(packages)}: cannot version the cache")
+    for path in files:
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+CODE_VERSION = source_version()
+"""Part of every key: :func:`source_version` of :data:`CACHED_CODE`, computed once per process."""
 
 _log = logging.getLogger(__name__)
 MAGIC = b"ENTKC001"
@@ -224,25 +257,28 @@ class ArrayCache:
         """The entry under ``key``, or ``None`` (also for corrupt/foreign entries, which are deleted)."""
         try:
             blob = self._cache.get(key, default=None, retry=True)
-        except (ForeignEntry, OSError, sqlite3.DatabaseError):
-            self._discard(key)
+        except (ForeignEntry, OSError, sqlite3.DatabaseError) as e:
+            self._discard(key, e)
             return None
         if blob is None:
             return None
         try:
             return _decode(blob)
-        except Exception:
-            self._discard(key)
+        except Exception as e:  # noqa: BLE001 - whatever the bytes are, they are not trusted
+            self._discard(key, e)
             return None
 
     def set(self, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any] | None = None) -> None:
         self._cache.set(key, _encode(arrays, meta or {}), retry=True)
 
-    def _discard(self, key: str) -> None:
+    def _discard(self, key: str, reason: BaseException) -> None:
+        """Delete the entry under ``key`` that could not be read, saying so (key and reason)."""
+        why = f"{type(reason).__name__}: {str(reason).strip().splitlines()[0] if str(reason).strip() else '-'}"
+        log.warning("warning: discarded the cache entry %r in %s (%s); it will be recomputed", key, self.directory, why)
         try:
             self._cache.delete(key, retry=True)
-        except Exception:
-            pass
+        except Exception as e:  # noqa: BLE001 - the entry stays unreadable, and is recomputed each time
+            log.warning("warning: could not delete the unreadable cache entry %r: %s: %s", key, type(e).__name__, e)
 
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None

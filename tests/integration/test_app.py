@@ -22,13 +22,26 @@ def test_no_runs_offers_demo():
 
 @pytest.mark.slow
 def test_demo_training_from_the_ui(monkeypatch):
+    """The button trains the demo preset into the runs folder and opens it. The preset is cut
+    to 20 epochs here: the full 500-epoch training is the session's ``mlp29_run_dir``."""
+    import dataclasses
+
+    from entk_core.workflows import presets
     from entk_core.workflows.presets import DEMO
 
+    demo = presets.PRESETS[DEMO]
+    monkeypatch.setitem(presets.PRESETS, demo.name,
+                        dataclasses.replace(demo, overrides={**demo.overrides, "epochs": 20, "checkpoint_every": 10}))
     at = _app().run()
     at.button(key="train_demo").click().run()
     assert not at.exception
     assert at.session_state["run"] == DEMO
     assert at.get("plotly_chart")
+    from entk_core.families.run import open_run
+    from entk_core.store.runs import runs_root
+
+    trained = open_run(runs_root() / DEMO)
+    assert trained.status == "complete" and trained.epochs == [0, 10, 20] and trained.config.p == 29
 
 
 def test_spectrum_page_renders_and_reacts(install_run, tiny_run_dir):

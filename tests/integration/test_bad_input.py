@@ -3,8 +3,9 @@
 Each case damages a copy of a tiny trained run (or asks for something impossible) and
 checks that
 
-* the CLI (``python -m entk_core ...`` in a subprocess) exits 2 with exactly one stderr
-  line ``error: ...`` naming the file and the fault, and no traceback;
+* the CLI (``entk_core.cli.main`` in this process, and ``python -m entk_core`` in a subprocess
+  for a few cases) exits 2 with exactly one stderr line ``error: ...`` naming the file and
+  the fault, and no traceback;
 * the dashboard (``AppTest`` on app.py with the run in ``ENTK_RUNS_DIR``, the bad value
   in the URL where there is one) shows the fault in an ``st.error`` and raises nothing;
 * nothing on disk changed (every file under the runs folder hashed before and after);
@@ -20,13 +21,14 @@ import pickle
 import shutil
 import sqlite3
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
+
+from _cli import run_cli, run_cli_subprocess
 
 REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")
@@ -63,9 +65,9 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return out
 
 
-def cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "entk_core", *map(str, args)], cwd=REPO,
-                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+def cli(*args, env=None) -> subprocess.CompletedProcess:
+    """The CLI in this process (tests/_cli.py); :func:`run_cli_subprocess` for the real entry point."""
+    return run_cli(*args, env=env)
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
@@ -264,23 +266,29 @@ def test_bad_input_cli_and_ui(case: Case, runs_root: Path, tmp_path: Path):
     run = runs_root / RUN
     case.damage(run, tmp_path)
     before = tree_hashes(tmp_path)
-    proc = None
-    if case.cli is not None:  # the CLI runs in a subprocess while the dashboard runs here
-        args = [sys.executable, "-m", "entk_core", *[a.format(run=run) for a in case.cli]]
-        proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        if case.query is not None:
-            at = app_run(case.query)
-            ui_line = assert_ui_error(at, *(case.ui_needles or case.needles))
-    finally:
-        if proc is not None:
-            out, err = proc.communicate(timeout=300)
-    if proc is not None:
-        cli_line = assert_one_line_error(subprocess.CompletedProcess(args, proc.returncode, out, err), *case.needles)
+    cli_line = ui_line = "-"
+    if case.cli is not None:
+        cli_line = assert_one_line_error(cli(*[a.format(run=run) for a in case.cli]), *case.needles)
+    if case.query is not None:
+        ui_line = assert_ui_error(app_run(case.query), *(case.ui_needles or case.needles))
     if os.environ.get("ENTK_SHOW_ERRORS"):  # to read the messages: ENTK_SHOW_ERRORS=1 pytest -s
-        print(f"\n[{case.id}]\n  CLI: {cli_line if proc else '-'}\n  UI:  {ui_line if case.query is not None else '-'}")
+        print(f"\n[{case.id}]\n  CLI: {cli_line}\n  UI:  {ui_line}")
     assert tree_hashes(tmp_path) == before, "the CLI or the dashboard changed files"
     assert not (tmp_path / "PWNED").exists(), "a pickle was executed"
+
+
+SUBPROCESS_CASES = ("truncated-checkpoint", "pickle-posing-as-checkpoint", "manifest-not-json")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if c.id in SUBPROCESS_CASES])
+def test_bad_input_through_the_real_entry_point(case: Case, runs_root: Path, tmp_path: Path):
+    """``python -m entk_core`` in a fresh process: the same single line, exit 2, no traceback
+    (nothing else, a warning say, reaches stderr), nothing written, no pickle executed."""
+    run = runs_root / RUN
+    case.damage(run, tmp_path)
+    before = tree_hashes(tmp_path)
+    assert_one_line_error(run_cli_subprocess(*[a.format(run=run) for a in case.cli], timeout=300), *case.needles)
+    assert tree_hashes(tmp_path) == before and not (tmp_path / "PWNED").exists()
 
 
 def test_ui_widgets_refuse_bad_top(runs_root):
@@ -339,10 +347,14 @@ def test_poisoned_cache_entries_are_discarded_and_recomputed_cli(runs_root, tmp_
     r = cli(*SPECTRUM[:1], run, "--top", "10", "--json")
     assert r.returncode == 0, r.stderr
     first = json.loads(r.stdout)
-    assert _poison_cache(Path(os.environ["ENTK_CACHE_DIR"]), marker) >= 2  # kernel + spectrum
+    n = _poison_cache(Path(os.environ["ENTK_CACHE_DIR"]), marker)
+    assert n >= 2  # kernel + spectrum
     before = tree_hashes(runs_root)
-    r = cli(*SPECTRUM[:1], run, "--top", "10", "--json")
-    assert r.returncode == 0 and r.stderr == "", r.stderr
+    r = run_cli_subprocess(*SPECTRUM[:1], run, "--top", "10", "--json")  # a real process: its stderr
+    assert r.returncode == 0, r.stderr
+    warnings = r.stderr.splitlines()  # one warning per discarded entry, naming its key and reason
+    assert len(warnings) == n and all(w.startswith("warning: discarded the cache entry '") for w in warnings), r.stderr
+    assert any("ForeignEntry" in w for w in warnings) and "Traceback" not in r.stderr
     again = json.loads(r.stdout)
     assert again["cache"] == "miss" and again["eigenvalues"] == pytest.approx(first["eigenvalues"], rel=1e-6)
     assert not marker.exists(), "a pickled cache entry was executed"
@@ -365,73 +377,6 @@ def test_poisoned_cache_entries_are_discarded_and_recomputed_ui(runs_root, tmp_p
     assert any("computed now" in c.value for c in at.caption)
     assert not marker.exists(), "a pickled cache entry was executed"
     assert tree_hashes(runs_root) == before
-
-
-def test_cache_value_file_outside_the_cache_is_neither_read_nor_deleted(tmp_path):
-    """A forged index row naming a file elsewhere is treated as foreign: not read, not removed."""
-    import numpy as np
-
-    from entk_core.store.cache import ArrayCache
-
-    victim = tmp_path / "victim.txt"
-    victim.write_text("keep me")
-    c = ArrayCache(tmp_path / "c")
-    c.set("k", {"v": np.arange(100_000.0)})  # large: stored in a value file
-    db = sqlite3.connect(tmp_path / "c" / "cache.db")
-    db.execute("UPDATE Cache SET filename = ? WHERE key = 'k'", (str(victim),))
-    db.commit()
-    db.close()
-    assert c.get("k") is None
-    assert victim.read_text() == "keep me"
-    e = c.get_or_compute("k", lambda: ({"v": np.ones(3)}, {}))
-    assert e.meta["cache"] == "miss"
-
-
-def test_compressed_cache_payload_is_refused(tmp_path):
-    """Our values are uncompressed npz; a compressed one (a potential zip bomb) is foreign."""
-    import io
-
-    import numpy as np
-
-    from entk_core.store.cache import MAGIC, ArrayCache
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, v=np.zeros(10**6), __meta__=np.frombuffer(b"{}", dtype=np.uint8))
-    payload = buf.getvalue()
-    c = ArrayCache(tmp_path / "c")
-    c._cache.set("k", MAGIC + hashlib.sha256(payload).digest() + payload)
-    assert c.get("k") is None and "k" not in c._cache
-
-
-def test_corrupt_cache_index_is_discarded(tmp_path):
-    import numpy as np
-
-    from entk_core.store.cache import ArrayCache
-
-    c = ArrayCache(tmp_path / "c")
-    c.set("k", {"v": np.ones(3)})
-    c.close()
-    (tmp_path / "c" / "cache.db").write_bytes(os.urandom(4096))
-    c = ArrayCache(tmp_path / "c")
-    assert c.get("k") is None
-    assert c.get_or_compute("k", lambda: ({"v": np.ones(3)}, {})).meta["cache"] == "miss"
-    assert c.get("k") is not None
-
-
-def test_cache_folder_is_private_and_foreign_owner_refused(tmp_path, monkeypatch):
-    import stat
-
-    from entk_core.store import cache as cache_mod
-
-    d = tmp_path / "c"
-    d.mkdir(mode=0o755)
-    os.chmod(d, 0o755)
-    cache_mod.ArrayCache(d)
-    assert stat.S_IMODE(d.stat().st_mode) == 0o700
-    me = os.getuid()
-    monkeypatch.setattr(cache_mod.os, "getuid", lambda: me + 1)
-    with pytest.raises(PermissionError, match="belongs to another user"):
-        cache_mod.ArrayCache(d)
 
 
 def test_cache_keys_cover_every_dependency(runs_root, tmp_path):
@@ -470,40 +415,6 @@ def test_cache_keys_cover_every_dependency(runs_root, tmp_path):
         analysis.kernel_matrix(Run(runs_root / RUN), 30)
 
 
-def test_identical_weights_give_identical_checkpoint_bytes(tmp_path):
-    """safetensors writes metadata in a random (HashMap) order; save_checkpoint canonicalises it,
-    so equal weights always get equal sha256s and share cache entries across runs and processes."""
-    from safetensors.torch import load
-
-    from entk_core.store.runs import load_checkpoint, save_checkpoint
-
-    state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2)}
-    meta = {"family": "modadd-mlp", "epoch": "10", "z": "1"}
-    shas = {save_checkpoint(tmp_path / f"c{i}.safetensors", state, meta) for i in range(24)}
-    assert len(shas) == 1
-    torch.testing.assert_close(load_checkpoint(tmp_path / "c0.safetensors")["w"], state["w"])
-    assert load((tmp_path / "c0.safetensors").read_bytes()).keys() == state.keys()
-
-
-def test_cache_evicts_beyond_its_size_limit(tmp_path, monkeypatch):
-    import numpy as np
-
-    from entk_core.store import cache as cache_mod
-
-    c = cache_mod.ArrayCache(tmp_path / "c", size_limit=2_000_000)
-    for i in range(12):
-        c.set(f"k{i}", {"v": np.full(50_000, float(i))})  # 400 kB each
-    assert c.volume() < 3_000_000
-    assert c.get("k0") is None and c.get("k11") is not None  # least recently stored went first
-    monkeypatch.setenv("ENTK_CACHE_DIR", str(tmp_path / "d"))
-    monkeypatch.setenv("ENTK_CACHE_SIZE_LIMIT", "3MB")
-    assert cache_mod.default_cache().size_limit == 3_000_000
-    monkeypatch.setenv("ENTK_CACHE_SIZE_LIMIT", "lots")
-    monkeypatch.setenv("ENTK_CACHE_DIR", str(tmp_path / "e"))
-    with pytest.raises(ValueError, match="ENTK_CACHE_SIZE_LIMIT"):
-        cache_mod.default_cache()
-
-
 # ------------------------------------------------------- resource limits
 def test_memory_budget_refusal_reaches_cli_and_ui(runs_root, monkeypatch):
     """A request over ENTK_MEMORY_BUDGET is refused before any work, with what would fit."""
@@ -525,8 +436,8 @@ def test_memory_budget_refuses_flat_spectrum_with_suggestion(mlp29_run_dir, tmp_
     shutil.copytree(mlp29_run_dir, root / mlp29_run_dir.name)
     monkeypatch.setenv("ENTK_RUNS_DIR", str(root))
     try:
-        r = cli("spectrum", root / mlp29_run_dir.name, "--reduction", "flat", "--top", "50",
-                env={"ENTK_MEMORY_BUDGET": "20MB"}, timeout=60)
+        r = run_cli_subprocess("spectrum", root / mlp29_run_dir.name, "--reduction", "flat", "--top", "50",
+                               env={"ENTK_MEMORY_BUDGET": "20MB"}, timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail("the flat spectrum was not refused within 60 s under a 20 MB budget")
     assert_one_line_error(r, "memory budget is 20 MB", "what would fit")

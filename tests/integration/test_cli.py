@@ -1,19 +1,11 @@
-"""The command line, end to end, through subprocesses (as a user runs it)."""
+"""The command line end to end: a subprocess smoke test as a user runs it (``python -m
+entk_core``: separate processes sharing the on-disk cache, the one-line error of the real entry
+point), the rest in this process (tests/_cli.py)."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def cli(*args, env=None):
-    e = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "entk_core", *map(str, args)], cwd=REPO, env=e,
-                          capture_output=True, text=True, timeout=600)
+from _cli import run_cli, run_cli_subprocess as cli
 
 
 def test_train_info_spectrum_json(tmp_path):
@@ -37,6 +29,9 @@ def test_train_info_spectrum_json(tmp_path):
     assert s2["cache"] == "hit" and s2["eigenvalues"] == s["eigenvalues"]
     r = cli("spectrum", out, "--group", "net.3", "--reduction", "mean", "--top", 5, "--json")
     assert r.returncode == 0, r.stderr
+    r = cli("spectrum", out, "--group", "net.9")  # the real entry point's one-line error
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "unknown layer group" in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -48,7 +43,7 @@ def test_train_info_spectrum_json(tmp_path):
 ])
 def test_bad_input_is_one_line_error(tiny_run_dir, tmp_path, args, needle):
     args = [a.format(run=tiny_run_dir, tmp=tmp_path) for a in args]
-    r = cli(*args)
+    r = run_cli(*args)
     assert r.returncode == 2
     assert needle in r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr

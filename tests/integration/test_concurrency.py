@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -258,50 +259,133 @@ def test_killed_computation_stores_nothing_and_frees_the_key(tiny_run_dir, tmp_p
 
 # ------------------------------------------------- training crash safety
 TRAINER = textwrap.dedent("""
-    import os, signal, sys
+    import json, os, signal, sys, traceback
     from pathlib import Path
     import entk_core.workflows.training as training
     from entk_core.families.base import get_family
 
-    out, kill_at = sys.argv[1], sys.argv[2]
-    fam = get_family("modadd-mlp")
-    cfg = fam.Config(p=7, width=32, epochs=int(sys.argv[3]), checkpoint_every=int(sys.argv[4]), seed=0)
-    if kill_at != "none":   # "W@E": die right after the W-th file written while checkpointing epoch E
-        nth, at = map(int, kill_at.split("@"))
-        current = {"epoch": None, "writes": 0}
-        real_save, real_bytes, real_json = training.save_checkpoint, training.atomic_write_bytes, training.atomic_write_json
 
-        def after():
-            if current["epoch"] == at:
-                current["writes"] += 1
-                if current["writes"] == nth:
-                    os.kill(os.getpid(), signal.SIGKILL)
+    def job(out, kill_at, epochs, every):
+        fam = get_family("modadd-mlp")
+        cfg = fam.Config(p=7, width=32, epochs=epochs, checkpoint_every=every, seed=0)
+        if kill_at != "none":   # "W@E": die right after the W-th file written while checkpointing epoch E
+            nth, at = map(int, kill_at.split("@"))
+            current = {"epoch": None, "writes": 0}
+            real_save, real_bytes, real_json = training.save_checkpoint, training.atomic_write_bytes, training.atomic_write_json
 
-        def save_checkpoint(path, state, *a, **kw):
-            current["epoch"] = int(Path(path).stem.rsplit("_", 1)[1])   # checkpoints/epoch_000004.safetensors
-            sha = real_save(path, state, *a, **kw)
-            after()
-            return sha
+            def after():
+                if current["epoch"] == at:
+                    current["writes"] += 1
+                    if current["writes"] == nth:
+                        os.kill(os.getpid(), signal.SIGKILL)
 
-        def write_bytes(path, data):
-            real_bytes(path, data)
-            after()
+            def save_checkpoint(path, state, *a, **kw):
+                current["epoch"] = int(Path(path).stem.rsplit("_", 1)[1])   # checkpoints/epoch_000004.safetensors
+                sha = real_save(path, state, *a, **kw)
+                after()
+                return sha
 
-        def write_json(path, obj):
-            real_json(path, obj)
-            after()
+            def write_bytes(path, data):
+                real_bytes(path, data)
+                after()
 
-        training.save_checkpoint, training.atomic_write_bytes, training.atomic_write_json = (
-            save_checkpoint, write_bytes, write_json)
-    training.train(fam, cfg, out)
+            def write_json(path, obj):
+                real_json(path, obj)
+                after()
+
+            training.save_checkpoint, training.atomic_write_bytes, training.atomic_write_json = (
+                save_checkpoint, write_bytes, write_json)
+        training.train(fam, cfg, out)
+
+
+    # A fork server: the libraries are imported once; each request trains in a forked child (a
+    # process of its own, killed for real), and its exit status is reported when it ends.
+    print("ready", flush=True)
+    for line in sys.stdin:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                job(*json.loads(line))
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        print(json.dumps({"pid": pid}), flush=True)
+        print(json.dumps({"exit": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}), flush=True)
 """)
 
 
+class Trainer:
+    """One training process (a child of the :class:`TrainerServer`), with the ``Popen`` calls the
+    tests use: ``poll()``, ``send_signal()``, ``communicate(timeout)`` and ``returncode``."""
 
-def _train_proc(tmp_path: Path, out: Path, kill_at: str = "none", epochs: int = 150, every: int = 1) -> subprocess.Popen:
-    script = tmp_path / "trainer.py"
-    script.write_text(TRAINER)
-    return _popen([str(script), str(out), kill_at, str(epochs), str(every)])
+    def __init__(self, server: "TrainerServer", pid: int):
+        self.server, self.pid, self.returncode = server, pid, None
+
+    def poll(self, timeout: float = 0.0) -> int | None:
+        if self.returncode is None and select.select([self.server.proc.stdout], [], [], timeout)[0]:
+            line = self.server.proc.stdout.readline()
+            assert line, f"the trainer server died:\n{self.server.log_tail()}"
+            self.returncode = json.loads(line)["exit"]
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def communicate(self, timeout: float) -> tuple[None, str]:
+        if self.poll(timeout) is None:
+            raise subprocess.TimeoutExpired(f"trainer {self.pid}", timeout)
+        return None, self.server.log_tail()
+
+
+class TrainerServer:
+    """:data:`TRAINER` started once: each :meth:`start` forks a trainer from a process that has
+    already imported torch and the library (the killed processes cost no import each)."""
+
+    def __init__(self, folder: Path):
+        (folder / "trainer.py").write_text(TRAINER)
+        self.log = folder / "trainer.log"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        with open(self.log, "w") as log:  # children's tracebacks; a file, so it never fills a pipe
+            self.proc = subprocess.Popen([sys.executable, str(folder / "trainer.py")], cwd=REPO, env=env,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+        assert self.proc.stdout.readline().strip() == "ready", self.log_tail()
+        self.current: Trainer | None = None
+
+    def start(self, out: Path, kill_at: str = "none", epochs: int = 150, every: int = 1) -> Trainer:
+        assert self.current is None or self.current.poll() is not None, "one trainer at a time"
+        self.proc.stdin.write(json.dumps([str(out), kill_at, epochs, every]) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"the trainer server died:\n{self.log_tail()}"
+        self.current = Trainer(self, json.loads(line)["pid"])
+        return self.current
+
+    def log_tail(self, n: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def close(self) -> None:
+        if self.current is not None and self.current.poll() is None:
+            self.current.send_signal(signal.SIGKILL)
+            self.current.poll(30)
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def trainers(tmp_path):
+    server = TrainerServer(tmp_path)
+    yield server
+    server.close()
 
 
 def _check_consistent(out: Path) -> Run | None:
@@ -316,28 +400,28 @@ def _check_consistent(out: Path) -> Run | None:
     return run
 
 
-def _reference(tmp_path: Path, epochs: int, every: int) -> Run:
-    """The uninterrupted run, trained by the same trainer script in a process like the killed ones
+def _reference(trainers: TrainerServer, tmp_path: Path, epochs: int, every: int) -> Run:
+    """The uninterrupted run, trained by the same server in a process like the killed ones
     (same environment, so the same torch thread count and bitwise the same arithmetic)."""
-    proc = _train_proc(tmp_path, tmp_path / "ref", epochs=epochs, every=every)
+    proc = trainers.start(tmp_path / "ref", epochs=epochs, every=every)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     return Run(tmp_path / "ref")
 
 
 @pytest.mark.slow
-def test_sigkill_during_training_at_random_moments(tmp_path):
+def test_sigkill_during_training_at_random_moments(tmp_path, trainers):
     """Kill a training process at random moments, over and over; after each kill the run opens
     and verifies, and the run finally resumes to exactly the uninterrupted parameters."""
     epochs, every = 600, 1  # a checkpoint every epoch: most of the time is spent writing files
     # (long enough that a fast machine cannot finish before the kills below; each attempt
     # lives 0-0.4 s after its first manifest write)
-    ref = _reference(tmp_path, epochs, every)
+    ref = _reference(trainers, tmp_path, epochs, every)
     out = tmp_path / "run"
     rng = random.Random(int(os.environ.get("ENTK_KILL_SEED", "0")))
     kills = 0
     for attempt in range(8):
-        proc = _train_proc(tmp_path, out, epochs=epochs, every=every)
+        proc = trainers.start(out, epochs=epochs, every=every)
         # wait until it is writing (the manifest appears or advances), then kill at a random moment
         deadline = time.time() + 60
         mtime = (out / "manifest.json").stat().st_mtime_ns if (out / "manifest.json").exists() else 0
@@ -356,7 +440,7 @@ def test_sigkill_during_training_at_random_moments(tmp_path):
         if run is not None and run.status == "complete":
             break
     assert kills >= 3, "the training finished before it could be killed enough times"
-    proc = _train_proc(tmp_path, out, epochs=epochs, every=every)  # resume to the end
+    proc = trainers.start(out, epochs=epochs, every=every)  # resume to the end
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     run = _check_consistent(out)
@@ -368,16 +452,16 @@ def test_sigkill_during_training_at_random_moments(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_after_each_write_of_a_checkpoint_resumes_exactly(tmp_path):
+def test_sigkill_after_each_write_of_a_checkpoint_resumes_exactly(tmp_path, trainers):
     """Checkpointing epoch e writes several files (checkpoint, optimizer state, manifest last).
     Kill the process right after the 1st, 2nd, ... of them (whatever they are); every time the
     run must resume to exactly the uninterrupted parameters."""
     epochs, every, at = 8, 2, 4
-    ref = _reference(tmp_path, epochs, every)
+    ref = _reference(trainers, tmp_path, epochs, every)
     failures, windows = [], 0
     for nth in range(1, 10):
         out = tmp_path / f"run-{nth}"
-        proc = _train_proc(tmp_path, out, kill_at=f"{nth}@{at}", epochs=epochs, every=every)
+        proc = trainers.start(out, kill_at=f"{nth}@{at}", epochs=epochs, every=every)
         _, err = proc.communicate(timeout=120)
         if proc.returncode == 0:
             break  # fewer than nth writes per checkpoint: every window was covered
@@ -385,7 +469,7 @@ def test_sigkill_after_each_write_of_a_checkpoint_resumes_exactly(tmp_path):
         windows += 1
         run = _check_consistent(out)
         assert run is not None and run.status == "training"
-        proc = _train_proc(tmp_path, out, epochs=epochs, every=every)
+        proc = trainers.start(out, epochs=epochs, every=every)
         _, err = proc.communicate(timeout=120)
         if proc.returncode != 0:
             failures.append(f"killed after write {nth}: resume failed: {err.strip().splitlines()[-1:]}")

@@ -85,16 +85,11 @@ def test_cancel_stops_the_workers(tmp_path):
             os.kill(pid, 0)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ex = make_executor(ray=True)
-    yield ex
-    ex.close()
-    assert not ray.is_initialized()
-
-
-def test_ray_same_results_retries_and_kills(ray_local, tmp_path):
+def test_ray_same_results_retries_and_kills(ray_cluster, tmp_path):
+    """On the session's local Ray instance (tests/conftest.py); that an executor shuts down the
+    instance it started, and only that one, is tests/unit/test_ray_executor.py."""
+    ray_local = make_executor(ray=True)
+    assert ray_local.describe()["executor"] == "ray"
     res = ray_local.run(_squares(5))
     assert [r.value for r in res] == [i * i for i in range(5)]
     units = [Unit("flaky", U.fail_once, {"marker": str(tmp_path / "m"), "x": 7}),

@@ -1,12 +1,10 @@
 """A random tiny GPT-2 folder end to end through `probes` and `lm-align`, exactly as Gemma."""
 import json
-import subprocess
-import sys
 
 import pytest
 
 import _lm_models as M
-from entk_core.cli import main
+from _cli import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -22,40 +20,23 @@ def world(tmp_path_factory):
     return root, models, stories
 
 
-def _cli(args, env):
-    return subprocess.run([sys.executable, "-m", "entk_core", *args], capture_output=True, text=True, env=env,
-                          cwd=str(M.REPO))
+def _main(args):
+    """The CLI in this process (a subprocess pays ~10 s of imports; tests/README.md)."""
+    return run_cli(*args)
 
 
-class _Res:
-    def __init__(self, rc, out, err):
-        self.returncode, self.stdout, self.stderr = rc, out, err
-
-
-def _main(args, capsys):
-    """In-process CLI (each subprocess pays ~10 s of imports)."""
-    capsys.readouterr()
-    rc = main(args)
-    out = capsys.readouterr()
-    return _Res(rc, out.out, out.err)
-
-
-def test_probes_then_lm_align_through_the_cli(world, tmp_path, monkeypatch, capsys):
-    import os
-
+def test_probes_then_lm_align_through_the_cli(world, tmp_path, monkeypatch):
     root, models, stories = world
-    env = {**os.environ, "ENTK_MODELS_DIR": str(models), "ENTK_CACHE_DIR": str(tmp_path / "cache"),
-           "ENTK_PROGRESS": "off", "OMP_NUM_THREADS": "1"}
     monkeypatch.setenv("ENTK_MODELS_DIR", str(models))
     monkeypatch.setenv("ENTK_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "probes"
-    r = _cli(["probes", "--model", "tiny-gpt2", "--stories", str(stories), "--out", str(out), "--per-tag", "6",
-              "--context", "16", "--no-agreement", "--json"], env)
+    r = _main(["probes", "--model", "tiny-gpt2", "--stories", str(stories), "--out", str(out), "--per-tag", "6",
+               "--context", "16", "--no-agreement", "--json"])
     assert r.returncode == 0, r.stderr
     built = json.loads(r.stdout)
     assert built["N"] == 48 and built["agreement"] is False and "Stanza" in built["tagger"]["note"]
-    r = _cli(["lm-align", "--model", "tiny-gpt2", "--probes", str(out), "--layer", "2", "--layers", "all",
-              "--min-count", "8", "--json"], env)
+    r = _main(["lm-align", "--model", "tiny-gpt2", "--probes", str(out), "--layer", "2", "--layers", "all",
+               "--min-count", "8", "--json"])
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert len(rep["eigenvalues"]) == 25 and rep["eigenvalues"] == sorted(rep["eigenvalues"], reverse=True)
@@ -73,14 +54,14 @@ def test_probes_then_lm_align_through_the_cli(world, tmp_path, monkeypatch, caps
         assert row["entk"]["auroc"] == pytest.approx(best)
     # the same command again: every layer from the cache, same numbers
     r2 = _main(["lm-align", "--model", "tiny-gpt2", "--probes", str(out), "--layer", "2", "--layers", "all",
-               "--min-count", "8", "--json"], capsys)
+               "--min-count", "8", "--json"])
     rep2 = json.loads(r2.stdout)
     assert rep2["sweep_cache_hits"] == 3 and rep2["eigenvalues"] == rep["eigenvalues"]
     assert rep2["macro"] == rep["macro"]
     # human-readable output and the models listing
-    r3 = _main(["lm-align", "--model", "tiny-gpt2", "--probes", str(out), "--layer", "1"], capsys)
+    r3 = _main(["lm-align", "--model", "tiny-gpt2", "--probes", str(out), "--layer", "1"])
     assert r3.returncode == 0 and "macro POS" in r3.stdout and "Stanza" in r3.stdout
-    r4 = _main(["models", "--json"], capsys)
+    r4 = _main(["models", "--json"])
     assert [m["name"] for m in json.loads(r4.stdout)["models"]] == ["other-gpt2", "tiny-gpt2"]
     # bad inputs: one line, exit 2, nothing written
     for args, msg in [
@@ -92,7 +73,7 @@ def test_probes_then_lm_align_through_the_cli(world, tmp_path, monkeypatch, caps
         (["probes", "--model", "tiny-gpt2", "--stories", str(tmp_path / "none.txt"), "--out", str(tmp_path / "p2")],
          "no stories file"),
     ]:
-        r = _main(args, capsys)
+        r = _main(args)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.startswith("error: ") and msg in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert not (tmp_path / "p2").exists()
@@ -139,7 +120,7 @@ def _same_tables(a, b):
             assert fa[k] == pytest.approx(fb[k], rel=1e-6, abs=1e-9), k
 
 
-def test_layer_sweep_through_the_executors(world, tmp_path):
+def test_layer_sweep_through_the_executors(world, tmp_path, ray_cluster):
     """`lm-align --layers` on worker processes and on a local Ray instance: the same numbers
     as in this process; the driver alone caches them (a re-run is all hits); a layer that
     fails twice is reported while the other layers are kept."""
@@ -178,10 +159,9 @@ def test_layer_sweep_through_the_executors(world, tmp_path):
     assert [s["layer"] for s in rep["sweep"]] == [0, 2]
     assert cached_layers(lm, ps, opts, cache) == [0, 2]
 
-    pytest.importorskip("ray")
     from entk_core.workflows.executors import make_executor
 
-    ex = make_executor(ray=True)
+    ex = make_executor(ray=True)  # the session's local Ray instance (tests/conftest.py)
     try:
         rc = ArrayCache(tmp_path / "ray")
         on_ray = lm_align(lm, ps, layers="all", options=opts, cache=rc, executor=ex)

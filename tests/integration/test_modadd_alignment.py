@@ -1,65 +1,16 @@
-"""Fourier-feature alignment of the modular-addition MLP: report helpers, `align` CLI, Alignment page."""
+"""Fourier-feature alignment of the modular-addition MLP on trained runs: the report, the
+`align` CLI, the Alignment page, the paper's p = 29 figures. The helpers without a run:
+tests/unit/test_modadd_mlp_analysis.py."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from entk_core.families.modadd_mlp import analysis as ma
-from entk_core.families.modadd_mlp.features import modadd_families
+from _cli import run_cli
 from entk_core.families.run import open_run
 from entk_core.workflows.services import Services
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _families(p):
-    return {k: f for k, f in modadd_families(p).items() if k in ma.REPORT_FAMILIES}
-
-
-def _mixed_block(fams, names, p, seed=0):
-    """Orthonormal basis of the (centred) span of the named families, randomly rotated
-    (what eigh returns inside a degenerate cliff)."""
-    F = np.hstack([fams[n].matrix for n in names])
-    F = F - F.mean(0)
-    Q, _ = np.linalg.qr(F)
-    R, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((Q.shape[1], Q.shape[1])))
-    return Q @ R
-
-
-@pytest.mark.parametrize("names, kind", [(("a", "b"), "axis"), (("sum", "diff"), "sumdiff")])
-def test_rotation_makes_each_direction_one_fourier_mode(names, kind):
-    p = 11
-    fams = _families(p)
-    block = _mixed_block(fams, names, p)
-    info = ma.analyse_cliff(block, fams, p)
-    assert info["rotation"] == kind
-    K = 2 * (p // 2)
-    for n in names:
-        assert info["overlap"][n] == pytest.approx(K, abs=1e-6)
-        assert info["overlap_after"][n] == pytest.approx(info["overlap"][n], abs=1e-6)  # rotation-invariant
-    assert info["mean_best_corr"]["before"] < 0.7
-    assert info["mean_best_corr"]["after"] > 0.99 and info["frac_above_0.9"]["after"] == 1.0
-    fam_of = [lab.split()[0] for lab in info["best_after"]]
-    assert sorted(set(fam_of)) == sorted(names) and fam_of.count(names[0]) == K
-    U = info["rotated"]
-    np.testing.assert_allclose(U.T @ U, np.eye(U.shape[1]), atol=1e-10)
-
-
-def test_eigenvector_image_and_power():
-    p, k = 7, 2
-    a, b = np.divmod(np.arange(p * p), p)
-    img, power, freqs = ma.eigenvector_image(np.cos(2 * np.pi * k * a / p), p)
-    assert img.shape == power.shape == (p, p) and list(freqs) == [-3, -2, -1, 0, 1, 2, 3]
-    peaks = {(int(freqs[i]), int(freqs[j])) for i, j in zip(*np.nonzero(power > 0.1))}
-    assert peaks == {(k, 0), (-k, 0)} and power.sum() == pytest.approx(1.0)
-    _, power, _ = ma.eigenvector_image(np.sin(2 * np.pi * k * (a + b) / p), p)
-    assert {(int(freqs[i]), int(freqs[j])) for i, j in zip(*np.nonzero(power > 0.1))} == {(k, k), (-k, -k)}
-    with pytest.raises(ValueError, match="expected p"):
-        ma.eigenvector_image(np.zeros(10), p)
 
 
 def test_align_report_structure(tiny_run_dir):
@@ -81,8 +32,7 @@ def test_align_report_structure(tiny_run_dir):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "entk_core", *map(str, args)], cwd=REPO, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=600)
+    return run_cli(*args)  # in this process (tests/README.md)
 
 
 def test_align_cli(tiny_run_dir):
@@ -127,7 +77,7 @@ def test_alignment_page_is_generic_over_families(tmp_path, monkeypatch):
     from entk_core.families.modadd_mlp import ModAddMLPFamily
     from entk_core.workflows.training import train
 
-    fam = get_family("tms")
+    fam = get_family("tms")  # a built-in family: its absence is a failure, never a skip
     root = tmp_path / "runs"
     train(fam, fam.Config(n=5, m=2, n_points=20, epochs=2, checkpoint_every=1), root / "tms-tiny")
     monkeypatch.setenv("ENTK_RUNS_DIR", str(root))
@@ -161,10 +111,12 @@ def test_alignment_page_is_generic_over_families(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_mlp29_alignment_figures(mlp29_run_dir):
-    """The Done figures at the last epoch of the paper's p=29 MLP."""
+def test_mlp29_alignment_figures(mlp29_run_dir, mlp29_cache_dir):
+    """The Done figures at the last epoch of the paper's p=29 MLP (its spectra from the session's cache)."""
+    from entk_core.store.cache import ArrayCache
+
     run = open_run(mlp29_run_dir)
-    rep = run.family.align_report(run, 500, services=Services())
+    rep = run.family.align_report(run, 500, services=Services(ArrayCache(mlp29_cache_dir)))
     by = {c["label"]: c for c in rep["cliffs"]}
     assert [(by[k]["start"], by[k]["end"]) for k in ("cliff 1", "cliff 2")] == [(1, 56), (57, 112)]
     c1, c2 = by["cliff 1"], by["cliff 2"]
@@ -179,10 +131,13 @@ def test_mlp29_alignment_figures(mlp29_run_dir):
 
 
 @pytest.mark.slow
-def test_mlp29_pages(install_run, mlp29_run_dir):
+def test_mlp29_pages(install_run, mlp29_run_dir, mlp29_cache_dir, monkeypatch):
+    """The pages on the paper's run, its sweep already in the cache (the pages computing a
+    sweep themselves: test_sweep.py::test_grokking_page on the tiny run)."""
     from streamlit.testing.v1 import AppTest
 
     install_run(mlp29_run_dir)
+    monkeypatch.setenv("ENTK_CACHE_DIR", str(mlp29_cache_dir))
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600).run()
     for page in ("app_pages/grokking.py", "app_pages/alignment.py"):
         at.switch_page(page).run()

@@ -3,12 +3,19 @@
 Each request runs in a fresh subprocess (one torch thread): the model and inputs are
 built, a 4-input warm-up loads the libraries and primes the allocator, the peak is reset
 (``/proc/self/clear_refs``), then ``empirical_ntk`` runs and the growth of ``VmHWM`` over
-the resident size before it is the measured peak. It must lie within
-``[estimate / UNDER, OVER · estimate]`` (plus :data:`SLACK_MB` of allocator noise), with
-the estimate from the engine's public :func:`entk_core.engine.kernels.estimate_ntk`.
+the resident size before it is the measured peak. The ratio measured / estimate (the
+estimate from the engine's public :func:`entk_core.engine.kernels.estimate_ntk`) must lie
+in that request's window (:data:`REQUESTS`): the spread measured here widened by
+:data:`MARGIN` on each side, so a change of the planner's model or of the engine's memory
+use that moves a ratio beyond its usual noise fails.
 
-Measured here (2 shared cores, torch 2.13 CPU): measured/estimate = 0.93 (MLP trace),
-0.75 (MLP flat), 0.46 (Transformer mean), 1.14 (TMS flat).
+Measured (2 shared cores under load from other jobs, torch 2.13 CPU, 2026-12-04; 5 runs
+each, TMS 8): MLP trace 0.66-0.93 (the noisiest: 0.66, 0.81, 0.82, 0.82, 0.93), MLP flat
+0.767-0.768, Transformer mean 0.545-0.572, TMS flat 1.03-1.21. Reproduce with
+``python -c`` of :data:`CHILD` (see the test) a few times per request.
+
+Needs Linux's ``/proc``: without it (or with an unwritable ``/proc/self/clear_refs``) the test
+is skipped locally with that reason, and fails under ``CI=true`` (tests/_honest_skips.py).
 """
 from __future__ import annotations
 
@@ -22,9 +29,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-OVER = 1.5    # the real peak is at most 1.5x the estimate ...
-UNDER = 3.0   # ... and the estimate at most 3x the real peak
-SLACK_MB = 32.0
+MARGIN = 1.25
+"""Each window is [lowest measured ratio / MARGIN, highest measured ratio x MARGIN]."""
 
 CHILD = textwrap.dedent("""
     import gc, json, sys, torch
@@ -44,26 +50,31 @@ CHILD = textwrap.dedent("""
     gc.collect()
     base = status_mb("VmRSS")
     if not reset_peak():
-        print(json.dumps({"skip": "cannot reset the peak (/proc/self/clear_refs)"}))
+        print(json.dumps({"skip": "cannot reset the peak memory: /proc/self/clear_refs is not writable"}))
         sys.exit(0)
     K = empirical_ntk(model, x, reduction=reduction, **kw)
     print(json.dumps({"measured_mb": status_mb("VmHWM") - base, "estimate_mb": plan.bytes / 2**20,
                       "method": plan.method, "output_mb": plan.output_bytes / 2**20}))
 """)
 
-REQUESTS = [
-    ("modadd-mlp", {"p": 29, "width": 512}, "trace", "-"),       # 841 inputs, C = 29: factors >> output
-    ("modadd-mlp", {"p": 17, "width": 256}, "flat", "-"),        # the (C·N)² = 4,913² flattened kernel
-    ("modadd-transformer", {}, "mean", "-"),                     # attention, 841 sequences
-    ("tms", {"n_points": 200}, "flat", "1.0"),                   # 10,000² flattened, class weights
+REQUESTS = [  # (family, config, reduction, beta, (lowest, highest) measured ratio)
+    ("modadd-mlp", {"p": 29, "width": 512}, "trace", "-", (0.66, 0.93)),    # 841 inputs, C = 29: factors >> output
+    ("modadd-mlp", {"p": 17, "width": 256}, "flat", "-", (0.767, 0.768)),    # the (C·N)² = 4,913² flattened kernel
+    ("modadd-transformer", {}, "mean", "-", (0.545, 0.572)),                 # attention, 841 sequences
+    ("tms", {"n_points": 200}, "flat", "1.0", (1.03, 1.21)),                 # 10,000² flattened, class weights
 ]
 
 
+def window(measured: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = measured
+    return lo / MARGIN, hi * MARGIN
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux)")
-@pytest.mark.parametrize("family, config, reduction, beta", REQUESTS,
-                         ids=[f"{f}-{r}" for f, _, r, _ in REQUESTS])
-def test_planner_estimate_bounds_the_real_peak(family, config, reduction, beta):
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc to read the peak memory")
+@pytest.mark.parametrize("family, config, reduction, beta, measured", REQUESTS,
+                         ids=[f"{f}-{r}" for f, _, r, _, _ in REQUESTS])
+def test_planner_estimate_bounds_the_real_peak(family, config, reduction, beta, measured):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", CHILD, family, json.dumps(config), reduction, beta], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=600)
@@ -71,7 +82,9 @@ def test_planner_estimate_bounds_the_real_peak(family, config, reduction, beta):
     res = json.loads(r.stdout.strip().splitlines()[-1])
     if "skip" in res:
         pytest.skip(res["skip"])
-    measured, est = res["measured_mb"], res["estimate_mb"]
-    assert measured >= res["output_mb"] * 0.9, res  # the measurement sees at least the result itself
-    assert measured <= OVER * est + SLACK_MB, f"real peak {measured:.0f} MB > {OVER} x estimate {est:.0f} MB ({res})"
-    assert est <= UNDER * measured + SLACK_MB, f"estimate {est:.0f} MB > {UNDER} x real peak {measured:.0f} MB ({res})"
+    assert res["measured_mb"] >= res["output_mb"] * 0.9, res  # the measurement sees at least the result itself
+    ratio = res["measured_mb"] / res["estimate_mb"]
+    lo, hi = window(measured)
+    assert lo <= ratio <= hi, (f"real peak / estimate = {ratio:.3f}, outside [{lo:.3f}, {hi:.3f}] (measured "
+                               f"{measured[0]}-{measured[1]}, margin x{MARGIN}): {res}")
+

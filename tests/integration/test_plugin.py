@@ -1,10 +1,16 @@
 """A model family from outside the repository (examples/entk-toy-family), installed with pip
 into a temporary folder, works from the CLI (families, train, info, spectrum, sweep with
-worker processes, align, import) and in the dashboard, with no edit to entk_core."""
+worker processes, align, import) and in the dashboard, with no edit to entk_core.
+
+The CLI runs in this process with the plug-in's folder put on ``sys.path`` (as ``PYTHONPATH``
+would), the registry refreshed, and both undone afterwards (:func:`plugin_path`); scripts
+that must be their own ``__main__`` and the installed-distribution check run as subprocesses."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -12,6 +18,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from _cli import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "entk-toy-family"
@@ -33,10 +41,32 @@ def site(tmp_path_factory) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def plugin_path(folder: Path):
+    """``folder`` (holding installed distributions) first on ``sys.path`` and the registry
+    refreshed, as a process started with ``PYTHONPATH=folder`` sees it; undone on exit (the
+    families it declared are forgotten)."""
+    import importlib
+
+    from entk_core.families import base
+
+    sys.path.insert(0, str(folder))
+    importlib.invalidate_caches()
+    base.refresh_families()
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+        importlib.invalidate_caches()
+        for name in ("toy-xor", "broken"):
+            base.unregister(name)
+        base.refresh_families()
+
+
 def cli(site: Path, *args, env=None):
-    e = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "entk_core", *map(str, args)], cwd=REPO, env=e,
-                          capture_output=True, text=True, timeout=900)
+    """The CLI in this process with the plug-in folder ``site`` on the path."""
+    with plugin_path(site):
+        return run_cli(*args, env=env)
 
 
 def ok(r: subprocess.CompletedProcess) -> dict:
@@ -77,8 +107,7 @@ def test_plugin_family_end_to_end_from_the_cli(site, tmp_path):
     assert all(0 <= r["linear"] <= 4 + 1e-9 and 0 <= r["xor"] <= 1 + 1e-9 for r in rep["overlap_of_top_k"])
 
     # without the plug-in on the path the run is refused with one line naming the family
-    r = subprocess.run([sys.executable, "-m", "entk_core", "info", str(out)], cwd=REPO, capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    r = run_cli("info", out)
     assert r.returncode == 2 and "unknown model family 'toy-xor'" in r.stderr and r.stderr.count("\n") == 1
 
 
@@ -97,10 +126,12 @@ def test_import_checkpoints_trained_elsewhere(site, tmp_path):
             if epoch % 15 == 0:
                 save_file(model.state_dict(), f"{sys.argv[1]}/e{epoch}.safetensors")
             opt.zero_grad(); fam.loss(model(data.x[data.train_idx]), data.y[data.train_idx]).backward(); opt.step()
-        json.dump({"width": 16}, open(f"{sys.argv[1]}/config.json", "w"))
+        with open(f"{sys.argv[1]}/config.json", "w") as f:
+            json.dump({"width": 16}, f)
     """))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
-    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, env=env, timeout=300)
+    with plugin_path(site), pytest.MonkeyPatch.context() as mp:  # the user's script, run as __main__
+        mp.setattr(sys, "argv", [str(script), str(tmp_path)])
+        runpy.run_path(str(script), run_name="__main__")
     out = tmp_path / "runs" / "imported"
     info = ok(cli(site, "import", "toy-xor", "--config", tmp_path / "config.json",
                   *[a for e in (0, 15, 30) for a in ("--checkpoint", f"{e}={tmp_path / f'e{e}.safetensors'}")],
@@ -130,9 +161,7 @@ def test_plugin_run_opens_in_the_dashboard_and_its_page_is_in_the_menu(site, tmp
     out = tmp_path / "runs" / "toy-xor-seed0"
     ok(cli(site, "train", "toy-xor", "--epochs", 20, "--out", out, "--json"))
     monkeypatch.setenv("ENTK_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.syspath_prepend(str(site))
-    base.refresh_families()
-    try:
+    with plugin_path(site):
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
         assert not at.exception and not at.error
         assert at.session_state["run"] == "toy-xor-seed0"
@@ -156,9 +185,7 @@ def test_plugin_run_opens_in_the_dashboard_and_its_page_is_in_the_menu(site, tmp
         at.number_input(key="toy_vector").set_value(2).run()
         assert not at.exception and at.query_params["vector"] == "2"
         assert any(t.startswith("Eigenvector 2 over the inputs") for t in _titles(at))
-    finally:
-        base.unregister("toy-xor")
-        base.refresh_families()
+    assert "toy-xor" not in base.list_families()
 
 
 def test_runtime_registered_family_reaches_the_workers(tmp_path):

@@ -1,49 +1,21 @@
 """Grokking sweeps (entk_core.workflows.sweep), the `sweep` CLI command and the Grokking page."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _cli import run_cli
 from entk_core.workflows import analysis
-from entk_core.engine.measures import local_first_derivative, subspace_overlap
+from entk_core.engine.measures import local_first_derivative
 from entk_core.store.cache import ArrayCache
-from entk_core.families.modadd_mlp.features import modadd_families
 from entk_core.families.run import open_run
-from entk_core.engine.spectra import Cliff, detect_cliffs
-from entk_core.engine.measures import family_bases, window_overlaps
-from entk_core.engine.spectra import label_cliffs
+from entk_core.engine.spectra import detect_cliffs
 from entk_core.families.base import SweepSpec
 from entk_core.workflows.services import Services
 from entk_core.workflows.sweep import default_spec, sweep
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def test_window_overlaps_match_subspace_overlap():
-    fams = {k: f for k, f in modadd_families(7).items() if k in ("a", "sum", "random")}
-    bases = family_bases(fams)
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((49, 5))  # not orthonormal: goes through the QR path
-    Q, _ = np.linalg.qr(rng.standard_normal((49, 8)))  # orthonormal: used as is
-    for V in (X, Q, Q[:, 0]):
-        got = window_overlaps(V, bases)
-        want = [subspace_overlap(V, f)[0] for f in fams.values()]
-        np.testing.assert_allclose(got, want, atol=1e-10)
-
-
-def test_label_cliffs_finds_the_constant_mode():
-    n = 16
-    V = np.eye(n)
-    V[:, 0] = 1 / np.sqrt(n)
-    cl = [Cliff(0, 1, 9.0), Cliff(1, 4, 2.0), Cliff(5, 3, 1.5)]
-    assert label_cliffs(cl, V) == ["constant", "cliff 1", "cliff 2"]
-    V[:, 0] = np.eye(n)[0]
-    assert label_cliffs(cl, V) == ["cliff 1", "cliff 2", "cliff 3"]
-    assert label_cliffs([(0, 0), (1, 3)], None) == ["cliff 1", "cliff 2"]
 
 
 def test_sweep_structure_and_cache_hit(tiny_run_dir, tmp_path):
@@ -118,8 +90,7 @@ def test_custom_spec_per_layer_and_errors(tiny_run_dir, tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "entk_core", *map(str, args)], cwd=REPO, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=600)
+    return run_cli(*args)  # in this process (tests/README.md)
 
 
 def test_sweep_cli(tiny_run_dir):
@@ -162,12 +133,15 @@ def test_grokking_page(install_run, tiny_run_dir):
 
 
 @pytest.mark.slow
-def test_mlp29_sweep_grokking_and_layers(mlp29_run_dir, tmp_path):
+def test_mlp29_sweep_grokking_and_layers(mlp29_run_dir, mlp29_cache_dir):
     """The paper's p=29 MLP: the sum/diff window aligns during grokking; the overlap
-    derivative peaks within 20 epochs of the grokking onset; layers localise the features."""
+    derivative peaks within 20 epochs of the grokking onset; layers localise the features.
+    The sweep was computed once for the session (``mlp29_cache_dir``: the same ``sweep``
+    call); here it is read back from that cache and checked."""
     run = open_run(mlp29_run_dir)
-    cache = ArrayCache(tmp_path / "c")
+    cache = ArrayCache(mlp29_cache_dir)
     res = sweep(run, cache=cache)
+    assert res.meta["cache"] == "hit"
     assert len(res.epochs) == 51
     labels = [w.label for w in res.windows]
     assert labels[:3] == ["constant", "cliff 1", "cliff 2"]

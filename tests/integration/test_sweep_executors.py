@@ -4,33 +4,28 @@ others are kept."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from _cli import run_cli
 from entk_core.store.cache import ArrayCache
 from entk_core.families.run import open_run
 from entk_core.workflows import analysis
 from entk_core.workflows.executors import InlineExecutor
 from entk_core.workflows.sweep import sweep
 
-REPO = Path(__file__).resolve().parents[2]
 VOLATILE = {"cache", "compute_s", "total_s", "executor"}
 
 
 def _sweep_cli(run_dir, cache_dir, *extra):
-    env = {**os.environ, "ENTK_PROGRESS": "off", "ENTK_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "entk_core", "sweep", str(run_dir), "--json", *extra],
-                       capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    r = run_cli("sweep", run_dir, "--json", *extra, env={"ENTK_CACHE_DIR": str(cache_dir)})
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
 
 @pytest.mark.slow
-def test_ray_sweep_equals_local_sweep_and_is_cached(tiny_run_dir, tmp_path):
+def test_ray_sweep_equals_local_sweep_and_is_cached(tiny_run_dir, tmp_path, ray_cluster):
+    """`sweep --workers 2` and `sweep --ray` (the session's local Ray instance) give the same JSON."""
     local = _sweep_cli(tiny_run_dir, tmp_path / "a", "--workers", "2")
     ray = _sweep_cli(tiny_run_dir, tmp_path / "b", "--ray")
     assert ray["executor"]["executor"] == "ray" and local["executor"]["executor"] == "local"

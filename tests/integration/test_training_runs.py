@@ -1,14 +1,13 @@
-"""Runs, checkpoints and the training loop."""
+"""Runs and the training loop: manifests, checkpoints, determinism, exact resume (checkpoint
+files and run paths without training: tests/unit/test_checkpoints.py)."""
 import json
-import os
-import pickle
 
 import pytest
 import torch
 
 from entk_core.families.base import get_family
-from entk_core.families.run import Run, open_run
-from entk_core.store.runs import RunError, load_checkpoint, resolve_run_path, save_checkpoint
+from entk_core.families.run import Run
+from entk_core.store.runs import RunError
 from entk_core.workflows.training import train
 
 FAM = get_family("modadd-mlp")
@@ -75,36 +74,6 @@ def test_train_refuses_other_config_and_foreign_folder(tmp_path):
         train(FAM, small_cfg(), tmp_path / "junk")
 
 
-def test_checkpoint_roundtrip_and_validation(tmp_path):
-    state = {"w": torch.randn(3, 4)}
-    sha = save_checkpoint(tmp_path / "c.safetensors", state)
-    torch.testing.assert_close(load_checkpoint(tmp_path / "c.safetensors", sha256=sha)["w"], state["w"])
-    with pytest.raises(RunError, match="sha256"):
-        load_checkpoint(tmp_path / "c.safetensors", sha256="0" * 64)
-    data = (tmp_path / "c.safetensors").read_bytes()
-    (tmp_path / "t.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(RunError, match="t.safetensors"):
-        load_checkpoint(tmp_path / "t.safetensors")
-    save_checkpoint(tmp_path / "n.safetensors", {"w": torch.tensor([1.0, float("nan")])})
-    with pytest.raises(RunError, match="NaN"):
-        load_checkpoint(tmp_path / "n.safetensors")
-    with pytest.raises(RunError, match="missing"):
-        load_checkpoint(tmp_path / "absent.safetensors")
-
-
-def test_pickle_checkpoint_is_never_executed(tmp_path):
-    marker = tmp_path / "PWNED"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    (tmp_path / "evil.safetensors").write_bytes(pickle.dumps(Payload()))
-    with pytest.raises(RunError, match="pickle"):
-        load_checkpoint(tmp_path / "evil.safetensors")
-    assert not marker.exists()
-
-
 def test_manifest_errors_are_one_line(tmp_path):
     run = train(FAM, small_cfg(epochs=5), tmp_path / "r")
     mpath = run.path / "manifest.json"
@@ -125,12 +94,3 @@ def test_manifest_errors_are_one_line(tmp_path):
         Run(run.path).load_state(7)
 
 
-def test_confined_paths(tmp_path):
-    root = tmp_path / "runs"
-    root.mkdir()
-    for bad in ["../x", "/etc", "a/../../b", ""]:
-        with pytest.raises(RunError):
-            resolve_run_path(bad, root, confine=True)
-    assert resolve_run_path("ok", root, confine=True) == (root / "ok").resolve()
-    with pytest.raises(RunError, match="no such run"):
-        open_run("ok", root, confine=True)

@@ -18,11 +18,6 @@ def test_no_pages_folder_next_to_the_app():
     assert (REPO / "app_pages" / "spectrum.py").exists()
 
 
-def test_app_makes_no_request_to_another_host():
-    src = (REPO / "app.py").read_text()
-    assert "page_icon=str(ROOT" in src and ":material/" not in src.split("st.set_page_config")[1].split(")")[0]
-
-
 def test_app_does_nothing_when_a_worker_imports_it(tmp_path):
     """Spawned sweep workers of the server import app.py as ``__mp_main__``: it must not run."""
     import runpy

@@ -19,16 +19,49 @@ from entk_core.workflows.presets import PRESETS, presets_for
 BUILTIN = ("modadd-mlp", "modadd-transformer", "tms")
 
 
-def test_builtins_come_from_the_checkouts_entry_points():
+def test_builtins_come_from_the_installed_entry_points():
+    """The built-ins are found like any plug-in: the entry points of the installed
+    ``entk-explorer`` distribution (``-e .`` in requirements.txt), never a pyproject.toml."""
+    import importlib.metadata
+
     assert set(BUILTIN) <= set(list_families()) and not family_errors()
-    table = base._checkout_entry_points()
-    assert table == {"modadd-mlp": "entk_core.families.modadd_mlp:ModAddMLPFamily",
-                     "tms": "entk_core.families.tms:TMSFamily",
-                     "modadd-transformer": "entk_core.families.modadd_transformer:ModAddTransformerFamily",
-                     "causal-lm": "entk_core.families.causal_lm:CausalLMFamily"}
+    dist = importlib.metadata.distribution("entk-explorer")
+    declared = {ep.name: ep.value for ep in dist.entry_points if ep.group == base.ENTRY_POINT_GROUP}
+    assert declared == {"modadd-mlp": "entk_core.families.modadd_mlp:ModAddMLPFamily",
+                        "tms": "entk_core.families.tms:TMSFamily",
+                        "modadd-transformer": "entk_core.families.modadd_transformer:ModAddTransformerFamily",
+                        "causal-lm": "entk_core.families.causal_lm:CausalLMFamily"}
     for name in BUILTIN:
-        assert "pyproject.toml of the checkout" in family_origin(name)
-        assert family_ref(get_family(name)) == table[name]
+        assert family_origin(name) == f"entk-explorer {dist.version}"
+        assert family_ref(get_family(name)) == declared[name]
+
+
+def test_the_registry_reads_entry_points_only(monkeypatch):
+    """With no distribution declaring families nothing is known (a checkout's pyproject.toml is
+    not read); a plug-in distribution's entry points are; two targets for one name are an error."""
+    import importlib.metadata as md
+
+    class Dist:
+        def __init__(self, name, eps):
+            self.metadata, self.version = {"Name": name}, "1.0"
+            self.entry_points = [md.EntryPoint(n, v, base.ENTRY_POINT_GROUP) for n, v in eps.items()]
+
+    def table_with(*dists):
+        monkeypatch.setattr(base.importlib.metadata, "distributions", lambda: list(dists))
+        base.refresh_families()
+        return base._entry_point_table()
+
+    try:
+        assert table_with() == {}
+        assert table_with(Dist("my-plugin", {"toy": "my_plugin:Toy"})) == {"toy": ("my_plugin:Toy", "my-plugin 1.0")}
+        table = table_with(Dist("a", {"toy": "a:Toy"}), Dist("b", {"toy": "b:Toy"}), Dist("a", {"toy": "a:Toy"}))
+        assert table == {"toy": ("a:Toy", "a 1.0")}
+        assert base._ERRORS["toy"] == "family 'toy' is declared twice: a:Toy (a 1.0) and b:Toy (b 1.0); uninstall one of them"
+    finally:
+        monkeypatch.undo()
+        base._ERRORS.pop("toy", None)
+        base.refresh_families()
+    assert set(BUILTIN) <= set(list_families())
 
 
 def test_unknown_family_is_one_line_listing_the_known():

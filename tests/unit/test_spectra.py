@@ -50,9 +50,16 @@ def test_detect_cliffs_planted_structure():
 def test_detect_cliffs_smooth_spectrum_has_none():
     assert detect_cliffs(0.95 ** np.arange(200)) == []
     assert detect_cliffs(np.array([1.0])) == []
-    # numerical zeros after a rank cut are ignored, the cut itself is a cliff
+    # numerical zeros (<= tol * λ0) after a rank cut are dropped before the search, so the cut
+    # itself is NOT a cliff: the kept values end with the last segment, which no drop ends
     lam = np.concatenate([np.linspace(2, 1, 10), np.full(20, 1e-14)])
-    assert [(c.start, c.size) for c in detect_cliffs(lam)] == []
+    assert detect_cliffs(lam) == [] == detect_cliffs(lam[:10])
+    assert [(c.start, c.size) for c in detect_cliffs(lam, tol=0.0)] == [(0, 10)]  # kept, the cut is a drop
+    # a real cliff before the cut is still found, and a drop to a value above tol is a cliff
+    planted = np.concatenate([np.full(4, 8.0), np.linspace(2, 1, 10), np.full(20, 1e-14)])
+    assert [(c.start, c.size) for c in detect_cliffs(planted)] == [(0, 4)]
+    low = np.concatenate([np.linspace(2, 1, 10), np.full(20, 1e-6)])
+    assert [(c.start, c.size) for c in detect_cliffs(low)] == [(0, 10)]
 
 
 def test_fix_signs():

@@ -6,7 +6,7 @@ from pathlib import Path
 from conftest import TIER_TIMEOUT_S
 
 UNIT = Path(__file__).resolve().parent
-TRAINING_FIXTURES = {"tiny_run_dir", "mlp29_run_dir", "install_run"}
+TRAINING_FIXTURES = {"tiny_run_dir", "mlp29_run_dir", "mlp29_cache_dir", "install_run", "ray_cluster"}
 
 
 def test_this_test_has_its_tier_marker_and_timeout(request):

@@ -11,7 +11,8 @@ import torch
 from _brute import jacobian, nt_kernel
 from entk_core.engine.kernels import empirical_ntk, empirical_ntk_by_layer
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is a pinned dependency (requirements.txt); under CI its absence fails")
 
 F64 = torch.float64
 V, T, N = 24, 4, 3
@@ -87,11 +88,16 @@ def test_tiny_transformers_match_brute_force(build):
     assert rel(sum(by.values()), nt_kernel(J1, J1, (1, 2))) <= tol
 
 
+@pytest.fixture(scope="module")
+def gpt2_masked():
+    """GPT-2, a right-padded batch and its brute-force Jacobian (computed once: ~10 s)."""
+    m, x = gpt2(), batch(N, 3)
+    return m, x, jacobian(m, x)
+
+
 @pytest.mark.parametrize("method", ("jacobian", "ntk_vp"))
-def test_gpt2_reference_methods_with_a_mask(method):
-    m = gpt2()
-    x = batch(N, 3)
-    J = jacobian(m, x)
+def test_gpt2_reference_methods_with_a_mask(method, gpt2_masked):
+    m, x, J = gpt2_masked
     K, info = empirical_ntk(m, x, trace_axes=(-1,), method=method, dtype=F64, return_info=True)
     assert rel(K, nt_kernel(J, J, (-1,))) <= 1e-10
     assert info.method == method
