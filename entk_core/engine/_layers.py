@@ -235,7 +235,9 @@ def check_layers(layers: list[Layer], rec: list[list], outf: torch.Tensor, param
     check: for random output cotangents ``r (b, C)`` and random example weights ``ω (b,)``,
     the rule applied to row ``n`` of each call's input and of its output cotangent (from one
     backward of ``⟨r, f⟩``), weighted by ``ω_n`` and summed, must equal autograd's gradient
-    of ``Σ_n ω_n ⟨r_n, f_n⟩`` (relative 1e-9 in float64, 1e-4 in float32). That is exactly
+    of ``Σ_n ω_n ⟨r_n, f_n⟩`` (relative 1e-5 in float64, 1e-4 in float32: a model may
+    compute parts in float32 whatever its weights' dtype, as transformers' RMSNorms do, and a
+    wrong attribution is off by the spread of ``ω`` (0.5–1.5), far above either). That is exactly
     what the kernel paths contract (per-example factors ``(a_n, g_n)``), so a gradient
     credited to the wrong example fails: a layer fed a tensor whose leading axis is not the
     batch (sequence-first ``(T, N, d)`` with ``T = b``; a parameter: a hypernetwork), a
@@ -259,7 +261,7 @@ def check_layers(layers: list[Layer], rec: list[list], outf: torch.Tensor, param
         gy = list(torch.autograd.grad(outf, ys, r, allow_unused=True, retain_graph=True)) if ys else []
         gp = dict(zip(pnames, torch.autograd.grad(outf, [params[n] for n in pnames], r * omega[:, None],
                                                   allow_unused=True))) if pnames else {}
-    tol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(dtype, 1e-2)
+    tol = {torch.float64: 1e-5, torch.float32: 1e-4}.get(dtype, 1e-2)
     k = 0
     for L, calls in zip(layers, rec):
         if id(L) in bad:
@@ -280,11 +282,8 @@ def check_layers(layers: list[Layer], rec: list[list], outf: torch.Tensor, param
             if true_g is None or rec_g is None:
                 ok = tn == 0.0 and rn == 0.0
             else:
-                # norm modules may compute in float32 whatever the weights' dtype
-                # (transformers' Llama/Gemma RMSNorms): their rule can only agree with
-                # autograd to float32 precision
-                t = max(tol, 1e-5) if L.kind == "elementwise" else tol
-                ok = rec_g.shape == true_g.shape and float((rec_g - true_g).norm()) <= t * max(tn, 1e-30)
+                # float32 parts of a float64 model (Gemma's q/k RMSNorms) leave ~1e-6 here
+                ok = rec_g.shape == true_g.shape and float((rec_g - true_g).norm()) <= tol * max(tn, 1e-30)
             if not ok:
                 bad[id(L)] = ("the structured rule's per-example gradients disagree with autograd (an input "
                               "whose leading axis is not the batch, a parameter also used outside its module, "
