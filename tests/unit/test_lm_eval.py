@@ -102,6 +102,8 @@ def test_vectorised_average_precision_equals_sklearn_with_ties():
         got = ev.average_precision_many(S, y)
         want = [average_precision_score(y, s) for s in S]
         assert np.allclose(got, want, rtol=1e-12, atol=1e-15), (got, want)
+        if not y.all():
+            assert [ev.auroc(s, y) for s in S] == pytest.approx([roc_auc_score(y, s) for s in S], rel=1e-12)
 
 
 def test_random_directions_are_averaged_over_draws_and_winners_marked():

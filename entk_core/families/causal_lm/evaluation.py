@@ -15,7 +15,8 @@ protocol of spec §6.4-6.5 (math on arrays; scikit-learn's metrics).
   the first ``⌊n/2⌋`` to train).
 * **Per binary label**: over every direction × both signs, the highest *train* average
   precision chooses one (computed for all candidates at once by
-  :func:`average_precision_many`, equal to scikit-learn's ``average_precision_score``;
+  :func:`average_precision_many`, equal to scikit-learn's ``average_precision_score``,
+  as :func:`auroc` is to ``roc_auc_score``;
   the first candidate wins a tie); on test it reports AP, AUROC, precision at quota (quota = the
   number of test positives; the top-quota test examples by score, ties by index) and
   enrichment = precision at quota / prevalence. Macro rows are nan-means over labels.
@@ -41,6 +42,7 @@ __all__ = [
     "evaluate_random",
     "evaluate_tasks",
     "average_precision_many",
+    "auroc",
     "macro",
     "METRICS",
 ]
@@ -140,16 +142,26 @@ def morph_tasks(morph: Sequence[dict[str, str]], upos: Sequence[str], min_count:
     return {"tasks": tasks, "dropped": dropped, "duplicates": dups}
 
 
-def _metrics(s: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
-    from sklearn.metrics import average_precision_score, roc_auc_score
+def auroc(s: np.ndarray, y: np.ndarray) -> float:
+    """Area under the ROC curve (scikit-learn's ``roc_auc_score`` for a binary target:
+    the Mann-Whitney statistic with tied scores counted half)."""
+    from scipy.stats import rankdata
 
+    y = np.asarray(y, bool)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    r = rankdata(np.asarray(s, dtype=np.float64))
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _metrics(s: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == len(y):
         return {"ap": None, "auroc": None, "prec_at_quota": None, "enrichment": None}
     order = np.argsort(-s, kind="stable")
     prec = float(y[order[:n_pos]].mean())
     prevalence = n_pos / len(y)
-    return {"ap": float(average_precision_score(y, s)), "auroc": float(roc_auc_score(y, s)),
+    return {"ap": float(average_precision_many(s[None], y)[0]), "auroc": auroc(s, y),
             "prec_at_quota": prec, "enrichment": prec / prevalence}
 
 

@@ -116,7 +116,7 @@ def train_sae(acts: torch.Tensor, options: SAEOptions = SAEOptions(),
     options.check()
     t0 = time.perf_counter()
     X = torch.as_tensor(acts, dtype=torch.float32).reshape(-1, acts.shape[-1])
-    if X.shape[0] < 2 * options.batch // 8 or not torch.isfinite(X).all():
+    if X.shape[0] < 32 or not torch.isfinite(X).all():
         raise ValueError(f"SAE: {X.shape[0]} finite activation vectors are too few to train on")
     gen = torch.Generator().manual_seed(options.seed)
     mean = X.mean(0)
