@@ -173,7 +173,9 @@ def cmd_lm_align(args: argparse.Namespace) -> int:
                   f"'SAE (full)' is shown beside them); {TAGGER_NOTE}",
                   *_methods_line(o), *_directions(o),
                   f"  time: eNTK {o['timing']['total_s']:.1f} s ({o['timing']['product_s']:.2f} s per product), "
-                  f"SAE {o['timing'].get('sae_s', 0):.1f} s, report {o['timing']['report_s']:.1f} s"]
+                  f"SAE {o['timing'].get('sae_s', 0):.1f} s, report {o['timing']['report_s']:.1f} s; "
+                  f"{o['resources']['cpu_s']:.0f} CPU s, peak RSS {o['resources']['peak_rss_mb']:.0f} MB, load "
+                  + " ".join(f"{x:.1f}" for x in o["resources"].get("loadavg", []))]
         if "sweep" in o:
             lines.append("  macro AUROC per layer, POS then morphology (eNTK/PCA/ICA/random):")
             for s in o["sweep"]:

@@ -539,7 +539,24 @@ def lm_align(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
         report["executor"] = exec_desc
     report["timing"]["report_s"] = time.perf_counter() - t0
     report["timing"]["sweep_s"] = report["timing"]["report_s"]
+    report["resources"] = _resources()
     return rep.finite(report)
+
+
+def _resources() -> dict[str, Any]:
+    """CPU seconds and peak memory of this process so far, and the machine's load (the
+    figures a timing on a shared machine needs beside it)."""
+    import os
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    out: dict[str, Any] = {"cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": ru.ru_maxrss / 1024,
+                           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    try:
+        out["loadavg"] = list(os.getloadavg())
+    except OSError:
+        pass
+    return out
 
 
 # ------------------------------------------------------------------ estimates
