@@ -9,7 +9,7 @@
 * ``f`` -- the demo modular-addition MLP (p = 29, width 512, trained 500 epochs, seed 0:
   the run ``runs/modadd-mlp-p29-seed0`` if present, else trained here in ~10 s), top-200
   eigenpairs of the flattened kernel (24,389 × 24,389) by
-  :func:`~entk_core.engine.operators.flat_top_eigenpairs` (``method="auto"``); accuracy
+  :func:`~entk_core.engine.eigenpairs.top_eigenpairs` (``method="auto"``); accuracy
   against the dense float64 reference (the float64 kernel, then LAPACK ``syevd``
   eigenvalues, ~10-20 min on 2 cores; ``--quick``: ARPACK ``eigsh`` on the float64
   structured operator instead, to a tight tolerance). The previous default path (ARPACK on
@@ -122,16 +122,17 @@ def _case_f(dtype, quick: bool, device) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from ..engine.operators import KernelOperator, estimate_top_eigenpairs, flat_top_eigenpairs
+    from ..engine.eigenpairs import estimate_top_eigenpairs, top_eigenpairs
+    from ..engine.operators import KernelOperator
 
     model, x, source = _mlp_run()
     model = model.to(device=device, dtype=dtype)
     x = x.to(device)
     k = 200
-    plan = estimate_top_eigenpairs(model, x, k, device=device)
+    plan = estimate_top_eigenpairs(model, k, x=x, device=device)
     if device.type != "cpu":  # warm the device (context, BLAS/solver handles) outside the timed run
-        flat_top_eigenpairs(model, x[:8], 4, device=device)
-    mf = _measure(lambda: flat_top_eigenpairs(model, x, k, return_info=True, device=device), device=device)
+        top_eigenpairs(model, 4, x=x[:8], device=device)
+    mf = _measure(lambda: top_eigenpairs(model, k, x=x, return_info=True, device=device), device=device)
     (vals, vecs, info), t_fast = mf.out, mf.seconds
     R = vecs.shape[0]
     # the float64 reference runs on the same device, except on MPS (no float64): there on the CPU

@@ -111,7 +111,7 @@ def _case_entk(N: int):
     def case(dtype, quick: bool, device) -> dict[str, Any]:
         import torch
 
-        from ..engine.lanczos import lanczos_topk
+        from ..engine._lanczos import lanczos_topk
         from ..families.causal_lm.operator import KTildeOperator, LMTail
 
         got, msg = _setup(N, device)

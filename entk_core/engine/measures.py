@@ -7,15 +7,15 @@ Conventions
 * Eigenvectors are columns: ``vecs`` is ``(N, k)`` (a 1-D ``(N,)`` vector is one column).
 * Families are a feature family object (anything with a ``bank`` array and a ``matrix``
   property, e.g. :class:`entk_core.families.base.FeatureFamily`; this module knows no
-  family class), a Fourier bank ``(N, K, 2)`` or a plain matrix ``(N, D)``; their ``N``
-  must equal the eigenvectors' rows.
-* Modular-arithmetic inputs are in row order ``i = a*p + b``; the graph Laplacians
-  below assume it.
+  family class), a paired bank ``(N, K, 2)`` (e.g. the cos/sin columns of ``K``
+  frequencies) or a plain matrix ``(N, D)``; their ``N`` must equal the eigenvectors' rows.
+* Rotations of a cliff block (:func:`two_stage_rotation`) take the two symmetric
+  operators (graph Laplacians) from the caller: a family knows its inputs' geometry.
 
 Grokking-onset rule (:func:`grokking_onset`)
 --------------------------------------------
-Accuracies are fractions in ``[0, 1]``; ``chance`` is the chance level (``1/p`` for
-modular addition). With ``plateau`` = mean of the last ``max(1, ⌈0.1·n⌉)`` logged test
+Accuracies are fractions in ``[0, 1]``; ``chance`` is the chance level (``1/C`` for ``C``
+balanced classes). With ``plateau`` = mean of the last ``max(1, ⌈0.1·n⌉)`` logged test
 accuracies:
 
 1. if ``plateau − chance < min_rise`` (default 0.25) there is no transition: ``None``;
@@ -27,8 +27,8 @@ accuracies:
    which the sustained crossing happened (``where="linear"``: linear interpolation of
    the crossing of ``τ`` inside that interval instead).
 
-On the paper's numbers this gives 75 for the MLP (9.5% at 70 → 52% at 80, ``τ`` ≈ 13%)
-and 150 for the Transformer (9.0% at 140 → 15.0% at 160), the epochs the paper marks.
+On the paper's logged accuracies this gives the epochs the paper marks (see
+docs/ARCHITECTURE.md, "Spectra conventions").
 
 Linearised predictor (§2.7)
 ---------------------------
@@ -40,12 +40,10 @@ loss(linearised)/loss(model); accuracy gap = ``100·(acc_model − acc_lin)`` po
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Callable
 
 import numpy as np
 import scipy.linalg
-import scipy.sparse as sp
 import torch
 
 from .spectra import fix_signs
@@ -65,11 +63,7 @@ __all__ = [
     "max_corr_summary",
     "cosine_heatmap",
     "best_feature",
-    "cycle_laplacian",
-    "axis_laplacians",
-    "sum_diff_laplacians",
     "two_stage_rotation",
-    "rotate_cliff",
     "local_first_derivative",
     "grokking_onset",
     "derivative_peak_epoch",
@@ -125,7 +119,7 @@ def family_matrix(family) -> np.ndarray:
 def _bank3(bank) -> np.ndarray:
     b = to_numpy(bank.bank if _is_family(bank) else bank)
     if b.ndim != 3 or b.shape[2] != 2:
-        raise ValueError(f"expected a Fourier bank (N, K, 2), got {b.shape}")
+        raise ValueError(f"expected a paired bank (N, K, 2), got {b.shape}")
     return b
 
 
@@ -153,7 +147,8 @@ def _family_basis(family, center: bool) -> np.ndarray:
 
 
 def family_dimension(family, *, center: bool = True) -> int:
-    """Dimension of the (mean-centred) family subspace, e.g. 28 for ``sum`` at p=29."""
+    """Dimension of the (mean-centred) family subspace (``2K`` for a bank of ``K`` generic
+    cos/sin pairs, less where columns are dependent)."""
     return _family_basis(family, center).shape[1]
 
 
@@ -182,8 +177,7 @@ def subspace_overlap(vecs, family, *, center: bool = True) -> tuple[float, np.nd
 
 
 def overlap_percent(vecs, family, *, center: bool = True) -> float:
-    """``100 · overlap / family dimension`` (e.g. ``/28`` for the MLP sum family, ``/4``
-    for two Transformer key frequencies)."""
+    """``100 · overlap / family dimension`` (:func:`family_dimension`)."""
     dim = family_dimension(family, center=center)
     if dim == 0:
         return 0.0
@@ -254,12 +248,12 @@ def windows_overlaps(V: np.ndarray, spans: list[tuple[int, int]], bases: dict[st
 
 # ------------------------------------------------- phase-insensitive corr
 def phase_insensitive_corr(vecs, bank) -> np.ndarray:
-    """Phase-insensitive correlation ``(K, k)`` of eigenvectors with a Fourier bank (§2.5.2).
+    """Phase-insensitive correlation ``(K, k)`` of eigenvectors with a paired bank (§2.5.2).
 
-    ``vecs`` ``(N, k)`` and every bank column (``bank`` ``(N, K, 2)`` or a Fourier
-    FeatureFamily) are unit-normalised; ``H[j, i] = sqrt(<F̂_cos_j, â_i>² + <F̂_sin_j, â_i>²)``.
-    A zero column (the sine of ``k = p/2`` for even ``p``) contributes 0. Values lie in
-    ``[0, 1]`` when the cos and sin columns of a frequency are orthogonal.
+    ``vecs`` ``(N, k)`` and every bank column (``bank`` ``(N, K, 2)``, e.g. cos/sin pairs, or
+    a FeatureFamily with such a bank) are unit-normalised;
+    ``H[j, i] = sqrt(<F̂_cos_j, â_i>² + <F̂_sin_j, â_i>²)``. A zero column contributes 0.
+    Values lie in ``[0, 1]`` when the two columns of a pair are orthogonal.
     """
     A = _unit_cols(_cols(vecs))
     B = _bank3(bank)
@@ -279,8 +273,8 @@ def best_phase_corr(vecs, bank) -> tuple[np.ndarray, np.ndarray]:
 def max_corr_summary(vecs, bank) -> float:
     """Mean over the columns of ``vecs`` of their best phase-insensitive correlation with ``bank``.
 
-    E.g. for the first cliff against the stacked a/b bank: below 0.5 for raw eigenvectors,
-    above 0.9 after :func:`rotate_cliff`.
+    E.g. a cliff block mixes its modes (below 0.5 for raw eigenvectors) until a rotation
+    (:func:`two_stage_rotation`) separates them (above 0.9).
     """
     return float(best_phase_corr(vecs, bank)[0].mean())
 
@@ -307,55 +301,7 @@ def best_feature(heatmap) -> np.ndarray:
     return np.argmax(to_numpy(heatmap), axis=0)
 
 
-# ------------------------------------------------------------ Laplacians
-def _shift(p: int, d: int) -> sp.csr_array:
-    """Cyclic shift ``(S x)[i] = x[(i + d) mod p]`` as a sparse ``p x p`` matrix."""
-    i = np.arange(p)
-    return sp.csr_array((np.ones(p), (i, (i + d) % p)), shape=(p, p))
-
-
-def cycle_laplacian(p: int, *, dense: bool = True):
-    """1-D cycle Laplacian ``2I − S(+1) − S(−1)`` (``p x p``); dense ndarray by default."""
-    if p < 2:
-        raise ValueError(f"p must be at least 2, got {p}")
-    L = 2 * sp.identity(p, format="csr") - _shift(p, 1) - _shift(p, -1)
-    L = sp.csr_array(L)
-    return L.toarray() if dense else L
-
-
-def axis_laplacians(p: int, *, dense: bool = False):
-    """``(L_a, L_b)`` on the ``p x p`` torus, index ``a*p + b`` (``p² x p²``).
-
-    ``L_a = kron(L1d, I_p)`` penalises variation along ``a``; ``L_b = kron(I_p, L1d)``
-    along ``b``. Sparse CSR by default (``dense=True`` for ndarrays).
-    """
-    L1 = cycle_laplacian(p, dense=False)
-    I = sp.identity(p, format="csr")
-    La, Lb = sp.csr_array(sp.kron(L1, I)), sp.csr_array(sp.kron(I, L1))
-    return (La.toarray(), Lb.toarray()) if dense else (La, Lb)
-
-
-def _torus_shift(p: int, da: int, db: int) -> sp.csr_array:
-    a, b = np.divmod(np.arange(p * p), p)
-    j = ((a + da) % p) * p + (b + db) % p
-    return sp.csr_array((np.ones(p * p), (np.arange(p * p), j)), shape=(p * p, p * p))
-
-
-def sum_diff_laplacians(p: int, *, dense: bool = False):
-    """``(L_s, L_d)`` on the ``p x p`` torus (index ``a*p + b``), spec §2.6.
-
-    ``L_s = 2I − S(+1,+1) − S(−1,−1)``, ``L_d = 2I − S(+1,−1) − S(−1,+1)`` with
-    ``S(da,db)`` the shift ``(a, b) -> (a+da, b+db) mod p``. ``L_s`` penalises variation
-    along the diagonal ``(1, 1)``, i.e. in ``a + b``: functions of ``a − b`` are in its
-    kernel (and functions of ``a + b`` in the kernel of ``L_d``).
-    """
-    N = p * p
-    I = sp.identity(N, format="csr")
-    Ls = sp.csr_array(2 * I - _torus_shift(p, 1, 1) - _torus_shift(p, -1, -1))
-    Ld = sp.csr_array(2 * I - _torus_shift(p, 1, -1) - _torus_shift(p, -1, 1))
-    return (Ls.toarray(), Ld.toarray()) if dense else (Ls, Ld)
-
-
+# ------------------------------------------------------------- rotations
 def _rayleigh(L, Q: np.ndarray) -> np.ndarray:
     A = Q.T @ np.asarray(L @ Q)
     return (A + A.T) / 2
@@ -375,9 +321,9 @@ def two_stage_rotation(block, L1, L2, *, return_info: bool = False):
     5. return ``U = [Q2, Q1[:, h:]]`` (``(N, k)``, orthonormal columns, same span).
 
     Signs are fixed as in :mod:`entk_core.engine.spectra` (largest-magnitude entry positive).
-    With the axis Laplacians ``(L_a, L_b)`` the first ``h`` columns are functions of
-    ``b`` sorted by ``b``-frequency, the rest functions of ``a``; with ``(L_s, L_d)``
-    the first ``h`` are functions of ``a − b``, the rest functions of ``a + b``.
+    With two Laplacians of complementary symmetries (each penalising variation along one
+    direction of the inputs) the first ``h`` columns are the modes invariant along ``L1``
+    sorted by their ``L2`` frequency, the rest the modes along ``L1``.
     ``return_info=True`` also returns ``{"stage1": Rayleigh quotients of Q1 (k,),
     "stage2": those of Q2 under L2 (h,)}``.
     """
@@ -398,29 +344,6 @@ def two_stage_rotation(block, L1, L2, *, return_info: bool = False):
     if return_info:
         return U, {"stage1": w1, "stage2": w2}
     return U
-
-
-@lru_cache(maxsize=8)
-def _laplacians(p: int, kind: str):
-    if kind == "axis":
-        return axis_laplacians(p)
-    if kind == "sumdiff":
-        return sum_diff_laplacians(p)
-    raise ValueError(f"unknown rotation kind {kind!r}; use 'axis' or 'sumdiff'")
-
-
-def rotate_cliff(vecs, p: int, kind: str = "axis") -> np.ndarray:
-    """Rotate a modular-arithmetic cliff ``(p², k)`` with the two-stage diagonalisation.
-
-    ``kind="axis"``: ``(L_a, L_b)``, for the first cliff (output: b-modes then a-modes).
-    ``kind="sumdiff"``: ``(L_s, L_d)``, for the second cliff (output: diff-modes then
-    sum-modes).
-    """
-    V = _cols(vecs)
-    if V.shape[0] != p * p:
-        raise ValueError(f"vectors have {V.shape[0]} rows, expected p² = {p * p}")
-    L1, L2 = _laplacians(int(p), kind)
-    return two_stage_rotation(V, L1, L2)
 
 
 # ------------------------------------------------------ time evolution

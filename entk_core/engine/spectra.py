@@ -1,9 +1,11 @@
-"""Eigen-spectra of kernels and automatic cliff detection.
+"""Spectrum conventions, automatic cliff detection and cliff labels.
 
-Conventions: eigenvalues are returned in *descending* order as float64 numpy arrays of
-shape ``(k,)``; eigenvectors as ``(n, k)`` float64 arrays whose column ``i`` belongs to
-eigenvalue ``i`` and has unit norm. Signs are fixed so that the entry of largest
-magnitude of each eigenvector is positive (so repeated runs give identical vectors).
+Conventions (every eigensolver of the library follows them; the one entry point is
+:func:`entk_core.engine.eigenpairs.top_eigenpairs`): eigenvalues are returned in
+*descending* order as float64 numpy arrays of shape ``(k,)``; eigenvectors as ``(n, k)``
+float64 arrays whose column ``i`` belongs to eigenvalue ``i`` and has unit norm. Signs are
+fixed so that the entry of largest magnitude of each eigenvector is positive
+(:func:`fix_signs`; so repeated runs give identical vectors).
 
 Cliff rule (:func:`detect_cliffs`)
 ----------------------------------
@@ -18,9 +20,8 @@ after index ``i`` is *sharp* when
 * ``r_i`` is the largest log-gap within that window (one drop spread over neighbouring
   indices counts once).
 
-On the modular-addition MLP (p = 17, 23, 29, 31, width 512, seed 0) this finds exactly
-1, 4⌊p/2⌋, 4⌊p/2⌋ at the last epoch (second-cliff drops 1.24-1.46x against a local
-median of 1.01x), and no spurious cliff at any epoch.
+The defaults were calibrated on the paper's toy runs (their measured cliffs are listed in
+docs/ARCHITECTURE.md, "Spectra conventions").
 
 Eigenvalues at or below ``tol * λ_0`` (numerical zeros) are ignored. Cliffs are the
 segments between consecutive sharp drops, starting at index 0; the last segment (after
@@ -34,18 +35,16 @@ One labelling everywhere (CLI JSON, figures, pages): a detected block of size 1 
 index 0 whose eigenvector is nearly constant (``|⟨v, 1⟩| / (√N‖v‖) ≥ 0.9``) is the
 *constant mode*, labelled :data:`CONSTANT_LABEL` (``"constant"``; shown as "constant
 mode") and never numbered; the other blocks are ``"cliff 1"``, ``"cliff 2"``, ... in
-spectral order. For the p = 29 MLP: ``constant`` (index 0), ``cliff 1`` (the a/b modes,
-1-56), ``cliff 2`` (the sum/diff modes, 57-112).
+spectral order (e.g. ``constant`` at index 0, ``cliff 1`` at 1-56, ``cliff 2`` at 57-112).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 __all__ = ["Cliff", "CONSTANT_LABEL", "detect_cliffs", "fix_signs", "is_constant_mode", "label_cliffs",
-           "labelled_cliffs", "top_eigenpairs"]
+           "labelled_cliffs"]
 
 CONSTANT_LABEL = "constant"
 """Label of a leading size-1 block whose eigenvector is the constant mode (not a numbered cliff)."""
@@ -79,39 +78,6 @@ def fix_signs(vecs: np.ndarray) -> np.ndarray:
     signs[signs == 0] = 1.0
     vecs *= signs
     return vecs
-
-
-def top_eigenpairs(
-    K: torch.Tensor | np.ndarray, k: int | None = None, *, ridge: float = 0.0, vectors: bool = True
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Top-``k`` eigenpairs of a dense symmetric PSD matrix ``K`` of shape ``(n, n)``.
-
-    Uses LAPACK's divide-and-conquer driver through ``torch.linalg.eigh`` (scipy's
-    default ``evr`` driver can stall on the rank-deficient matrices eNTKs are). The
-    input is symmetrised as ``(K + K^T) / 2`` and not modified. ``ridge`` adds
-    ``ridge * mean(diag K)`` to the diagonal, as the paper's code does (default 0).
-
-    Returns:
-      ``(eigenvalues (k,), eigenvectors (n, k))`` in descending order, float64 numpy
-      (eigenvectors ``None`` when ``vectors=False``).
-    """
-    T = torch.as_tensor(K)
-    if T.ndim != 2 or T.shape[0] != T.shape[1]:
-        raise ValueError(f"expected a square matrix, got shape {tuple(T.shape)}")
-    if not torch.isfinite(T).all():
-        raise ValueError("the kernel contains NaN or infinite entries")
-    n = T.shape[0]
-    k = n if k is None else max(1, min(int(k), n))
-    S = (T + T.T) / 2
-    if ridge:
-        S = S + ridge * torch.diagonal(S).mean() * torch.eye(n, dtype=S.dtype)
-    if vectors:
-        vals, vecs = torch.linalg.eigh(S)
-        vals = vals.flip(0)[:k].double().numpy()
-        vecs = np.ascontiguousarray(vecs.flip(1)[:, :k].double().numpy())
-        return vals, fix_signs(vecs)
-    vals = torch.linalg.eigvalsh(S).flip(0)[:k].double().numpy()
-    return vals, None
 
 
 def detect_cliffs(

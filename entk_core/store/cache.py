@@ -37,7 +37,7 @@ from typing import Any, Callable
 import diskcache
 import numpy as np
 
-from ..engine.planner import parse_bytes
+from ..engine.units import parse_bytes
 from .locks import file_lock
 
 __all__ = ["ArrayCache", "CacheEntry", "SafeDisk", "default_cache", "cache_dir", "make_key", "CODE_VERSION"]

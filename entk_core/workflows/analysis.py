@@ -19,8 +19,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..engine import kernels, operators
-from ..engine.spectra import Cliff, detect_cliffs, labelled_cliffs, top_eigenpairs
+from ..engine import eigenpairs, kernels
+from ..engine.eigenpairs import top_eigenpairs
+from ..engine.spectra import Cliff, detect_cliffs, labelled_cliffs
 from ..families.base import FULL, check_beta
 from ..families.run import Run
 from ..store.cache import ArrayCache, default_cache, make_key
@@ -172,8 +173,8 @@ def compute_spectrum(
     t0 = time.perf_counter()
     if reduction == "flat":
         m = model if model is not None else run.load_model(epoch)
-        vals, vecs = operators.flat_top_eigenpairs(
-            m, run.data.kernel_x, top, groups=members, class_weights=_class_weights(run, beta), progress=progress,
+        vals, vecs = top_eigenpairs(
+            m, top, x=run.data.kernel_x, groups=members, class_weights=_class_weights(run, beta), progress=progress,
         )
         t1 = time.perf_counter()
     else:
@@ -200,7 +201,7 @@ def estimate_spectrum(
 ) -> dict[str, Any]:
     """What a :func:`spectrum` request would cost on this machine, computing nothing but a
     forward of a few inputs: ``{"seconds", "bytes", "method", "fits", "summary", "cached"}``.
-    The engine's calibrated planner (:func:`~entk_core.engine.operators.estimate_top_eigenpairs`
+    The engine's calibrated planner (:func:`~entk_core.engine.eigenpairs.estimate_top_eigenpairs`
     for flattened kernels, :func:`~entk_core.engine.kernels.estimate_ntk` plus a dense ``eigh``
     otherwise). A request already cached is answered without planning: 0 seconds, 0 bytes,
     ``method="cache"``."""
@@ -210,8 +211,8 @@ def estimate_spectrum(
                 "cached": True}
     m = run.family.build_model(run.config)
     if reduction == "flat":
-        plan = operators.estimate_top_eigenpairs(m, run.data.kernel_x, top, groups=members,
-                                                 class_weights=_class_weights(run, beta))
+        plan = eigenpairs.estimate_top_eigenpairs(m, top, x=run.data.kernel_x, groups=members,
+                                                  class_weights=_class_weights(run, beta))
         seconds = float(plan.seconds)
     else:
         plan = kernels.estimate_ntk(m, run.data.kernel_x, reduction=reduction, groups=members,

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..engine.lanczos import lanczos_topk
+from ..engine._lanczos import lanczos_topk
 from ..families.causal_lm import evaluation as ev
 from ..families.causal_lm.models import LMRef, LoadedLM, load_lm, resolve_model
 from ..families.causal_lm.operator import KTildeOperator, LMTail

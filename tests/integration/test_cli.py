@@ -68,6 +68,6 @@ def test_spectrum_prints_the_estimate_on_stderr_before_a_long_request(tiny_run_d
     monkeypatch.setattr(cli_analysis, "ESTIMATE_ABOVE_S", 0.0)
     assert main([*args[:-2], "12", "--json"]) == 0
     err = capsys.readouterr().err
-    assert err.startswith("estimate: about ") and "flat_top_eigenpairs(" in err and "method=" in err
+    assert err.startswith("estimate: about ") and "top_eigenpairs(" in err and "method=" in err
     assert main([*args[:-2], "12", "--json"]) == 0  # now cached: no estimate
     assert "estimate" not in capsys.readouterr().err

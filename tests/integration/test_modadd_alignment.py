@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from entk_core.families.modadd_mlp import analysis as ma
-from entk_core.families.features import modadd_families
+from entk_core.families.modadd_mlp.features import modadd_families
 from entk_core.families.run import open_run
 from entk_core.workflows.services import Services
 

@@ -11,7 +11,7 @@ import pytest
 from entk_core.workflows import analysis
 from entk_core.engine.measures import local_first_derivative, subspace_overlap
 from entk_core.store.cache import ArrayCache
-from entk_core.families.features import modadd_families
+from entk_core.families.modadd_mlp.features import modadd_families
 from entk_core.families.run import open_run
 from entk_core.engine.spectra import Cliff, detect_cliffs
 from entk_core.engine.measures import family_bases, window_overlaps

@@ -11,12 +11,12 @@ import torch
 
 from entk_core.families.tms import analysis as tms
 from entk_core.engine.measures import best_feature, cosine_heatmap
-from entk_core.families.features import tms_feature_vectors
+from entk_core.families.tms.features import tms_feature_vectors
 from entk_core.families.tms import TMSModel, feature_norms, importances, make_points, represented_features
 from entk_core.engine.kernels import empirical_ntk, layer_groups
 from entk_core.families.base import get_family, seeded
-from entk_core.engine.operators import flat_jacobian, flat_top_eigenpairs
-from entk_core.engine.spectra import top_eigenpairs
+from entk_core.engine.eigenpairs import top_eigenpairs
+from entk_core.engine.operators import flat_jacobian
 from entk_core.workflows.services import Services
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,7 +148,7 @@ def test_gram_trick_equals_dense_eigendecomposition(fam):
     K = empirical_ntk(model, x, reduction="flat", class_weights=w, dtype=torch.float64)   # (105, 105)
     dvals, dvecs = top_eigenpairs(K, 12)
     # the generic Gram trick on the explicit Jacobian (what `spectrum --reduction flat` runs)
-    gvals, gvecs = flat_top_eigenpairs(model, x, 12, class_weights=w, method="gram", dtype=torch.float64)
+    gvals, gvecs = top_eigenpairs(model, 12, x=x, class_weights=w, method="gram", dtype=torch.float64)
     np.testing.assert_allclose(gvals, dvals, rtol=1e-9, atol=1e-9 * dvals[0])
     np.testing.assert_allclose(np.abs(np.sum(gvecs * dvecs, axis=0)), 1.0, atol=1e-7)
     # the closed-form Gram of entk_core.families.tms.analysis: same eigenvalues and the same heatmap

@@ -1,15 +1,13 @@
 """Tests of entk_core.engine.measures: overlaps, phase-insensitive correlation, heatmaps,
-cliff rotations, derivatives, grokking onset and the linearised predictor."""
+the generic two-stage rotation, derivatives, grokking onset and the linearised predictor."""
 import numpy as np
 import pytest
 import torch
 
 from entk_core.engine.measures import (
-    axis_laplacians,
     best_feature,
     best_phase_corr,
     cosine_heatmap,
-    cycle_laplacian,
     derivative_peak_epoch,
     family_dimension,
     flatten_outputs,
@@ -21,13 +19,12 @@ from entk_core.engine.measures import (
     orthonormal_basis,
     overlap_percent,
     phase_insensitive_corr,
-    rotate_cliff,
     subspace_overlap,
-    sum_diff_laplacians,
     two_stage_rotation,
     unflatten_outputs,
 )
-from entk_core.families.features import concat_families, fourier_bank, modadd_families, modadd_grid
+from entk_core.families.modadd_mlp.features import modadd_families
+from entk_core.families.modadd_mlp.fourier import fourier_bank, modadd_grid
 
 
 def _random_orthogonal(n, seed):
@@ -128,91 +125,37 @@ def test_cosine_heatmap_column_normalisation():
     np.testing.assert_array_equal(best_feature(cosine_heatmap(E2, Z)), [2, 2])
 
 
-# --------------------------------------------------------------- Laplacians
-def test_laplacians_structure():
-    p = 7
-    L1 = cycle_laplacian(p)
-    np.testing.assert_allclose(L1.sum(axis=1), 0.0)
-    assert L1[0, 0] == 2 and L1[0, 1] == -1 and L1[0, p - 1] == -1
-    La, Lb = axis_laplacians(p, dense=True)
-    a, b = modadd_grid(p)
-    fa = np.cos(2 * np.pi * 2 * a / p)
-    fb = np.cos(2 * np.pi * 3 * b / p)
-    np.testing.assert_allclose(La @ fb, 0.0, atol=1e-12)  # L_a kills functions of b
-    np.testing.assert_allclose(Lb @ fa, 0.0, atol=1e-12)
-    np.testing.assert_allclose(La @ fa, (2 - 2 * np.cos(2 * np.pi * 2 / p)) * fa, atol=1e-12)
-    Ls, Ld = sum_diff_laplacians(p, dense=True)
-    fs, fd = np.cos(2 * np.pi * (a + b) / p), np.sin(2 * np.pi * 2 * (a - b) / p)
-    np.testing.assert_allclose(Ls @ fd, 0.0, atol=1e-12)  # L_s is invariant along (1,1): kills diff
-    np.testing.assert_allclose(Ld @ fs, 0.0, atol=1e-12)
-    np.testing.assert_allclose(Ls @ fs, (2 - 2 * np.cos(2 * np.pi * 2 / p)) * fs, atol=1e-12)
-    for L in (La, Lb, Ls, Ld):
-        np.testing.assert_allclose(L, L.T)
+# ---------------------------------------------------------------- rotation
+def _grid_laplacians(n):
+    """Cycle Laplacians along each axis of an n x n grid (row ``u*n + v``), built here: the
+    engine takes them from the caller."""
+    C = 2 * np.eye(n) - np.roll(np.eye(n), 1, axis=1) - np.roll(np.eye(n), -1, axis=1)
+    return np.kron(C, np.eye(n)), np.kron(np.eye(n), C)
 
 
-# --------------------------------------------------------- planted cliffs
-def _planted_cliff(p, names, seed):
-    fams = modadd_families(p)
-    bank = concat_families("+".join(names), [fams[n] for n in names])
-    F = bank.matrix / np.sqrt(p * p / 2)  # orthonormal columns
-    R = _random_orthogonal(F.shape[1], seed)
-    return F @ R, bank
+def test_two_stage_rotation_separates_the_modes_of_two_directions():
+    """A random rotation of cos/sin modes along both axes of a grid is unmixed into single
+    modes by the caller's Laplacians: the modes invariant along L1 first, by L2 frequency."""
+    n, K = 9, 4
+    u, v = np.divmod(np.arange(n * n), n)
 
+    def bank(w):
+        ang = 2 * np.pi * np.outer(w, np.arange(1, K + 1)) / n
+        return np.stack([np.cos(ang), np.sin(ang)], -1)          # (N, K, 2)
 
-@pytest.mark.parametrize("p", [11, 29])
-def test_two_stage_axis_rotation_unmixes_first_cliff(p):
-    K = p // 2
-    block, bank = _planted_cliff(p, ["a", "b"], seed=p)
-    assert block.shape == (p * p, 4 * K)
-    raw = best_phase_corr(block, bank)[0]
-    assert raw.mean() < (0.5 if p == 29 else 0.7)  # the random rotation mixes frequencies
-    U = two_stage_rotation(block, *axis_laplacians(p))
+    B = np.concatenate([bank(u), bank(v)], axis=1)             # modes of u, then modes of v
+    block = (B.reshape(n * n, -1) / np.sqrt(n * n / 2)) @ _random_orthogonal(4 * K, 3)
+    assert max_corr_summary(block, B) < 0.7
+    L1, L2 = _grid_laplacians(n)                               # L1 penalises variation along u
+    U, info = two_stage_rotation(block, L1, L2, return_info=True)
     np.testing.assert_allclose(U.T @ U, np.eye(4 * K), atol=1e-10)
-    assert subspace_overlap(U, bank)[0] == pytest.approx(4 * K / 2 * 2, abs=1e-8)
-    best, idx = best_phase_corr(U, bank)
+    best, idx = best_phase_corr(U, B)
     assert best.min() > 0.99
-    # first half: functions of b sorted by frequency (pairs), second half: functions of a
-    np.testing.assert_array_equal(idx[: 2 * K], K + np.repeat(np.arange(K), 2))
-    np.testing.assert_array_equal(idx[2 * K :], np.repeat(np.arange(K), 2))
-    # each frequency of a and b is hit by exactly two (cos/sin) directions
-    np.testing.assert_array_equal(np.bincount(idx, minlength=2 * K), 2)
-    np.testing.assert_allclose(rotate_cliff(block, p, "axis"), U, atol=1e-10)
-
-
-@pytest.mark.parametrize("p", [11, 29])
-def test_two_stage_sumdiff_rotation_unmixes_second_cliff(p):
-    K = p // 2
-    block, bank = _planted_cliff(p, ["sum", "diff"], seed=p + 1)
-    assert max_corr_summary(block, bank) < (0.5 if p == 29 else 0.7)
-    U = rotate_cliff(block, p, "sumdiff")
-    best, idx = best_phase_corr(U, bank)
-    assert best.min() > 0.99
-    assert max_corr_summary(U, bank) > 0.99
-    assert np.all(idx[: 2 * K] >= K)  # first half: diff modes (kernel of L_s)
-    assert np.all(idx[2 * K :] < K)  # second half: sum modes
-    np.testing.assert_array_equal(np.bincount(idx, minlength=2 * K), 2)
-
-
-def test_wrong_laplacians_do_not_unmix():
-    p = 29
-    block, bank = _planted_cliff(p, ["sum", "diff"], seed=5)
-    U = rotate_cliff(block, p, "axis")  # axis Laplacians are the wrong symmetry for sum/diff
-    best = best_phase_corr(U, bank)[0]
-    assert (best > 0.99).sum() < 10  # sum_k and diff_k stay mixed (degenerate under L_a, L_b)
-    assert best.min() < 0.8
+    np.testing.assert_array_equal(idx[: 2 * K], K + np.repeat(np.arange(K), 2))   # functions of v
+    np.testing.assert_array_equal(idx[2 * K:], np.repeat(np.arange(K), 2))        # functions of u
+    np.testing.assert_allclose(info["stage1"][: 2 * K], 0.0, atol=1e-10)
     with pytest.raises(ValueError):
-        rotate_cliff(block, p, "nope")
-    with pytest.raises(ValueError):
-        rotate_cliff(block[:-1], p, "axis")
-
-
-def test_noisy_planted_cliff_still_unmixes():
-    p = 29
-    block, bank = _planted_cliff(p, ["a", "b"], seed=9)
-    noisy = block + 0.003 * np.random.default_rng(9).standard_normal(block.shape)
-    U = rotate_cliff(noisy, p, "axis")
-    assert max_corr_summary(noisy, bank) < 0.5
-    assert max_corr_summary(U, bank) > 0.9
+        two_stage_rotation(block[:-1], L1, L2)
 
 
 # --------------------------------------------------------- time evolution

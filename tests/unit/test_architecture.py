@@ -223,3 +223,112 @@ def test_layers_point_down_without_cycles_or_private_names():
 def test_every_layer_has_modules(layer):
     """The layout of the brief exists (a renamed folder would silently escape the rule)."""
     assert any(_layer(m) == layer for m in _sources())
+
+
+# ------------------------------------------------------------ sizes and knowledge
+MAX_MODULE_LINES = 700
+"""No module of entk_core/ is longer (the brief: each reads in one sitting)."""
+
+
+def _long_modules() -> list[str]:
+    """``"path (lines)"`` of every module of entk_core/ over :data:`MAX_MODULE_LINES`."""
+    out = []
+    for p in sorted((REPO / "entk_core").rglob("*.py")):
+        n = len(p.read_text(encoding="utf-8").splitlines())
+        if n > MAX_MODULE_LINES:
+            out.append(f"{p.relative_to(REPO)} ({n} lines)")
+    return out
+
+
+def _family_words() -> set[str]:
+    """Names that are family knowledge: every family package's name under entk_core/families
+    (``modadd_mlp``) and its registry spelling (``modadd-mlp``), the built-in registry names,
+    and the vocabulary of the modular-arithmetic families."""
+    pkgs = {p.parent.name for p in (REPO / "entk_core" / "families").glob("*/__init__.py")}
+    return pkgs | {p.replace("_", "-") for p in pkgs} | BUILTIN_FAMILIES | {"modular", "modadd", "torus"}
+
+
+def _engine_family_knowledge() -> list[str]:
+    """Where the engine knows a family: a definition of a Laplacian or a cliff rotation of a
+    particular input geometry (any function or class named ``*laplacian*``, ``*torus*`` or
+    ``rotate_cliff``), or a family's name anywhere in its source (code, strings, comments)."""
+    import re
+
+    words = _family_words()
+    pattern = re.compile(r"(?<!\w)(" + "|".join(sorted(map(re.escape, words), key=len, reverse=True))
+                         + r")(?!\w)", re.IGNORECASE)
+    out = []
+    for p in sorted((REPO / "entk_core" / "engine").rglob("*.py")):
+        rel = p.relative_to(REPO)
+        text = p.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                low = node.name.lower()
+                if "laplacian" in low or "torus" in low or low == "rotate_cliff":
+                    out.append(f"{rel}:{node.lineno} defines {node.name}")
+        for i, line in enumerate(text.splitlines(), 1):
+            m = pattern.search(line)
+            if m:
+                out.append(f"{rel}:{i} names {m.group(1)!r}")
+    return out
+
+
+def _store_imports_planner() -> list[str]:
+    """Store modules that import the engine's planner (the store needs at most the engine's
+    bottom helpers, :mod:`entk_core.engine.units`)."""
+    sources = _sources()
+    return sorted(f"{a} imports {_internal(b, sources)}" for a, b, _ in _edges(sources)
+                  if a.startswith("entk_core.store") and _internal(b, sources) == "entk_core.engine.planner")
+
+
+def test_no_module_of_entk_core_is_over_700_lines():
+    long = _long_modules()
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by concern):\n" + "\n".join(long)
+
+
+def test_the_engine_defines_no_family_laplacian_and_names_no_family():
+    found = _engine_family_knowledge()
+    assert not found, ("the engine knows no family: move this into the family's package "
+                       "(entk_core/families/NAME/):\n" + "\n".join(found))
+
+
+def test_the_store_does_not_import_the_planner():
+    found = _store_imports_planner()
+    assert not found, "the store imports the planner (use entk_core.engine.units):\n" + "\n".join(found)
+
+
+def test_the_size_knowledge_and_store_checks_catch_planted_violations(tmp_path):
+    """A deliberately broken tree: each of the three checks above reports its fault, and a
+    clean tree passes them."""
+    root = tmp_path / "repo"
+    files = {
+        "entk_core/__init__.py": "",
+        "entk_core/engine/units.py": "def parse_bytes(v):\n    return int(v)\n",
+        "entk_core/engine/planner.py": "from .units import parse_bytes\n",
+        "entk_core/engine/spectra.py": "def fix_signs(v):\n    return v\n",
+        "entk_core/families/modadd_mlp/__init__.py": "",
+        "entk_core/store/cache.py": "from ..engine.units import parse_bytes\n",
+        "app.py": "",
+    }
+    broken = {
+        "entk_core/engine/big.py": "x = 1\n" * (MAX_MODULE_LINES + 1),
+        "entk_core/engine/measures.py": "def torus_laplacian(p):\n    return p\n",
+        "entk_core/engine/notes.py": "# tuned on the modadd-mlp run\n",
+        "entk_core/store/runs.py": "from ..engine.planner import parse_bytes\n",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    globals()["REPO"], saved = root, REPO
+    try:
+        clean = (_long_modules(), _engine_family_knowledge(), _store_imports_planner())
+        for rel, text in broken.items():
+            (root / rel).write_text(text)
+        long, knowledge, store = _long_modules(), _engine_family_knowledge(), _store_imports_planner()
+    finally:
+        globals()["REPO"] = saved
+    assert clean == ([], [], [])
+    assert long == [f"entk_core/engine/big.py ({MAX_MODULE_LINES + 1} lines)"]
+    assert any("defines torus_laplacian" in k for k in knowledge)
+    assert any("notes.py:1 names 'modadd-mlp'" in k for k in knowledge)
+    assert store == ["entk_core.store.runs imports entk_core.engine.planner"]

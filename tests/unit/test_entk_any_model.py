@@ -15,7 +15,7 @@ from torch import nn
 from _brute import jacobian, nt_kernel
 from entk_core.engine.devices import resolve_device
 from entk_core.engine.kernels import TrainModeWarning, empirical_ntk, empirical_ntk_by_layer, estimate_ntk
-from entk_core.engine.operators import flat_top_eigenpairs
+from entk_core.engine.eigenpairs import top_eigenpairs
 
 F64 = torch.float64
 METHODS = ("structured", "jacobian", "ntk_vp")
@@ -166,7 +166,7 @@ def test_sequence_output_by_layer_sums_and_flat_spectrum():
     ref = nt_kernel(jacobian(m, x), jacobian(m, x), (-1,), ())
     assert rel(sum(by.values()), ref) <= 1e-10
     # the flattened kernel of an (N, T, C) output: C = T·C channels, class-major
-    vals, vecs = flat_top_eigenpairs(m, x, 6, dtype=F64, method="lanczos")
+    vals, vecs = top_eigenpairs(m, 6, x=x, dtype=F64, method="lanczos")
     Kf = empirical_ntk(m, x, reduction="flat", dtype=F64)
     ev = torch.linalg.eigvalsh(Kf).flip(0)[:6].numpy()
     assert abs(vals - ev).max() <= 1e-9 * ev[0]
@@ -289,7 +289,7 @@ def test_works_under_no_grad_and_inference_mode():
             for method in ("auto", "structured", "jacobian", "ntk_vp"):
                 K = empirical_ntk(m, x, trace_axes=(-1,), method=method, dtype=F64)
                 assert rel(K, ref) <= 1e-10, (ctxm.__name__, method)
-            v, _ = flat_top_eigenpairs(m, x, 3, dtype=F64)
+            v, _ = top_eigenpairs(m, 3, x=x, dtype=F64)
             assert v[0] > 0
     with torch.inference_mode():                          # inputs and model made in inference mode
         mi = SeqModel()
@@ -311,6 +311,7 @@ def test_train_mode_batchnorm_and_dropout_warn_or_refuse():
         K = empirical_ntk(m, x, dtype=F64)
     msg = str(rec[0].message)
     assert "\n" not in msg and "eval mode" in msg and "BatchNorm1d" in msg and "Dropout" in msg
+    assert rec[0].filename == __file__                    # the warning points at the caller's line
     assert m.training and m[1].training                   # the caller's modes are untouched
     with pytest.raises(ValueError, match="training mode"):
         empirical_ntk(m, x, allow_train_mode=False)
@@ -335,7 +336,7 @@ def test_nan_and_inf_are_errors_naming_where():
     with pytest.raises(ValueError, match=r"parameter 'out.weight' contains inf at index \(1, 2\)"):
         empirical_ntk(m, x)
     with pytest.raises(ValueError, match="out.weight"):
-        flat_top_eigenpairs(m, x, 2)
+        top_eigenpairs(m, 2, x=x)
     K = empirical_ntk(m, x, check_finite=False, method="jacobian")
     assert not torch.isfinite(K).all()
 
@@ -443,10 +444,10 @@ def test_progress_raising_cancels_kernels_and_spectra():
         empirical_ntk(m, x, chunk_size=8, progress=cancel)
     for method in ("lanczos", "dense", "iterative"):
         with pytest.raises(Stop):
-            flat_top_eigenpairs(m, x, 5, method=method, progress=cancel)
+            top_eigenpairs(m, 5, x=x, method=method, progress=cancel)
     assert seen and not any(mod._forward_hooks for mod in m.modules())
     calls = []
-    v, _ = flat_top_eigenpairs(m, x, 5, method="lanczos", dtype=F64,
+    v, _ = top_eigenpairs(m, 5, x=x, method="lanczos", dtype=F64,
                                progress=lambda d, t, msg: calls.append((d, t, msg)))
     assert any("Lanczos" in msg for _, _, msg in calls) and all(d <= t for d, t, _ in calls)
     K = empirical_ntk(m, x, reduction="flat", dtype=F64)
@@ -464,16 +465,17 @@ def test_tf32_state_restored_after_cancel():
 
 # -------------------------------------------------------------- estimates
 def test_estimates_name_the_path_and_time():
-    from entk_core.engine.operators import estimate_top_eigenpairs
+    from entk_core.engine.eigenpairs import estimate_top_eigenpairs
 
     torch.manual_seed(0)
     m = SeqModel()
     x = seq_data(6, seed=1)
     p = estimate_ntk(m, x, trace_axes=(-1,), memory_budget="1GB")
     assert p.fits and p.method in METHODS and p.seconds > 0 and p.bytes > 0 and "\n" not in p.summary()
-    q = estimate_top_eigenpairs(m, x, 5)
+    # a fixed budget: the default (half the available memory) moves between two calls
+    q = estimate_top_eigenpairs(m, 5, x=x, memory_budget="1GB")
     assert q.fits and q.method.split(" ")[0] in ("gram", "dense", "lanczos") and q.seconds > 0
-    _, _, info = flat_top_eigenpairs(m, x, 5, return_info=True)
+    _, _, info = top_eigenpairs(m, 5, x=x, memory_budget="1GB", return_info=True)
     assert info.path == q.method and info.estimate == q.summary()
 
 
@@ -497,7 +499,7 @@ def test_device_resolution(monkeypatch):
     m = nn.Linear(3, 2)
     K, info = empirical_ntk(m, torch.randn(4, 3), device="cpu", return_info=True)
     assert K.device.type == "cpu" and info.device == "cpu"
-    v, V = flat_top_eigenpairs(m, torch.randn(4, 3), 2, device="cpu")
+    v, V = top_eigenpairs(m, 2, x=torch.randn(4, 3), device="cpu")
     assert v.dtype.name == "float64" and V.shape == (8, 2)
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from entk_core.engine.lanczos import Cancelled, lanczos_topk
+from entk_core.engine._lanczos import Cancelled, lanczos_topk
 
 
 def _psd(n: int, seed: int = 0, decay: float = 0.8) -> torch.Tensor:
@@ -55,3 +55,22 @@ def test_progress_cancel_and_bad_arguments():
         lanczos_topk(lambda v: K @ v, 30, k=6, steps=5)
     with pytest.raises(ValueError, match="non-finite"):
         lanczos_topk(lambda v: v * float("nan"), 30, k=1, steps=2)
+
+
+# --------------------------------------------------------------- block Lanczos
+def test_block_lanczos_matches_dense_eigh_and_shares_the_result_type():
+    from entk_core.engine._lanczos import LanczosResult, block_lanczos
+
+    K = _psd(300, seed=2, decay=0.97)
+    w, V = torch.linalg.eigh(K)
+    w, V = w.flip(0)[:12], V.flip(1)[:, :12]
+    res = block_lanczos(lambda X: K @ X, 300, 12, block=8, tol=1e-10, seed=1)
+    assert isinstance(res, LanczosResult) and res.converged
+    assert torch.allclose(res.eigenvalues, w, rtol=1e-9)
+    assert torch.allclose((res.eigenvectors.T @ V).abs().diagonal(), torch.ones(12, dtype=torch.float64), atol=1e-7)
+    assert res.steps >= 12 and res.basis >= 12 and res.matvec_seconds <= res.seconds
+    # a small basis forces thick restarts; the answer is the same
+    r2 = block_lanczos(lambda X: K @ X, 300, 12, block=8, tol=1e-10, max_basis=40, seed=1)
+    assert r2.restarts > 0 and r2.converged and torch.allclose(r2.eigenvalues, w, rtol=1e-9)
+    with pytest.raises(ValueError):
+        block_lanczos(lambda X: K @ X, 300, 0)

@@ -7,9 +7,9 @@ import torch
 
 from _kernel_models import ARCHS, brute_jacobian, make
 from entk_core.engine.kernels import empirical_ntk
-from entk_core.engine.operators import KernelOperator, flat_jacobian, flat_top_eigenpairs, gram_eigenpairs
+from entk_core.engine.eigenpairs import top_eigenpairs
+from entk_core.engine.operators import KernelOperator, flat_jacobian
 from entk_core.engine.planner import MemoryBudgetError
-from entk_core.engine.spectra import top_eigenpairs
 
 F64 = torch.float64
 
@@ -70,26 +70,26 @@ def test_gram_trick_equals_dense_eigendecomposition():
     J = flat_ref(m, x)
     K = flat_ref(m, x, w) @ flat_ref(m, x, w).T
     vr, Vr = top_eigenpairs(K, 10)
-    v, V = gram_eigenpairs(J, 10, class_weights=w)       # unweighted J + row weights
+    v, V = top_eigenpairs(J, 10, factor=True, class_weights=w)       # unweighted J + row weights
     assert np.abs(v - vr).max() <= 1e-10 * vr[0]
     assert np.abs(V - Vr).max() <= 1e-8
     assert np.allclose(np.linalg.norm(V, axis=0), 1.0)
-    v2, V2 = gram_eigenpairs(flat_ref(m, x, w), 10)
+    v2, V2 = top_eigenpairs(flat_ref(m, x, w), 10, factor=True)
     assert np.abs(v2 - vr).max() <= 1e-10 * vr[0]
     # rank bound: asking for more than P eigenpairs pads with zeros
-    v3, V3 = gram_eigenpairs(J, 30)
+    v3, V3 = top_eigenpairs(J, 30, factor=True)
     assert v3.shape == (30,) and V3.shape == (42, 30) and np.all(v3[24:] == 0)
 
 
 @pytest.mark.parametrize("method", ("gram", "dense", "iterative", "lanczos", "auto"))
 @pytest.mark.parametrize("arch", ("tms", "mlp"))
-def test_flat_top_eigenpairs_all_methods(method, arch):
+def test_model_top_eigenpairs_all_methods(method, arch):
     m, x, _ = make(arch)
     C = m(x[:1]).shape[-1]
     w = [0.8 ** (c / 2) for c in range(C)]
     K = empirical_ntk(m, x, reduction="flat", class_weights=w, dtype=F64)
     vr, Vr = top_eigenpairs(K, 5)
-    v, V = flat_top_eigenpairs(m, x, 5, class_weights=w, method=method, dtype=F64)
+    v, V = top_eigenpairs(m, 5, x=x, class_weights=w, method=method, dtype=F64)
     assert v.dtype == np.float64 and V.shape == (K.shape[0], 5)
     assert np.all(np.diff(v) <= 0)
     assert np.abs(v - vr).max() <= 1e-9 * vr[0]
@@ -99,8 +99,8 @@ def test_flat_top_eigenpairs_all_methods(method, arch):
 
 def test_float32_gram_agrees_with_float64():
     m, x, _ = make("tms")
-    v32, _ = flat_top_eigenpairs(m, x, 5, method="gram")
-    v64, _ = flat_top_eigenpairs(m, x, 5, method="gram", dtype=F64)
+    v32, _ = top_eigenpairs(m, 5, x=x, method="gram")
+    v64, _ = top_eigenpairs(m, 5, x=x, method="gram", dtype=F64)
     assert np.abs(v32 - v64).max() <= 1e-5 * v64[0]
 
 
@@ -116,6 +116,61 @@ def test_top_eigenpairs_refuse_over_budget_with_one_line():
     xs = torch.randn(3000, 5)
     for method in ("auto", "iterative", "gram"):
         with pytest.raises(MemoryBudgetError) as ei:
-            flat_top_eigenpairs(m, xs, 50, method=method, memory_budget="200kB")
+            top_eigenpairs(m, 50, x=xs, method=method, memory_budget="200kB")
         msg = str(ei.value)
         assert "\n" not in msg and "memory budget is 200 kB" in msg and "what would fit" in msg
+
+
+# ------------------------------------------------- one top-k entry point
+def _subspace_gap(U, V) -> float:
+    """1 − the smallest cosine of the principal angles between two column spans."""
+    s = np.linalg.svd(np.linalg.qr(U)[0].T @ np.linalg.qr(V)[0], compute_uv=False)
+    return float(1 - s.min())
+
+
+def test_top_eigenpairs_of_an_operator_matches_the_dense_kernel():
+    """An operator (KernelOperator, anything with matmat, or a callable with n=) takes the
+    Lanczos path: block Lanczos to tol, or plain Lanczos for exactly `steps` products."""
+    m, x, _ = make("mlp")
+    xs = torch.randn(40, 5, generator=torch.Generator().manual_seed(1))
+    K = empirical_ntk(m, xs, reduction="flat", dtype=F64)                      # (120, 120)
+    vr, Vr = top_eigenpairs(K, 6)
+    op = KernelOperator(m, xs, dtype=F64, mode="jacobian")
+    v, V, info = top_eigenpairs(op, 6, tol=1e-10, return_info=True)
+    assert info.path == "lanczos (block)" and info.solver["converged"] and info.solver["products"] > 0
+    np.testing.assert_allclose(v, vr, rtol=1e-8)
+    assert _subspace_gap(V, Vr) < 1e-8 and np.allclose(np.linalg.norm(V, axis=0), 1)
+    Kn = K.numpy()
+    v2, _ = top_eigenpairs(lambda u: torch.as_tensor(Kn) @ u, 6, n=120, steps=60, seed=1)
+    np.testing.assert_allclose(v2, vr, rtol=1e-8)
+    _, _, info2 = top_eigenpairs(op, 6, steps=60, return_info=True)
+    assert info2.path == "lanczos (60 steps)" and info2.solver["products"] == 60
+
+
+def test_top_eigenpairs_refuses_options_that_do_not_apply():
+    m, x, _ = make("mlp")
+    K = empirical_ntk(m, x, reduction="flat", dtype=F64)
+    with pytest.raises(ValueError, match="does not take x"):
+        top_eigenpairs(K, 3, x=x)
+    with pytest.raises(ValueError, match="does not take steps"):
+        top_eigenpairs(m, 3, x=x, steps=10)
+    with pytest.raises(ValueError, match="needs its inputs"):
+        top_eigenpairs(m, 3)
+    with pytest.raises(ValueError, match="needs its size"):
+        top_eigenpairs(lambda v: v, 3)
+    with pytest.raises(ValueError, match="method"):
+        top_eigenpairs(K, 3, method="lanczos")
+    with pytest.raises(TypeError, match="takes a kernel matrix"):
+        top_eigenpairs("K", 3)
+
+
+def test_kernel_info_is_public_and_returned():
+    import entk_core
+    from entk_core.engine.info import KernelInfo
+
+    assert entk_core.KernelInfo is KernelInfo and "KernelInfo" in entk_core.__all__
+    assert KernelInfo.__module__ == "entk_core.engine.info"
+    m, x, _ = make("mlp")
+    _, info = empirical_ntk(m, x, return_info=True)
+    assert isinstance(info, KernelInfo) and info.method in ("structured", "jacobian", "ntk_vp")
+    assert set(info.to_dict()) >= {"method", "layout", "fallbacks", "loops", "estimate", "seconds"}

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from entk_core.engine.spectra import detect_cliffs, fix_signs, top_eigenpairs
+from entk_core.engine.eigenpairs import top_eigenpairs
+from entk_core.engine.spectra import detect_cliffs, fix_signs
 
 
 def _psd_with_spectrum(vals, seed=0):

@@ -15,7 +15,7 @@ a ``.gguf`` file (:mod:`.models`). The experiment is
    those contexts: ``K̃ = (I⊗A) J Jᵀ (I⊗A)``, the full flattened logit eNTK compressed
    to ``d_model`` per context, through matrix-free products with a tail-only recompute
    (:mod:`.operator`), and its top eigenpairs by Lanczos
-   (:mod:`entk_core.engine.lanczos`);
+   (:mod:`entk_core.engine._lanczos`);
 3. per-example **signed scores** of each eigenvector, a same-budget **PCA baseline** and
    the **evaluation** (train-selected direction and sign, test AP/AUROC/precision at
    quota/enrichment; :mod:`.evaluation`).

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import AnalysisServices, Dataset, FeatureFamily, ModelFamily, SweepSpec, seeded
-from ..data import modadd_onehot, modadd_pairs, random_split
-from ..features import modadd_families
+from ..data import random_split
 from . import analysis
+from .data import modadd_onehot, modadd_pairs
+from .features import modadd_families
 from .model import ModAddMLP, ModAddMLPConfig, Quadratic, Scale
 
 __all__ = ["ModAddMLP", "ModAddMLPConfig", "ModAddMLPFamily", "Quadratic", "Scale"]

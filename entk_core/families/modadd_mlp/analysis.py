@@ -19,7 +19,7 @@ sum/diff modes (the layer-2 kernel has no sharp cliff of its own at 56).
 
 Rotation inside a cliff
 -----------------------
-Each Fourier cliff is rotated with :func:`entk_core.engine.measures.rotate_cliff`; the
+Each Fourier cliff is rotated with :func:`entk_core.families.modadd_mlp.fourier.rotate_cliff`; the
 Laplacian pair is chosen from the cliff's content, never from its position: the *axis*
 pair ``(L_a, L_b)`` when the cliff overlaps the ``a``/``b`` families more than the
 ``sum``/``diff`` families, else the *sum/diff* pair ``(L_s, L_d)``. The subspace overlap
@@ -52,11 +52,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...engine.measures import best_phase_corr, family_bases, linearised_check, rotate_cliff, window_overlaps
+from ...engine.measures import best_phase_corr, family_bases, linearised_check, window_overlaps
 from ...engine.spectra import CONSTANT_LABEL, detect_cliffs, label_cliffs, labelled_cliffs
 from ..base import FULL, AnalysisServices, FeatureFamily, SweepSpec
 from ..features import concat_families, families_with_rows
 from ..run import Run
+from .fourier import rotate_cliff
 
 __all__ = [
     "FOURIER",

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import AnalysisServices, Dataset, FeatureFamily, ModelFamily, SweepSpec, seeded
-from ..features import detect_key_frequencies, key_frequencies, transformer_families
 from . import analysis
+from .features import detect_key_frequencies, key_frequencies, transformer_families
 from .model import (ModAddTransformer, ModAddTransformerConfig, NotebookBatchStream, author_split, modadd_tokens,
                     notebook_init)
 

@@ -5,7 +5,7 @@ Conventions
 -----------
 * **Key frequencies of a run** (:func:`run_key_frequencies`) are those of the *final*
   model (``summary()["key_frequencies"]`` of a complete run, else detected in the last
-  checkpoint's embedding by :func:`entk_core.families.features.key_frequencies`). They are used at
+  checkpoint's embedding by :func:`entk_core.families.modadd_transformer.features.key_frequencies`). They are used at
   every epoch, as in the paper (the features a model ends up using, tracked back in time).
 * **Mode blocks** (:func:`mode_blocks`): with ``F`` key frequencies the top unembedding
   modes split into ``[0, 2F+1)`` (the constant mode plus the ``2F``-dim ``sum`` subspace;
@@ -30,8 +30,8 @@ import numpy as np
 from ...engine.measures import subspace_overlap
 from ...engine.spectra import labelled_cliffs
 from ..base import AnalysisServices, SweepSpec
-from ..features import detect_key_frequencies
 from ..run import Run
+from .features import detect_key_frequencies
 from .model import ModAddTransformerConfig
 
 __all__ = [

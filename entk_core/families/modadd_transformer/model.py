@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import seeded
-from ..data import modadd_pairs
+from ..modadd_mlp.data import modadd_pairs
 
 __all__ = ["ModAddTransformer", "ModAddTransformerConfig", "modadd_tokens", "author_split", "notebook_init",
            "NotebookBatchStream", "NOTEBOOK_LOG_EVERY"]

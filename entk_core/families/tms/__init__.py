@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from ..base import AnalysisServices, Dataset, FeatureFamily, ModelFamily, seeded
-from ..features import tms_feature_vectors
 from . import analysis
+from .features import tms_feature_vectors
 from .model import (DATA_SEED_OFFSET, REPRESENTED_THRESHOLD, TMSConfig, TMSModel, feature_norms, importances,
                     make_points, represented_features)
 

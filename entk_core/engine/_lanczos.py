@@ -1,52 +1,160 @@
-"""Top-k eigenpairs of a symmetric positive semi-definite operator by block Lanczos.
+"""Lanczos eigensolvers for the top eigenpairs of a symmetric PSD operator (a private
+module of :mod:`entk_core.engine`; the public entry point is
+:func:`entk_core.engine.eigenpairs.top_eigenpairs`).
 
-:func:`block_lanczos` needs only products ``A @ V`` for ``V`` of shape ``(n, b)``. It runs
-the block Lanczos recurrence with full reorthogonalisation (two classical Gram-Schmidt
-passes against the whole basis) and keeps the projected matrix ``H = Qᵀ A Q`` explicitly,
-so a thick restart (keep the best Ritz vectors, continue from the residual block) is
-exact and the basis never exceeds ``max_basis`` columns.
+Both need only products with the operator and return one :class:`LanczosResult`:
 
-Convergence: the residual of Ritz pair ``(θ_i, y_i)`` is ``‖A y_i − θ_i y_i‖ =
-‖R_next s_i^{(last block)}‖`` (the Lanczos relation). Pair ``i < k`` has converged when its
-residual is at most ``tol · max(θ_i, abs_floor · θ_0)``; for a symmetric ``A`` the
-eigenvalue error is then at most ``tol`` relative (Bauer-Fike; quadratically smaller when
-the pair is separated from the rest of the spectrum). Eigenvalues at or below
-``abs_floor · θ_0`` count as numerical zeros (an eNTK is usually rank-deficient).
+* :func:`lanczos_topk` -- plain Lanczos for a fixed number of ``steps`` (the paper's
+  method, spec §6.3: 50 steps -> the top 25 Ritz pairs). The operator is any callable
+  ``matvec(v) -> K v`` on 1-D float64 tensors of length ``n`` (e.g. a language model's
+  compressed kernel, whose products are all the caller can afford). The Krylov basis is kept
+  in float64 and every new vector is orthogonalised twice against all previous ones
+  (classical Gram-Schmidt, twice is enough), so the Ritz values do not duplicate as in
+  plain Lanczos. The start vector is ``N(0, I)`` from a ``torch.Generator`` seeded with
+  ``seed``. If the Krylov space becomes invariant (``β`` below ``breakdown_tol · ‖K‖``
+  estimate) the iteration stops early; the eigenpairs returned are then exact for that
+  subspace.
+* :func:`block_lanczos` -- block Lanczos to a tolerance, given ``matmat(V) = A @ V`` for
+  ``V (n, b)``: full reorthogonalisation and the projected matrix ``H = Qᵀ A Q`` kept
+  explicitly, so a thick restart (keep the best Ritz vectors, continue from the residual
+  block) is exact and the basis never exceeds ``max_basis`` columns.
 
-Conventions follow :mod:`entk_core.engine.spectra`: eigenvalues descending, float64;
-eigenvectors ``(n, k)`` float64 with unit columns, largest-magnitude entry positive.
+Convergence of :func:`block_lanczos`: the residual of Ritz pair ``(θ_i, y_i)`` is
+``‖A y_i − θ_i y_i‖ = ‖R_next s_i^{(last block)}‖`` (the Lanczos relation). Pair ``i < k``
+has converged when its residual is at most ``tol · max(θ_i, abs_floor · θ_0)``; for a
+symmetric ``A`` the eigenvalue error is then at most ``tol`` relative (Bauer-Fike;
+quadratically smaller when the pair is separated from the rest of the spectrum).
+Eigenvalues at or below ``abs_floor · θ_0`` count as numerical zeros (an eNTK is usually
+rank-deficient).
 
-Progress and cancellation: ``progress(done, total, message)`` is called after every block
-product (``done`` counts products, ``total`` is the current estimate of products needed,
-which may grow); an exception raised by the callback propagates and stops the solver.
+Progress and cancellation: ``progress(done, total, message)`` is called after every
+product (``done`` counts products; for the block solver ``total`` is the current estimate
+of products needed, which may grow); an exception raised by the callback propagates and
+stops the solver. :func:`lanczos_topk` also polls ``cancel()`` before each product.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
-__all__ = ["LanczosResult", "block_lanczos"]
+__all__ = ["Cancelled", "LanczosResult", "block_lanczos", "lanczos_topk", "to_numpy_pairs"]
 
 ProgressFn = Callable[[int, int, str], None]
 
 
+class Cancelled(RuntimeError):
+    """Raised when the ``cancel`` callback asks the iteration to stop."""
+
+
 @dataclass
 class LanczosResult:
-    """``values (k,)`` descending and ``vectors (n, k)`` (torch, the solver's dtype and
-    device), plus ``residuals (k,)`` (absolute), ``products`` (operator columns applied),
-    ``restarts``, ``basis`` (largest basis size used) and ``converged``."""
+    """Top Ritz pairs of a Lanczos solver.
 
-    values: torch.Tensor
-    vectors: torch.Tensor
+    Attributes:
+      eigenvalues: ``(k,)`` float64 (the solver's dtype), descending.
+      eigenvectors: ``(n, k)``, orthonormal columns (column ``i`` pairs with
+        ``eigenvalues[i]``), on the solver's device.
+      residuals: ``(k,)`` the residual norms ``‖K y − θ y‖`` (a posteriori bound on each
+        Ritz pair's error).
+      steps: operator products done (vectors the operator was applied to; a block of
+        ``b`` columns counts ``b``).
+      seconds: wall time; ``matvec_seconds`` of it in the operator.
+      restarts, basis: thick restarts and the largest basis size (block solver).
+      converged: every pair within the tolerance (block solver; the fixed-step solver
+        reports ``True``: it has no tolerance).
+      history: convergence checks ``{"basis", "products", "unconverged"}`` (block solver).
+    """
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
     residuals: torch.Tensor
-    products: int
-    restarts: int
-    basis: int
-    converged: bool
+    steps: int
+    seconds: float
+    matvec_seconds: float
+    restarts: int = 0
+    basis: int = 0
+    converged: bool = True
     history: list = field(default_factory=list)
+
+
+def lanczos_topk(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    k: int = 25,
+    steps: int = 50,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int, int, str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    breakdown_tol: float = 1e-12,
+) -> LanczosResult:
+    """Top-``k`` eigenpairs of a symmetric PSD operator from ``steps`` Lanczos steps.
+
+    Args:
+      matvec: ``v (n,) float64 -> K v (n,) float64``.
+      n: the operator's size.
+      k: eigenpairs returned (``k <= steps``).
+      steps: Krylov dimension (= operator products); capped at ``n``.
+      seed: seed of the start vector.
+      progress: ``progress(done, total, message)`` after each product. A callback that
+        raises (e.g. Streamlit stopping a script) aborts the iteration.
+      cancel: polled before each product; ``True`` raises :class:`Cancelled`.
+    """
+    n, steps = int(n), int(min(steps, n))
+    if n < 1:
+        raise ValueError("the operator is empty")
+    if not 1 <= k <= steps:
+        raise ValueError(f"need 1 <= k <= steps, got k={k}, steps={steps}")
+    g = torch.Generator().manual_seed(int(seed))
+    q = torch.randn(n, generator=g, dtype=torch.float64).to(device)
+    q /= q.norm()
+    Q = torch.empty(steps, n, dtype=torch.float64, device=device)
+    alpha: list[float] = []
+    beta: list[float] = []
+    t0, t_mv = time.perf_counter(), 0.0
+    scale = 0.0
+    m = 0
+    for j in range(steps):
+        if cancel is not None and cancel():
+            raise Cancelled(f"stopped after {j} of {steps} Lanczos steps")
+        Q[j] = q
+        t = time.perf_counter()
+        w = matvec(q).to(device, torch.float64)
+        t_mv += time.perf_counter() - t
+        if w.shape != (n,) or not torch.isfinite(w).all():
+            raise ValueError("the operator returned a non-finite or wrongly shaped vector")
+        a = float(w @ q)
+        alpha.append(a)
+        B = Q[: j + 1]
+        for _ in range(2):  # full reorthogonalisation, twice
+            w -= B.T @ (B @ w)
+        b = float(w.norm())
+        m = j + 1
+        scale = max(scale, abs(a), b)
+        if progress:
+            progress(m, steps, f"Lanczos step {m}/{steps}")
+        if j == steps - 1:
+            beta.append(b)
+            break
+        if b <= breakdown_tol * max(scale, 1e-300):
+            beta.append(b)
+            break
+        beta.append(b)
+        q = w / b
+    Tm = torch.diag(torch.tensor(alpha, dtype=torch.float64))
+    if m > 1:
+        off = torch.tensor(beta[: m - 1], dtype=torch.float64)
+        Tm += torch.diag(off, 1) + torch.diag(off, -1)
+    theta, S = torch.linalg.eigh(Tm)
+    order = torch.argsort(theta, descending=True)[: min(k, m)]
+    theta, S = theta[order], S[:, order]
+    Y = Q[:m].T @ S.to(device)
+    res = (beta[m - 1] * S[m - 1].abs()) if m else torch.zeros(0)
+    return LanczosResult(theta, Y, res.to(torch.float64), m, time.perf_counter() - t0, t_mv)
 
 
 def _orthonormal_block(W: torch.Tensor, Q: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,6 +214,7 @@ def block_lanczos(
     n, k = int(n), int(k)
     if not 1 <= k <= n:
         raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
+    t0, t_mv = time.perf_counter(), 0.0
     dev = torch.device(device) if device is not None else torch.device("cpu")
     b = int(block) if block else max(8, min(64, k // 4))
     b = max(1, min(b, n))
@@ -118,12 +227,14 @@ def block_lanczos(
         # tiny problem: the Krylov space is the whole space; apply A to the identity
         E = torch.eye(n, dtype=dtype, device=dev)
         A = matmat(E).to(dtype)
+        t_mv = time.perf_counter() - t0
         A = (A + A.T) * 0.5
         vals, vecs = torch.linalg.eigh(A)
         vals, vecs = vals.flip(0)[:k], vecs.flip(1)[:, :k]
         if progress is not None:
             progress(n, n, "eigenpairs (dense, tiny operator)")
-        return LanczosResult(vals, vecs, torch.zeros(k, dtype=dtype), n, 0, n, True)
+        return LanczosResult(vals, vecs, torch.zeros(k, dtype=dtype), n, time.perf_counter() - t0, t_mv,
+                             restarts=0, basis=n, converged=True)
 
     Q = torch.empty(n, max_basis + b, dtype=dtype, device=dev)
     H = torch.zeros(max_basis + b, max_basis + b, dtype=dtype, device=dev)
@@ -142,7 +253,9 @@ def block_lanczos(
     res = torch.zeros(k, dtype=dtype)
     while True:
         Qj = Q[:, m:cur]
+        t = time.perf_counter()
         W = matmat(Qj).to(dtype=dtype, device=dev)
+        t_mv += time.perf_counter() - t
         products += Qj.shape[1]
         if W.shape != Qj.shape:
             raise ValueError(f"matmat returned shape {tuple(W.shape)} for an input of shape {tuple(Qj.shape)}")
@@ -213,16 +326,16 @@ def block_lanczos(
         cur = m + Qn.shape[1]
     vals = theta[:k].clone()
     vecs = Q[:, :m] @ S[:, :k]
-    return LanczosResult(vals, vecs, res, products, restarts, m, converged, history)
+    return LanczosResult(vals, vecs, res, products, time.perf_counter() - t0, t_mv,
+                         restarts=restarts, basis=m, converged=converged, history=history)
 
 
 def to_numpy_pairs(result: LanczosResult, abs_floor: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
     """``(vals (k,), vecs (n, k))`` float64 numpy; eigenvalues at or below
     ``abs_floor · λ_0`` (and negative round-off) are returned as 0."""
-    vals = result.values.detach().to("cpu", torch.float64)
+    vals = result.eigenvalues.detach().to("cpu", torch.float64)
     top = max(float(vals[0]), 0.0)
     vals = torch.where(vals <= abs_floor * top, torch.zeros_like(vals), vals)
-    vecs = result.vectors.detach().to("cpu", torch.float64)
+    vecs = result.eigenvectors.detach().to("cpu", torch.float64)
     vecs = vecs / vecs.norm(dim=0).clamp_min(1e-300)
     return vals.numpy().copy(), np.ascontiguousarray(vecs.numpy())
-

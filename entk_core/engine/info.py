@@ -1,0 +1,66 @@
+"""What an eNTK call tells its caller: :class:`KernelInfo` and :class:`TrainModeWarning`.
+
+``empirical_ntk(..., return_info=True)``, ``empirical_ntk_by_layer(..., return_info=True)``,
+``top_eigenpairs(..., return_info=True)`` and ``KernelOperator(...).info`` return a
+:class:`KernelInfo`: which path ran, how the output was walked, which parameters fell back
+to the Jacobian path and why, where a loop replaced ``vmap``, the planner's estimate and the
+measured time. ``info.to_dict()`` is plain JSON.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["KernelInfo", "TrainModeWarning"]
+
+
+class TrainModeWarning(UserWarning):
+    """A module in training mode (batch norm with batch statistics, dropout) was
+    evaluated in eval mode for the eNTK."""
+
+
+@dataclass
+class KernelInfo:
+    """What ran for one eNTK call (``return_info=True``).
+
+    Attributes:
+      method: ``"structured"``, ``"jacobian"`` or ``"ntk_vp"``; layout: ``"chunks"``,
+        ``"panels"`` or ``"stream"``; chunk_size: inputs per chunk.
+      device, dtype: where and in what precision the work ran.
+      structured: ``{layer: {"rule", "form", "positions"}}`` of the layers contracted by
+        structured rules (form ``"pair"`` or ``"perex"``).
+      fallbacks: parameters computed by their per-parameter Jacobian and why.
+      loops: places where ``vmap`` could not batch and a per-example (or per-channel) loop
+        ran instead, with the reason.
+      model_copy: how the caller's module was protected (``"private copy"``, ``"cast
+        copy"`` or ``"shared (...)"``); train_mode: modules evaluated in eval mode although
+        the caller's were in training mode.
+      estimate: the planner's :class:`~entk_core.engine.planner.Plan` summary line;
+        estimated_seconds / seconds: its estimate and the measured wall time.
+      path: for spectra, the top-k path that ran (``"lanczos (structured operator)"``...);
+        solver: eigensolver statistics (products, restarts, basis, residuals).
+    """
+
+    method: str = ""
+    layout: str = "chunks"
+    chunk_size: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    structured: dict = field(default_factory=dict)
+    fallbacks: list = field(default_factory=list)
+    loops: list = field(default_factory=list)
+    model_copy: str = "private copy"
+    train_mode: list = field(default_factory=list)
+    estimate: str = ""
+    estimated_seconds: float = 0.0
+    seconds: float = 0.0
+    path: str = ""
+    solver: dict = field(default_factory=dict)
+
+    def note_loop(self, where: str, reason: str) -> None:
+        """Record (once) that ``where`` ran as a loop because of ``reason``."""
+        item = {"where": where, "reason": reason}
+        if item not in self.loops:
+            self.loops.append(item)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
