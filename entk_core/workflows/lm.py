@@ -356,7 +356,7 @@ def sae_entry(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions, c
     def compute():
         A = acts if acts is not None else token_activations(lm, ps, layer, progress=progress)
         trained = train_sae(torch.from_numpy(np.ascontiguousarray(A[:, 1:])).reshape(-1, A.shape[-1]),
-                            options.sae_options(), progress=progress, cancel=cancel)
+                            options.sae_options(), progress=progress, cancel=cancel, device=lm.device)
         arrays = {"sae_scores": sae_scores(trained, A[:, -1]).astype(np.float32), "sae_energy": trained["energy"],
                   "sae_fired": trained["fired"]}
         return arrays, rep.finite(trained["meta"])

@@ -12,7 +12,8 @@ import _lm_models as M
 from entk_core.families.causal_lm.operator import KTildeOperator, LMTail, sqrt_gram
 
 KINDS = list(M.KINDS)
-LAYERNORM = {"gpt2", "gpt_neox", "opt", "falcon", "phi", "gptj", "stablelm", "olmo"}
+LAYERNORM = {"gpt2", "gpt_neox", "opt", "falcon", "phi", "gptj"}
+"""Norms computed in the model's dtype; the others (RMSNorm, OLMo's and StableLM's LayerNorm) in float32."""
 TOL = {k: (1e-8 if k in LAYERNORM else 1e-5) for k in KINDS}
 OTHER = {"gpt2": "attn.c_attn", "gpt_neox": "attention.dense", "falcon": "self_attention.dense",
          "phi": "self_attn.dense", "gptj": "attn.out_proj", "opt": "self_attn.out_proj"}
@@ -59,8 +60,11 @@ def test_tail_equals_full_model_on_every_layer_and_mode(kind):
             assert _rel(tail.jvp(u_full), tail.full_jvp(u_full)) < TOL[kind]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["gpt2", "gemma3", "falcon", "opt", "granite"])
 def test_products_match_dense_jacobian(kind):
+    """The full-model reference itself against a dense Jacobian (jacrev), for one model of
+    each kind of layout: fused attention, post-MLP norm, parallel block, flattened MLP,
+    block re-run."""
     lm = _lm(kind, seed=1)
     ids = _ids(4, 7, 40, seed=1)
     for layer in (0, 2):
@@ -119,7 +123,7 @@ def test_ktilde_has_the_nonzero_spectrum_of_the_full_flattened_logit_entk(kind):
 def test_last_block_only_needs_the_last_position():
     lm = _lm("gpt2")
     tail = LMTail(lm, _ids(3, 8, 40), 2)
-    assert tail.cached[0]["x"].shape[1] == 1 and tail.cached[0]["resid"].shape[1] == 1
+    assert tail.cached[0]["x"].shape[1] == 1 and tail.cached[0]["rest"].shape[1] == 1
 
 
 def test_bad_token_ids_and_shapes():

@@ -108,8 +108,9 @@ def _fvu(model: _TopK, X: torch.Tensor, batch: int = 8192) -> float:
 
 def train_sae(acts: torch.Tensor, options: SAEOptions = SAEOptions(),
               progress: Callable[[int, int, str], None] | None = None,
-              cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Train on ``acts`` ``(M, d)`` (float32). Returns ``{"model", "mean", "scale",
+              cancel: Callable[[], bool] | None = None, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Train on ``acts`` ``(M, d)`` (float32) on ``device`` (the shuffles and the init are
+    drawn on the CPU, so a seed gives the same draws everywhere). Returns ``{"model", "mean", "scale",
     "energy" (latents,), "fired" (latents,), "meta": {...}}``; ``meta`` has ``fvu``
     (held-out), ``train_fvu``, ``converged``, ``epochs``, ``steps``, ``dead_fraction``,
     ``tokens``, ``seconds`` and the options."""
@@ -121,23 +122,23 @@ def train_sae(acts: torch.Tensor, options: SAEOptions = SAEOptions(),
     gen = torch.Generator().manual_seed(options.seed)
     mean = X.mean(0)
     scale = float(((X - mean) ** 2).mean().sqrt().clamp_min(1e-12))
-    X = (X - mean) / scale
-    perm = torch.randperm(X.shape[0], generator=gen)
+    X = ((X - mean) / scale).to(device)
+    perm = torch.randperm(X.shape[0], generator=gen).to(device)
     n_val = max(1, X.shape[0] // 20)
     Xv, Xt = X[perm[:n_val]], X[perm[n_val:]]
     d, n = X.shape[1], min(options.latents, 1 << 20)
     k = min(options.k, n)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
-        model = _TopK(d, n, k, gen)
+        model = _TopK(d, n, k, gen).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=options.lr)
-    last_fired = torch.zeros(n, dtype=torch.long)
+    last_fired = torch.zeros(n, dtype=torch.long, device=device)
     step, dead_after = 0, max(1, Xt.shape[0] // options.batch)
     history: list[float] = []
     converged, stopped = False, "epochs"
     k_aux = min(2 * k, n)
     for epoch in range(options.epochs):
-        order = torch.randperm(Xt.shape[0], generator=gen)
+        order = torch.randperm(Xt.shape[0], generator=gen).to(device)
         for i in range(0, Xt.shape[0], options.batch):
             x = Xt[order[i:i + options.batch]]
             recon, pre, idx, val = model(x)
@@ -168,8 +169,8 @@ def train_sae(acts: torch.Tensor, options: SAEOptions = SAEOptions(),
         if options.budget_s is not None and time.perf_counter() - t0 > options.budget_s:
             stopped = "time budget"
             break
-    energy = torch.zeros(n, dtype=torch.float64)
-    fired = torch.zeros(n, dtype=torch.long)
+    energy = torch.zeros(n, dtype=torch.float64, device=device)
+    fired = torch.zeros(n, dtype=torch.long, device=device)
     with torch.no_grad():
         for i in range(0, Xt.shape[0], 8192):
             _, _, idx, val = model(Xt[i:i + 8192])
@@ -183,13 +184,14 @@ def train_sae(acts: torch.Tensor, options: SAEOptions = SAEOptions(),
             "options": options.to_json()}
     if not math.isfinite(fvu):
         meta["converged"] = False
-    return {"model": model, "mean": mean, "scale": scale, "energy": energy.numpy(), "fired": fired.numpy(),
-            "meta": meta}
+    return {"model": model, "mean": mean.to(device), "scale": scale, "energy": energy.cpu().numpy(),
+            "fired": fired.cpu().numpy(), "meta": meta}
 
 
 def sae_scores(trained: dict[str, Any], H: np.ndarray | torch.Tensor) -> np.ndarray:
     """Encoder pre-activations ``(latents, N)`` of the activations ``H`` ``(N, d)``."""
     model = trained["model"]
-    x = (torch.as_tensor(np.asarray(H), dtype=torch.float32) - trained["mean"]) / trained["scale"]
+    x = (torch.as_tensor(np.asarray(H), dtype=torch.float32).to(trained["mean"].device) - trained["mean"]) / \
+        trained["scale"]
     with torch.no_grad():
-        return model.pre(x).T.double().numpy()
+        return model.pre(x).T.double().cpu().numpy()
