@@ -169,8 +169,9 @@ def cmd_lm_align(args: argparse.Namespace) -> int:
             mac = o["macro"][kind]
             lines.append(f"  macro {title:<5} AP: " + "  ".join(
                 f"{METHOD_TITLES[m]} {_fmt(mac[m]['ap'])}" for m in mac if m != "winner"))
-        lines += [f"  * = the row's winner (highest test AUROC at the same budget of {o['options']['top']}; "
-                  f"'SAE (full)' is shown beside them); {TAGGER_NOTE}",
+        full = "; 'SAE (full)' is shown beside them" if "sae_full" in o["methods"] else ""
+        lines += [f"  * = the row's winner (highest test AUROC at the same budget of {o['options']['top']}{full}); "
+                  f"{TAGGER_NOTE}",
                   *_methods_line(o), *_directions(o),
                   f"  time: eNTK {o['timing']['total_s']:.1f} s ({o['timing']['product_s']:.2f} s per product), "
                   f"SAE {o['timing'].get('sae_s', 0):.1f} s, report {o['timing']['report_s']:.1f} s; "

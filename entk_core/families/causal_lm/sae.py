@@ -46,7 +46,8 @@ class SAEOptions:
       k: active latents per token.
       epochs: at most this many passes over the tokens.
       batch: tokens per step.
-      lr: Adam learning rate.
+      lr: Adam learning rate (on Gemma-3-270M's layer 16, 16k tokens, 4 epochs: held-out FVU
+        0.394 at 1e-3, 0.308 at 3e-3, 0.294 at 1e-2 but with 60 % dead latents).
       tol: convergence: stop when an epoch improves the held-out FVU by less than this (relative).
       seed: init, shuffles and the held-out split.
       budget_s: stop after this many seconds of training (``None``: no limit).
@@ -56,7 +57,7 @@ class SAEOptions:
     k: int = 32
     epochs: int = 20
     batch: int = 1024
-    lr: float = 1e-3
+    lr: float = 3e-3
     tol: float = 0.01
     seed: int = 0
     budget_s: float | None = 170.0
