@@ -240,3 +240,33 @@ def test_layer_sweep_through_the_executors(world, tmp_path):
         assert again["sweep_cache_hits"] == 3 and "executor" not in again
     finally:
         ex.close()
+
+
+def test_the_sae_trains_once_from_either_activation_path(world, tmp_path):
+    """The SAE of the detailed layer is trained on the activations of the eNTK unit's capture
+    pass when the unit runs here; when the unit is already cached, a forward pass through
+    blocks 0..L gives the same activations (and the same SAE). `--sae cached` never trains."""
+    import numpy as np
+
+    from entk_core.families.causal_lm import build_probe_set, load_lm
+    from entk_core.store.cache import ArrayCache
+    from entk_core.workflows.lm import LMAlignOptions, lm_align, peek_layer, peek_sae, token_activations
+
+    root, models, stories = world
+    lm = load_lm(models / "tiny-gpt2")
+    ps = build_probe_set(lm, stories, per_tag=3, context=12, agreement=False)
+    opts = LMAlignOptions(top=4, steps=6, min_count=4, sae_latents=32, sae_k=4, sae_epochs=3)
+    one = lm_align(lm, ps, layer=1, options=opts, cache=ArrayCache(tmp_path / "a"))
+    assert one["methods"]["sae"]["cache"] == "miss" and one["methods"]["sae"]["tokens"] == ps.N * (ps.T - 1)
+    cache = ArrayCache(tmp_path / "b")
+    off = lm_align(lm, ps, layer=1, options=LMAlignOptions(**{**opts.__dict__, "sae": "cached"}), cache=cache)
+    assert "sae" not in off["methods"] and peek_sae(lm, ps, 1, opts, cache) is None
+    two = lm_align(lm, ps, layer=1, options=opts, cache=cache)   # the eNTK unit is cached: a forward pass
+    assert two["cache"] == "hit" and two["methods"]["sae"]["cache"] == "miss"
+    assert two["methods"]["sae"]["fvu"] == pytest.approx(one["methods"]["sae"]["fvu"], rel=1e-4)
+    assert two["macro"]["pos"]["sae"]["auroc"] == pytest.approx(one["macro"]["pos"]["sae"]["auroc"], abs=1e-6)
+    acts = token_activations(lm, ps, 1)
+    assert acts.shape == (ps.N, ps.T, lm.d_model)
+    assert np.allclose(acts[:, -1], peek_layer(lm, ps, 1, opts, cache)["hidden_last"], atol=1e-5)
+    three = lm_align(lm, ps, layer=1, options=opts, cache=cache)
+    assert three["methods"]["sae"]["cache"] == "hit"

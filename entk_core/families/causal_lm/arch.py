@@ -389,7 +389,8 @@ class _Probe:
             def hook(m, a, kw):
                 x = a[0] if a else kw.get("hidden_states")
                 self.block_in[i] = (x.detach().clone(),
-                                    tuple(a[1:]), {k: v for k, v in kw.items() if k not in DROP_KWARGS})
+                                    tuple(a[1:]), {k: v for k, v in kw.items()
+                                                   if k not in DROP_KWARGS and (a or k != "hidden_states")})
                 self.calls.append((f"block{i}", None, None))
             return hook
 

@@ -182,7 +182,7 @@ class LMTail:
 
         def block_pre(idx: int):
             def hook(m, args, kwargs):
-                kw = {k: v for k, v in kwargs.items() if k not in DROP_KWARGS}
+                kw = {k: v for k, v in kwargs.items() if k not in DROP_KWARGS and (args or k != "hidden_states")}
                 got[f"extra{idx}"] = (tuple(args[1:]), kw)
                 if idx == L:
                     got["h_in"] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
