@@ -81,27 +81,61 @@ def _fmt(v: Any, nd: int = 3) -> str:
     return "–" if v is None else f"{v:.{nd}f}"
 
 
-def _table(rows: list[dict[str, Any]], title: str) -> list[str]:
-    lines = [f"  {title}: label (test n+) | eNTK AP AUROC prec@q enrich (dir/sign) | PCA AP AUROC prec@q enrich (dir/sign)"]
-    for r in rows:
+def _table(o: dict[str, Any], kind: str, title: str) -> list[str]:
+    """AUROC per method (eNTK and PCA with their chosen direction/sign) and the winner."""
+    from ..workflows.lm_report import METHOD_TITLES, method_table
+
+    methods = [m for m in ("entk", "pca", "ica", "sae", "sae_full", "random") if m in o["methods"]]
+    head = " ".join(f"{METHOD_TITLES[m]:>10}" for m in methods)
+    lines = [f"  {title}, test AUROC: {'label (test n+)':<24}{head}   winner"]
+    for r in method_table(o, kind, "auroc", methods):
         cells = []
-        for m in ("entk", "pca"):
-            x = r[m]
-            win = ""
-            other = r["pca" if m == "entk" else "entk"]["auroc"]
-            if x["auroc"] is not None and other is not None and x["auroc"] > other:
-                win = "*"
-            ds = f"{x['direction']}/{x['sign']}" if x["direction"] is not None else "–"
-            cells.append(f"{_fmt(x['ap'])} {_fmt(x['auroc'])}{win:1} {_fmt(x['prec_at_quota'])} "
-                         f"{_fmt(x['enrichment'], 2)} ({ds})")
-        lines.append(f"    {r['label']:<16} ({r['n_pos_test']:>3}) | {cells[0]:<38} | {cells[1]}")
+        for m in methods:
+            c = _fmt(r[m]) + ("*" if r["winner"] == m else " ")
+            cells.append(f"{c:>10}")
+        n = "" if r["n_pos_test"] is None else f" ({r['n_pos_test']})"
+        lines.append(f"    {(r['label'] + n):<38}{' '.join(cells)}   {r['winner'] or '–'}")
+    return lines
+
+
+def _methods_line(o: dict[str, Any]) -> list[str]:
+    m = o["methods"]
+    out = []
+    if "ica" in m:
+        i = m["ica"]
+        out.append(f"  ICA: FastICA, {i['directions']} components, "
+                   + ("converged" if i["converged"] else f"NOT converged after {i['n_iter']} iterations")
+                   + f"; random: mean of {m.get('random', {}).get('draws', 0)} draws")
+    if "sae" in m:
+        s = m["sae"]
+        opt = s.get("options") or {}
+        out.append(f"  SAE: TopK (k={opt.get('k')}), {s['dictionary']} latents trained on {s.get('tokens')} token "
+                   f"activations, held-out FVU {_fmt(s.get('fvu'))}, "
+                   + ("converged" if s.get("converged") else f"NOT converged ({s.get('stopped')})")
+                   + f", {s.get('epochs')} epochs; 'SAE' = its {s['directions']} highest-energy latents, "
+                   f"'SAE (full)' = all {s['dictionary']} ({s.get('cache')})")
+    return out
+
+
+def _directions(o: dict[str, Any], n_tokens: int = 6) -> list[str]:
+    lines = ["  eNTK directions: tag concentration of the top/bottom scores; next tokens promoted (+) and "
+             "suppressed (−) for positive scores"]
+    for d in o.get("directions", []):
+        c = d["concentration"]
+        pos, neg = c["positive"], c["negative"]
+        lines.append(f"    {d['index']:>2} λ={d['eigenvalue']:.3g}  top {c['n']}: {pos['tag']} {pos['share']:.0%}, "
+                     f"bottom {c['n']}: {neg['tag']} {neg['share']:.0%}")
+        if "promoted_tokens" in d:
+            def toks(ts):
+                return " ".join(repr(t)[1:-1] if t.strip() == t else repr(t) for t, _ in ts[:n_tokens])
+            lines.append(f"       + {toks(d['promoted_tokens'])}   − {toks(d['suppressed_tokens'])}")
     return lines
 
 
 def cmd_lm_align(args: argparse.Namespace) -> int:
     from ..families.causal_lm import load_lm, resolve_device, resolve_model
     from ..families.causal_lm.probes import load_probe_set
-    from ..workflows.lm import LMAlignOptions, lm_align
+    from ..workflows.lm import LMAlignOptions, lm_align, parse_layers
 
     ref = resolve_model(args.model)
     ps = load_probe_set(args.probes)  # a bad probe set fails before the model loads
@@ -109,8 +143,11 @@ def cmd_lm_align(args: argparse.Namespace) -> int:
         raise ValueError("give --layer L (and/or --layers all|LIST)")
     if args.layer is not None and ref.n_layers is not None and not 0 <= args.layer < ref.n_layers:
         raise ValueError(f"layer {args.layer} out of range: {ref.name} has {ref.n_layers} blocks (0..{ref.n_layers - 1})")
+    if args.layers is not None and ref.n_layers is not None:
+        parse_layers(args.layers, ref.n_layers)  # a bad range fails before the model loads
     opts = LMAlignOptions(top=args.top, steps=args.steps, seed=args.seed, params=args.params, chunk=args.chunk,
-                          device=resolve_device(args.device), min_count=args.min_count)
+                          device=resolve_device(args.device), min_count=args.min_count, sae=args.sae,
+                          sae_latents=args.sae_latents, sae_k=args.sae_k, sae_epochs=args.sae_epochs)
     opts.check()
     bar = tqdm_progress("lm-align")
     try:
@@ -121,31 +158,41 @@ def cmd_lm_align(args: argparse.Namespace) -> int:
         bar.close()
 
     def text(o: dict[str, Any]) -> str:
+        from ..workflows.lm_report import METHOD_TITLES
+
         ev = o["eigenvalues"]
-        mp, mm = o["macro"]["pos"], o["macro"]["morph"]
         lines = [f"{o['model']['name']} layer {o['layer']} ({', '.join(o['params'])}; {o['n_params']:,} parameters, "
                  f"{o['tail_mode']} tail) on {o['probes']['N']} contexts x {o['probes']['T']} tokens ({o['cache']})",
                  f"  top {len(ev)} eigenvalues of K̃: {ev[0]:.4g} ... {ev[-1]:.4g}",
-                 *_table(o["pos"], "POS"), *_table(o["morph"], "morphology"),
-                 f"  macro POS:   eNTK AP {_fmt(mp['entk']['ap'])} AUROC {_fmt(mp['entk']['auroc'])} | "
-                 f"PCA AP {_fmt(mp['pca']['ap'])} AUROC {_fmt(mp['pca']['auroc'])}",
-                 f"  macro morph: eNTK AP {_fmt(mm['entk']['ap'])} AUROC {_fmt(mm['entk']['auroc'])} | "
-                 f"PCA AP {_fmt(mm['pca']['ap'])} AUROC {_fmt(mm['pca']['auroc'])} ({mm['entk']['n_labels']} labels)",
-                 f"  * = higher AUROC; {TAGGER_NOTE}",
-                 f"  time: {o['timing']['total_s']:.1f} s ({o['timing']['product_s']:.2f} s per product)"]
+                 *_table(o, "pos", "POS"), *_table(o, "morph", "morphology")]
+        for kind, title in (("pos", "POS"), ("morph", "morph")):
+            mac = o["macro"][kind]
+            lines.append(f"  macro {title:<5} AP: " + "  ".join(
+                f"{METHOD_TITLES[m]} {_fmt(mac[m]['ap'])}" for m in mac if m != "winner"))
+        full = "; 'SAE (full)' is shown beside them" if "sae_full" in o["methods"] else ""
+        lines += [f"  * = the row's winner (highest test AUROC at the same budget of {o['options']['top']}{full}); "
+                  f"{TAGGER_NOTE}",
+                  *_methods_line(o), *_directions(o),
+                  f"  time: eNTK {o['timing']['total_s']:.1f} s ({o['timing']['product_s']:.2f} s per product), "
+                  f"SAE {o['timing'].get('sae_s', 0):.1f} s, report {o['timing']['report_s']:.1f} s; "
+                  f"{o['resources']['cpu_s']:.0f} CPU s, peak RSS {o['resources']['peak_rss_mb']:.0f} MB, load "
+                  + " ".join(f"{x:.1f}" for x in o["resources"].get("loadavg", []))]
         if "sweep" in o:
-            lines.append("  AUROC per layer (macro POS eNTK/PCA, macro morph eNTK/PCA):")
+            lines.append("  macro AUROC per layer, POS then morphology (eNTK/PCA/ICA/random):")
             for s in o["sweep"]:
-                lines.append(f"    layer {s['layer']:>2}: {_fmt(s['macro']['pos']['entk']['auroc'])}/"
-                             f"{_fmt(s['macro']['pos']['pca']['auroc'])}  {_fmt(s['macro']['morph']['entk']['auroc'])}/"
-                             f"{_fmt(s['macro']['morph']['pca']['auroc'])}  ({s['cache']})")
+                parts = []
+                for kind in ("pos", "morph"):
+                    mac = s["macro"][kind]
+                    parts.append("/".join(_fmt(mac[m]["auroc"]) for m in ("entk", "pca", "ica", "random") if m in mac))
+                lines.append(f"    layer {s['layer']:>2}: {parts[0]}   {parts[1]}  ({s['cache']})")
             for kind in ("pos", "morph"):
                 t3 = o["table3"][kind]
-                lines.append(f"  Table 3 ({kind}, AUROC max over layers): eNTK {_fmt(t3['macro']['entk']['auroc'])} "
-                             f"vs PCA {_fmt(t3['macro']['pca']['auroc'])}")
+                lines.append(f"  Table 3 ({kind}, AUROC max over layers): " + ", ".join(
+                    f"{METHOD_TITLES[m]} {_fmt(t3['macro'][m]['auroc'])}" for m in t3["macro"] if m != "winner"))
                 for r in t3["rows"]:
-                    lines.append(f"    {r['label']:<16} eNTK {_fmt(r['entk']['auroc'])} (layer {r['entk']['layer']})  "
-                                 f"PCA {_fmt(r['pca']['auroc'])} (layer {r['pca']['layer']})")
+                    lines.append(f"    {r['label']:<16} " + "  ".join(
+                        f"{METHOD_TITLES[m]} {_fmt(r[m]['auroc'])} (layer {r[m]['layer']})"
+                        for m in r if m not in ("label", "winner")) + f"   winner {r['winner']}")
         for f in o.get("failed", []):
             lines.append(f"  layer {f['layer']} FAILED twice: {f['error']}")
         return "\n".join(lines)
@@ -181,7 +228,8 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_probes)
 
-    p = sub.add_parser("lm-align", help="eNTK eigendirections of one block vs PCA on a probe set (POS, morphology)")
+    p = sub.add_parser("lm-align", help="eNTK eigendirections of one block vs PCA, ICA, an SAE and random directions "
+                                        "on a probe set (POS, morphology), and what each direction does to the logits")
     p.add_argument("--model", required=True, help="HF folder, .gguf file, or a name in the models folder")
     p.add_argument("--probes", required=True, help="a probe-set folder built for this model")
     p.add_argument("--layer", type=int, default=None, help="the block whose eNTK is detailed (paper: 16)")
@@ -193,6 +241,12 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="Lanczos start-vector seed")
     p.add_argument("--chunk", type=int, default=None, help="contexts per chunk (default: sized to ~1.5 GB)")
     p.add_argument("--min-count", type=int, default=30, help="minimum support of a morphology label (default 30)")
+    p.add_argument("--sae", choices=("train", "cached", "off"), default="train",
+                   help="the SAE baseline of the detailed layer: train it when not cached (default), use it only when "
+                        "cached, or leave it out")
+    p.add_argument("--sae-latents", type=int, default=4096, help="SAE dictionary size (default 4096)")
+    p.add_argument("--sae-k", type=int, default=32, help="SAE active latents per token (default 32)")
+    p.add_argument("--sae-epochs", type=int, default=20, help="SAE epochs at most (default 20; stops at a plateau)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (on Ray: each layer unit asks for one GPU)")
     add_executor_options(p)
     p.add_argument("--json", action="store_true")

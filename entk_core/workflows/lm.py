@@ -1,5 +1,6 @@
-"""The language-model experiment (spec §6): per-layer eNTK units, caching, layer sweeps
-and the eNTK-vs-PCA report.
+"""The language-model experiment (spec §6): per-layer eNTK units, the SAE baseline,
+caching, layer sweeps and the report (eNTK against PCA, ICA, SAE and random directions,
+:mod:`.lm_report`).
 
 The heavy part is one **unit** per layer, :func:`run_unit`, a pure function
 ``(model path, probes path, layer, options) -> (arrays, meta)``: it loads what it needs,
@@ -10,12 +11,16 @@ Units are independent, so a layer sweep can be spread over workers (Ray) as is.
 (keyed by the model and probe-set fingerprints, layer, parameters, k, steps and seed),
 so a sweep that is interrupted resumes at the first layer not yet stored.
 
-The evaluation (:func:`evaluate_layer`) is cheap and recomputed from the cached arrays
-and the probe set's labels every time.
+The SAE baseline of the detailed layer is cached on its own (:func:`sae_entry`): it is
+trained on the layer's activations at every token of the probe windows, taken from the
+eNTK unit's capture pass when that runs in this process (no extra forward pass), else by
+a forward pass through blocks ``0..L``.
+
+The evaluation (:func:`evaluate_layer`: ICA, random directions, every table) is cheap and
+recomputed from the cached arrays and the probe set's labels every time.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,8 +34,12 @@ from ..families.causal_lm import evaluation as ev
 from ..families.causal_lm.models import LMRef, LoadedLM, load_lm, resolve_model
 from ..families.causal_lm.operator import KTildeOperator, LMTail
 from ..families.causal_lm.probes import AUTHOR_TAGGER, ProbeSet, load_probe_set
+from ..families.causal_lm.readouts import logit_effects
+from ..families.causal_lm.sae import SAEOptions, sae_scores, train_sae
 from ..store.cache import ArrayCache, CacheEntry, default_cache, make_key
+from . import lm_report as rep
 from .executors import Executor, Unit, UnitResult, make_executor
+from .lm_report import format_seconds
 
 __all__ = [
     "LMAlignOptions",
@@ -43,7 +52,18 @@ __all__ = [
     "cached_layers",
     "peek_layer",
     "layer_unit",
+    "sae_entry",
+    "peek_sae",
+    "token_activations",
+    "format_seconds",
+    "method_table",
+    "METHODS",
+    "METHOD_TITLES",
 ]
+
+method_table = rep.method_table
+METHODS = rep.METHODS
+METHOD_TITLES = rep.METHOD_TITLES
 
 Progress = Callable[[int, int, str], None]
 
@@ -61,6 +81,11 @@ class LMAlignOptions:
       device: ``auto``, ``cpu`` or ``cuda``.
       min_count: minimum support of a morphology label (paper 30).
       split_seed: seed of the stratified 50/50 split.
+      sae: the SAE baseline of the detailed layer: ``"train"`` (train it when it is not
+        cached), ``"cached"`` (only when cached) or ``"off"``.
+      sae_latents, sae_k, sae_epochs: the SAE's dictionary size, active latents per token
+        and maximum epochs (:class:`~entk_core.families.causal_lm.sae.SAEOptions`).
+      baselines: whether ICA and random directions are evaluated (cheap, every layer).
     """
 
     top: int = 25
@@ -71,6 +96,14 @@ class LMAlignOptions:
     device: str = "cpu"
     min_count: int = 30
     split_seed: int = 0
+    sae: str = "train"
+    sae_latents: int = 4096
+    sae_k: int = 32
+    sae_epochs: int = 20
+    baselines: bool = True
+
+    def sae_options(self) -> SAEOptions:
+        return SAEOptions(latents=self.sae_latents, k=self.sae_k, epochs=self.sae_epochs, seed=self.seed)
 
     def check(self, n: int | None = None) -> None:
         if self.top < 1 or self.steps < 1:
@@ -83,17 +116,30 @@ class LMAlignOptions:
             raise ValueError("--chunk must be >= 1")
         if self.min_count < 1:
             raise ValueError("--min-count must be >= 1")
+        if self.sae not in ("train", "cached", "off"):
+            raise ValueError(f"--sae must be train, cached or off, got '{self.sae}'")
+        if self.sae != "off":
+            self.sae_options().check()
 
 
 def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
-    """``"all"`` / ``"0,4,16"`` / ``"8-17"`` / a list -> sorted layer indices (validated)."""
+    """``"all"`` / ``"0,4,16"`` / ``"8-17"`` / a list -> sorted layer indices, each checked
+    against ``n_layers`` before any range is expanded (``0-999999999`` is refused at once)."""
     if spec is None:
         return []
+
+    def check(x: int) -> int:
+        if not 0 <= x < n_layers:
+            raise ValueError(f"layer {x} out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
+        return x
+
+    out: set[int] = set()
     if isinstance(spec, str):
         s = spec.strip().lower()
         if s == "all":
             return list(range(n_layers))
-        out: list[int] = []
+        if len(s) > 1000:
+            raise ValueError("--layers is too long")
         for part in s.split(","):
             part = part.strip()
             if not part:
@@ -101,17 +147,19 @@ def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
             try:
                 if "-" in part[1:]:
                     a, b = part.split("-", 1) if not part.startswith("-") else (part, "")
-                    out.extend(range(int(a), int(b) + 1))
+                    lo, hi = int(a), int(b)
+                    if lo > hi:
+                        raise ValueError(f"--layers: the range '{part}' is empty")
+                    out.update(range(check(lo), check(hi) + 1))
                 else:
-                    out.append(int(part))
-            except ValueError:
+                    out.add(check(int(part)))
+            except ValueError as e:
+                if "out of range" in str(e) or "is empty" in str(e):
+                    raise
                 raise ValueError(f"--layers: '{part}' is not a layer, a range a-b or 'all'") from None
     else:
-        out = [int(x) for x in spec]
-    bad = [x for x in out if not 0 <= x < n_layers]
-    if bad:
-        raise ValueError(f"layer {bad[0]} out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
-    return sorted(set(out))
+        out = {check(int(x)) for x in spec}
+    return sorted(out)
 
 
 # ------------------------------------------------------------------ the unit
@@ -125,7 +173,8 @@ def _open(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet, d
 
 def run_unit(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet, layer: int,
              options: LMAlignOptions = LMAlignOptions(), *, progress: Progress | None = None,
-             cancel: Callable[[], bool] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+             cancel: Callable[[], bool] | None = None,
+             keep_tokens: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One layer's eNTK and PCA directions (the unit a layer sweep distributes).
 
     Returns ``(arrays, meta)``:
@@ -135,7 +184,12 @@ def run_unit(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
       rank-1 SVD), ``entk_share`` ``(k,)`` σ²/‖E‖², ``entk_direction`` ``(k, d)`` the right
       singular vectors;
     * ``pca_scores`` ``(k, N)``, ``pca_explained`` ``(k,)`` of the layer's last-token
-      hidden states; ``hidden_norm`` ``(N,)`` their norms.
+      hidden states ``hidden_last`` ``(N, d)`` (float32); ``hidden_norm`` ``(N,)`` their norms;
+    * ``promoted_ids``/``promoted_effect`` and ``suppressed_ids``/``suppressed_effect``
+      ``(k, 20)``: each direction's largest and most negative entries of ``U A⁻¹ v``
+      (:func:`~entk_core.families.causal_lm.readouts.logit_effects`);
+    * with ``keep_tokens``, ``token_acts`` ``(N, T, d)``: block ``L``'s output at every
+      position (for the SAE; never cached).
 
     ``meta``: layer, parameters (block-relative names, count, tail mode), the Lanczos
     facts and timings (``load_s``, ``capture_s``, ``gram_s``, ``lanczos_s``,
@@ -152,7 +206,7 @@ def run_unit(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
         raise MemoryError(f"layer {layer} on {ps.N} contexts x {ps.T} tokens needs about {need / 2**30:.1f} GiB, "
                           f"{avail / 2**30:.1f} GiB is available; use a smaller probe set or fewer --steps")
     t = time.perf_counter()
-    tail = LMTail(lm, ps.input_ids, layer, options.params, chunk=options.chunk,
+    tail = LMTail(lm, ps.input_ids, layer, options.params, chunk=options.chunk, keep_tokens=keep_tokens,
                   progress=(lambda d, n, m: progress(0, options.steps, m)) if progress else None)
     t_cap = time.perf_counter() - t
     t = time.perf_counter()
@@ -166,11 +220,13 @@ def run_unit(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
     sc = ev.example_scores(V, tail.N, tail.d)
     H = tail.hidden_last.double().cpu().numpy()
     pc = ev.pca_scores(H, options.top)
+    eff = logit_effects(lm.arch.unembedding(lm.model).detach(), op.A, sc["direction"])
     arrays = {
         "eigenvalues": res.eigenvalues.cpu().numpy(), "residuals": res.residuals.cpu().numpy(),
         "entk_scores": sc["scores"], "entk_share": sc["share"], "entk_sigma": sc["sigma"],
         "entk_direction": sc["direction"].astype(np.float32),
         "pca_scores": pc["scores"], "pca_explained": pc["explained"], "hidden_norm": np.linalg.norm(H, axis=1),
+        "hidden_last": H.astype(np.float32), **eff,
     }
     meta = {
         "layer": int(layer), "module": tail.module_path, "params": tail.param_names, "n_params": int(tail.n_params),
@@ -179,8 +235,10 @@ def run_unit(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
         "device": str(tail.device), "dtype": str(tail.r0.dtype).replace("torch.", ""),
         "timing": {"load_s": t_load, "capture_s": t_cap, "gram_s": t_gram, "lanczos_s": t_lz,
                    "product_s": res.matvec_seconds / max(1, res.steps), "total_s": time.perf_counter() - t0},
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "layout": lm.arch.describe(),
     }
+    if keep_tokens:
+        arrays["token_acts"] = tail.token_acts.numpy()
     tail.release()
     return arrays, meta
 
@@ -194,9 +252,9 @@ def layer_unit(model: str, probes: str, layer: int, options: dict[str, Any]) -> 
 
 
 def _inline_unit(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions, progress: Progress | None,
-                 cancel: Callable[[], bool] | None) -> dict[str, Any]:
+                 cancel: Callable[[], bool] | None, keep_tokens: bool = False) -> dict[str, Any]:
     """The in-process unit: reuses the loaded model and reports every Lanczos step."""
-    arrays, meta = run_unit(lm, ps, layer, options, progress=progress, cancel=cancel)
+    arrays, meta = run_unit(lm, ps, layer, options, progress=progress, cancel=cancel, keep_tokens=keep_tokens)
     return {"arrays": arrays, "meta": meta}
 
 
@@ -212,17 +270,13 @@ def _eta(progress: Progress) -> Progress:
     def cb(done: int, total: int, message: str) -> None:
         el = time.perf_counter() - start
         left = el / max(done, 1) * (total - done)
-        progress(done, total, f"{message}, ~{_fmt_s(left)} left")
+        progress(done, total, f"{message}, ~{format_seconds(left)} left")
     return cb
-
-
-def _fmt_s(s: float) -> str:
-    return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min" if s < 5400 else f"{s / 3600:.1f} h"
 
 
 def layer_key(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions) -> str:
     _, names = lm.resolve_params(layer, options.params)
-    return make_key("lm-layer", model=lm.fingerprint, probes=ps.fingerprint, layer=int(layer), params=names,
+    return make_key("lm-layer-v2", model=lm.fingerprint, probes=ps.fingerprint, layer=int(layer), params=names,
                     top=options.top, steps=options.steps, seed=options.seed, dtype="float32")
 
 
@@ -246,60 +300,83 @@ def cached_layers(lm: LoadedLM, ps: ProbeSet, options: LMAlignOptions, cache: Ar
     return [L for L in range(lm.n_layers) if layer_key(lm, ps, L, options) in cache]
 
 
+# ------------------------------------------------------------------ SAE
+def sae_key(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions) -> str:
+    return make_key("lm-sae", model=lm.fingerprint, probes=ps.fingerprint, layer=int(layer),
+                    data="probe-window-tokens", sae=options.sae_options().to_json())
+
+
+def peek_sae(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions,
+             cache: ArrayCache | None = None) -> CacheEntry | None:
+    """The cached SAE of ``layer``, or ``None`` (never trains)."""
+    return (cache or default_cache()).get(sae_key(lm, ps, layer, options))
+
+
+class _Stop(Exception):
+    pass
+
+
+def token_activations(lm: LoadedLM, ps: ProbeSet, layer: int, chunk: int = 64,
+                      progress: Progress | None = None) -> np.ndarray:
+    """Block ``layer``'s output at every position of every probe window, ``(N, T, d)``
+    float32 (a forward pass through blocks ``0..layer`` only)."""
+    block = lm.block(layer)
+    got: list[torch.Tensor] = []
+
+    def hook(m, args, out):
+        got.append((out[0] if isinstance(out, (tuple, list)) else out).detach().float().cpu())
+        raise _Stop
+
+    h = block.register_forward_hook(hook)
+    base = lm.arch.base(lm.model)
+    try:
+        for i in range(0, ps.N, chunk):
+            try:
+                with torch.no_grad():
+                    base(input_ids=ps.input_ids[i:i + chunk].to(lm.device), use_cache=False)
+            except _Stop:
+                pass
+            if progress:
+                progress(min(i + chunk, ps.N), ps.N, f"activations of block {layer} for the SAE")
+    finally:
+        h.remove()
+    return torch.cat(got).numpy()
+
+
+def sae_entry(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions, cache: ArrayCache | None = None,
+              acts: np.ndarray | None = None, progress: Progress | None = None,
+              cancel: Callable[[], bool] | None = None) -> CacheEntry:
+    """The SAE baseline of ``layer`` (trained once and cached): ``sae_scores``
+    ``(latents, N)`` (encoder pre-activations of the probes' last-position activations),
+    ``sae_energy`` and ``sae_fired`` ``(latents,)``; ``meta`` has the held-out FVU,
+    ``converged`` and the training facts (:func:`~entk_core.families.causal_lm.sae.train_sae`).
+    ``acts``: the layer's token activations ``(N, T, d)`` when already at hand."""
+    cache = cache or default_cache()
+
+    def compute():
+        A = acts if acts is not None else token_activations(lm, ps, layer, progress=progress)
+        trained = train_sae(torch.from_numpy(np.ascontiguousarray(A[:, 1:])).reshape(-1, A.shape[-1]),
+                            options.sae_options(), progress=progress, cancel=cancel, device=lm.device)
+        arrays = {"sae_scores": sae_scores(trained, A[:, -1]).astype(np.float32), "sae_energy": trained["energy"],
+                  "sae_fired": trained["fired"]}
+        return arrays, rep.finite(trained["meta"])
+
+    return cache.get_or_compute(sae_key(lm, ps, layer, options), compute)
+
+
 # ------------------------------------------------------------------ evaluation
-def _tasks(ps: ProbeSet, options: LMAlignOptions) -> dict[str, Any]:
-    upos = ps.upos
-    morph = ev.morph_tasks([lab["morph"] for lab in ps.labels], upos, min_count=options.min_count)
-    return {"pos": ev.pos_tasks(upos, ps.tags), "morph": morph}
-
-
 def evaluate_layer(entry: dict[str, np.ndarray], ps: ProbeSet, options: LMAlignOptions,
-                   tasks: dict[str, Any] | None = None) -> dict[str, Any]:
-    """POS and morphology tables of one layer: ``{"pos": rows, "morph": rows, "macro": {...}}``."""
-    tasks = tasks or _tasks(ps, options)
-    train, test = ev.stratified_split(ps.upos, options.split_seed)
-    methods = {"entk": np.asarray(entry["entk_scores"]), "pca": np.asarray(entry["pca_scores"])}
-    pos = ev.evaluate_tasks(methods, tasks["pos"], train, test)
-    morph = ev.evaluate_tasks(methods, tasks["morph"]["tasks"], train, test)
-    return {
-        "pos": pos, "morph": morph,
-        "macro": {"pos": {m: ev.macro(pos, m) for m in methods}, "morph": {m: ev.macro(morph, m) for m in methods}},
-        "split": {"train": int(len(train)), "test": int(len(test)), "seed": options.split_seed},
-    }
-
-
-def _table3(per_layer: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Per label, the max test AUROC over layers for each method (and where), plus macros."""
-    out: dict[str, Any] = {}
-    for kind in ("pos", "morph"):
-        labels = [r["label"] for r in next(iter(per_layer.values()))[kind]] if per_layer else []
-        rows = []
-        for i, lab in enumerate(labels):
-            row: dict[str, Any] = {"label": lab}
-            for m in ("entk", "pca"):
-                best = (None, None)
-                for L, res in per_layer.items():
-                    a = res[kind][i][m]["auroc"]
-                    if a is not None and (best[0] is None or a > best[0]):
-                        best = (a, L)
-                row[m] = {"auroc": best[0], "layer": best[1]}
-            rows.append(row)
-        mac = {}
-        for m in ("entk", "pca"):
-            vals = [r[m]["auroc"] for r in rows if r[m]["auroc"] is not None]
-            mac[m] = {"auroc": float(np.mean(vals)) if vals else None}
-        out[kind] = {"rows": rows, "macro": mac}
-    return out
-
-
-def _finite(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
+                   tasks: dict[str, Any] | None = None, sae: CacheEntry | None = None,
+                   methods: Sequence[str] = rep.METHODS) -> dict[str, Any]:
+    """Every method's POS and morphology tables of one layer (see :mod:`.lm_report`):
+    ``{"pos": rows, "morph": rows, "macro": {...}, "methods": facts, "split": ...}``."""
+    tasks = tasks or rep.layer_tasks(ps, options.min_count)
+    if not options.baselines:
+        methods = [m for m in methods if m not in ("ica", "random")]
+    scores, facts = rep.layer_methods(entry, options.top, options.seed, sae, methods)
+    res = rep.evaluate_layer(scores, ps, tasks, options.split_seed)
+    res["methods"] = facts
+    return res
 
 
 def lm_align(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet, layer: int | None = None,
@@ -307,13 +384,16 @@ def lm_align(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
              cache: ArrayCache | None = None, progress: Progress | None = None,
              cancel: Callable[[], bool] | None = None, *, ray: bool | str | None = None,
              workers: int | None = None, executor: Executor | None = None) -> dict[str, Any]:
-    """The eNTK-vs-PCA report (JSON-able) for ``layer`` and, with ``layers``, the sweep.
+    """The report (JSON-able) for ``layer`` and, with ``layers``, the sweep.
 
-    The detailed layer is ``layer`` (default: the last of ``layers``). With ``layers`` the
-    report adds ``sweep``: per layer the macro rows and per-label AUROC, and ``table3``:
-    per label the AUROC maximised over the swept layers for each method (the layer where
-    it is reached), as in the paper's Table 3. Units already cached are reused, so an
-    interrupted sweep resumes where it stopped.
+    The detailed layer is ``layer`` (default: the last of ``layers``): its eNTK, PCA, ICA,
+    SAE (``options.sae``) and random-direction tables with a winner per row
+    (:mod:`.lm_report`), and ``directions``: per eNTK direction its promoted and
+    suppressed next tokens and its tag concentration. With ``layers`` the report adds
+    ``sweep``: per layer the macro rows and per-label AUROC (eNTK, PCA, ICA, random), and
+    ``table3``: per label the AUROC maximised over the swept layers for each method (the
+    layer where it is reached), as in the paper's Table 3. Units already cached are
+    reused, so an interrupted sweep resumes where it stopped.
 
     Where the layers run: by default in this process, one after the other, on the model
     already loaded (progress at every Lanczos step). With ``ray`` (``True``: a local Ray
@@ -343,6 +423,9 @@ def lm_align(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
         if hit is not None:
             entries[L] = CacheEntry(hit, {**hit.meta, "cache": "hit"})
     hits = len(entries)
+    sae = peek_sae(lm, ps, layer, options, cache) if options.sae != "off" else None
+    want_tokens = options.sae == "train" and sae is None
+    tokens: dict[int, np.ndarray] = {}
     missing = [L for L in todo if L not in entries]
     total = len(todo) * options.steps
     state = {"done": hits * options.steps}
@@ -364,14 +447,18 @@ def lm_align(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
                     if progress:
                         progress(state["done"] + d, total, f"layer {L} ({hits + i + 1}/{len(todo)}): {msg}")
                 units.append(Unit(f"layer {L}", _inline_unit, {"lm": lm, "ps": ps, "layer": L, "options": options,
-                                                               "progress": prog, "cancel": cancel}))
+                                                               "progress": prog, "cancel": cancel,
+                                                               "keep_tokens": want_tokens and L == layer}))
         by_key = {u.key: L for u, L in zip(units, missing)}
 
         def on_result(r) -> None:
             L = by_key[r.key]
             if r.ok:
-                cache.set(keys[L], r.value["arrays"], r.value["meta"])
-                entries[L] = CacheEntry(r.value["arrays"], {**r.value["meta"], "cache": "miss"})
+                arrays = dict(r.value["arrays"])
+                if "token_acts" in arrays:
+                    tokens[L] = arrays.pop("token_acts")
+                cache.set(keys[L], arrays, r.value["meta"])
+                entries[L] = CacheEntry(arrays, {**r.value["meta"], "cache": "miss"})
             else:
                 failed[L] = r.error
             state["done"] += options.steps
@@ -397,14 +484,23 @@ def lm_align(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
             exec_desc["executor"] = "inline"
     if layer in failed:
         raise RuntimeError(f"layer {layer} failed twice: {failed[layer]}")
-    tasks = _tasks(ps, options)
+    t_sae = time.perf_counter()
+    if want_tokens:
+        sae = sae_entry(lm, ps, layer, options, cache, acts=tokens.pop(layer, None), progress=progress, cancel=cancel)
+        sae.meta["cache"] = "miss"
+    elif sae is not None:
+        sae.meta["cache"] = "hit"
+    tokens.clear()
+    t_sae = time.perf_counter() - t_sae
+    tasks = rep.layer_tasks(ps, options.min_count)
     for L in todo:
         if L in entries:
-            results[L] = evaluate_layer(entries[L], ps, options, tasks)
+            results[L] = evaluate_layer(entries[L], ps, options, tasks, sae=sae if L == layer else None,
+                                        methods=rep.METHODS if L == layer else rep.LAYER_METHODS)
     e = entries[layer]
     res = results[layer]
     report: dict[str, Any] = {
-        "model": lm.ref.to_json() | {"fingerprint": lm.fingerprint},
+        "model": lm.ref.to_json() | {"fingerprint": lm.fingerprint, "layout": lm.arch.describe()},
         "probes": {"path": str(ps.path) if ps.path else None, "N": ps.N, "T": ps.T, "tags": ps.tags,
                    "fingerprint": ps.fingerprint, "agreement": ps.provenance.get("options", {}).get("agreement"),
                    "tagger": ps.provenance.get("tagger", {})},
@@ -416,29 +512,51 @@ def lm_align(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
         "residuals": [float(v) for v in e["residuals"]],
         "entk_share": [float(v) for v in e["entk_share"]],
         "pca_explained": [float(v) for v in e["pca_explained"]],
+        "methods": res["methods"],
         "pos": res["pos"], "morph": res["morph"],
         "morph_dropped": tasks["morph"]["dropped"], "morph_duplicates": tasks["morph"]["duplicates"],
         "macro": res["macro"], "split": res["split"],
-        "timing": {**e.meta.get("timing", {}), "report_s": time.perf_counter() - t0,
-                   "lanczos_steps": e.meta.get("lanczos_steps")},
+        "directions": rep.directions(e, ps, lm.tokenizer, rows=res),
+        "timing": {**e.meta.get("timing", {}), "sae_s": t_sae, "lanczos_steps": e.meta.get("lanczos_steps")},
         "cache": e.meta.get("cache"),
     }
+    if sae is not None:
+        report["methods"].get("sae", {})["cache"] = sae.meta.get("cache")
     if sweep:
         done = [L for L in sweep if L in results]
         report["sweep"] = [{
             "layer": L, "cache": entries[L].meta.get("cache"),
             "macro": results[L]["macro"],
-            "auroc": {kind: {r["label"]: {"entk": r["entk"]["auroc"], "pca": r["pca"]["auroc"]}
+            "auroc": {kind: {r["label"]: {m: r[m]["auroc"] for m in rep.LAYER_METHODS if m in r}
                              for r in results[L][kind]} for kind in ("pos", "morph")},
             "seconds": entries[L].meta.get("timing", {}).get("total_s"),
         } for L in done]
-        report["table3"] = _table3({L: results[L] for L in done})
+        report["table3"] = rep.table3({L: results[L] for L in done},
+                                      [m for m in rep.LAYER_METHODS if m in results[done[0]]["pos"][0]] if done else [])
         report["sweep_cache_hits"] = hits
     report["failed"] = [{"layer": L, "error": err} for L, err in sorted(failed.items())]
     if exec_desc:
         report["executor"] = exec_desc
-    report["timing"]["sweep_s"] = time.perf_counter() - t0
-    return _finite(report)
+    report["timing"]["report_s"] = time.perf_counter() - t0
+    report["timing"]["sweep_s"] = report["timing"]["report_s"]
+    report["resources"] = _resources()
+    return rep.finite(report)
+
+
+def _resources() -> dict[str, Any]:
+    """CPU seconds and peak memory of this process so far, and the machine's load (the
+    figures a timing on a shared machine needs beside it)."""
+    import os
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    out: dict[str, Any] = {"cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": ru.ru_maxrss / 1024,
+                           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    try:
+        out["loadavg"] = list(os.getloadavg())
+    except OSError:
+        pass
+    return out
 
 
 # ------------------------------------------------------------------ estimates
@@ -472,9 +590,8 @@ def estimate_unit_seconds(lm: LoadedLM, N: int, T: int, layer: int, steps: int =
     VJP + JVP, about 4 forward passes of the network after ``layer``, plus the two
     selected-matrix products at every position) at ``gflops`` effective GFLOP/s (default
     ``45 × torch threads``, measured on 2 cores), plus one forward pass for the capture."""
-    cfg = lm.model.config
-    d = lm.d_model
-    dff = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    cfg = lm.model.config.get_text_config() if hasattr(lm.model.config, "get_text_config") else lm.model.config
+    d, dff = lm.arch.d, lm.arch.d_ff
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
     hd = getattr(cfg, "head_dim", None) or d // heads
     kvh = getattr(cfg, "num_key_value_heads", None) or heads

@@ -35,14 +35,22 @@ def test_real_gemma_layer16_tables_are_finite_and_sane(gemma, tmp_path):
     assert ps.N == 64 and ps.T == 64 and ps.provenance["options"]["agreement"] is True
     for lab in ps.labels:  # the agreement filter: the model's next word has the story word's tag
         assert lab["upos"] == lab["true_upos"]
-    opts = LMAlignOptions(top=6, steps=8, min_count=4)
+    opts = LMAlignOptions(top=6, steps=8, min_count=4, sae_latents=256, sae_k=16, sae_epochs=3)
     rep = lm_align(lm, ps, layer=16, options=opts, cache=ArrayCache(tmp_path / "cache"))
+    assert rep["model"]["layout"] == {"blocks": "layers", "final": ["norm"], "attention": "self_attn",
+                                      "mlp_out": "mlp.down_proj", "finish": "add",
+                                      "post_mlp": "post_feedforward_layernorm", "last_block": "attention",
+                                      "parallel": False}
+    assert set(rep["methods"]) == {"entk", "pca", "ica", "sae", "sae_full", "random"}
+    assert rep["methods"]["sae"]["tokens"] == 64 * 63 and rep["methods"]["sae"]["fvu"] < 1.0
+    for d in rep["directions"]:  # Gemma's vocabulary decodes to readable pieces
+        assert len(d["promoted_tokens"]) == 12 and all(isinstance(t, str) and t for t, _ in d["promoted_tokens"])
     ev = np.array(rep["eigenvalues"])
     assert ev.shape == (6,) and np.all(np.isfinite(ev)) and np.all(ev > 0) and np.all(np.diff(ev) <= 0)
     assert rep["params"] == ["mlp.down_proj.weight"] and rep["n_params"] == 640 * 2048
     assert [r["label"] for r in rep["pos"]] == ["PUNCT", "PRON", "PROPN", "DET", "ADV", "CCONJ", "NOUN", "VERB"]
     for kind in ("pos", "morph"):
-        for m in ("entk", "pca"):
+        for m in ("entk", "pca", "ica", "sae", "sae_full", "random"):
             mac = rep["macro"][kind][m]
             if mac["auroc"] is not None:
                 assert 0.0 <= mac["auroc"] <= 1.0 and math.isfinite(mac["ap"])

@@ -90,3 +90,45 @@ def test_macro_is_a_nan_mean():
             {"label": "b", "m": {"ap": None, "auroc": 0.8, "prec_at_quota": None, "enrichment": None}}]
     m = ev.macro(rows, "m")
     assert m["ap"] == 0.5 and m["auroc"] == pytest.approx(0.7) and m["n_labels"] == 2
+
+
+def test_vectorised_average_precision_equals_sklearn_with_ties():
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        n = int(rng.integers(4, 50))
+        y = rng.random(n) < 0.3
+        y[0] = True
+        S = rng.integers(0, 4, (5, n)).astype(float) if trial % 2 else rng.normal(size=(5, n))
+        got = ev.average_precision_many(S, y)
+        want = [average_precision_score(y, s) for s in S]
+        assert np.allclose(got, want, rtol=1e-12, atol=1e-15), (got, want)
+        if not y.all():
+            assert [ev.auroc(s, y) for s in S] == pytest.approx([roc_auc_score(y, s) for s in S], rel=1e-12)
+
+
+def test_random_directions_are_averaged_over_draws_and_winners_marked():
+    from entk_core.workflows.lm_report import method_table, winner
+
+    rng = np.random.default_rng(0)
+    N = 60
+    y = np.zeros(N, bool)
+    y[:20] = True
+    train, test = np.arange(0, N, 2), np.arange(1, N, 2)
+    draws = rng.normal(size=(4, 3, N))
+    r = ev.evaluate_random(draws, y, train, test)
+    each = [ev.evaluate_direction_set(d, y, train, test) for d in draws]
+    assert r["auroc"] == pytest.approx(np.mean([e["auroc"] for e in each]))
+    assert r["std"]["auroc"] == pytest.approx(np.std([e["auroc"] for e in each]))
+    assert r["direction"] is None and r["draws"] == 4
+    good = np.where(y, 1.0, 0.0)[None] + 0.01 * rng.normal(size=(1, N))
+    rows = ev.evaluate_tasks({"entk": good, "pca": draws[0], "random": draws}, {"A": y}, train, test)
+    assert rows[0]["random"]["draws"] == 4 and rows[0]["entk"]["auroc"] == 1.0
+    assert winner(rows[0]) == "entk"
+    assert winner({"entk": {"auroc": 0.7}, "pca": {"auroc": 0.7}, "ica": {"auroc": None}}) == "tie"
+    rows[0]["winner"] = winner(rows[0])
+    report = {"pos": rows, "methods": {"entk": {}, "pca": {}, "random": {}},
+              "macro": {"pos": {m: ev.macro(rows, m) for m in ("entk", "pca", "random")} | {"winner": "entk"}}}
+    table = method_table(report, "pos")
+    assert [t["label"] for t in table] == ["A", "MACRO"]
+    assert table[0]["entk"] == 1.0 and table[0]["winner"] == "entk" and table[0]["entk_dir"] == "0+"
+    assert "ica" not in table[0] and table[1]["winner"] == "entk"

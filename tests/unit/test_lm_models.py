@@ -4,6 +4,7 @@ import os
 import shutil
 import struct
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -11,7 +12,7 @@ from safetensors.torch import load_file, save_file
 import _lm_models as M
 from entk_core.families.base import get_family
 from entk_core.families.causal_lm import list_models, load_lm, resolve_model
-from entk_core.families.causal_lm.models import inspect_model, read_gguf_metadata
+from entk_core.families.causal_lm.files import inspect_model, read_gguf_metadata
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +112,15 @@ def test_missing_tensors_nan_weights_and_unsupported_architectures(good, tmp_pat
     with pytest.raises(ValueError, match="contains NaN or inf"):
         load_lm(m)
     cfg = json.loads((m / "config.json").read_text())
-    cfg["model_type"] = "bert"
+    cfg["model_type"] = "t5"
     (m / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="unsupported architecture 'bert'"):
+    with pytest.raises(ValueError, match="unsupported architecture 't5' .*no causal-LM class") as e:
         inspect_model(m)
+    _one_line(e)
+    cfg["model_type"], cfg["auto_map"] = "my_remote_lm", {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+    (m / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="unsupported architecture 'my_remote_lm'"):  # remote code is never run
+        load_lm(m)
     (m / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
         inspect_model(m)
@@ -131,7 +137,21 @@ def _gguf_header(arch: str, kv: dict) -> bytes:
     return b"GGUF" + struct.pack("<IQQ", 3, 0, len(items)) + body
 
 
-def test_gguf_header_reading_and_corrupt_gguf(tmp_path):
+def _gguf_with_tensor(path, arch="gemma3"):
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), arch)
+    w.add_block_count(2)
+    w.add_embedding_length(8)
+    w.add_tensor("token_embd.weight", np.arange(8 * 64, dtype=np.float32).reshape(64, 8))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gguf_metadata_through_the_gguf_reader_and_corrupt_ggufs(tmp_path, monkeypatch):
     f = tmp_path / "ok.gguf"
     f.write_bytes(_gguf_header("gemma3", {"gemma3.block_count": 18, "gemma3.embedding_length": 640}))
     meta = read_gguf_metadata(f)
@@ -142,8 +162,96 @@ def test_gguf_header_reading_and_corrupt_gguf(tmp_path):
     with pytest.raises(ValueError, match="corrupt GGUF file bad.gguf: no GGUF magic"):
         inspect_model(tmp_path / "bad.gguf")
     (tmp_path / "cut.gguf").write_bytes(f.read_bytes()[:30])
-    with pytest.raises(ValueError, match="corrupt GGUF file cut.gguf: truncated"):
+    with pytest.raises(ValueError, match="corrupt GGUF file cut.gguf") as e:
         inspect_model(tmp_path / "cut.gguf")
+    _one_line(e)
     (tmp_path / "bert.gguf").write_bytes(_gguf_header("bert", {}))
     with pytest.raises(ValueError, match="unsupported GGUF architecture 'bert'"):
         inspect_model(tmp_path / "bert.gguf")
+    # a complete header whose tensor data is cut short: not a usable model (issue 21.7)
+    whole = _gguf_with_tensor(tmp_path / "whole.gguf")
+    assert inspect_model(whole).n_layers == 2
+    data = whole.read_bytes()
+    (tmp_path / "truncated.gguf").write_bytes(data[: len(data) - 100])
+    with pytest.raises(ValueError, match="corrupt GGUF file truncated.gguf: truncated") as e:
+        inspect_model(tmp_path / "truncated.gguf")
+    _one_line(e)
+    monkeypatch.setenv("ENTK_MODELS_DIR", str(tmp_path))
+    rows = dict(list_models())
+    assert not isinstance(rows["whole.gguf"], Exception)
+    assert isinstance(rows["truncated.gguf"], ValueError) and "truncated" in str(rows["truncated.gguf"])
+
+
+def _resave_tokenizer_json(folder, edit):
+    obj = json.loads((folder / "tokenizer.json").read_text())
+    (folder / "tokenizer.json").write_text(json.dumps(edit(obj)))
+
+
+@pytest.mark.parametrize("edit,what", [
+    (lambda o: {k: v for k, v in o.items() if k != "added_tokens"}, "malformed: .added_tokens. is missing"),
+    (lambda o: {**o, "added_tokens": "x"}, "malformed: .added_tokens. is missing or not a list"),
+    (lambda o: {**o, "model": "BPE"}, "malformed: no tokenizer model"),
+])
+def test_malformed_tokenizer_json_is_one_line(good, tmp_path, edit, what):
+    m = _copy(good, tmp_path)
+    _resave_tokenizer_json(m, edit)
+    with pytest.raises(ValueError, match=f"m/tokenizer.json is {what}") as e:
+        load_lm(m)
+    _one_line(e)
+    (m / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match="tokenizer.json is malformed"):
+        load_lm(m)
+
+
+def test_the_saved_tokenizer_is_the_one_used(tmp_path):
+    """transformers 5.23 loads a saved word-level fast tokenizer of a Qwen2 as Qwen2Tokenizer
+    (BPE), which splits words into letters; that is refused. The same model with a byte-level
+    BPE tokenizer loads, and its tokens are the saved tokenizer.json's."""
+    from tokenizers import Tokenizer
+
+    from entk_core.families.causal_lm.models import TOKENIZER_SAMPLE
+
+    word = M.save_model_folder(tmp_path / "qwen2-word", "qwen2", layers=1, d=16, tokenizer=M.build_tokenizer("word"))
+    with pytest.raises(ValueError, match="loads its tokenizer as Qwen2Tokenizer, which does not reproduce the "
+                                         "folder's tokenizer.json") as e:
+        load_lm(word)
+    _one_line(e)
+    bpe = M.save_model_folder(tmp_path / "qwen2-bpe", "qwen2", layers=1, d=16)
+    lm = load_lm(bpe)
+    saved = Tokenizer.from_file(str(bpe / "tokenizer.json"))
+    assert lm.tokenizer(TOKENIZER_SAMPLE, add_special_tokens=False)["input_ids"] == \
+        saved.encode(TOKENIZER_SAMPLE, add_special_tokens=False).ids
+    os.remove(bpe / "tokenizer.json")
+    with pytest.raises(ValueError, match="has no tokenizer files"):
+        load_lm(bpe)
+
+
+def _save(model, tok, path):
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_architectures_that_cannot_be_handled_name_the_missing_piece(tmp_path):
+    """A mixture-of-experts MLP, a state-space block without an MLP (Mamba) and a
+    bidirectional encoder (BERT without is_decoder): one line each, naming what is missing."""
+    import transformers as tr
+
+    tok = M.build_tokenizer()
+    V = len(tok)
+    cases = [
+        (tr.MixtralConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, num_local_experts=2, num_experts_per_tok=1),
+         "mixture-of-experts blocks .*no single MLP output projection"),
+        (tr.MambaConfig(vocab_size=V, hidden_size=16, state_size=4, num_hidden_layers=1, expand=2),
+         "cannot find the MLP output projection: no Linear with output size 16 outside the attention"),
+        (tr.BertConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                       num_attention_heads=2), "not a causal decoder"),
+    ]
+    for cfg, msg in cases:
+        torch.manual_seed(0)
+        model = tr.AutoModelForCausalLM.from_config(cfg)
+        path = _save(model, tok, tmp_path / f"m-{cfg.model_type}")
+        with pytest.raises(ValueError, match=msg) as e:
+            load_lm(path)
+        _one_line(e)

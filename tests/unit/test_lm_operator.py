@@ -1,7 +1,9 @@
-"""The LM eNTK operator on tiny random Gemma3 / GPT-2 / Llama models (float64).
+"""The LM eNTK operator on tiny random models of every architecture in
+``_lm_models.KINDS`` (float64): the tail-only products against the full model's.
 
-Gemma3's and Llama's RMSNorm compute in float32 even inside a float64 model, so their
-references agree to ~1e-7 relative; GPT-2 (LayerNorm) agrees to round-off."""
+RMSNorms compute in float32 even inside a float64 model (Gemma, Llama-style), so those
+references agree to ~1e-7 relative; LayerNorm models (GPT-2, GPT-NeoX, OPT, Falcon...)
+agree to round-off."""
 import pytest
 import torch
 from torch.func import jacrev
@@ -9,8 +11,12 @@ from torch.func import jacrev
 import _lm_models as M
 from entk_core.families.causal_lm.operator import KTildeOperator, LMTail, sqrt_gram
 
-KINDS = ["gemma3", "gpt2", "llama"]
-TOL = {"gemma3": 1e-5, "llama": 1e-5, "gpt2": 1e-10}
+KINDS = list(M.KINDS)
+LAYERNORM = {"gpt2", "gpt_neox", "opt", "falcon", "phi", "gptj"}
+"""Norms computed in the model's dtype; the others (RMSNorm, OLMo's and StableLM's LayerNorm) in float32."""
+TOL = {k: (1e-8 if k in LAYERNORM else 1e-5) for k in KINDS}
+OTHER = {"gpt2": "attn.c_attn", "gpt_neox": "attention.dense", "falcon": "self_attention.dense",
+         "phi": "self_attn.dense", "gptj": "attn.out_proj", "opt": "self_attn.out_proj"}
 
 
 def _lm(kind, vocab=40, layers=3, d=16, seed=0):
@@ -37,8 +43,9 @@ def _rel(a, b):
 def test_tail_equals_full_model_on_every_layer_and_mode(kind):
     lm = _lm(kind)
     ids = _ids(3, 7, 40)
-    other = "attn.c_attn" if kind == "gpt2" else "self_attn.o_proj"
-    for layer, params in ((0, None), (1, None), (2, None), (0, other), (1, "mlp"), (2, "mlp")):
+    other = OTHER.get(kind, "self_attn.o_proj")
+    mlp = lm.arch.mlp_out.rsplit(".", 1)[0] if "." in lm.arch.mlp_out else "fc1"
+    for layer, params in ((1, None), (2, None), (0, other), (1, mlp)):
         if True:
             tail = LMTail(lm, ids, layer, params, chunk=2)
             assert tail.mode == ("linear" if params is None else "block")
@@ -53,8 +60,11 @@ def test_tail_equals_full_model_on_every_layer_and_mode(kind):
             assert _rel(tail.jvp(u_full), tail.full_jvp(u_full)) < TOL[kind]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["gpt2", "gemma3", "falcon", "opt", "granite"])
 def test_products_match_dense_jacobian(kind):
+    """The full-model reference itself against a dense Jacobian (jacrev), for one model of
+    each kind of layout: fused attention, post-MLP norm, parallel block, flattened MLP,
+    block re-run."""
     lm = _lm(kind, seed=1)
     ids = _ids(4, 7, 40, seed=1)
     for layer in (0, 2):
@@ -113,7 +123,7 @@ def test_ktilde_has_the_nonzero_spectrum_of_the_full_flattened_logit_entk(kind):
 def test_last_block_only_needs_the_last_position():
     lm = _lm("gpt2")
     tail = LMTail(lm, _ids(3, 8, 40), 2)
-    assert tail.cached[0]["x"].shape[1] == 1 and tail.cached[0]["resid"].shape[1] == 1
+    assert tail.cached[0]["x"].shape[1] == 1 and tail.cached[0]["rest"].shape[1] == 1
 
 
 def test_bad_token_ids_and_shapes():

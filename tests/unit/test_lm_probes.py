@@ -77,7 +77,7 @@ def test_agreement_filter_keeps_only_matching_predictions(world, tmp_path, tok):
     """A GPT-2 forced to always predict 'the': only DET contexts can agree."""
     root, _, stories = world
     model = M.build_model("gpt2", len(tok), layers=2)
-    the = tok.convert_tokens_to_ids("the")
+    [the] = tok(" the", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         model.transformer.wte.weight[the] *= 20
         model.transformer.ln_f.weight.zero_()
@@ -177,3 +177,27 @@ def test_greedy_continuation_equals_generate_with_the_kv_cache(tok, arch):
     want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
                           pad_token_id=0)[:, ids.shape[1]:]
     assert got.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda p: {**p, "options": []}, "field 'options' must be an object, not list"),
+    (lambda p: {**p, "model": "gpt2"}, "field 'model' must be an object, not str"),
+    (lambda p: {**p, "options": {**p["options"], "tags": "NOUN"}}, "field 'options.tags' must be list"),
+    (lambda p: {**p, "options": {**p["options"], "tags": [1, 2]}}, "'options.tags' must be a list of strings"),
+    (lambda p: {**p, "options": {**p["options"], "agreement": "yes"}}, "'options.agreement' must be bool"),
+    (lambda p: {**p, "tokenizer": {"fingerprint": 7}}, "'tokenizer.fingerprint' must be str, not int"),
+    (lambda p: {**p, "counts": {"NOUN": "3"}}, "'counts' must map tags to integers"),
+    (lambda p: {k: v for k, v in p.items() if k != "tokenizer"}, "has no 'tokenizer'"),
+])
+def test_provenance_of_the_wrong_types_is_one_line(world, tmp_path, edit, field):
+    """Issue 21.7: a probe set whose provenance has the wrong types was an unexpected
+    AttributeError; now loading (and the listing) names the field in one line."""
+    root, lm, stories = world
+    out = _build(lm, stories, per_tag=1).save(tmp_path / "probes" / "set")
+    prov = json.loads((out / "provenance.json").read_text())
+    (out / "provenance.json").write_text(json.dumps(edit(prov)))
+    with pytest.raises(ValueError, match=f"probe set set: provenance.json .*{field}") as e:
+        load_probe_set(out)
+    assert "\n" not in str(e.value)
+    [(name, err)] = P.list_probe_sets(tmp_path / "probes")
+    assert name == "set" and isinstance(err, ValueError)

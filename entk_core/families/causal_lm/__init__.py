@@ -1,5 +1,8 @@
 """Causal language models (paper spec §6: Gemma-3-270M on TinyStories), for any local
-Gemma3, Llama-style or GPT-2 model, on a CPU.
+decoder-only causal LM of ``transformers`` whose blocks have an MLP output projection
+(Gemma 2/3, Llama, Mistral, Qwen2/3, Phi, Phi-3, GPT-NeoX/Pythia, OPT, GPT-2, GPT-J,
+Falcon, OLMo, StableLM, ...: the structure is found from the loaded model, :mod:`.arch`),
+on a CPU or a GPU.
 
 Unlike the toy families, nothing is trained here: the family's "runs" are pretrained
 **models** found in the models folder (``$ENTK_MODELS_DIR``, default ``./models``) or
@@ -27,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from ..base import FamilyPage, ModelFamily
-from .arch import SUPPORTED_MODEL_TYPES, Arch, get_arch
-from .models import (LMRef, LoadedLM, convert_to_folder, inspect_model, list_models, load_lm, models_root,
-                     resolve_device, resolve_model)
+from .arch import Arch, discover
+from .files import LMRef, inspect_model, list_models, models_root, resolve_model
+from .models import LoadedLM, convert_to_folder, load_lm, resolve_device
 from .probes import DEFAULT_TAGS, ProbeSet, build_probe_set, load_probe_set, read_stories
 
 __all__ = [
@@ -40,10 +43,9 @@ __all__ = [
     "ProbeSet",
     "Arch",
     "DEFAULT_TAGS",
-    "SUPPORTED_MODEL_TYPES",
     "build_probe_set",
     "convert_to_folder",
-    "get_arch",
+    "discover",
     "inspect_model",
     "list_models",
     "load_lm",
@@ -81,7 +83,8 @@ class CausalLMFamily(ModelFamily):
     default_reduction = "flattened-logit"
     default_top = 25
     has_accuracy = False
-    description = ("A pretrained causal LM (Gemma3, Llama-style or GPT-2) read from a local folder or GGUF file. "
+    description = ("A pretrained decoder-only causal LM (Gemma, Llama, Mistral, Qwen, Phi, GPT-NeoX, OPT, GPT-2, Falcon, "
+                   "OLMo...) read from a local folder or GGUF file. "
                    "Its eNTK is taken for one block's MLP output projection on story context windows; the top "
                    "eigendirections give per-context scores that are compared with part-of-speech and morphology "
                    "labels, against a same-budget PCA of the layer's activations.")

@@ -14,7 +14,10 @@ protocol of spec §6.4-6.5 (math on arrays; scikit-learn's metrics).
 * **Split**: stratified by POS, 50/50 (per tag: shuffled with ``numpy`` seed ``seed``,
   the first ``⌊n/2⌋`` to train).
 * **Per binary label**: over every direction × both signs, the highest *train* average
-  precision chooses one; on test it reports AP, AUROC, precision at quota (quota = the
+  precision chooses one (computed for all candidates at once by
+  :func:`average_precision_many`, equal to scikit-learn's ``average_precision_score``,
+  as :func:`auroc` is to ``roc_auc_score``;
+  the first candidate wins a tie); on test it reports AP, AUROC, precision at quota (quota = the
   number of test positives; the top-quota test examples by score, ties by index) and
   enrichment = precision at quota / prevalence. Macro rows are nan-means over labels.
   A label without positives (or without negatives) in either half has ``None`` metrics.
@@ -36,7 +39,10 @@ __all__ = [
     "pos_tasks",
     "morph_tasks",
     "evaluate_direction_set",
+    "evaluate_random",
     "evaluate_tasks",
+    "average_precision_many",
+    "auroc",
     "macro",
     "METRICS",
 ]
@@ -136,17 +142,53 @@ def morph_tasks(morph: Sequence[dict[str, str]], upos: Sequence[str], min_count:
     return {"tasks": tasks, "dropped": dropped, "duplicates": dups}
 
 
-def _metrics(s: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
-    from sklearn.metrics import average_precision_score, roc_auc_score
+def auroc(s: np.ndarray, y: np.ndarray) -> float:
+    """Area under the ROC curve (scikit-learn's ``roc_auc_score`` for a binary target:
+    the Mann-Whitney statistic with tied scores counted half)."""
+    from scipy.stats import rankdata
 
+    y = np.asarray(y, bool)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    r = rankdata(np.asarray(s, dtype=np.float64))
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _metrics(s: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == len(y):
         return {"ap": None, "auroc": None, "prec_at_quota": None, "enrichment": None}
     order = np.argsort(-s, kind="stable")
     prec = float(y[order[:n_pos]].mean())
     prevalence = n_pos / len(y)
-    return {"ap": float(average_precision_score(y, s)), "auroc": float(roc_auc_score(y, s)),
+    return {"ap": float(average_precision_many(s[None], y)[0]), "auroc": auroc(s, y),
             "prec_at_quota": prec, "enrichment": prec / prevalence}
+
+
+def average_precision_many(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Average precision of every row of ``scores`` ``(m, n)`` for the bool target ``y``
+    ``(n,)``, as scikit-learn's ``average_precision_score`` computes it (a step-wise sum
+    over distinct score thresholds, ties sharing one threshold), vectorised over rows."""
+    S = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(y, bool)
+    n_pos = int(y.sum())
+    if S.ndim != 2 or S.shape[1] != y.shape[0]:
+        raise ValueError(f"scores must be (m, {y.shape[0]}), got {S.shape}")
+    if n_pos == 0:
+        return np.full(S.shape[0], np.nan)
+    order = np.argsort(-S, axis=1, kind="stable")
+    s_sorted = np.take_along_axis(S, order, axis=1)
+    y_sorted = y[order]
+    tps = np.cumsum(y_sorted, axis=1)
+    n = S.shape[1]
+    # the end of each tie group: where the next score differs (or the last position)
+    end = np.ones_like(s_sorted, dtype=bool)
+    end[:, :-1] = s_sorted[:, 1:] != s_sorted[:, :-1]
+    pos = np.arange(n)
+    last_end = np.where(end, pos, n)
+    group_end = np.minimum.accumulate(last_end[:, ::-1], axis=1)[:, ::-1]   # the end of each position's group
+    prec_at_end = np.take_along_axis(tps, group_end, axis=1) / (group_end + 1.0)
+    return (y_sorted * prec_at_end).sum(1) / n_pos
 
 
 def evaluate_direction_set(scores: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> dict[str, Any]:
@@ -156,35 +198,50 @@ def evaluate_direction_set(scores: np.ndarray, y: np.ndarray, train: np.ndarray,
       scores: ``(k, N)`` per-example scores of ``k`` directions.
       y: ``(N,)`` bool target.
     """
-    from sklearn.metrics import average_precision_score
-
     y = np.asarray(y, bool)
+    scores = np.asarray(scores, dtype=np.float64)
     ytr, yte = y[train], y[test]
     out: dict[str, Any] = {"n_pos": int(y.sum()), "n_pos_test": int(yte.sum()),
                            "prevalence_test": float(yte.mean()) if len(yte) else None}
-    if ytr.sum() == 0 or ytr.sum() == len(ytr):
+    if ytr.sum() == 0 or ytr.sum() == len(ytr) or scores.shape[0] == 0:
         return {**out, "direction": None, "sign": None, "train_ap": None,
                 **{m: None for m in METRICS}}
-    best = (-1.0, 0, 1)
-    for i in range(scores.shape[0]):
-        for sign in (1, -1):
-            ap = float(average_precision_score(ytr, sign * scores[i, train]))
-            if ap > best[0] + 1e-15:
-                best = (ap, i, sign)
-    ap_tr, i, sign = best
-    return {**out, "direction": int(i), "sign": "+" if sign > 0 else "-", "train_ap": ap_tr,
+    tr = scores[:, train]
+    both = np.empty((2 * tr.shape[0], tr.shape[1]))
+    both[0::2], both[1::2] = tr, -tr                    # candidates in order (0,+), (0,-), (1,+), ...
+    ap = average_precision_many(both, ytr)
+    j = int(np.argmax(ap))
+    i, sign = j // 2, (1 if j % 2 == 0 else -1)
+    return {**out, "direction": int(i), "sign": "+" if sign > 0 else "-", "train_ap": float(ap[j]),
             **_metrics(sign * scores[i, test], yte)}
+
+
+def evaluate_random(draws: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> dict[str, Any]:
+    """:func:`evaluate_direction_set` for each draw of ``draws`` ``(R, k, N)``, metrics
+    averaged over the draws (``direction``/``sign`` are ``None``; ``std`` holds the
+    spread of each metric)."""
+    rows = [evaluate_direction_set(d, y, train, test) for d in np.asarray(draws)]
+    out = {k: rows[0][k] for k in ("n_pos", "n_pos_test", "prevalence_test")}
+    mean, std = {}, {}
+    for m in METRICS + ("train_ap",):
+        vals = [r[m] for r in rows if r[m] is not None]
+        mean[m] = float(np.mean(vals)) if vals else None
+        std[m] = float(np.std(vals)) if vals else None
+    return {**out, "direction": None, "sign": None, **mean, "std": {m: std[m] for m in METRICS},
+            "draws": len(rows)}
 
 
 def evaluate_tasks(methods: dict[str, np.ndarray], tasks: dict[str, np.ndarray], train: np.ndarray,
                    test: np.ndarray) -> list[dict[str, Any]]:
     """One row per label: ``{"label", "n_pos", "n_pos_test", method: {...}, ...}`` for each
-    method's ``(k, N)`` scores."""
+    method's ``(k, N)`` scores; a ``(R, k, N)`` array (random draws) is evaluated by
+    :func:`evaluate_random`."""
     rows = []
     for lab, y in tasks.items():
         row: dict[str, Any] = {"label": lab}
         for name, sc in methods.items():
-            r = evaluate_direction_set(sc, y, train, test)
+            sc = np.asarray(sc)
+            r = evaluate_random(sc, y, train, test) if sc.ndim == 3 else evaluate_direction_set(sc, y, train, test)
             row["n_pos"], row["n_pos_test"] = r.pop("n_pos"), r.pop("n_pos_test")
             row["prevalence_test"] = r.pop("prevalence_test")
             row[name] = r

@@ -1,39 +1,29 @@
-"""Pretrained causal LMs on disk: finding, validating, fingerprinting and loading them.
-
-The "runs" of the causal-LM family are *models*, not training runs. A model is either
-
-* an **HF folder**: ``config.json`` + ``*.safetensors`` weights + tokenizer files
-  (``tokenizer.json``, or ``tokenizer.model``/``vocab.json`` + ``merges.txt``), as written
-  by ``save_pretrained``; or
-* a **GGUF file** (``*.gguf``, e.g. the Gemma-3-270M Q4_K_M package), dequantised to
-  float32 on load (tens of seconds for 270M parameters; ``python -m entk_core models
-  convert`` writes an HF folder once, which then loads in seconds).
-
-Models are found in the models folder, ``$ENTK_MODELS_DIR`` (default ``./models``): each
-sub-folder with a ``config.json`` and each ``*.gguf`` file directly inside it is one
-model, named by its folder or file name. A model may also be given by its path.
+"""Loading pretrained causal LMs (validated first, see :mod:`.files`) and their tokenizers.
 
 Loading is always offline and safe: ``local_files_only=True``, ``trust_remote_code=False``,
 ``use_safetensors=True`` (pickle ``.bin``/``.pt`` weights are refused, never opened),
 ``dtype=float32``, ``attn_implementation="eager"`` (PyTorch's CPU SDPA kernel has no
-forward-mode AD). Missing tensors (which transformers would silently initialise at
-random), non-finite weights and unsupported architectures are one-line ``ValueError``\\ s.
+forward-mode AD). One-line ``ValueError``\\ s: missing tensors (which transformers would
+silently initialise at random), non-finite weights, a malformed ``tokenizer.json``, a
+tokenizer that transformers loads as another class than the one saved (checked on a sample
+text against the folder's ``tokenizer.json``), and a decoder whose structure
+:func:`.arch.discover` cannot find (naming the missing piece).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import struct
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .arch import Arch, get_arch
+from .arch import Arch, discover
+from .files import (MODELS_DIR_ENV, LMRef, inspect_model, list_models, model_fingerprint, models_root,
+                    read_gguf_metadata, resolve_model, weight_files)
 
 __all__ = [
     "LMRef",
@@ -41,289 +31,21 @@ __all__ = [
     "models_root",
     "list_models",
     "resolve_model",
+    "inspect_model",
     "load_lm",
+    "resolve_device",
     "model_fingerprint",
     "tokenizer_fingerprint",
     "read_gguf_metadata",
     "convert_to_folder",
+    "check_tokenizer",
     "MODELS_DIR_ENV",
+    "TOKENIZER_SAMPLE",
 ]
 
-MODELS_DIR_ENV = "ENTK_MODELS_DIR"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
-GGUF_ARCH_TO_MODEL_TYPE = {"gemma3": "gemma3_text", "llama": "llama", "mistral": "mistral", "qwen2": "qwen2",
-                           "qwen3": "qwen3", "gpt2": "gpt2"}
-
-
-def models_root() -> Path:
-    """The models folder: ``$ENTK_MODELS_DIR`` or ``./models``."""
-    return Path(os.environ.get(MODELS_DIR_ENV, "models")).expanduser()
-
-
-@dataclass(frozen=True)
-class LMRef:
-    """A model on disk, validated without loading its weights.
-
-    Attributes:
-      name: the display name (folder or file name).
-      path: the HF folder, or the ``.gguf`` file.
-      format: ``"hf"`` or ``"gguf"``.
-      model_type: ``config.model_type`` (``gemma3_text``, ``llama``, ``gpt2``...).
-      info: a few facts read from the config/header: ``n_layers``, ``d_model``,
-        ``vocab_size`` (when known), ``name``.
-    """
-
-    name: str
-    path: Path
-    format: str
-    model_type: str
-    info: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    @property
-    def n_layers(self) -> int | None:
-        return self.info.get("n_layers")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "path": str(self.path), "format": self.format, "model_type": self.model_type,
-                **self.info}
-
-
-# ------------------------------------------------------------------ GGUF header
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
-def read_gguf_metadata(path: Path | str) -> dict[str, Any]:
-    """The scalar key/values of a GGUF file's header (arrays are skipped, their length kept
-    under ``key + "#len"``); reads only the header, in well under a second.
-
-    Raises ``ValueError`` naming the file for anything that is not a well-formed GGUF header.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as fh:
-            def read(n: int) -> bytes:
-                b = fh.read(n)
-                if len(b) != n:
-                    raise EOFError
-                return b
-
-            def scalar(t: int):
-                fmt = _GGUF_SCALARS[t]
-                return struct.unpack(fmt, read(struct.calcsize(fmt)))[0]
-
-            def string() -> str:
-                n = struct.unpack("<Q", read(8))[0]
-                if n > size:
-                    raise ValueError("string length beyond the file")
-                return read(n).decode("utf-8", errors="replace")
-
-            def skip(t: int) -> None:
-                if t == 8:
-                    n = struct.unpack("<Q", read(8))[0]
-                    if n > size:
-                        raise ValueError("string length beyond the file")
-                    fh.seek(n, 1)
-                elif t in _GGUF_SCALARS:
-                    fh.seek(struct.calcsize(_GGUF_SCALARS[t]), 1)
-                else:
-                    raise ValueError(f"unknown value type {t}")
-
-            if read(4) != b"GGUF":
-                raise ValueError("no GGUF magic number")
-            version = struct.unpack("<I", read(4))[0]
-            n_tensors, n_kv = struct.unpack("<QQ", read(16))
-            if n_kv > 1_000_000 or n_tensors > 10_000_000:
-                raise ValueError("implausible header counts")
-            meta: dict[str, Any] = {"GGUF.version": version, "GGUF.tensor_count": n_tensors}
-            for _ in range(n_kv):
-                key = string()
-                t = struct.unpack("<I", read(4))[0]
-                if t == 8:
-                    meta[key] = string()
-                elif t == 9:
-                    et, n = struct.unpack("<IQ", read(12))
-                    if n > size:
-                        raise ValueError("array length beyond the file")
-                    if et in _GGUF_SCALARS and et != 8:
-                        fh.seek(n * struct.calcsize(_GGUF_SCALARS[et]), 1)
-                    else:
-                        for _ in range(n):
-                            skip(et)
-                    meta[key + "#len"] = n
-                elif t in _GGUF_SCALARS:
-                    meta[key] = scalar(t)
-                else:
-                    raise ValueError(f"unknown value type {t}")
-                if fh.tell() > size:
-                    raise EOFError
-    except EOFError:
-        raise ValueError(f"corrupt GGUF file {path.name}: truncated header") from None
-    except (ValueError, struct.error, KeyError) as e:
-        raise ValueError(f"corrupt GGUF file {path.name}: {e}") from None
-    return meta
-
-
-# ------------------------------------------------------------------ validation
-def _check_safetensors(f: Path) -> int:
-    """Validate one safetensors file's header and sizes; return its tensor count."""
-    size = f.stat().st_size
-    try:
-        with open(f, "rb") as fh:
-            head = fh.read(8)
-            if len(head) != 8:
-                raise ValueError("shorter than a header")
-            n = struct.unpack("<Q", head)[0]
-            if n > min(size - 8, 100 * 2**20):
-                raise ValueError("header length beyond the file")
-            header = json.loads(fh.read(n))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"corrupt safetensors file {f.name}: {e}") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"corrupt safetensors file {f.name}: header is not a JSON object")
-    end = 0
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        try:
-            end = max(end, int(v["data_offsets"][1]))
-        except (TypeError, KeyError, IndexError, ValueError):
-            raise ValueError(f"corrupt safetensors file {f.name}: bad entry for tensor '{k}'") from None
-    if 8 + n + end > size:
-        raise ValueError(f"corrupt safetensors file {f.name}: truncated ({size} bytes, header promises {8 + n + end})")
-    return sum(1 for k in header if k != "__metadata__")
-
-
-def _inspect_folder(path: Path) -> LMRef:
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise ValueError(f"{path} is not a model folder: no config.json")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path.name}/config.json is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict) or "model_type" not in cfg:
-        raise ValueError(f"{path.name}/config.json has no model_type: not a transformers model folder")
-    weights = sorted(path.glob("*.safetensors"))
-    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if not weights:
-        if pickles:
-            raise ValueError(f"{path.name} has only pickle weights ({', '.join(pickles[:3])}); refusing to unpickle "
-                             f"them: save the model as safetensors (save_pretrained(..., safe_serialization=True))")
-        raise ValueError(f"{path.name} has no *.safetensors weights")
-    for w in weights:
-        _check_safetensors(w)
-    if not any((path / t).is_file() for t in TOKENIZER_FILES):
-        raise ValueError(f"{path.name} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
-    mt = cfg["model_type"]
-    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
-    info = {
-        "n_layers": text.get("num_hidden_layers", text.get("n_layer")),
-        "d_model": text.get("hidden_size", text.get("n_embd")),
-        "vocab_size": text.get("vocab_size"),
-    }
-    get_arch(mt)  # unsupported architecture -> ValueError
-    return LMRef(path.name, path.resolve(), "hf", mt, info)
-
-
-def _inspect_gguf(path: Path) -> LMRef:
-    meta = read_gguf_metadata(path)
-    arch = meta.get("general.architecture")
-    if arch not in GGUF_ARCH_TO_MODEL_TYPE:
-        raise ValueError(f"{path.name}: unsupported GGUF architecture '{arch}'; supported: "
-                         f"{', '.join(GGUF_ARCH_TO_MODEL_TYPE)}")
-    info = {
-        "n_layers": meta.get(f"{arch}.block_count"),
-        "d_model": meta.get(f"{arch}.embedding_length"),
-        "vocab_size": meta.get("tokenizer.ggml.tokens#len"),
-        "title": meta.get("general.name"),
-    }
-    return LMRef(path.name, path.resolve(), "gguf", GGUF_ARCH_TO_MODEL_TYPE[arch], info)
-
-
-def inspect_model(path: Path | str) -> LMRef:
-    """Validate a model folder or GGUF file without loading its weights."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"no model at {path}")
-    if path.is_dir():
-        return _inspect_folder(path)
-    if path.suffix.lower() == ".gguf":
-        return _inspect_gguf(path)
-    if path.suffix in PICKLE_SUFFIXES:
-        raise ValueError(f"{path.name} is a pickle file; refusing to unpickle it (use safetensors or GGUF)")
-    raise ValueError(f"{path} is neither a model folder nor a .gguf file")
-
-
-def list_models(root: Path | str | None = None) -> list[tuple[str, LMRef | Exception]]:
-    """Every candidate in the models folder, sorted by name: ``(name, LMRef)`` for a good
-    model, ``(name, error)`` for a folder or ``.gguf`` file that is not a usable model."""
-    root = Path(root) if root is not None else models_root()
-    if not root.is_dir():
-        return []
-    out: list[tuple[str, LMRef | Exception]] = []
-    for p in sorted(root.iterdir()):
-        if p.name.startswith(".") or (p / "provenance.json").is_file() and not (p / "config.json").exists():
-            continue  # hidden entries and probe sets kept beside the models
-        if p.is_dir() or p.suffix.lower() == ".gguf":
-            try:
-                out.append((p.name, inspect_model(p)))
-            except (ValueError, OSError) as e:
-                out.append((p.name, e))
-    return out
-
-
-def resolve_model(spec: str | Path, root: Path | str | None = None, *, confine: bool = False) -> LMRef:
-    """A model given by path, or by name in the models folder.
-
-    With ``confine=True`` (dashboard URLs) only names of entries directly inside the
-    models folder are accepted."""
-    root = Path(root) if root is not None else models_root()
-    spec_s = str(spec)
-    if confine:
-        if not spec_s or "/" in spec_s or "\\" in spec_s or spec_s in (".", "..") or "\0" in spec_s:
-            raise ValueError(f"'{spec_s[:60]}' is not a model name in the models folder")
-        return inspect_model(root / spec_s)
-    p = Path(spec_s).expanduser()
-    if p.exists():
-        return inspect_model(p)
-    if (root / spec_s).exists():
-        return inspect_model(root / spec_s)
-    names = [n for n, r in list_models(root) if isinstance(r, LMRef)]
-    raise FileNotFoundError(f"no model '{spec_s}': not a path, and not in the models folder {root} "
-                            f"({'models there: ' + ', '.join(names) if names else 'which has no models'})")
-
-
-# ------------------------------------------------------------------ fingerprints
-_FP_LOCK = threading.Lock()
-_FP_MEMO: dict[tuple, str] = {}
-
-
-def _weight_files(ref: LMRef) -> list[Path]:
-    if ref.format == "gguf":
-        return [ref.path]
-    return sorted(ref.path.glob("*.safetensors")) + [ref.path / "config.json"]
-
-
-def model_fingerprint(ref: LMRef) -> str:
-    """sha256 (hex, 16 chars) of the model's weight files and config, memoised per
-    (path, size, mtime) in this process."""
-    files = _weight_files(ref)
-    key = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    with _FP_LOCK:
-        if key in _FP_MEMO:
-            return _FP_MEMO[key]
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
-    digest = h.hexdigest()[:16]
-    with _FP_LOCK:
-        _FP_MEMO[key] = digest
-    return digest
+TOKENIZER_SAMPLE = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the sun! "
+                    "\"Mom,\" she asked, \"can we go to the park?\" They walked 3 blocks and saw 12 ducks.")
+"""The text whose tokens must be the same through the loaded tokenizer and the saved ``tokenizer.json``."""
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -364,6 +86,8 @@ class LoadedLM:
 
     @property
     def d_model(self) -> int:
+        """The width of ``r`` (the last hidden state): the residual width, unless a
+        projection follows the final norm (OPT-350m's ``project_out``)."""
         return int(self.arch.unembedding(self.model).shape[1])
 
     @property
@@ -398,16 +122,67 @@ class LoadedLM:
         return rel, names
 
 
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def _saved_tokenizer(ref: LMRef):
+    """The folder's ``tokenizer.json`` as the ``tokenizers`` library reads it (``None`` when
+    there is none), or a one-line error when it is malformed."""
+    f = ref.path / "tokenizer.json"
+    if ref.format != "hf" or not f.is_file():
+        return None
+    import json
+
+    from tokenizers import Tokenizer
+
+    try:
+        obj = json.loads(f.read_text(encoding="utf-8"))
+        if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+            raise ValueError("no tokenizer model in it")
+        for key in ("pre_tokenizer", "decoder", "normalizer", "post_processor"):
+            if key in obj and obj[key] is not None and not isinstance(obj[key], (dict, list)):
+                raise ValueError(f"'{key}' has the wrong type")
+        if not isinstance(obj.get("added_tokens"), list):
+            raise ValueError("'added_tokens' is missing or not a list")
+        return Tokenizer.from_str(json.dumps(obj))
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise ValueError(f"{ref.name}/tokenizer.json is malformed: {_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exception on bad JSON
+        raise ValueError(f"{ref.name}/tokenizer.json is malformed: {_first_line(e)}") from None
+
+
+def check_tokenizer(ref: LMRef, tok: Any, saved: Any, sample: str = TOKENIZER_SAMPLE) -> None:
+    """``ValueError`` unless ``sample`` has the same tokens through the loaded tokenizer
+    ``tok`` as through the folder's saved ``tokenizer.json`` (``saved``; skipped when ``None``)."""
+    if saved is None:
+        return
+    want = saved.encode(sample, add_special_tokens=False).ids
+    got = list(tok(sample, add_special_tokens=False)["input_ids"])
+    if got != want:
+        i = next((j for j, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        raise ValueError(f"{ref.name}: transformers loads its tokenizer as {type(tok).__name__}, which does not "
+                         f"reproduce the folder's tokenizer.json on a sample text ({len(got)} vs {len(want)} tokens, "
+                         f"first difference at token {i}); the probe contexts would not be the model's tokens. Save "
+                         f"the tokenizer as the class transformers uses for '{ref.model_type}' or fix tokenizer_config.json")
+
+
 def _tokenizer_from(ref: LMRef):
     from transformers import AutoTokenizer
 
-    if ref.format == "gguf":
-        tok = AutoTokenizer.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name, local_files_only=True,
-                                            trust_remote_code=False)
-    else:
-        tok = AutoTokenizer.from_pretrained(str(ref.path), local_files_only=True, trust_remote_code=False)
+    saved = _saved_tokenizer(ref)
+    try:
+        if ref.format == "gguf":
+            tok = AutoTokenizer.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name, local_files_only=True,
+                                                trust_remote_code=False)
+        else:
+            tok = AutoTokenizer.from_pretrained(str(ref.path), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"{ref.name}: cannot load its tokenizer: {_first_line(e)}") from None
     if not getattr(tok, "is_fast", False):
         raise ValueError(f"{ref.name}: the tokenizer is not a fast tokenizer (offsets are needed to build probes)")
+    check_tokenizer(ref, tok, saved)
     return tok
 
 
@@ -430,7 +205,7 @@ def _load_uncached(ref: LMRef, device: str) -> LoadedLM:
         else:
             model, info = AutoModelForCausalLM.from_pretrained(str(ref.path), use_safetensors=True, **kw)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
-        raise ValueError(f"cannot load {ref.name}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        raise ValueError(f"cannot load {ref.name}: {_first_line(e)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
@@ -443,15 +218,18 @@ def _load_uncached(ref: LMRef, device: str) -> LoadedLM:
     if missing:
         raise ValueError(f"{ref.name}: the weights lack {len(missing)} tensors the config needs (e.g. {missing[0]}); "
                          f"they would be random")
-    arch = get_arch(model.config.model_type)
     model.eval()
     for n, p in model.named_parameters():
         p.requires_grad_(False)
         if not torch.isfinite(p).all():
             raise ValueError(f"{ref.name}: weight '{n}' contains NaN or inf")
+    tok = _tokenizer_from(ref)  # a bad tokenizer fails before the structure probe
     if device != "cpu":
         model.to(device)
-    tok = _tokenizer_from(ref)
+    try:
+        arch = discover(model)
+    except ValueError as e:
+        raise ValueError(f"{ref.name}: {e}") from None
     return LoadedLM(ref, model, tok, arch, model_fingerprint(ref), tokenizer_fingerprint(tok),
                     time.perf_counter() - t0)
 
@@ -478,7 +256,7 @@ def load_lm(ref: LMRef | str | Path, device: str = "cpu", progress: Callable | N
     if not isinstance(ref, LMRef):
         ref = resolve_model(ref)
     device = resolve_device(device)
-    files = _weight_files(ref)
+    files = weight_files(ref)
     key = (str(ref.path), device, tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in files))
     with _LOAD_LOCK:
         if key in _LOADED:

@@ -27,21 +27,26 @@ which changes no eigenvalue and, after reshaping, no per-example score.)
 **Tail-only recompute.** One forward pass per chunk of contexts caches, for all
 positions, what enters the selected parameters (and the arguments the model passes to
 the later blocks: rotary embeddings, attention masks). Each product then re-runs only
-the network *after* the selected parameters:
+the network *after* the selected parameters, as the model's layout says
+(:class:`~.arch.Arch`, found by :func:`~.arch.discover`):
 
-* ``"linear"`` mode (the default parameters, an ``nn.Linear``/``Conv1D``): the module's
-  output is linear in θ, ``out = x Wᵀ + b``, so ``J = J_tail · (x ⊗ ·)``: a VJP is one
-  VJP of the tail at the cached output plus ``gᵀx``, a JVP is ``x uᵀ`` plus one JVP of
-  the tail; the module's own forward is never recomputed;
+* ``"linear"`` mode (the default parameters, the MLP output projection, an
+  ``nn.Linear``/``Conv1D``): the module's output is linear in θ, ``o = x Wᵀ + b``, so
+  ``J = J_tail · (x ⊗ ·)``: a VJP is one VJP of the tail at the cached output plus ``gᵀx``,
+  a JVP is ``x uᵀ`` plus one JVP of the tail; the module's own forward is never
+  recomputed. The tail from ``o`` is ``h = rest + g(o)`` with ``rest = h₀ − g(o₀)`` cached
+  (layout finish ``"add"``; exact for sequential *and* parallel attention/MLP blocks, whose
+  attention term is inside ``rest``), or block ``L`` re-run with ``o`` substituted
+  (``"rerun"``);
 * ``"block"`` mode (any ``--params``): block ``L`` is re-run from its cached input with θ
   substituted (``torch.func.functional_call``), then the tail;
 
 and in both, the blocks after ``L`` run at every position (their keys/values feed the
-last position), except the **last block, which runs for the last query position only**
-(:meth:`~.arch.Arch.last_query_block`); when ``L`` is the last block only the last
-position is computed at all. All of this is exact (the tests compare it with the full
-model to float64 round-off); the author's method, the full-model VJP + JVP, is
-:meth:`LMTail.full_vjp` / :meth:`LMTail.full_jvp`.
+last position), except the **last block, which runs for the last query position** as far
+as the layout allows (:meth:`~.arch.Arch.last_query_block`); when ``L`` is the last block
+only the last position is computed at all. All of this is exact (the tests compare it with
+the full model to float64 round-off on every supported architecture); the author's
+method, the full-model VJP + JVP, is :meth:`LMTail.full_vjp` / :meth:`LMTail.full_jvp`.
 """
 from __future__ import annotations
 
@@ -59,7 +64,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import torch._decomp.decompositions_for_jvp  # noqa: F401
 
-from .arch import block_output
+from .arch import DROP_KWARGS, block_output, is_linear
 from .models import LoadedLM
 
 __all__ = ["LMTail", "KTildeOperator", "sqrt_gram", "auto_chunk"]
@@ -67,16 +72,10 @@ __all__ = ["LMTail", "KTildeOperator", "sqrt_gram", "auto_chunk"]
 Params = dict[str, torch.Tensor]
 
 
-def _is_linear(mod: nn.Module) -> bool:
-    return isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D"
-
-
 def auto_chunk(lm: LoadedLM, layer: int, T: int, budget_bytes: float = 1.5e9) -> int:
     """Contexts per chunk so that one tail VJP keeps about ``budget_bytes`` of activations:
     roughly ``(12·d + 4·d_ff)`` floats per position per full block after ``layer``."""
-    cfg = lm.model.config
-    d = lm.d_model
-    dff = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    d, dff = lm.arch.d, lm.arch.d_ff
     full_blocks = max(1, lm.n_layers - 1 - layer)
     per_ctx = T * full_blocks * (12 * d + 4 * dff) * 4
     return int(max(1, min(128, budget_bytes // per_ctx)))
@@ -105,6 +104,8 @@ class LMTail:
         projection, see :meth:`~.models.LoadedLM.resolve_params`).
       chunk: contexts per chunk (default :func:`auto_chunk`).
       progress: ``progress(done, total, message)`` during the capture pass.
+      keep_tokens: also keep block ``L``'s output at every position,
+        :attr:`token_acts` ``(N, T, d)`` (the activations a sparse autoencoder is trained on).
 
     Attributes (after construction):
       mode: ``"linear"`` or ``"block"`` (module docstring).
@@ -114,17 +115,18 @@ class LMTail:
       hidden_last: ``(N, d)`` block ``L``'s output at the last position (the PCA baseline's
         ``hidden_states[L + 1][:, -1]``).
       r0: ``(N, d)`` the final hidden state at the last position from the full forward.
+      token_acts: ``(N, T, d)`` float32 on the CPU with ``keep_tokens``, else ``None``.
     """
 
     def __init__(self, lm: LoadedLM, input_ids: torch.Tensor, layer: int, params: str | None = None,
-                 chunk: int | None = None, progress: Callable | None = None):
+                 chunk: int | None = None, progress: Callable | None = None, keep_tokens: bool = False):
         self.lm, self.layer = lm, int(layer)
         self.block = lm.block(self.layer)
         self.module_path, self.param_names = lm.resolve_params(self.layer, params)
         self.module = self.block.get_submodule(self.module_path) if self.module_path else self.block
         self.blocks = lm.arch.blocks(lm.model)
         self.n_blocks = len(self.blocks)
-        self.final_norm = lm.arch.final_norm(lm.model)
+        self.arch = lm.arch
         self.device = lm.device
         ids = torch.as_tensor(input_ids, dtype=torch.long)
         if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
@@ -136,63 +138,75 @@ class LMTail:
         self.input_ids = ids
         self.N, self.T = ids.shape
         self.d = lm.d_model
-        linear = self.module_path == lm.arch.mlp_out and _is_linear(self.module) and \
+        linear = self.module_path == lm.arch.mlp_out and is_linear(self.module) and \
             set(self.param_names) <= {f"{self.module_path}.weight", f"{self.module_path}.bias"}
         self.mode = "linear" if linear else "block"
         self.theta: Params = {n: p.detach() for n, p in self.block.named_parameters() if n in self.param_names}
         self.n_params = sum(p.numel() for p in self.theta.values())
         self.chunk = int(chunk) if chunk else auto_chunk(lm, self.layer, self.T)
         self.slices = [slice(i, min(i + self.chunk, self.N)) for i in range(0, self.N, self.chunk)]
-        self._capture(progress)
+        self.rerun = self.mode == "block" or lm.arch.finish == "rerun"
+        last = self.n_blocks - 1
+        lm.arch.prepare(self.block, last=self.layer == last)
+        lm.arch.prepare(self.blocks[last], last=True)
+        self.token_acts: torch.Tensor | None = None
+        self._capture(progress, keep_tokens)
 
     # ------------------------------------------------------------------ capture
-    def _capture(self, progress: Callable | None) -> None:
+    def _capture(self, progress: Callable | None, keep_tokens: bool) -> None:
         L, last = self.layer, self.n_blocks - 1
-        keep_last = self.mode == "linear" and L == last  # only the last position matters at all
+        # only the last position matters at all when the selected module's output is simply added in the last block
+        keep_last = self.mode == "linear" and L == last and not self.rerun
         got: dict[str, Any] = {}
         hooks = []
 
-        def store(name: str, t: torch.Tensor) -> None:
-            got[name] = (t[:, -1:] if keep_last else t).detach()
+        def keep(t: torch.Tensor) -> torch.Tensor:
+            B = got["B"]
+            if t.ndim == 2 and t.shape[0] == B * self.T:   # flattened positions (OPT)
+                t = t.reshape(B, self.T, t.shape[-1])
+            return (t[:, -1:] if keep_last else t).detach().clone()  # a copy: some blocks add to it in place
 
         def module_hook(m, args, out) -> None:
-            store("x", args[0])
-            store("out0", out)
-
-        def resid_hook(m, args) -> None:
-            store("resid", args[0])
+            got["x"], got["out0"] = keep(args[0]), keep(out)
 
         def output_hook(m, args, out) -> None:
-            got["hidden_last"] = block_output(out)[:, -1].detach()
+            h = block_output(out)
+            got["hidden_last"] = h[:, -1].detach().clone()
+            if self.mode == "linear" and not self.rerun:
+                got["rest"] = (h[:, -1:] if keep_last else h).detach() - self.arch.g(self.block, got["out0"])
+            if keep_tokens:
+                got["tokens"] = h.detach().float().cpu()
 
         if self.mode == "linear":
             hooks.append(self.module.register_forward_hook(module_hook))
-            pre_norm = self.block.get_submodule(self.lm.arch.pre_mlp_norm)
-            hooks.append(pre_norm.register_forward_pre_hook(resid_hook))
 
         def block_pre(idx: int):
             def hook(m, args, kwargs):
-                kw = {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values", "use_cache")}
+                kw = {k: v for k, v in kwargs.items() if k not in DROP_KWARGS and (args or k != "hidden_states")}
                 got[f"extra{idx}"] = (tuple(args[1:]), kw)
                 if idx == L:
-                    got["h_in"] = args[0].detach()
+                    got["h_in"] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
             return hook
 
-        first_extra = L if self.mode == "block" else L + 1
+        first_extra = L if self.rerun else L + 1
         for i in range(first_extra, self.n_blocks):
             hooks.append(self.blocks[i].register_forward_pre_hook(block_pre(i), with_kwargs=True))
         hooks.append(self.block.register_forward_hook(output_hook))
 
         self.cached: list[dict[str, Any]] = []
-        hidden, r0 = [], []
-        base = self.lm.arch.base(self.lm.model)
+        hidden, r0, tokens = [], [], []
+        base = self.arch.base(self.lm.model)
         try:
             for ci, sl in enumerate(self.slices):
                 got.clear()
+                got["B"] = sl.stop - sl.start
                 with torch.no_grad():
                     out = base(input_ids=self.input_ids[sl].to(self.device), use_cache=False)
                 r0.append(out.last_hidden_state[:, -1].detach())
                 hidden.append(got.pop("hidden_last"))
+                if keep_tokens:
+                    tokens.append(got.pop("tokens"))
+                got.pop("B")
                 self.cached.append(dict(got))
                 if progress:
                     progress(ci + 1, len(self.slices), f"caching activations of block {L}")
@@ -201,6 +215,7 @@ class LMTail:
                 h.remove()
         self.hidden_last = torch.cat(hidden)
         self.r0 = torch.cat(r0)
+        self.token_acts = torch.cat(tokens) if keep_tokens else None
 
     # ------------------------------------------------------------------ tails
     def _after_block(self, c: int, h: torch.Tensor) -> torch.Tensor:
@@ -211,14 +226,19 @@ class LMTail:
             h = block_output(self.blocks[i](h, *args, **kw))
         if self.layer < last:
             args, kw = cached[f"extra{last}"]
-            h = self.lm.arch.last_query_block(self.blocks[last], h, args, kw)
+            h = self.arch.last_query_block(self.blocks[last], h, args, kw)
         else:
             h = h[:, -1:]
-        return self.final_norm(h)[:, 0]
+        return self.arch.final(self.lm.model, h)[:, 0]
 
     def _tail_from_out(self, c: int, out: torch.Tensor) -> torch.Tensor:
         """Linear mode: ``r`` from the selected module's output ``out`` ``(B, T|1, d)``."""
-        h = self.lm.arch.finish_after_mlp(self.block, self.cached[c]["resid"], out)
+        cached = self.cached[c]
+        if self.rerun:
+            args, kw = cached[f"extra{self.layer}"]
+            h = self.arch.rerun_block(self.block, cached["h_in"], args, kw, out)
+        else:
+            h = cached["rest"] + self.arch.g(self.block, out)
         return self._after_block(c, h)
 
     def tail(self, c: int, theta: Params) -> torch.Tensor:

@@ -168,7 +168,7 @@ if entry is None:
 def _report(model_fp: str, probes_fp: str, layer: int, cached: tuple, top: int, steps: int, _lm, _ps):
     """The evaluation of the cached units (every layer cached: no eNTK is computed here)."""
     return wlm.lm_align(_lm, _ps, layer=layer, layers=list(cached) if len(cached) > 1 else None,
-                        options=wlm.LMAlignOptions(top=top, steps=steps))
+                        options=wlm.LMAlignOptions(top=top, steps=steps, sae="cached"))
 
 
 report = None
@@ -190,31 +190,20 @@ s1.caption(f"{report['n_params']:,} parameters · operator N·d = {ps.N * lm.d_m
            f"computed in {t.get('total_s', 0):.0f} s ({t.get('product_s', 0):.2f} s per product)")
 
 
-def table(rows, kind):
+def table(kind, title):
+    """The report's rows for ``kind`` (workflows.lm_report.method_table), one column per method."""
     out = []
-    for r in rows:
-        e, p = r["entk"], r["pca"]
-        win = "" if e["auroc"] is None or p["auroc"] is None else ("eNTK" if e["auroc"] > p["auroc"] else
-                                                                   "PCA" if p["auroc"] > e["auroc"] else "tie")
-        out.append({kind: r["label"], "test n+": r["n_pos_test"],
-                    "eNTK AP": e["ap"], "PCA AP": p["ap"], "eNTK AUROC": e["auroc"], "PCA AUROC": p["auroc"],
-                    "eNTK prec@q": e["prec_at_quota"], "PCA prec@q": p["prec_at_quota"],
-                    "eNTK enrich": e["enrichment"], "PCA enrich": p["enrichment"],
-                    "winner": ("★ " + win) if win else "", "eNTK dir": f"{e['direction']}{e['sign'] or ''}",
-                    "PCA dir": f"{p['direction']}{p['sign'] or ''}"})
-    m = report["macro"]["pos" if kind == "POS" else "morph"]
-    e, p = m["entk"], m["pca"]
-    win = "" if e["auroc"] is None or p["auroc"] is None else ("eNTK" if e["auroc"] > p["auroc"] else "PCA")
-    out.append({kind: "MACRO", "test n+": None, "eNTK AP": e["ap"], "PCA AP": p["ap"], "eNTK AUROC": e["auroc"],
-                "PCA AUROC": p["auroc"], "eNTK prec@q": e["prec_at_quota"], "PCA prec@q": p["prec_at_quota"],
-                "eNTK enrich": e["enrichment"], "PCA enrich": p["enrichment"], "winner": ("★ " + win) if win else "",
-                "eNTK dir": "", "PCA dir": ""})
+    for r in wlm.method_table(report, kind):
+        row = {title: r["label"], "test n+": r["n_pos_test"]}
+        for m in [m for m in wlm.METHODS if m in r]:
+            row[f"{wlm.METHOD_TITLES[m]} AUROC"] = r[m]
+        row["winner"] = ("★ " + wlm.METHOD_TITLES.get(r["winner"], r["winner"])) if r["winner"] else ""
+        row["eNTK dir"], row["PCA dir"] = r.get("entk_dir") or "", r.get("pca_dir") or ""
+        out.append(row)
     return out
 
 
-fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in
-       ("eNTK AP", "PCA AP", "eNTK AUROC", "PCA AUROC", "eNTK prec@q", "PCA prec@q")}
-fmt.update({c: st.column_config.NumberColumn(format="%.2f") for c in ("eNTK enrich", "PCA enrich")})
+fmt = {f"{t} AUROC": st.column_config.NumberColumn(format="%.3f") for t in wlm.METHOD_TITLES.values()}
 with s2:
     mp, mm = report["macro"]["pos"], report["macro"]["morph"]
     a1, a2 = st.columns(2)
@@ -224,12 +213,13 @@ with s2:
     a2.metric("Morphology macro AUROC, eNTK", f"{mm['entk']['auroc']:.3f}" if mm["entk"]["auroc"] is not None else "–",
               delta=None if mm["entk"]["auroc"] is None or mm["pca"]["auroc"] is None else
               f"{mm['entk']['auroc'] - mm['pca']['auroc']:+.3f} vs PCA {mm['pca']['auroc']:.3f}")
-    st.caption("Per label: direction and sign chosen by train AP (stratified 50/50 split), then test metrics. "
-               "★ marks the higher test AUROC. Paper (layer 16, full-precision Gemma, Stanza labels): POS 0.827 vs "
+    st.caption("Per label: direction and sign chosen by train AP (stratified 50/50 split), then test AUROC. "
+               "★ marks the best of the same-budget methods (eNTK, PCA, ICA, SAE, random). "
+               "Paper (layer 16, full-precision Gemma, Stanza labels): POS 0.827 vs "
                "0.745, morphology 0.783 vs 0.743.")
-st.dataframe(table(report["pos"], "POS"), hide_index=True, column_config=fmt, key="lm_table_pos")
+st.dataframe(table("pos", "POS"), hide_index=True, column_config=fmt, key="lm_table_pos")
 if report["morph"]:
-    st.dataframe(table(report["morph"], "Morphology"), hide_index=True, column_config=fmt, key="lm_table_morph")
+    st.dataframe(table("morph", "Morphology"), hide_index=True, column_config=fmt, key="lm_table_morph")
     if report.get("morph_dropped"):
         st.caption("Morphology labels dropped (filter (a)): " + "; ".join(
             f"{k} ({v})" for k, v in list(report["morph_dropped"].items())[:12]))

@@ -297,6 +297,40 @@ def list_probe_sets(root: Path | str | None = None) -> list[tuple[str, "ProbeSet
     return out
 
 
+_PROVENANCE_SCHEMA: dict[str, tuple[type, dict[str, tuple[type, ...]]]] = {
+    "model": (dict, {"name": (str,), "fingerprint": (str,)}),
+    "tokenizer": (dict, {"fingerprint": (str,)}),
+    "options": (dict, {"tags": (list,), "agreement": (bool,), "per_tag": (int,), "context": (int,)}),
+    "tagger": (dict, {}),
+    "counts": (dict, {}),
+    "stats": (dict, {}),
+    "stories": (dict, {}),
+}
+
+
+def _check_provenance(prov: dict[str, Any], name: str) -> None:
+    """One-line ``ValueError`` naming the first provenance field of the wrong type."""
+    for key, (typ, fields) in _PROVENANCE_SCHEMA.items():
+        if key not in prov:
+            if key in ("model", "tokenizer", "options"):
+                raise ValueError(f"probe set {name}: provenance.json has no '{key}'")
+            continue
+        if not isinstance(prov[key], typ):
+            raise ValueError(f"probe set {name}: provenance.json field '{key}' must be an object, "
+                             f"not {type(prov[key]).__name__}")
+        for f, types in fields.items():
+            v = prov[key].get(f)
+            if f in prov[key] and (not isinstance(v, types) or (bool not in types and isinstance(v, bool))):
+                raise ValueError(f"probe set {name}: provenance.json field '{key}.{f}' must be "
+                                 f"{' or '.join(t.__name__ for t in types)}, not {type(v).__name__}")
+    tags = prov["options"].get("tags")
+    if tags is not None and not all(isinstance(t, str) for t in tags):
+        raise ValueError(f"probe set {name}: provenance.json field 'options.tags' must be a list of strings")
+    if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+               for k, v in prov.get("counts", {}).items()):
+        raise ValueError(f"probe set {name}: provenance.json field 'counts' must map tags to integers")
+
+
 def load_probe_set(path: Path | str) -> ProbeSet:
     """Load and validate a probe set folder (one-line ``ValueError`` when it is not one)."""
     from safetensors import SafetensorError
@@ -313,6 +347,7 @@ def load_probe_set(path: Path | str) -> ProbeSet:
         raise ValueError(f"{p.name}/provenance.json is not valid JSON") from None
     if not isinstance(prov, dict) or prov.get("kind") != KIND:
         raise ValueError(f"{p} is not a probe set (provenance kind is not '{KIND}')")
+    _check_provenance(prov, p.name)
     try:
         ids = load_file(str(p / "tokens.safetensors"))["input_ids"]
     except FileNotFoundError:
