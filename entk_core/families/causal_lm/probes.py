@@ -70,6 +70,7 @@ __all__ = [
     "is_probe_set",
     "probes_root",
     "list_probe_sets",
+    "subset_probe_set",
 ]
 
 DEFAULT_TAGS = ("PUNCT", "PRON", "PROPN", "DET", "ADV", "CCONJ", "NOUN", "VERB")
@@ -367,6 +368,33 @@ def load_probe_set(path: Path | str) -> ProbeSet:
     return ProbeSet(ids, labels, prov, p)
 
 
+def subset_probe_set(ps: ProbeSet, per_tag: int) -> ProbeSet:
+    """The first ``per_tag`` examples of every tag, in the order they were accepted: a
+    nested, smaller probe set of the same stories, model and filter (no model needed).
+
+    Its provenance keeps the parent's and adds ``subset_of`` (name, fingerprint, N,
+    per_tag). It is not byte-identical to ``build_probe_set(per_tag=...)``: once a tag is
+    full, a fresh build draws other candidates from the later stories."""
+    counts = {t: sum(1 for u in ps.upos if u == t) for t in ps.tags}
+    short = {t: n for t, n in counts.items() if n < per_tag}
+    if per_tag < 1 or short:
+        raise ValueError(f"probe set {ps.name} has " + ", ".join(f"{n} {t}" for t, n in (short or counts).items())
+                         + f" examples; cannot take {per_tag} per tag")
+    seen = {t: 0 for t in ps.tags}
+    keep = []
+    for i, u in enumerate(ps.upos):
+        if u in seen and seen[u] < per_tag:
+            seen[u] += 1
+            keep.append(i)
+    prov = json.loads(json.dumps(ps.provenance))
+    prov["options"]["per_tag"] = per_tag
+    prov["counts"] = dict(seen)
+    prov["subset_of"] = {"name": ps.name, "fingerprint": ps.fingerprint, "N": ps.N,
+                         "per_tag": ps.provenance.get("options", {}).get("per_tag"),
+                         "rule": "first per_tag examples of each tag in acceptance order"}
+    return ProbeSet(ps.input_ids[keep].clone(), [ps.labels[i] for i in keep], prov)
+
+
 # ------------------------------------------------------------------ building
 @dataclass
 class _Story:
@@ -431,6 +459,7 @@ def build_probe_set(
     stats = {"candidates": 0, "generated": 0, "disagreed": 0, "not_single_word": 0, "passes": 0,
              "stories_parsed": 0}
     pending: list[tuple[int, int, dict[str, Any]]] = []   # (story, k, word)
+    per_tag_cands = {t: 0 for t in tags}
 
     def n_kept() -> int:
         return sum(len(v) for v in kept.values())
@@ -490,7 +519,9 @@ def build_probe_set(
                 "true_morph": w["morph"], "predicted": pred[j]["text"] if pred[j] else None,
                 "continuation": cont[j], "context": stories[s][start:w["start"]], "story": s, "char": w["start"],
             })
-        report(f"pass {stats['passes'] + 1}: kept " + " ".join(f"{t} {len(kept[t])}" for t in tags))
+        report(f"pass {stats['passes'] + 1}, {stats['candidates']} candidates"
+               + (" (model agreement filter)" if agreement else "") + ": kept/candidates per tag "
+               + " ".join(f"{t} {len(kept[t])}/{per_tag_cands[t]}" for t in tags))
 
     parse_batch = 64
     for pas in range(max_passes):
@@ -517,6 +548,7 @@ def build_probe_set(
                 k, w = st.cands[i]
                 pending.append((s, k, w))
                 stats["candidates"] += 1
+                per_tag_cands[w["upos"]] += 1
                 drew_any = True
                 if len(pending) >= gen_batch:
                     flush()
@@ -554,7 +586,7 @@ def build_probe_set(
         "agreement_filter": "model agreement on UPOS (greedy 3 tokens)" if agreement
         else "skipped (--no-agreement): labels are the story's next word's",
         "counts": {t: len(kept[t]) for t in tags},
-        "stats": {**stats, "candidates_per_story_max": stats["passes"]},
+        "stats": {**stats, "candidates_per_story_max": stats["passes"], "candidates_per_tag": per_tag_cands},
         "seconds": round(time.perf_counter() - t_start, 2),
     }
     return ProbeSet(ids, labels, prov)
