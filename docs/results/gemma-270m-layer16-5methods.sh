@@ -9,10 +9,12 @@
 set -u
 MODEL=${MODEL:-/work/models/gemma-3-270m}
 OUT=docs/results
-for N in 512 1024; do
+# NS="512 1024" (default) runs both one after the other; this session ran them side by side (NS=512, NS=1024)
+for N in ${NS:-512 1024}; do
   echo "== N=$N start $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/gemma-270m-layer16-runs.log"
   nice -n 10 /usr/bin/time -v -o "$OUT/gemma-270m-layer16-N$N-5methods.time" \
     python -m entk_core lm-align --model "$MODEL" --probes "probes/gemma-3-270m-$N" --layer 16 --json \
     > "$OUT/gemma-270m-layer16-N$N-5methods.json" 2> "$OUT/gemma-270m-layer16-N$N-5methods.stderr"
-  echo "== N=$N end $(date -u +%FT%TZ) rc=$? load: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/gemma-270m-layer16-runs.log"
+  rc=$?
+  echo "== N=$N end $(date -u +%FT%TZ) rc=$rc load: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/gemma-270m-layer16-runs.log"
 done
