@@ -231,7 +231,10 @@ if entry is None or sae_entry is None:
         finished = False
         with guarded("computation failed"):
             with ProgressBar(f"Layer {layer}:") as bar:
-                wlm.lm_align(lm, ps, layer=layer, options=opts, progress=bar)
+                done = wlm.lm_align(lm, ps, layer=layer, options=opts, progress=bar)
+            # the report just made is the one the rerun shows: not evaluated twice
+            st.session_state["lm_fresh_report"] = ((lm.fingerprint, ps.fingerprint, layer, opts.top, opts.steps),
+                                                   done)
             finished = True
         if finished:
             st.rerun()
@@ -249,9 +252,12 @@ def _report(model_fp: str, probes_fp: str, layer: int, cached: tuple, sae_cached
 
 report = None
 cached = wlm.cached_layers(lm, ps, opts)
+fresh = st.session_state.get("lm_fresh_report")
+if fresh and fresh[0] == (lm.fingerprint, ps.fingerprint, layer, opts.top, opts.steps) and cached == [layer]:
+    report = fresh[1]
 with guarded("cannot evaluate"):
-    with st.spinner("Evaluating…"):
-        report = _report(lm.fingerprint, ps.fingerprint, layer, tuple(cached), sae_entry is not None, opts.top,
+    with st.spinner("Evaluating (ICA, random directions, the SAE's latents, every table)…"):
+        report = report or _report(lm.fingerprint, ps.fingerprint, layer, tuple(cached), sae_entry is not None, opts.top,
                          opts.steps, lm, ps)
 if report is None:
     stop()
