@@ -161,6 +161,12 @@ def test_a_broken_model_and_a_malformed_probe_set_are_one_line_each(lm_world, pa
     assert len(lines) == 3, lines
     assert any("a-broken.gguf" in t for t in lines) and any("a-bad" in t and "options" in t for t in lines)
     assert any("b-hostile" in t and "UPOS" in t for t in lines)
+    assert not any(str(tmp_path) in t for t in lines)  # no server path in the lines
+    empty = probes / "c-empty"
+    empty.mkdir()
+    at = page().run()
+    assert any("c-empty" in t and "skipped" in t for t in _texts(at).splitlines())
+    assert str(tmp_path) not in _texts(at) and not at.exception
     assert at.session_state["lm_model"] == "tiny-gpt2" and at.session_state["lm_probes"] == "tiny-set"
     assert at.button(key="lm_compute")
 

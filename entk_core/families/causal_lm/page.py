@@ -28,7 +28,7 @@ from entk_core.families.causal_lm.probes import (AUTHOR_TAGGER, DEFAULT_TAGS, St
                                                  list_probe_sets, probes_root)
 from entk_core.figures.lm import contexts_html, direction_scores_figure, layer_auroc_figure, lm_spectrum_figure, top_contexts
 from entk_core.store.data import list_data_files, resolve_data_file
-from entk_core.ui import ProgressBar, fmt_seconds, guarded, stop, url_int, url_selectbox
+from entk_core.ui import ProgressBar, fmt_seconds, guarded, relative_paths, stop, url_int, url_selectbox
 from entk_core.ui.mode import compute_allowed, viewer_mode
 from entk_core.workflows import lm as wlm
 from entk_core.workflows import lm_report as rep
@@ -59,9 +59,13 @@ def _package_gguf() -> Path | None:
         return None
 
 
-def _problem(where: str, name: str, err: BaseException | str) -> None:
-    """One plain-text line for a model or probe set that is skipped (names and messages come from files)."""
-    st.text(f"⚠ {where}: {name}: skipped ({one_line(err) if isinstance(err, BaseException) else err})")
+def _problem(where: str, name: str, err: BaseException | str, folder: Path) -> None:
+    """One plain-text line for a model or probe set that is skipped (names and messages come
+    from files; the server's folder is shown by its role, never as a path)."""
+    msg = one_line(err) if isinstance(err, BaseException) else str(err)
+    for base in sorted({str(folder), str(folder.resolve())}, key=len, reverse=True):
+        msg = msg.replace(base + "/", "").replace(base, where)
+    st.text(f"⚠ {where}: {name}: skipped ({relative_paths(msg)})")
 
 
 @st.cache_resource(max_entries=1, show_spinner=False)
@@ -78,7 +82,7 @@ if pkg is not None:
     good[PKG] = pkg
 for name, err in rows:
     if isinstance(err, Exception):
-        _problem("models folder", name, err)
+        _problem("models folder", name, err, root)
 if not good:
     st.info("No models in the models folder" + ("." if VIEWER else f" `{root}`. Put a Hugging Face folder there "
             "(config.json, *.safetensors, tokenizer files; e.g. `save_pretrained` of google/gemma-3-270m) or a `.gguf` "
@@ -109,7 +113,7 @@ mine = {n: ps for n, ps in sets if not isinstance(ps, Exception) and
 others = [n for n, ps in sets if not isinstance(ps, Exception) and n not in mine]
 for n, err in sets:
     if isinstance(err, Exception):
-        _problem("probes folder", n, err)
+        _problem("probes folder", n, err, proot)
 
 
 def _build_form() -> None:
