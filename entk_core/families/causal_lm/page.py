@@ -128,7 +128,8 @@ def _build_form() -> None:
                             "nowhere but the probe set built from it)")
     up = None
     if src == UPLOAD:
-        up = b1.file_uploader(f"Stories file (≤ {UPLOAD_MAX_MB} MB)", type=["txt", "jsonl"], key="lm_build_upload")
+        up = b1.file_uploader(f"Stories file (≤ {UPLOAD_MAX_MB} MB)", type=["txt", "jsonl"], key="lm_build_upload",
+                              max_upload_size=UPLOAD_MAX_MB)
     bname = b2.text_input("Name", value=f"{re.sub(r'[^A-Za-z0-9._-]', '-', model_name.split(' ')[0])}-probes",
                           key="lm_build_name")
     per_tag = b3.number_input("Per tag", 1, 1024, 128, key="lm_build_per_tag")
