@@ -368,7 +368,7 @@ st.caption("Per direction: the tag that dominates its highest and lowest scores 
 st.dataframe(rep.direction_rows(report), hide_index=True, width="stretch", key="lm_directions",
              column_config={"eigenvalue": st.column_config.NumberColumn(format="%.3g", width="small"),
                             "share": st.column_config.NumberColumn("rank-1 share", format="%.2f", width="small"),
-                            "concentration": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0,
+                            "concentration": st.column_config.ProgressColumn("tag share", min_value=0.0, max_value=1.0,
                                                                              format="percent", width="small"),
                             "direction": st.column_config.NumberColumn("dir", width="small")})
 
