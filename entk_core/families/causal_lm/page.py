@@ -366,11 +366,13 @@ st.caption("Per direction: the tag that dominates its highest and lowest scores 
            "n = the smallest tag's count), and the next tokens it promotes and suppresses: the logit effect "
            "U A⁻¹ v of its d-space factor v, for a positive score.")
 st.dataframe(rep.direction_rows(report), hide_index=True, width="stretch", key="lm_directions",
-             column_config={"eigenvalue": st.column_config.NumberColumn(format="%.3g", width="small"),
+             column_config={"eigenvalue": st.column_config.NumberColumn(format="scientific", width="small"),
                             "share": st.column_config.NumberColumn("rank-1 share", format="%.2f", width="small"),
                             "concentration": st.column_config.ProgressColumn("tag share", min_value=0.0, max_value=1.0,
                                                                              format="percent", width="small"),
-                            "direction": st.column_config.NumberColumn("dir", width="small")})
+                            "direction": st.column_config.NumberColumn("dir", width="small"),
+                            "promotes": st.column_config.TextColumn(width="medium"),
+                            "suppresses": st.column_config.TextColumn(width="medium")})
 
 st.subheader("A direction's contexts and tokens")
 d1, d2 = st.columns([1, 3])
