@@ -168,7 +168,7 @@ def test_plugin_run_opens_in_the_dashboard_and_its_page_is_in_the_menu(site, tmp
         title = _titles(at)[0]
         assert "Toy XOR MLP" in title and "epoch 20" in title
         menu = [(p.proto.label, p.proto.page) for p in at.get("page_link")]
-        assert [label for label, _ in menu] == ["Spectrum", "Grokking", "Alignment", "Transformer", "TMS",
+        assert [label for label, _ in menu] == ["Spectrum", "Grokking", "Alignment", "Training dynamics", "Transformer", "TMS",
                                                 "Language model", "Toy XOR"], menu
         # the generic Alignment page over the plug-in's families (linear, xor; random is the control)
         at.switch_page("app_pages/alignment.py").run()
