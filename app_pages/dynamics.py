@@ -110,7 +110,7 @@ with guarded("cannot compute the training dynamics"):
     last_cliffs = [c for c in res.rows[-1]["cliffs"] if c["label"] != CONSTANT_LABEL]
     vec = last_cliffs[0]["start"] if last_cliffs else 0
     epoch_animation(run, key="dyn_animation", epoch=epoch, group=spec.group, reduction=spec.reduction, top=spec.top,
-                    vector=vec, title=f"{group} eNTK spectrum, eigenvector {vec} tracked")
+                    vector=vec, title=f"{group} eNTK spectrum over training, played in the browser")
     sw = long_call(f"sweep|{run.path}|{group}|{reduction}", "the windows and overlaps of every checkpoint",
                    training_sweep, run, target="entk_core.workflows.dynamics_frames:training_sweep", kwargs=kw,
                    estimate_s=lambda: sweep_seconds(run, spec))

@@ -46,13 +46,15 @@ def test_one_frame_per_checkpoint_valid_and_small():
     # the payload: float32 typed arrays, no per-frame copy of the layout's axes or controls
     size = len(pio.to_json(fig, validate=False))
     assert size < 1_500_000, f"{size / 1e6:.2f} MB for 51 frames (measured 0.63 MB; the target is 5 MB)"
+    n_traces = len(spec["data"])  # 3 cliff slots, the labels, the spectrum, the image, its power
+    assert n_traces == 7
     for fr in spec["frames"]:
-        assert set(fr["layout"]) <= {"shapes", "title"}
-        assert fr["traces"] == [0, 1, 2]
+        assert "layout" not in fr  # a frame changes trace data only: no layout pass per frame
+        assert fr["traces"] == list(range(n_traces))
     # the figure opens on the current epoch, its slider too
     assert spec["layout"]["sliders"][0]["active"] == epochs.index(200)
     assert [s["args"][0] for s in spec["layout"]["sliders"][0]["steps"]] == [[str(e)] for e in epochs]
-    assert "epoch 200" in spec["layout"]["title"]["text"]
+    assert _decode(spec["data"][4]["y"]).tolist() == pytest.approx(ev[epochs.index(200)].astype(np.float32).tolist())
 
 
 def test_frames_carry_the_spectrum_cliffs_and_picture_of_their_checkpoint():
@@ -61,13 +63,15 @@ def test_frames_carry_the_spectrum_cliffs_and_picture_of_their_checkpoint():
     fig = epoch_animation_figure(epochs, ev, cliffs, vectors=vecs, vector_index=3, view="grid")
     spec = json.loads(pio.to_json(fig, validate=False))
     for i, fr in enumerate(spec["frames"]):
-        np.testing.assert_allclose(_decode(fr["data"][0]["y"]), ev[i], rtol=1e-6)
-        img, power, _ = grid_image(vecs[i], 7)
-        np.testing.assert_allclose(_decode(fr["data"][1]["z"]), img, rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(_decode(fr["data"][2]["z"]), power, rtol=1e-5, atol=1e-7)
-        rects = [s for s in fr["layout"]["shapes"] if s["type"] == "rect"]
-        assert [(r["x0"], r["x1"]) for r in rects] == [(s - 0.5, e + 0.5) for s, e, _ in cliffs[i]]
-        assert ("cliff 1: 12" in fr["layout"]["title"]["text"]) == (i < 3)
+        const, cliff1, labels, line, image, power = fr["data"]
+        np.testing.assert_allclose(_decode(line["y"]), ev[i], rtol=1e-6)
+        img, pw, _ = grid_image(vecs[i], 7)
+        np.testing.assert_allclose(_decode(image["z"]), img, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(_decode(power["z"]), pw, rtol=1e-5, atol=1e-7)
+        assert [x for x in const["x"] if x is not None][:2] == [-0.5, 0.5]  # the constant mode's rectangle
+        xs = [x for x in cliff1["x"] if x is not None]
+        assert xs[:2] == ([0.5, 12.5] if i < 3 else [])  # cliff 1 where it was detected, empty elsewhere
+        assert ("cliff 1: 12" in labels["text"]) == (i < 3)
     assert spec["layout"]["sliders"][0]["active"] == len(epochs) - 1  # default: the last checkpoint
 
 
@@ -75,9 +79,10 @@ def test_plain_vector_view_and_spectrum_only():
     epochs, ev, cliffs, _ = _demo_like(E=4, k=12)
     vecs = np.random.default_rng(1).standard_normal((4, 30))
     fig = epoch_animation_figure(epochs, ev, cliffs, vectors=vecs, vector_index=0, view="vector")
-    assert len(fig.data) == 2 and fig.data[1].type == "scatter" and len(fig.to_dict()["frames"]) == 4
+    assert fig.data[-1].type == "scatter" and fig.data[-1].xaxis == "x2" and len(fig.to_dict()["frames"]) == 4
     only = epoch_animation_figure(epochs, ev, cliffs).to_dict()
-    assert len(only["data"]) == 1 and all(len(f["data"]) == 1 for f in only["frames"])
+    assert all(t["xaxis"] == "x" for t in only["data"]) and len(only["frames"]) == 4
+    assert all(len(f["data"]) == len(only["data"]) for f in only["frames"])
     with pytest.raises(ValueError, match="E = 4"):
         epoch_animation_figure(epochs, ev[:3], cliffs)
 
