@@ -64,15 +64,17 @@ with guarded("cannot compute the training dynamics"):
         v = row.get(name)
         return "–" if v is None else fmt.format(v)
 
-    m = st.columns(5)
+    m = st.columns(6)
     m[0].metric("Epoch", epoch)
-    m[1].metric("Kernel distance to previous", num("kernel_distance_prev"),
-                help="1 − cosine of the two kernels (Frobenius); null at the first checkpoint")
+    m[1].metric("Kernel distance, previous", num("kernel_distance_prev", "{:.3g}"),
+                help="1 − cosine of this checkpoint's kernel and the previous one's (Frobenius); null at the first")
     m[2].metric("Target alignment", num("target_alignment"), help=res.notes.get("target_alignment"))
     m[3].metric("Effective rank", num("effective_rank", "{:.1f}"), help=res.meta.get("effective_rank_over"))
-    m[4].metric("Kernel regression / network test acc.",
-                f"{fmt_pct(row.get('kernel_regression_test_accuracy'))} / {fmt_pct(row.get('network_test_accuracy'))}",
-                help=res.notes.get("kernel_regression_test_accuracy"))
+    m[4].metric("Kernel regr. acc.", fmt_pct(row.get("kernel_regression_test_accuracy")),
+                help=res.notes.get("kernel_regression_test_accuracy")
+                or "the eNTK predictor of this checkpoint, fitted on the train rows, scored on the test rows")
+    m[5].metric("Network test acc.", fmt_pct(row.get("network_test_accuracy")),
+                help=res.notes.get("network_test_accuracy"))
 
     ends = [[c["end"] for c in r["cliffs"]] for r in res.rows]
     spec_fig = spectrum_over_training_figure(
@@ -85,14 +87,14 @@ with guarded("cannot compute the training dynamics"):
                                         "effective_rank") if any(r.get(f) is not None for r in res.rows)}
     left, right = st.columns(2)
     curve_fig = kernel_curves_figure(res.epochs, curves, current=epoch, markers=markers,
-                                     title="How the kernel moves, aligns and spreads")
+                                     title="How the kernel moves, aligns and spreads", height=640)
     left.plotly_chart(curve_fig, key="dyn_curves", width="stretch")
     acc = {k: [r.get(k) for r in res.rows] for k in ("network_train_accuracy", "network_test_accuracy",
                                                      "kernel_regression_test_accuracy")
            if any(r.get(k) is not None for r in res.rows)}
     acc_fig = None
     if acc:
-        acc_fig = accuracy_figure(res.epochs, acc, current=epoch, markers=markers, height=520,
+        acc_fig = accuracy_figure(res.epochs, acc, current=epoch, markers=markers, height=640,
                                   title="Network accuracy and the eNTK kernel-regression predictor")
         right.plotly_chart(acc_fig, key="dyn_accuracy", width="stretch")
     else:

@@ -96,52 +96,61 @@ def kernel_curves_figure(
     current: int | None = None,
     markers: dict[str, float | None] | None = None,
     title: str = "How the kernel moves over training",
-    height: int = 520,
+    height: int = 620,
 ) -> go.Figure:
-    """Two panels sharing the epoch axis: the kernel distances and the target alignment (top,
-    between 0 and 1) and the effective rank (bottom).
+    """Three panels sharing the epoch axis: the kernel distances (log scale: they fall by orders
+    of magnitude as training settles), the centred target alignment, and the effective rank.
 
     Args:
       curves: ``{field: (E,)}`` with the fields of :data:`entk_core.workflows.dynamics.FIELDS`
         (``kernel_distance_prev``, ``kernel_distance_final``, ``target_alignment``,
-        ``effective_rank``); NaN where a value is null. Missing fields are left out.
+        ``effective_rank``); NaN where a value is null. Missing fields are left out (and a
+        panel with none of its fields).
     """
     x = [int(e) for e in epochs]
-    traces = []
-    for name in ("kernel_distance_prev", "kernel_distance_final", "target_alignment"):
-        if name in curves:
-            y = np.round(np.asarray(curves[name], dtype=np.float64), 5)
-            traces.append(go.Scatter(x=x, y=y, mode="lines+markers", name=_CURVE_NAMES[name], xaxis="x", yaxis="y",
-                                     line={"color": _CURVE_COLORS[name], "width": 2}, marker={"size": 4},
-                                     hovertemplate="epoch %{x}<br>%{y:.4f}<extra>" + _CURVE_NAMES[name] + "</extra>"))
-    if "effective_rank" in curves:
-        y = np.round(np.asarray(curves["effective_rank"], dtype=np.float64), 3)
-        traces.append(go.Scatter(x=x, y=y, mode="lines+markers", name=_CURVE_NAMES["effective_rank"], xaxis="x2",
-                                 yaxis="y2", line={"color": _CURVE_COLORS["effective_rank"], "width": 2},
-                                 marker={"size": 4}, hovertemplate="epoch %{x}<br>%{y:.2f}<extra>effective rank</extra>"))
-    panel = {"x": 0.5, "xref": "paper", "yref": "paper", "xanchor": "center", "yanchor": "bottom", "showarrow": False,
-             "font": {"size": 14}}
-    layout = {
-        "title": {"text": title}, "height": height, "margin": {"l": 60, "r": 20, "t": 80, "b": 50},
-        "hovermode": "x unified", "legend": {"orientation": "h"},
-        "xaxis": {"anchor": "y", "matches": "x2", "showticklabels": False},
-        "yaxis": {"domain": [0.45, 1.0], "anchor": "x", "range": [-0.02, 1.02],
-                  "title": {"text": "distance · alignment"}},
-        "xaxis2": {"anchor": "y2", "title": {"text": "epoch"}},
-        "yaxis2": {"domain": [0.0, 0.36], "anchor": "x2", "title": {"text": "effective rank"}},
-        "annotations": [
-            {**panel, "y": 1.0, "text": "kernel distance (Fort et al. 2020) and centred target alignment"},
-            {**panel, "y": 0.36, "text": "effective rank (Roy and Vetterli 2007)"},
-        ],
-    }
+    panels = [(("kernel_distance_prev", "kernel_distance_final"), "kernel distance (Fort et al. 2020)", "distance"),
+              (("target_alignment",), "centred kernel-target alignment (Cortes et al. 2012)", "alignment"),
+              (("effective_rank",), "effective rank (Roy and Vetterli 2007)", "effective rank")]
+    panels = [pn for pn in panels if any(f in curves for f in pn[0])]
+    n = len(panels)
+    gap = 0.1
+    h = (1.0 - gap * (n - 1)) / max(n, 1)
+    traces, annotations = [], []
+    layout: dict = {"title": {"text": title}, "height": height, "margin": {"l": 70, "r": 20, "t": 80, "b": 50},
+                    "hovermode": "x unified", "legend": {"orientation": "h"}}
+    refs = []
+    for j, (fields, label, ytitle) in enumerate(panels):
+        ax = "" if j == 0 else str(j + 1)
+        top = 1.0 - j * (h + gap)
+        for name in fields:
+            if name not in curves:
+                continue
+            y = np.asarray(curves[name], dtype=np.float64)
+            if name.startswith("kernel_distance"):
+                y = np.where(y > 0, y, np.nan)  # the last checkpoint's 0 to itself has no place on a log axis
+            traces.append(go.Scatter(x=x, y=np.round(y, 10), mode="lines+markers", name=_CURVE_NAMES[name],
+                                     xaxis=f"x{ax}", yaxis=f"y{ax}", marker={"size": 4},
+                                     line={"color": _CURVE_COLORS[name], "width": 2},
+                                     hovertemplate="epoch %{x}<br>%{y:.4g}<extra>" + _CURVE_NAMES[name] + "</extra>"))
+        yaxis = {"domain": [max(0.0, round(top - h, 6)), round(top, 6)], "anchor": f"x{ax}", "title": {"text": ytitle}}
+        if fields[0].startswith("kernel_distance"):
+            yaxis.update({"type": "log", "dtick": 1, "exponentformat": "power", "showexponent": "all"})
+        layout[f"yaxis{ax}"] = yaxis
+        last = j == n - 1
+        layout[f"xaxis{ax}"] = {"anchor": f"y{ax}", **({"matches": "x"} if j else {}),
+                                **({"title": {"text": "epoch"}} if last else {"showticklabels": False})}
+        annotations.append({"text": label, "x": 0.5, "y": top, "xref": "paper", "yref": "paper", "xanchor": "center",
+                            "yanchor": "bottom", "showarrow": False, "font": {"size": 13}})
+        refs.append((f"x{ax}", f"y{ax} domain"))
+    layout["annotations"] = annotations
     fig = go.Figure(data=traces, layout=layout)
     shapes: list = []
-    for r, refs in enumerate((("x", "y domain"), ("x2", "y2 domain"))):
+    for r, ref in enumerate(refs):
         if current is not None:
-            marker_line(fig, current, f"epoch {current:g}", "epoch", shapes=shapes, refs=refs, showlegend=r == 0)
+            marker_line(fig, current, f"epoch {current:g}", "epoch", shapes=shapes, refs=ref, showlegend=r == 0)
         for label, xm in (markers or {}).items():
             if xm is not None:
                 marker_line(fig, xm, label, "onset" if label.startswith("onset") else "peak", shapes=shapes,
-                            refs=refs, showlegend=r == 0)
+                            refs=ref, showlegend=r == 0)
     fig.update_layout(shapes=shapes)
     return fixed_margins(fig)

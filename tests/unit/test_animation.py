@@ -103,3 +103,4 @@ def test_dynamics_figures():
     assert "kernel distance to the previous checkpoint" in names and "effective rank" in names
     assert "target_alignment" not in " ".join(names)  # missing fields are left out
     assert {s.x0 for s in cf.layout.shapes} == {20, 15.0}
+    assert cf.layout.yaxis.type == "log" and cf.layout.yaxis2.type != "log"  # distances on a log axis
