@@ -525,7 +525,7 @@ _ANIMATION_JS = """async () => {
     const lines = [];
     for (const n of [names[0], names[Math.floor(names.length / 2)]]) {
         await window.Plotly.animate(gd, [n], step);
-        const line = gd.data.find(t => t.mode === 'lines' && t.name === 'eigenvalue');
+        const line = gd._fullData.find(t => t.name === 'eigenvalue');  // y decoded (gd.data keeps base64)
         lines.push(Array.from(line.y).slice(0, 3).join(','));
     }
     seen.disconnect();
