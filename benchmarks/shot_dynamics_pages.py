@@ -15,6 +15,7 @@ import argparse
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,8 @@ def main(argv=None) -> int:
     from playwright.sync_api import sync_playwright
 
     mlp = "modadd-mlp-p29-seed0"
-    with StreamlitServer(REPO, env, out.parent / "shot_dynamics_streamlit.log") as srv, sync_playwright() as p:
+    log = Path(tempfile.gettempdir()) / "shot_dynamics_streamlit.log"
+    with StreamlitServer(REPO, env, log) as srv, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
