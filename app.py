@@ -40,6 +40,7 @@ def main() -> None:
                 default=True),
         st.Page("app_pages/grokking.py", title="Grokking", icon=":material/timeline:", url_path="grokking"),
         st.Page("app_pages/alignment.py", title="Alignment", icon=":material/grid_on:", url_path="alignment"),
+        st.Page("app_pages/dynamics.py", title="Training dynamics", icon=":material/ssid_chart:", url_path="dynamics"),
     ]
     # then every registered family's own pages (ModelFamily.pages: TMS, Transformer, Language model, plug-ins')
     pages = menu.menu(generic)

@@ -510,3 +510,44 @@ def test_stop_ends_the_work(page, server):
     time.sleep(2.0)
     assert _cpu_s(server.proc.pid) - c0 < 1.0, "the server still burns CPU after Stop"
     assert any("Stopped" in (w.text_content() or "") for w in page.get_by_test_id("stAlertContentWarning").all())
+
+
+_ANIMATION_JS = """async () => {
+    const gd = [...document.querySelectorAll('.js-plotly-plot')]
+        .find(g => g._transitionData && g._transitionData._frames && g._transitionData._frames.length > 1);
+    if (!gd) return null;
+    const names = gd._transitionData._frames.map(f => f.name);
+    const app = document.querySelector('[data-testid="stApp"]');
+    let runs = 0;
+    const seen = new MutationObserver(() => { if (app.getAttribute('data-test-script-state') === 'running') runs++; });
+    seen.observe(app, {attributes: true});
+    const step = {...gd.layout.sliders[0].steps[0].args[1], mode: 'immediate'};
+    const lines = [];
+    for (const n of [names[0], names[Math.floor(names.length / 2)]]) {
+        await window.Plotly.animate(gd, [n], step);
+        const line = gd._fullData.find(t => t.name === 'eigenvalue');  // y decoded (gd.data keeps base64)
+        lines.push(Array.from(line.y).slice(0, 3).join(','));
+    }
+    seen.disconnect();
+    return {frames: names, lines: lines, runs: runs};
+}"""
+
+
+def test_dynamics_page_and_the_epoch_animation(page, server):
+    """/dynamics draws the MLP's kernel over training; it and Grokking carry the epoch animation,
+    one frame per checkpoint, stepped in the page with no script run on the server."""
+    for path, shot in (("dynamics", "dynamics-mlp"), ("grokking", "grokking-animation")):
+        _open(page, f"{server.url}/{path}?run={MLP}")
+        titles = _check_page(page, path, server)
+        if path == "dynamics":
+            for pattern in (r"spectrum over training \(trace, top 200 of 841\)", r"How the kernel moves",
+                            r"kernel-regression predictor", r"^Overlap of cliff \d"):
+                assert any(re.search(pattern, t) for t in titles), f"{path}: no {pattern!r} in {titles}"
+        assert any("played in the browser" in t for t in titles), titles
+        out = page.evaluate(_ANIMATION_JS)
+        assert out is not None, f"{path}: no animated chart"
+        assert out["frames"] == ["0", "50", "100", "150", "200", "250", "300", "350", "400", "450", "500"]
+        assert out["lines"][0] != out["lines"][1], out  # the frames hold different spectra
+        assert out["runs"] == 0, f"{path}: stepping the animation ran the script {out['runs']} times"
+        assert _check_page(page, f"{path} after stepping the animation", server)
+        screenshot(page, SHOTS / f"{shot}.png")
