@@ -81,7 +81,7 @@ with guarded("cannot compute the sweep"):
     # every checkpoint in the browser: scrub or play with no server round trip (the sidebar keeps the URL)
     epoch_animation(run, key="grok_animation", epoch=epoch, group=res.spec.group, reduction=res.spec.reduction,
                     top=res.spec.top, vector=st.session_state.get("grok_vector"),
-                    title=f"{group} eNTK spectrum over training, played in the browser")
+                    title=f"{group} eNTK spectrum over training, played in the browser", default_on=False)
 
     # overlap over training: eNTK windows, PCA with the same budget, and the compared run
     pca, res2, pca_note = None, None, ""

@@ -119,7 +119,7 @@ def measure(run_name: str, env: dict[str, str], passes: int, repeat: int) -> dic
         try:
             page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
             page.set_default_timeout(300_000)
-            page.goto(f"{srv.url}/grokking?run={run_name}")
+            page.goto(f"{srv.url}/grokking?run={run_name}&play=on")
             wait_idle(page, timeout_s=600)
             page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].some("
                                    "g => g._transitionData && g._transitionData._frames && "

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
             page.set_default_timeout(900_000)
             _open(page, f"{srv.url}/dynamics?run={mlp}&epoch={a.epoch}")
             screenshot(page, out / "dynamics-mlp.png")
-            _open(page, f"{srv.url}/grokking?run={mlp}&epoch={a.epoch}")
+            _open(page, f"{srv.url}/grokking?run={mlp}&epoch={a.epoch}&play=on")
             page.evaluate(_STEP, a.frame)
             page.get_by_text("played in the browser").first.scroll_into_view_if_needed()
             screenshot(page, out / "grokking-animation.png")

@@ -16,6 +16,7 @@ from ..families.run import Run
 from ..figures.animation import epoch_animation_figure
 from ..workflows.dynamics_frames import epoch_frames, epoch_frames_seconds
 from .jobs import long_call
+from .urlstate import url_toggle
 
 __all__ = ["epoch_animation", "PICTURE_VIEWS"]
 
@@ -24,12 +25,19 @@ PICTURE_VIEWS = ("grid", "vector")
 
 
 def epoch_animation(run: Run, *, key: str, epoch: int, group: str, reduction: str | None, top: int | None,
-                    vector: int | None = None, title: str = "eNTK spectrum over training") -> None:
-    """Draw the epoch animation of ``run`` (one frame per checkpoint), opening on ``epoch``.
+                    vector: int | None = None, title: str = "eNTK spectrum over training",
+                    default_on: bool = True) -> None:
+    """Draw the epoch animation of ``run`` (one frame per checkpoint), opening on ``epoch``,
+    behind a toggle mirrored as ``play=on|off`` (``default_on``): the figure holds every
+    checkpoint (~0.6 MB for the 51-checkpoint demo run) and is rebuilt on each sidebar step, so
+    a page whose epoch steps must stay fast (Grokking) keeps it off until asked.
 
     ``group``, ``reduction``, ``top``: the spectra of every checkpoint (pass the sweep's, whose
     entries are cached); ``vector``: the eigenvector to track, drawn where the family's
     eigenvector view is a picture (:data:`PICTURE_VIEWS`)."""
+    if not url_toggle("play", "▶ Play through training in the browser (every checkpoint, no server round trip)",
+                      default_on, key=f"{key}_on"):
+        return
     view = run.family.eigenvector_view(run.config)
     track = vector if view in PICTURE_VIEWS else None
     if track is not None and top is not None and not 0 <= int(track) < int(top):

@@ -537,7 +537,7 @@ def test_dynamics_page_and_the_epoch_animation(page, server):
     """/dynamics draws the MLP's kernel over training; it and Grokking carry the epoch animation,
     one frame per checkpoint, stepped in the page with no script run on the server."""
     for path, shot in (("dynamics", "dynamics-mlp"), ("grokking", "grokking-animation")):
-        _open(page, f"{server.url}/{path}?run={MLP}")
+        _open(page, f"{server.url}/{path}?run={MLP}&play=on")  # off by default on Grokking (fast epoch steps)
         titles = _check_page(page, path, server)
         if path == "dynamics":
             for pattern in (r"spectrum over training \(trace, top 200 of 841\)", r"How the kernel moves",
