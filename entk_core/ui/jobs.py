@@ -14,7 +14,8 @@ import streamlit as st
 
 from ..families.run import Run
 from ..workflows.jobs import Job, cached
-from .format import fmt_seconds
+from .format import fmt_seconds, plain
+from .mode import compute_allowed
 
 __all__ = ["ASK_ABOVE_S", "long_call", "ProgressBar"]
 
@@ -34,12 +35,20 @@ def long_call(key: str, label: str, fn: Callable, run: Run, *, target: str, kwar
     worker at once. Returns ``None`` (after drawing the offer) when nothing was computed.
     ``key`` identifies the request (include every argument). ``estimate_s``: seconds, or a
     function giving them (:mod:`entk_core.workflows.estimates`), called only when the result
-    is not cached (a warm rerun costs no estimate)."""
+    is not cached (a warm rerun costs no estimate).
+
+    In viewer mode (:mod:`entk_core.ui.mode`) an uncached request runs only when its
+    estimate is under ``ENTK_VIEWER_MAX_SECONDS``; otherwise one line says what was asked and
+    the estimate, and ``None`` is returned."""
     hit = cached(fn, run, **kwargs)
     if hit is not None:
         return hit
     if callable(estimate_s):
         estimate_s = estimate_s()
+    ok, why = compute_allowed(estimate_s, label)
+    if not ok:
+        st.info(plain(why), icon="🔒")  # ``label`` may carry a run name
+        return None
     state = st.session_state.setdefault("_long", {})
     small = estimate_s is None or estimate_s <= ASK_ABOVE_S
     if small:
