@@ -18,7 +18,11 @@ __all__ = ["fmt_seconds", "fmt_elapsed", "fmt_pct", "fmt_size", "cache_caption",
 _ALWAYS = set("\\`*[]<>&$~|@{}")
 _INVISIBLE = {"Cc", "Cf", "Zl", "Zp"}  # control, format (bidi overrides, zero-width), line/paragraph separators
 _LEAD_LIST = re.compile(r"^(\d+)([.)])")
-_WWW = re.compile(r"(?i)\b(www)\.")
+# GFM autolink literals, emoji shortcodes and Streamlit's ``:material/icon:`` are found in the
+# text *after* parsing, so escaping cannot stop them: a word joiner (U+2060, invisible) after
+# the scheme, ``www``, ``@`` or a colon before a word does
+_AUTOLINK = re.compile(r"(?i)\b(https?|ftp|mailto|xmpp|www)(?=[:.])|@|:(?=[\w/+-])")
+WORD_JOINER = "\u2060"
 
 
 def plain(text: object, limit: int | None = None) -> str:
@@ -26,7 +30,9 @@ def plain(text: object, limit: int | None = None) -> str:
     ``st.info``, ``st.warning``, ``st.caption``, ``st.markdown``, widget and button labels):
     it is shown as the same characters, on one line, and is never markup -- no link, image,
     HTML, code span, emphasis, heading, list, math or colour directive, and no autolink
-    (``http://``, ``www.``, e-mail addresses are broken up).
+    (``http://``, ``www.`` and e-mail addresses get an invisible word joiner, U+2060, after
+    their scheme, ``www`` or ``@``, and so do emoji and icon shortcodes after their colon:
+    these are found in the parsed text, past any escape).
 
     Use it for every value from the URL, a file or folder name, or a file's content.
     ``limit`` cuts the text to that many characters (with "…"). Line breaks become spaces;
@@ -35,14 +41,14 @@ def plain(text: object, limit: int | None = None) -> str:
     How: CommonMark shows any backslash-escaped ASCII punctuation as itself. The characters
     that are markup anywhere (``\\ ` * [ ] < > & $ ~ | @ { }``) are always escaped; the
     others only where they could start markup (``_`` not inside a word, ``:`` before a
-    non-space as in ``http://`` or ``:red[``, the ``.`` of ``www.``, a list or heading
-    marker at the start), so ordinary messages (``runs/a/manifest.json: not valid JSON``)
+    non-space as in ``:red[``, a list or heading marker at the start), so ordinary messages (``runs/a/manifest.json: not valid JSON``)
     keep their look in the page source too."""
     s = "".join(" " if ch in "\r\n\t\v\f" or unicodedata.category(ch) in ("Zl", "Zp") else ch
                 for ch in str(text) if ch in "\r\n\t\v\f" or unicodedata.category(ch) not in _INVISIBLE)
     s = s.strip()
     if limit is not None and len(s) > limit:
         s = s[:max(0, limit - 1)] + "…"
+    s = _AUTOLINK.sub(lambda m: m.group(0) + WORD_JOINER, s)
     out = []
     for i, ch in enumerate(s):
         prev = s[i - 1] if i else " "
@@ -54,9 +60,7 @@ def plain(text: object, limit: int | None = None) -> str:
             out.append("\\" + ch)
         else:
             out.append(ch)
-    s = "".join(out)
-    s = _LEAD_LIST.sub(lambda m: m.group(1) + "\\" + m.group(2), s)
-    return _WWW.sub(lambda m: m.group(1) + "\\.", s)
+    return _LEAD_LIST.sub(lambda m: m.group(1) + "\\" + m.group(2), "".join(out))
 
 
 def plain_html(text: object, limit: int | None = None) -> str:
