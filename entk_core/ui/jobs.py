@@ -47,7 +47,7 @@ def long_call(key: str, label: str, fn: Callable, run: Run, *, target: str, kwar
         estimate_s = estimate_s()
     ok, why = compute_allowed(estimate_s, label)
     if not ok:
-        st.info(plain(why), icon="🔒")  # ``label`` may carry a run name
+        st.info(plain(why), icon=":material/lock:")  # ``label`` may carry a run name
         return None
     state = st.session_state.setdefault("_long", {})
     small = estimate_s is None or estimate_s <= ASK_ABOVE_S

@@ -166,7 +166,8 @@ def sidebar() -> None:
     broken = [(name, r) for name, r in runs if not isinstance(r, Run)]
     if viewer_mode():
         st.sidebar.info(f"**viewer mode**: read-only. Browse the runs and their cached views; a computation "
-                        f"not cached runs only when estimated under {viewer_max_seconds():g} s.", icon="👁️")
+                        f"not cached runs only when estimated under {viewer_max_seconds():g} s.",
+                        icon=":material/visibility:")
     else:
         st.sidebar.caption(plain(f"Runs folder: {root.name}/"))
     st.session_state["selection_error"] = None

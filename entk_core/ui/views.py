@@ -29,7 +29,7 @@ def export_buttons(name: str, *, arrays: dict[str, np.ndarray] | None = None,
     as CSV, and each figure as PNG and SVG (rendered on click, offline; see
     :mod:`entk_core.figures.export`). In viewer mode the figures are not rendered on the
     server (each rendering starts a browser there); the chart's own camera button saves a PNG."""
-    with st.expander("Export this view (CSV, NPZ, PNG, SVG)"):
+    with st.expander("Export this view (CSV, NPZ)" if viewer_mode() else "Export this view (CSV, NPZ, PNG, SVG)"):
         cols = st.columns(4)
         i = 0
         if arrays:

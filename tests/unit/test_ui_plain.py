@@ -74,3 +74,19 @@ def test_plain_cuts_long_text():
 
 def test_plain_html_is_inert_in_plotly_text():
     assert plain_html('<a href="\\\\evil.invalid">x</a>\n<b>') == "&lt;a href=&quot;\\\\evil.invalid&quot;&gt;x&lt;/a&gt; &lt;b&gt;"
+
+
+def test_server_paths_are_shown_inside_their_folder_never_doubled(monkeypatch, tmp_path):
+    from entk_core.ui import relative_paths
+
+    monkeypatch.chdir(tmp_path)
+    for root in ("runs", str(tmp_path / "runs"), str(tmp_path / "runs") + "/"):
+        monkeypatch.setenv("ENTK_RUNS_DIR", root)
+        assert relative_paths(f"{tmp_path}/runs/nope: no such run folder") == "runs/nope: no such run folder"
+        assert relative_paths("runs/nope: no such run folder") == "runs/nope: no such run folder"
+        assert relative_paths(f"inside the runs folder {tmp_path}/runs") == "inside the runs folder runs/"
+        assert relative_paths(f"{tmp_path}/runsx/a") == f"{tmp_path}/runsx/a"  # another folder stays as it is
+
+
+def test_plain_breaks_shortcodes():
+    assert not re.search(r":[\w/+-]+:", _shown(plain(":smile: :material/home: :+1:"), joiners=True))
