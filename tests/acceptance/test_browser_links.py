@@ -132,26 +132,28 @@ def test_hostile_values_for_every_parameter_on_every_page(browser, server, pages
         ctx.close()
 
 
+#: (page, {parameter: a path from the link}); ``None``: the absolute path of the outside run
 LINKED_PATHS = [
-    ("", "run", f"../outside/{OUTSIDE}"),
-    ("", "run", "escape-link"),  # a symlink in the runs folder pointing out
-    ("alignment", "run", None),  # the absolute path of the outside run (filled in below)
-    ("", "compare", f"../outside/{OUTSIDE}@0"),
-    ("grokking", "compare", "escape-link@1500"),
-    ("language-model", "model", "../../etc"),
-    ("language-model", "probes", "/etc"),
+    ("", {"run": f"../outside/{OUTSIDE}", "compare": f"../outside/{OUTSIDE}@0"}),
+    ("alignment", {"run": None}),
+    ("grokking", {"run": "escape-link", "compare": "escape-link@1500"}),  # a symlink in the runs folder, pointing out
+    ("language-model", {"model": "../../etc", "probes": "/etc"}),
 ]
 
 
-def test_a_linked_path_never_opens_anything_outside_the_server_folders(browser, server, world, pages):
+def test_a_linked_path_never_opens_anything_outside_the_server_folders(browser, server, world):
     ctx, page, watch = new_context(browser, server)
     try:
-        for path, name, value in LINKED_PATHS:
-            value = value or str(world / "outside" / OUTSIDE)
-            open_page(page, f"{server.url}/{path}?run={MLP}&{name}={quote(value, safe='')}", start=False)
-            where = f"/{path}?{name}={value}"
+        for path, values in LINKED_PATHS:
+            values = {k: v or str(world / "outside" / OUTSIDE) for k, v in values.items()}
+            query = {"run": MLP, **values}
+            open_page(page, f"{server.url}/{path}?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items()),
+                      start=False)
+            where = f"/{path}?{values}"
             shown = _messages(page)
-            assert "from the link" in shown, (where, shown[:400])
+            for name in values:  # one message per refused value
+                assert f"{name} " in shown or f"{name}=" in shown, (where, name, shown[:600])
+            assert shown.count("from the link") >= len(values), (where, shown[:600])
             # the outside run is a TMS run: had it been opened, its title or β control would show
             titles = " ".join(plot_titles(page))
             assert "Toy Models" not in titles and "β = " not in titles, (where, titles)

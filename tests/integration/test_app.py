@@ -116,3 +116,30 @@ def test_a_link_error_names_the_run_inside_the_runs_folder(install_run, tiny_run
     at.run()
     (msg,) = [w.value for w in at.warning]
     assert "runs/nope: no such run folder" in msg and "runs//" not in msg, msg
+
+
+def test_a_broken_run_is_one_line_and_the_page_goes_on(install_run, tiny_run_dir, tmp_path):
+    """A checkpoint file truncated on disk, and a second run whose manifest declares p = 100,000:
+    each is one plain line (no traceback), and the good run still opens on its own link."""
+    import shutil
+
+    name = install_run(tiny_run_dir)
+    root = tmp_path / "runs"
+    ck = root / name / "checkpoints" / "epoch_000030.safetensors"
+    ck.write_bytes(ck.read_bytes()[:100])
+    big = root / "big-p"
+    shutil.copytree(root / name, big)
+    manifest = json.loads((big / "manifest.json").read_text())
+    manifest["config"]["p"] = 100_000
+    (big / "manifest.json").write_text(json.dumps(manifest))
+    at = _app()
+    at.query_params["run"] = name
+    at.query_params["epoch"] = "30"
+    at.run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("big-p: ") and "p" in e for e in errors), errors  # the sidebar's line for big-p
+    assert any("epoch_000030.safetensors" in e for e in errors), errors  # the page's line for the checkpoint
+    assert all("\n" not in e and "Traceback" not in e for e in errors), errors
+    at.select_slider(key="epoch").set_value(20).run()  # another checkpoint of the same run works
+    assert not at.exception and at.get("plotly_chart")
