@@ -95,7 +95,7 @@ with guarded("cannot draw the spectrum"):
         default_vector=views.first_feature_window(res),
         vector_of=lambda i: vector_figures(run, V[:, i], title=f"eigenvector {i} (λ = {res.eigenvalues[i]:.4g})"),
     )
-    st.caption(f"n = {res.meta['n']} · {cache_caption(res.meta, dt, views.computed_seconds(res))}")
+    st.caption(plain(f"n = {res.meta['n']} · {cache_caption(res.meta, dt, views.computed_seconds(res))}"))
     rows = views.spectrum_blocks(res)
     if rows:
         st.markdown("**Detected blocks** (a block of eigenvalues ended by a sharp drop; the constant mode apart; "

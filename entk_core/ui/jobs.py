@@ -59,18 +59,18 @@ def long_call(key: str, label: str, fn: Callable, run: Run, *, target: str, kwar
         state.pop(key, None)
         st.warning("Stopped. Nothing was cached; start again when you like.")
     if state.get(key) != "started":
-        st.info(f"{label} is estimated at about **{fmt_seconds(estimate_s)}** on this machine.")
+        st.info(f"{plain(label)} is estimated at about **{fmt_seconds(estimate_s)}** on this machine.")
         if st.button(f"Start ({fmt_seconds(estimate_s)})", key=wkey + "_go", type="primary"):
             state[key] = "started"
             st.rerun()
         return None
     st.button("Stop", key=wkey + "_stop", type="secondary", help="kills the worker; nothing partial is cached")
-    bar = st.progress(0.0, text=f"{label}: starting a worker…")
+    bar = st.progress(0.0, text=f"{plain(label)}: starting a worker…")
     t0 = time.perf_counter()
 
     def show(done: int, total: int, message: str) -> None:
         frac = min(1.0, done / total) if total else min(0.95, (time.perf_counter() - t0) / max(estimate_s, 1))
-        bar.progress(frac, text=f"{label}: {message or 'working'} · {time.perf_counter() - t0:.0f} s of "
+        bar.progress(frac, text=f"{plain(label)}: {plain(message or 'working')} · {time.perf_counter() - t0:.0f} s of "
                                 f"~{fmt_seconds(estimate_s)}")
 
     job = Job(target=target, run=str(run.path), kwargs=kwargs).start()
@@ -98,7 +98,7 @@ class ProgressBar:
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         frac = min(1.0, max(0.0, done / total)) if total else 0.0
-        self._slot.progress(frac, text=f"{self.text} {message}".strip())
+        self._slot.progress(frac, text=plain(f"{self.text} {message}"))  # a message may quote a name
 
     def __enter__(self) -> "ProgressBar":
         return self
