@@ -13,15 +13,15 @@ import numpy as np
 
 __all__ = ["fmt_seconds", "fmt_elapsed", "fmt_pct", "fmt_size", "cache_caption", "timed", "plain", "plain_html"]
 
-# markdown/HTML specials that are markup wherever they stand (CommonMark, GFM, Streamlit's
-# ``:color[...]`` directives, ``$`` math): always backslash-escaped by :func:`plain`
-_ALWAYS = set("\\`*[]<>&$~|@{}")
+# markdown/HTML specials that are markup wherever they stand (code spans, emphasis, raw HTML and
+# autolinks, entities, ``$`` math): always backslash-escaped by :func:`plain`
+_ALWAYS = set("\\`*<>&$~")
 _INVISIBLE = {"Cc", "Cf", "Zl", "Zp"}  # control, format (bidi overrides, zero-width), line/paragraph separators
 _LEAD_LIST = re.compile(r"^(\d+)([.)])")
 # GFM autolink literals, emoji shortcodes and Streamlit's ``:material/icon:`` are found in the
 # text *after* parsing, so escaping cannot stop them: a word joiner (U+2060, invisible) after
-# the scheme, ``www``, ``@`` or a colon before a word does
-_AUTOLINK = re.compile(r"(?i)\b(https?|ftp|mailto|xmpp|www)(?=[:.])|@|:(?=[\w/+-])")
+# the scheme, ``www``, ``@`` or a colon before a letter does (and it breaks ``:red[...]`` too)
+_AUTOLINK = re.compile(r"(?i)\b(https?|ftp|mailto|xmpp|www)(?=[:.])|@|:(?=[a-z/+-])")
 WORD_JOINER = "\u2060"
 
 
@@ -39,10 +39,11 @@ def plain(text: object, limit: int | None = None) -> str:
     control and invisible format characters (bidi overrides, zero-width) are dropped.
 
     How: CommonMark shows any backslash-escaped ASCII punctuation as itself. The characters
-    that are markup anywhere (``\\ ` * [ ] < > & $ ~ | @ { }``) are always escaped; the
-    others only where they could start markup (``_`` not inside a word, ``:`` before a
-    non-space as in ``:red[``, a list or heading marker at the start), so ordinary messages (``runs/a/manifest.json: not valid JSON``)
-    keep their look in the page source too."""
+    that are markup anywhere (``\\ ` * < > & $ ~``) are always escaped; the others only where
+    they make markup: ``]`` before ``(``, ``[`` or ``:`` (links, images, references), ``[``
+    first, ``_`` outside a word, a list, heading or quote marker at the start. So ordinary
+    messages (``runs/a/manifest.json: not valid JSON``, ``has shape [16, 14]``) keep their look
+    in the page source too; ``tests/unit/test_ui_plain.py`` parses the result as CommonMark."""
     s = "".join(" " if ch in "\r\n\t\v\f" or unicodedata.category(ch) in ("Zl", "Zp") else ch
                 for ch in str(text) if ch in "\r\n\t\v\f" or unicodedata.category(ch) not in _INVISIBLE)
     s = s.strip()
@@ -54,9 +55,9 @@ def plain(text: object, limit: int | None = None) -> str:
         prev = s[i - 1] if i else " "
         nxt = s[i + 1] if i + 1 < len(s) else " "
         if (ch in _ALWAYS
+                or (ch == "]" and nxt in "([:")
                 or (ch == "_" and not (prev.isalnum() and nxt.isalnum()))
-                or (ch == ":" and not nxt.isspace())
-                or (i == 0 and ch in "#-+=")):
+                or (i == 0 and ch in "#-+=[")):
             out.append("\\" + ch)
         else:
             out.append(ch)
