@@ -16,7 +16,7 @@ import streamlit as st
 from entk_core.engine.spectra import Cliff
 from entk_core.figures import heatmap_figure
 from entk_core.ui import (cache_caption, compare_control, export_buttons, group_name, groups_of, guarded,
-                          kernel_size_of, long_call, not_available, require_run, spectrum_explorer, stop, timed,
+                          kernel_size_of, long_call, not_available, plain_html, require_run, spectrum_explorer, stop, timed,
                           url_float, url_int, url_multiselect, url_selectbox, url_toggle, vector_figures,
                           view_inputs_of)
 from entk_core.workflows import analysis, views
@@ -57,11 +57,12 @@ if fam.offers("beta"):
 other = compare_control(run, epoch, key="align_compare")
 
 
-def _spectrum(g: str):
-    kw = {"epoch": epoch, "group": g, "reduction": fam.default_reduction, "top": int(top), "beta": beta}
-    return long_call(f"spectrum|{run.path}|{sorted(kw.items())}", f"the {g} eNTK spectrum", analysis.spectrum, run,
-                     target="entk_core.workflows.analysis:spectrum", kwargs=kw,
-                     estimate_s=lambda: spectrum_seconds(run, epoch, group=g, top=int(top), beta=beta))
+def _spectrum(g: str, r=None, e=None, label: str = ""):
+    r, e = (run, epoch) if r is None else (r, e)
+    kw = {"epoch": e, "group": g, "reduction": fam.default_reduction, "top": int(top), "beta": beta}
+    return long_call(f"spectrum|{r.path}|{sorted(kw.items())}", f"the {g} eNTK spectrum{label and ' of ' + label}",
+                     analysis.spectrum, r, target="entk_core.workflows.analysis:spectrum", kwargs=kw,
+                     estimate_s=lambda: spectrum_seconds(r, e, group=g, top=int(top), beta=beta))
 
 
 with guarded("cannot compute the alignment"):
@@ -131,8 +132,8 @@ with guarded("cannot compute the alignment"):
 
     extra = None
     if other is not None:
-        r2 = analysis.spectrum(other[0], other[1], group=group, top=top, beta=beta)
-        extra = {other[2]: r2.eigenvalues}
+        r2 = _spectrum(group, other[0], other[1], other[2])  # asks first / refused when long
+        extra = None if r2 is None else {plain_html(other[2]): r2.eigenvalues}  # a legend name: Plotly renders HTML
     idx, sfig, vfigs = spectrum_explorer(
         run, key="align", eigenvalues=res.eigenvalues, cliffs=shaded, labels=[w[0] for w in blocks],
         title=f"{group} eNTK spectrum (click an eigenvalue; cliffs from {windows_from})", log=True,

@@ -14,7 +14,8 @@ import streamlit as st
 
 from ..families.run import Run
 from ..workflows.jobs import Job, cached
-from .format import fmt_seconds
+from .format import fmt_seconds, plain
+from .mode import compute_allowed
 
 __all__ = ["ASK_ABOVE_S", "long_call", "ProgressBar"]
 
@@ -34,12 +35,20 @@ def long_call(key: str, label: str, fn: Callable, run: Run, *, target: str, kwar
     worker at once. Returns ``None`` (after drawing the offer) when nothing was computed.
     ``key`` identifies the request (include every argument). ``estimate_s``: seconds, or a
     function giving them (:mod:`entk_core.workflows.estimates`), called only when the result
-    is not cached (a warm rerun costs no estimate)."""
+    is not cached (a warm rerun costs no estimate).
+
+    In viewer mode (:mod:`entk_core.ui.mode`) an uncached request runs only when its
+    estimate is under ``ENTK_VIEWER_MAX_SECONDS``; otherwise one line says what was asked and
+    the estimate, and ``None`` is returned."""
     hit = cached(fn, run, **kwargs)
     if hit is not None:
         return hit
     if callable(estimate_s):
         estimate_s = estimate_s()
+    ok, why = compute_allowed(estimate_s, label)
+    if not ok:
+        st.info(plain(why), icon=":material/lock:")  # ``label`` may carry a run name
+        return None
     state = st.session_state.setdefault("_long", {})
     small = estimate_s is None or estimate_s <= ASK_ABOVE_S
     if small:
@@ -50,18 +59,18 @@ def long_call(key: str, label: str, fn: Callable, run: Run, *, target: str, kwar
         state.pop(key, None)
         st.warning("Stopped. Nothing was cached; start again when you like.")
     if state.get(key) != "started":
-        st.info(f"{label} is estimated at about **{fmt_seconds(estimate_s)}** on this machine.")
+        st.info(f"{plain(label)} is estimated at about **{fmt_seconds(estimate_s)}** on this machine.")
         if st.button(f"Start ({fmt_seconds(estimate_s)})", key=wkey + "_go", type="primary"):
             state[key] = "started"
             st.rerun()
         return None
     st.button("Stop", key=wkey + "_stop", type="secondary", help="kills the worker; nothing partial is cached")
-    bar = st.progress(0.0, text=f"{label}: starting a worker…")
+    bar = st.progress(0.0, text=f"{plain(label)}: starting a worker…")
     t0 = time.perf_counter()
 
     def show(done: int, total: int, message: str) -> None:
         frac = min(1.0, done / total) if total else min(0.95, (time.perf_counter() - t0) / max(estimate_s, 1))
-        bar.progress(frac, text=f"{label}: {message or 'working'} · {time.perf_counter() - t0:.0f} s of "
+        bar.progress(frac, text=f"{plain(label)}: {plain(message or 'working')} · {time.perf_counter() - t0:.0f} s of "
                                 f"~{fmt_seconds(estimate_s)}")
 
     job = Job(target=target, run=str(run.path), kwargs=kwargs).start()
@@ -89,7 +98,7 @@ class ProgressBar:
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         frac = min(1.0, max(0.0, done / total)) if total else 0.0
-        self._slot.progress(frac, text=f"{self.text} {message}".strip())
+        self._slot.progress(frac, text=plain(f"{self.text} {message}"))  # a message may quote a name
 
     def __enter__(self) -> "ProgressBar":
         return self
