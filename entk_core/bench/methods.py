@@ -49,6 +49,9 @@ def run_case(case: str, repeats: int = 3, max_seconds: float = 300.0, n: int | N
                            "memory_budget": memory_budget, "torch_threads": torch.get_num_threads(),
                            "P": sum(p.numel() for p in model.parameters()), "load_before": load_fields(),
                            "methods": {}}
+    from ..engine.machine import machine_rates
+
+    rec["rates"] = machine_rates().describe()   # what every estimate below divides by
     runnable = []
     for m in METHODS:
         r: dict[str, Any] = {}
@@ -105,6 +108,8 @@ def run_case(case: str, repeats: int = 3, max_seconds: float = 300.0, n: int | N
                 rec["methods"][m].update({"path": f"{info.method}/{info.layout}", "chunk_size": info.chunk_size,
                                           "peak_rss_mb": mm.peak_rss_mb,
                                           "fallbacks": len(info.fallbacks)})
+            if "update" in mm.out[1].rates:   # this call ran 3x off its estimate: the rates were measured again
+                rec.setdefault("rate_updates", []).append({"method": m, "round": i, **mm.out[1].rates["update"]})
             del mm
     for m, ts in times.items():
         r = rec["methods"][m]
@@ -142,7 +147,10 @@ def run_methods(cases=tuple(CASES), repeats: int = 3, max_seconds: float = 300.0
     ratios = [r["auto_over_best_forced"] for r in result["cases"].values() if "auto_over_best_forced" in r]
     spreads = [mr["measured_over_estimate"] for r in result["cases"].values() for mr in r.get("methods", {}).values()
                if "measured_over_estimate" in mr]
+    spread = sorted(spreads)
     result["summary"] = {"auto_over_best_forced_max": max(ratios, default=None),
+                         "measured_over_estimate_median": spread[len(spread) // 2] if spread else None,
+                         "estimates_within_2x": sum(0.5 <= v <= 2.0 for v in spread), "estimates": len(spread),
                          "cases_auto_within_1.2": sum(r <= 1.2 for r in ratios), "cases": len(ratios),
                          "measured_over_estimate_min": min(spreads, default=None),
                          "measured_over_estimate_max": max(spreads, default=None)}
@@ -172,7 +180,9 @@ def format_table(result: dict[str, Any]) -> str:
     if s.get("cases"):
         lines.append(f"auto within 1.2x of the best forced method on {s['cases_auto_within_1.2']}/{s['cases']} cases "
                      f"(worst {s['auto_over_best_forced_max']:.2f}); measured/estimate "
-                     f"{s['measured_over_estimate_min']:.2f}-{s['measured_over_estimate_max']:.2f}")
+                     f"{s['measured_over_estimate_min']:.2f}-{s['measured_over_estimate_max']:.2f} "
+                     f"(median {s['measured_over_estimate_median']:.2f}; {s['estimates_within_2x']}/{s['estimates']} "
+                     f"within 2x)")
     return "\n".join(lines)
 
 
