@@ -26,6 +26,10 @@ VMAP_OPS = 2.0
 #: The structured path's cotangent backward stops at the layer outputs (no weight
 #: gradients): its share of a full backward's flops and bytes.
 STRUCT_BWD = 0.6
+#: Cost per byte of the reference's strided copies (einsum's permutation of ``(C, B, P)``
+#: Jacobians), relative to streaming memory-bound work (measured on the paper's MLP: a
+#: trace kernel at N = 100, 54 s of 87 in ``copy_``).
+STRIDED = 8.0
 #: Batch × activations above which a few channels are back-propagated one at a time
 #: (mirrors :func:`~._factors._cotangents`).
 BIG_ACTIVATIONS = 2e6
@@ -144,9 +148,12 @@ def path_work(method: str, items: list[Item], prof: ModelProfile, *, n1: int, n2
         w.run(prof.fwd, B, chunks, vmapped=True)
         w.run(prof.bwd, B * C, chunks, vmapped=True)
         w.add(2, 0, 2 * C * B * P * s, chunks)
-        per_tile_ops = 6.0 * max(1, n_params)
-        w.add(per_tile_ops, 2.0 * kk * ch.traced * B1 * B2 * P,
-              (4 * ch.left * (B1 + B2) * P) * s + 2 * tile_bytes, tiles)
+        # per tile and side: the kept channels' rows gathered (index_select of a transposed
+        # view), and for traced channels einsum's permuted copy of them (strided: measured
+        # ~8x slower per byte than streaming work)
+        side_bytes = 2 * ch.left * (B1 + B2) * P * s
+        copies = 2 * side_bytes + (STRIDED * side_bytes if ch.traced > 1 else 0)
+        w.add(6.0 * max(1, n_params), 2.0 * kk * ch.traced * B1 * B2 * P, copies + 2 * tile_bytes, tiles)
         w.add(4, 0, 3 * out_bytes)                                 # symmetrise, place
         return w
     cw = max(ch.left, ch.right)
