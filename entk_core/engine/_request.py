@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -135,6 +136,7 @@ class Ctx:
                  progress: ProgressFn | None = None, by_layer: bool = False, plan: bool = True,
                  allow_train_mode: bool = True, check_finite: bool = True, warn_stacklevel: int = 4):
         self.info = KernelInfo()
+        self._t0 = time.perf_counter()
         self.progress = progress
         self.by_layer = by_layer
         self._check_arguments(model, reduction, trace_axes, diagonal_axes, method, chunk_size)
@@ -332,6 +334,7 @@ class Ctx:
             self.chunk = self.plan.chunk_size
             self.cache = self.plan.cache
             self.layout = self.plan.layout
+            self.plan.seconds += self.setup_seconds()
             self.info.estimate = self.plan.summary()
             self.info.estimated_seconds = float(self.plan.seconds)
         else:
@@ -351,6 +354,11 @@ class Ctx:
             why = self.forward_ad_failure()
             if why is not None:
                 self.exclude_path("ntk_vp", f"forward-mode AD is not supported by this model ({why})")
+
+    def setup_seconds(self) -> float:
+        """Seconds spent so far on this request before any kernel work (checks, the private
+        model copy, the layer checks, the profile): part of every estimate of the call."""
+        return time.perf_counter() - self._t0
 
     def model_profile(self) -> ModelProfile | None:
         """The model's forward and backward counts on these inputs (kernels, flops, bytes;

@@ -342,6 +342,7 @@ def estimate_ntk(
         plan = plan_for(fastest_other(plan_for("auto").paths, ("ntk_vp",)))
     if plan.method is not None:   # the chunk that would run (never a vmap(jacrev) hazard: see _request)
         plan.chunk_size = safe_chunk(plan.chunk_size, ctx.jacrev_rows(plan.method))
+    plan.seconds += ctx.setup_seconds()   # the call repeats this request's setup (checks, copy, profile)
     return plan
 
 

@@ -145,3 +145,6 @@ def test_methods_harness_record():
     for m in ("auto", "structured", "jacobian"):
         assert ms[m]["seconds"] > 0 and ms[m]["estimated_s"] > 0, ms[m]
     assert rec["auto_over_best_forced"] > 0 and rec["best_forced"] in methods.METHODS[1:]
+    assert rec["rates"]["source"] in ("measured", "cached", "default")
+    # calls this short get extra interleaved rounds (auto's among them)
+    assert len(ms["auto"]["times"]) > 1
