@@ -321,8 +321,9 @@ def estimate_ntk(
 ) -> Plan:
     """The :class:`~entk_core.engine.planner.Plan` of ``empirical_ntk(model, x1, x2, ...)``
     (``by_layer=True``: of :func:`empirical_ntk_by_layer`) with the same arguments, without
-    computing the kernel: ``plan.seconds``, ``plan.bytes``, ``plan.method`` (the path that
-    would run), ``plan.summary()``. Runs the model on at most 4 inputs to learn the output
+    computing the kernel: ``plan.seconds`` (counted work × this machine's measured rates, plus
+    the request's measured setup: see :mod:`entk_core.engine.planner`), ``plan.bytes``,
+    ``plan.method`` (the path that would run), ``plan.summary()``. Runs the model on at most 4 inputs to learn the output
     shape, the layer structure and the activation size. Never raises for budget reasons
     (see ``plan.fits``)."""
     _check_args(reduction, trace_axes, diagonal_axes)
