@@ -92,21 +92,30 @@ def test_a_job_runs_its_steps_in_order_in_one_niced_worker_with_the_callers_envi
 
 
 @pytest.mark.slow
-def test_grokking_first_visit_is_one_action_and_families_come_from_the_cache(install_run, tiny_run_dir):
-    """The first visit computes the sweep and the PCA baseline in one worker job; then a new
-    choice of families (removing one, any subset) starts no job and draws the PCA curves at
-    once; a new window shows its own first eigenvector instead of keeping one outside it."""
+def test_grokking_first_visit_is_one_action_and_families_come_from_the_cache(install_run, tiny_run_dir,
+                                                                             monkeypatch):
+    """The first visit states both phases' estimates (the sweep, then the PCA baseline) before
+    it starts, computes them in one worker job, and then shows the results with no offer,
+    Stop button or progress bar left above them. A new choice of families (removing one, any
+    subset) starts no job and draws the PCA curves at once; a new window shows its own first
+    eigenvector instead of keeping one outside it."""
     from streamlit.testing.v1 import AppTest
 
+    from entk_core.ui import jobs as ui_jobs
+
+    monkeypatch.setattr(ui_jobs, "ASK_ABOVE_S", 0.0)  # the tiny run is quick: ask anyway, as for the p = 29 run
     install_run(tiny_run_dir)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
+    n_before = jobs.jobs_started()
     at.switch_page("app_pages/grokking.py").run()
-    for _ in range(2):  # a first visit estimated above 10 s asks first
-        start = [b for b in at.button if b.label.startswith("Start (")]
-        if not start:
-            break
-        start[0].click().run()
+    offer = " ".join(i.value for i in at.info)
+    assert "estimated at about" in offer and "checkpoints (~" in offer and "then the PCA baseline" in offer, offer
+    start = [b for b in at.button if b.label.startswith("Start (")]
+    assert len(start) == 1 and jobs.jobs_started() == n_before  # nothing starts before the click
+    start[0].click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    assert jobs.jobs_started() == n_before + 1  # both phases in one worker
+    assert not any("estimated at about" in i.value for i in at.info)
     assert not [b for b in at.button if b.label in ("Stop",) or b.label.startswith("Start (")]  # nothing stale
     assert any("Overlap of" in t for t in _titles(at))
     n0 = jobs.jobs_started()
