@@ -59,10 +59,7 @@ def test_corrupt_entry_is_recomputed(tmp_path):
     files[0].write_bytes(data[:100] + b"\x00" * 50 + data[150:])
     assert c.get("k") is None
     c.set("small", {"v": np.arange(3.0)})
-    db = sqlite3.connect(tmp_path / "c" / "cache.db")
-    db.execute("UPDATE Cache SET value = ? WHERE key = ?", (b"ENTKC001" + b"\x00" * 40, "small"))
-    db.commit()
-    db.close()
+    _poison_row(tmp_path / "c", "small")
     assert c.get("small") is None
 
 
@@ -83,6 +80,14 @@ def test_concurrent_threads_compute_once(tmp_path):
     assert len(calls) == 1 and c.computed == 1
 
 
+def _poison_row(folder, key: str) -> None:
+    """Overwrite ``key``'s stored value in the cache database with a valid header and zeros."""
+    db = sqlite3.connect(folder / "cache.db")
+    db.execute("UPDATE Cache SET value = ? WHERE key = ?", (b"ENTKC001" + b"\x00" * 40, key))
+    db.commit()
+    db.close()
+
+
 def _discards(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records
             if r.name == "entk_core.store.cache" and r.levelname == "WARNING" and "discarded the cache entry" in r.getMessage()]
@@ -92,10 +97,7 @@ def test_a_discarded_entry_is_logged_with_its_key_and_reason(tmp_path, caplog):
     caplog.set_level("WARNING", logger="entk_core.store.cache")
     c = ArrayCache(tmp_path / "c")
     c.set("spectrum|v1|epoch=3", {"v": np.arange(3.0)})
-    db = sqlite3.connect(tmp_path / "c" / "cache.db")
-    db.execute("UPDATE Cache SET value = ? WHERE key = ?", (b"ENTKC001" + b"\x00" * 40, "spectrum|v1|epoch=3"))
-    db.commit()
-    db.close()
+    _poison_row(tmp_path / "c", "spectrum|v1|epoch=3")
     assert c.get("spectrum|v1|epoch=3") is None
     (msg,) = _discards(caplog)
     assert "'spectrum|v1|epoch=3'" in msg and "ValueError: checksum mismatch" in msg and str(tmp_path / "c") in msg
