@@ -24,6 +24,7 @@ from ..families.base import family_ref
 from ..families.run import Run
 from ..workflows.jobs import Job, cached
 from .format import fmt_seconds
+from .mode import compute_allowed
 
 __all__ = ["ASK_ABOVE_S", "Phase", "long_call", "long_calls", "run_in_worker", "ProgressBar"]
 
@@ -71,20 +72,28 @@ def long_calls(key: str, label: str, run: Run, phases: list[Phase]) -> list[Any]
     they start at once in a worker with a progress bar; above, the page shows every phase's
     estimate and a Start button, and a started action a Stop button. Stop, leaving the page
     or changing any control interrupts this script run, which kills the worker at once;
-    nothing partial is cached. ``key`` identifies the request (include every argument)."""
+    nothing partial is cached. ``key`` identifies the request (include every argument).
+
+    In viewer mode (:mod:`entk_core.ui.mode`) the action starts only when the estimate of all
+    its phases is under ``ENTK_VIEWER_MAX_SECONDS``; otherwise one line says what was asked
+    and the estimate, and ``None`` is returned."""
     results = [cached(p.fn, p.run or run, **p.kwargs) for p in phases]
     todo = [i for i, r in enumerate(results) if r is None]
     if not todo:
         return results
     runs = [phases[i].run or run for i in todo]
+    est = [_estimate(phases[i]) for i in todo]
+    known = None if any(e is None for e in est) else sum(est)
+    ok, why = compute_allowed(known, label)  # viewer mode: only what is estimated under its limit
+    if not ok:
+        st.info(why, icon="🔒")
+        return None
     if any(family_ref(r.family) is None for r in runs):  # a family a worker cannot import: here
         with ProgressBar(label) as bar:
             for i in todo:
                 p = phases[i]
                 results[i] = p.fn(p.run or run, **p.kwargs, progress=bar)
         return results
-    est = [_estimate(phases[i]) for i in todo]
-    known = None if any(e is None for e in est) else sum(est)
     state = st.session_state.setdefault("_long", {})
     wkey = "long_" + hashlib.sha256(key.encode()).hexdigest()[:10]
     slot = st.empty()

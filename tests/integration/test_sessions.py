@@ -216,3 +216,21 @@ def test_compare_on_the_alignment_page_changes_the_table_and_draws_over_the_spec
                 if "click an eigenvalue" in str(json.loads(c.proto.spec)["layout"]["title"]["text"]))
     names = [t.get("name") for t in spec["data"]]
     assert names.index("epoch 10") > names.index("eigenvalue")  # drawn over the main spectrum
+
+
+def test_viewer_mode_refuses_an_action_whose_phases_together_are_over_its_limit(install_run, tiny_run_dir,
+                                                                                 monkeypatch):
+    """In viewer mode an uncached action is refused in one line naming it and its estimate
+    (all its phases together) when that is over ENTK_VIEWER_MAX_SECONDS: no worker starts."""
+    from streamlit.testing.v1 import AppTest
+
+    install_run(tiny_run_dir)
+    monkeypatch.setenv("ENTK_VIEWER", "1")
+    monkeypatch.setenv("ENTK_VIEWER_MAX_SECONDS", "0")
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
+    n0 = jobs.jobs_started()
+    at.switch_page("app_pages/grokking.py").run()
+    assert not at.exception and not at.error
+    lines = [i.value for i in at.info if "viewer mode" in i.value]
+    assert len(lines) == 1 and "The grokking view" in lines[0] and "limit 0 s" in lines[0], lines
+    assert jobs.jobs_started() == n0 and not [b for b in at.button if b.label.startswith("Start (")]
