@@ -18,7 +18,7 @@ from ..families.run import Run, list_runs, open_run
 from ..store.runs import RunError, runs_root
 from ..store.cache import default_cache
 from ..workflows import analysis
-from ..workflows.presets import DEMO
+from ..workflows.presets import DEMO, preset_job
 from ..workflows.views import ViewInputs, view_inputs
 from .errors import error_line, guarded, relative_paths
 from .format import fmt_size
@@ -255,8 +255,7 @@ def train_runs(names: list[str], *, select: str | None = None) -> None:
     from .jobs import run_in_worker
 
     with guarded("training failed"):
-        run_in_worker("Training", [{"target": "entk_core.workflows.presets:train_preset", "kwargs": {"name": n}}
-                                   for n in names], names)
+        run_in_worker("Training", [preset_job(n) for n in names], names)
         _list_runs_cached.clear()
         if select:  # the sidebar's run picker is drawn already: it takes this at the top of the next run
             st.session_state[_PENDING_RUN] = select

@@ -152,6 +152,7 @@ def _fake_trainer(monkeypatch, configs: dict):
 
     def fake(label, steps, names):
         for st in steps:
+            assert st["target"] == "entk_core.workflows.presets:train_values"
             name = st["kwargs"]["name"]
             fam_name, over = configs[name]
             fam = get_family(fam_name)
