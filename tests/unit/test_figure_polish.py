@@ -34,3 +34,11 @@ def test_compared_spectra_are_drawn_over_the_main_one():
     fig = spectrum_figure(np.geomspace(1, 1e-3, 50), extra={"epoch 10": np.geomspace(1, 1e-3, 50)}, selected=3)
     names = [t.name for t in fig.data]
     assert names.index("epoch 10") > names.index("eigenvalue")
+
+
+def test_the_lm_spectrum_gets_the_same_ticks():
+    from entk_core.figures.lm import lm_spectrum_figure
+
+    ev = np.geomspace(40, 3, 16)  # a few directions: barely over a decade
+    fig = lm_spectrum_figure(ev)
+    assert list(fig.layout.yaxis.tickvals) == log_ticks(ev)[0] and len(fig.layout.yaxis.tickvals) >= 3
