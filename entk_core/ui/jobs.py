@@ -22,7 +22,7 @@ import streamlit as st
 
 from ..families.base import family_ref
 from ..families.run import Run
-from ..workflows.jobs import Job, cached
+from ..workflows.jobs import Job, cached, prestart_workers
 from .format import fmt_seconds
 from .mode import compute_allowed
 
@@ -96,10 +96,14 @@ def long_calls(key: str, label: str, run: Run, phases: list[Phase]) -> list[Any]
         return results
     state = st.session_state.setdefault("_long", {})
     wkey = "long_" + hashlib.sha256(key.encode()).hexdigest()[:10]
+    stopped = bool(st.session_state.get(wkey + "_stop"))
+    if stopped:  # this run answers Stop (the stopped run may not have ended yet): never start again here
+        state.pop(key, None)
+    prestart_workers()  # the forkserver is ready by the time Start is clicked
     slot = st.empty()
     with slot.container():
         if known is not None and known > ASK_ABOVE_S and state.get(key) != "started":
-            if st.session_state.get(wkey + "_stop"):
+            if stopped:
                 st.warning("Stopped. Nothing was cached; start again when you like.")
             parts = [f"{phases[i].label} (~{fmt_seconds(e)})" for i, e in zip(todo, est)]
             what = parts[0] if len(parts) == 1 else ", then ".join(parts)

@@ -34,7 +34,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["NotCached", "ProbeCache", "cached", "Job", "JobError", "WORKER_NICE", "jobs_started", "worker_threads"]
+__all__ = ["NotCached", "ProbeCache", "cached", "Job", "JobError", "WORKER_NICE", "jobs_started", "worker_threads",
+           "prestart_workers"]
 
 WORKER_NICE = 10
 """How much lower a worker's scheduling priority is than the server's (``os.nice``)."""
@@ -96,6 +97,30 @@ def _context():
             ctx.set_forkserver_preload(PRELOAD)
             _CTX.append(ctx)
         return _CTX[0]
+
+
+def prestart_workers() -> None:
+    """Start the jobs' forkserver now, in the background (once per process), so that the first
+    job does not wait for it to import torch and the library (seconds on a busy machine)."""
+    with _CTX_LOCK:
+        if _PRESTARTED:
+            return
+        _PRESTARTED.append(True)
+
+    def go() -> None:
+        from multiprocessing import forkserver
+
+        _context()
+        _NO_MAIN.on = True
+        try:
+            forkserver.ensure_running()
+        except OSError:
+            pass
+
+    threading.Thread(target=go, name="entk-forkserver-start", daemon=True).start()
+
+
+_PRESTARTED: list = []
 
 
 class NotCached(LookupError):
