@@ -15,6 +15,7 @@ from entk_core.figures import overlap_figure
 from entk_core.ui import (Phase, cache_caption, compare_control, export_buttons, fmt_pct, group_name, groups_of,
                           guarded, long_call, long_calls, not_available, require_run, set_control, spectrum_explorer, stop,
                           timed, url_multiselect, url_selectbox, vector_figures)
+from entk_core.ui.animation import epoch_animation
 from entk_core.workflows import alignment, analysis, baselines, views
 from entk_core.workflows.estimates import pca_over_training_seconds, sweep_seconds
 from entk_core.workflows.sweep import CONSTANT_LABEL
@@ -97,6 +98,10 @@ with guarded("cannot compute the sweep"):
         title=f"{group} eNTK spectrum at epoch {epoch} (blocks detected at this epoch)", log=True,
         n_vectors=spec.eigenvectors.shape[1], default_vector=res.windows[wi].start, extra=extra, height=380,
         vector_of=lambda j: vector_figures(run, spec.eigenvectors[:, j], title=f"eigenvector {j} at epoch {epoch}"))
+    # every checkpoint in the browser: scrub or play with no server round trip (the sidebar keeps the URL)
+    epoch_animation(run, key="grok_animation", epoch=epoch, group=res.spec.group, reduction=res.spec.reduction,
+                    top=res.spec.top, vector=st.session_state.get("grok_vector"),
+                    title=f"{group} eNTK spectrum over training, played in the browser", default_on=False)
 
     # overlap over training: eNTK windows, PCA with the same budget, and the compared run
     pca, res2, pca_note = None, None, ""

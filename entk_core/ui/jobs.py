@@ -23,7 +23,7 @@ import streamlit as st
 from ..families.base import family_ref
 from ..families.run import Run
 from ..workflows.jobs import Job, cached, prestart_workers
-from .format import fmt_seconds
+from .format import fmt_seconds, plain
 from .mode import compute_allowed
 
 __all__ = ["ASK_ABOVE_S", "Phase", "long_call", "long_calls", "run_in_worker", "ProgressBar"]
@@ -86,7 +86,7 @@ def long_calls(key: str, label: str, run: Run, phases: list[Phase]) -> list[Any]
     known = None if any(e is None for e in est) else sum(est)
     ok, why = compute_allowed(known, label)  # viewer mode: only what is estimated under its limit
     if not ok:
-        st.info(why, icon="🔒")
+        st.info(plain(why), icon=":material/lock:")  # ``label`` may carry a run name
         return None
     if any(family_ref(r.family) is None for r in runs):  # a family a worker cannot import: here
         with ProgressBar(label) as bar:
@@ -105,9 +105,9 @@ def long_calls(key: str, label: str, run: Run, phases: list[Phase]) -> list[Any]
         if known is not None and known > ASK_ABOVE_S and state.get(key) != "started":
             if stopped:
                 st.warning("Stopped. Nothing was cached; start again when you like.")
-            parts = [f"{phases[i].label} (~{fmt_seconds(e)})" for i, e in zip(todo, est)]
+            parts = [f"{plain(phases[i].label)} (~{fmt_seconds(e)})" for i, e in zip(todo, est)]
             what = parts[0] if len(parts) == 1 else ", then ".join(parts)
-            st.info(f"{label} is estimated at about **{fmt_seconds(known)}** on this machine"
+            st.info(f"{plain(label)} is estimated at about **{fmt_seconds(known)}** on this machine"
                     + ("." if len(parts) == 1 else f": {what}."))
             if st.button(f"Start (~{fmt_seconds(known)})", key=wkey + "_go", type="primary"):
                 state[key] = "started"
@@ -115,7 +115,7 @@ def long_calls(key: str, label: str, run: Run, phases: list[Phase]) -> list[Any]
             return None
         if known is not None and known > ASK_ABOVE_S:
             st.button("Stop", key=wkey + "_stop", type="secondary", help="kills the worker; nothing partial is cached")
-        bar = st.progress(0.0, text=f"{label}: starting a worker…")
+        bar = st.progress(0.0, text=f"{plain(label)}: starting a worker…")
     t0 = time.perf_counter()
     weights = [max(e, 0.1) for e in est] if known is not None else [1.0] * len(todo)
     steps = [{"target": phases[i].target, "kwargs": phases[i].kwargs, "run": str(r.path), **Job.family_of(r)}
@@ -129,7 +129,7 @@ def long_calls(key: str, label: str, run: Run, phases: list[Phase]) -> list[Any]
             frac = max(frac, min(0.95, (time.perf_counter() - t0) / max(known, 1)))
         phase = phases[todo[k]].label + (f" ({k + 1}/{len(todo)})" if len(todo) > 1 else "")
         of = f" of ~{fmt_seconds(known)}" if known else ""
-        bar.progress(min(1.0, frac), text=f"{label}: {phase}: {message or 'working'} · "
+        bar.progress(min(1.0, frac), text=f"{plain(label)}: {plain(phase)}: {plain(message or 'working')} · "
                                          f"{time.perf_counter() - t0:.0f} s{of}")
 
     job = Job(run=str(run.path), steps=steps).start()
@@ -143,7 +143,7 @@ def long_calls(key: str, label: str, run: Run, phases: list[Phase]) -> list[Any]
         p = phases[i]
         results[i] = cached(p.fn, p.run or run, **p.kwargs)
     if any(r is None for r in results):  # e.g. a sweep with a failed checkpoint is not cached
-        st.warning(f"{label} finished without a complete result (nothing was cached); start again to retry.")
+        st.warning(f"{plain(label)} finished without a complete result (nothing was cached); start again to retry.")
         return None
     return results
 
@@ -155,14 +155,15 @@ def run_in_worker(label: str, steps: list[dict[str, Any]], names: list[str]) -> 
     leaving the page or any control interrupts this script run and kills the worker (work
     saved atomically, such as a training's checkpoints, stays and resumes)."""
     slot = st.empty()
-    bar = slot.progress(0.0, text=f"{label}: starting a worker…")
+    bar = slot.progress(0.0, text=f"{plain(label)}: starting a worker…")
     t0 = time.perf_counter()
 
     def show(done: int, total: int, message: str) -> None:
         k = min(job.step, len(steps) - 1)
         frac = (k + (min(1.0, done / total) if total else 0.0)) / len(steps)
         who = names[k] + (f" ({k + 1}/{len(steps)})" if len(steps) > 1 else "")
-        bar.progress(frac, text=f"{label}: {who}: {message or 'working'} · {time.perf_counter() - t0:.0f} s")
+        bar.progress(frac, text=f"{plain(label)}: {plain(who)}: {plain(message or 'working')} · "
+                                f"{time.perf_counter() - t0:.0f} s")
 
     job = Job(steps=steps).start()
     try:
@@ -187,7 +188,7 @@ class ProgressBar:
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         frac = min(1.0, max(0.0, done / total)) if total else 0.0
-        self._slot.progress(frac, text=f"{self.text} {message}".strip())
+        self._slot.progress(frac, text=plain(f"{self.text} {message}".strip()))  # a message may quote a name
 
     def __enter__(self) -> "ProgressBar":
         return self

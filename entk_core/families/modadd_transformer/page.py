@@ -11,9 +11,9 @@ from entk_core.families.modadd_transformer import ModAddTransformerFamily
 from entk_core.families.modadd_transformer import analysis as T
 from entk_core.figures import key_frequency_figure, overlap_figure
 from entk_core.ui import (Phase, cache_caption, export_buttons, fmt_pct, group_name, groups_of, guarded,
-                          kernel_size_of, load_model, long_call, long_calls, runs_of_family, select_run_button,
+                          kernel_size_of, load_model, long_call, long_calls, plain, runs_of_family, select_run_button,
                           selection, spectrum_explorer, stop, timed, train_runs, url_int, url_multiselect,
-                          url_selectbox, url_toggle, vector_figures)
+                          url_selectbox, url_toggle, vector_figures, viewer_mode)
 from entk_core.workflows import alignment, analysis, baselines, views
 from entk_core.workflows.estimates import pca_over_training_seconds, spectrum_seconds, sweep_seconds
 from entk_core.workflows.services import Services
@@ -27,11 +27,13 @@ if run is None or not isinstance(run.family, ModAddTransformerFamily):
     if run is None:
         st.info("No runs yet. This page analyses a 1-layer Transformer (`modadd-transformer`) run.")
     else:
-        st.info(f"This view is not available for this family: `{run.name}` is a {run.family.title} run; this page "
-                "analyses the 1-layer Transformer (`modadd-transformer`): its seed-dependent key frequencies and the eNTK modes aligned "
-                "with them.")
+        st.info("This view is not available for this family: " + plain(
+            f"{run.name} is a {run.family.title} run; this page analyses the 1-layer Transformer "
+            "(modadd-transformer): its seed-dependent key frequencies and the eNTK modes aligned with them."))
     for name in others:
         select_run_button(name, key=f"open_{name}")
+    if viewer_mode():  # a visitor trains nothing
+        stop()
     st.markdown(f"Train the paper's Transformer (p = 29, seed 2, 4,000 epochs, a checkpoint every 20) into "
                 f"`{DEFAULT_NAME}`: a few minutes on 2 CPU cores. An interrupted training resumes where it stopped.")
     if st.button("Train modadd-transformer (seed 2)", key="train_transformer", type="primary"):

@@ -10,9 +10,9 @@ from entk_core.families.run import Run
 from entk_core.families.tms import REPRESENTED_THRESHOLD, TMSFamily, feature_norms, represented_features
 from entk_core.families.tms import analysis as T
 from entk_core.figures import feature_norms_figure, heatmap_figure, spectrum_figure
-from entk_core.ui import (cache_caption, export_buttons, guarded, load_model, runs_of_family, select_run_button,
-                          selection, spectrum_explorer, sync_url, timed, train_runs, url_float, url_int, url_toggle,
-                          vector_figures)
+from entk_core.ui import (cache_caption, export_buttons, guarded, load_model, plain, runs_of_family,
+                          select_run_button, selection, spectrum_explorer, sync_url, timed, train_runs, url_float,
+                          url_int, url_toggle, vector_figures, viewer_mode)
 
 PAPER = [(10, 0.3, "dense"), (10, 0.9, "sparse, high superposition"), (40, 0.9, "dense")]
 PAPER_COUNTS = {(10, 0.3): 10, (10, 0.9): 21, (40, 0.9): 42}
@@ -25,7 +25,7 @@ def paper_name(m: int, S: float, seed: int = 0) -> str:
 
 def _offer_paper_training(runs: dict[str, Run], key: str, *, open_first: bool) -> None:
     missing = [(m, S) for m, S, _ in PAPER if paper_name(m, S) not in runs]
-    if not missing:
+    if not missing or viewer_mode():  # a visitor trains nothing
         return
     names = ", ".join(f"`{paper_name(m, S)}`" for m, S in missing)
     st.markdown(f"Train the paper's configurations {names} (n = 50, I = 0.8, 500 points, 5,000 full-batch Adam "
@@ -52,8 +52,9 @@ if not is_tms:
     if run is None:
         st.info("No runs yet. This page analyses Toy Models of Superposition runs.")
     else:
-        st.info(f"This view is not available for this family: `{run.name}` is a {run.family.title} run; this page "
-                "analyses Toy Models of Superposition runs.")
+        st.info("This view is not available for this family: " + plain(f"{run.name} is a {run.family.title} run; "
+                                                                         "this page analyses Toy Models of "
+                                                                         "Superposition runs."))
     if tms_runs:
         st.markdown("TMS runs in the runs folder:")
         cols = st.columns(min(4, len(tms_runs)))
