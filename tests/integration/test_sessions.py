@@ -232,6 +232,6 @@ def test_viewer_mode_refuses_an_action_whose_phases_together_are_over_its_limit(
     n0 = jobs.jobs_started()
     at.switch_page("app_pages/grokking.py").run()
     assert not at.exception and not at.error
-    lines = [i.value for i in at.info if "viewer mode" in i.value]
+    lines = [i.value for i in at.info if "viewer mode:" in i.value and "not cached" in i.value]
     assert len(lines) == 1 and "The grokking view" in lines[0] and "limit 0 s" in lines[0], lines
     assert jobs.jobs_started() == n0 and not [b for b in at.button if b.label.startswith("Start (")]
