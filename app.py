@@ -13,7 +13,13 @@ derived from their file names; a deep link such as ``/grokking?run=...`` opened 
 any other visit then matches none of them, and the browser shows a "Page not found"
 dialog over the right page (upstream streamlit#8860). With no ``pages/`` folder, the
 pages are only ever registered by ``st.navigation`` below and every deep link resolves,
-first or later. ``tests/unit/test_dashboard_lib.py`` keeps it that way.
+first or later. ``tests/unit/test_dashboard_lib.py`` keeps it that way. The root URL is a
+hidden twin of the Spectrum page (Streamlit gives its default page the path "" whatever
+``url_path`` says), so ``/spectrum?...`` and ``/?...`` both open the Spectrum page.
+
+Viewer mode (``ENTK_VIEWER=1`` or ``streamlit run app.py -- --viewer``,
+:mod:`entk_core.ui.mode`): the sidebar says so, and no page offers training, building,
+clearing, deleting, uploading or a typed path.
 
 Worker processes: the sweep's ``spawn``-ed workers import the main module of the process
 that starts them, which in the server is this file (as ``__mp_main__``). Everything below
@@ -35,18 +41,24 @@ def main() -> None:
 
     # A local icon: a Material icon as page icon is fetched from fonts.gstatic.com by the browser.
     st.set_page_config(page_title="eNTK Explorer", page_icon=str(ROOT / "static" / "favicon.png"), layout="wide")
+    spectrum = st.Page("app_pages/spectrum.py", title="Spectrum", icon=":material/show_chart:", url_path="spectrum")
     generic = [
-        st.Page("app_pages/spectrum.py", title="Spectrum", icon=":material/show_chart:", url_path="spectrum",
-                default=True),
+        spectrum,
         st.Page("app_pages/grokking.py", title="Grokking", icon=":material/timeline:", url_path="grokking"),
         st.Page("app_pages/alignment.py", title="Alignment", icon=":material/grid_on:", url_path="alignment"),
+        st.Page("app_pages/dynamics.py", title="Training dynamics", icon=":material/ssid_chart:", url_path="dynamics"),
     ]
     # then every registered family's own pages (ModelFamily.pages: TMS, Transformer, Language model, plug-ins')
-    pages = menu.menu(generic)
+    pages = menu.menu(generic, reserved=["home"])
+    # The root URL: the Spectrum script once more, as a hidden default page. Streamlit serves
+    # its default page at "/" only and gives it the url path "" (st.Page's url_path is ignored
+    # for it), so a default Spectrum page would leave /spectrum unmatched ("Page not found").
+    home = st.Page("app_pages/spectrum.py", title="Spectrum", icon=":material/show_chart:", url_path="home",
+                   default=True, visibility="hidden")
     # Streamlit's own page menu drops the query string on a page switch; the sidebar draws page
     # links carrying the whole view instead (urlstate.sync_url fills them at the end of the run).
-    nav = st.navigation(pages, position="hidden")
-    urlstate.nav_menu(pages)
+    nav = st.navigation([home, *pages], position="hidden")
+    urlstate.nav_menu([home if nav is home and p is spectrum else p for p in pages])
     st.sidebar.title("eNTK Explorer")
     runs.sidebar()
     urlstate.url_box()

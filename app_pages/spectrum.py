@@ -4,7 +4,7 @@ import streamlit as st
 
 from entk_core.figures import principal_angles_figure
 from entk_core.ui import (cache_caption, compare_control, export_buttons, fmt_pct, group_name, groups_of, guarded,
-                          kernel_size_of, long_call, require_run, spectrum_explorer, stop, timed, url_float, url_int,
+                          kernel_size_of, long_call, plain, plain_html, require_run, spectrum_explorer, stop, timed, url_float, url_int,
                           url_selectbox, url_toggle, vector_figures)
 from entk_core.workflows import analysis, views
 from entk_core.workflows.alignment import compare_spectra
@@ -29,40 +29,43 @@ with st.expander("New here? What this page shows", expanded=not st.query_params)
     )
 
 run, epoch = require_run()
-fam = run.family
 
-groups = groups_of(run)
-c1, c2, c3, c4, c5 = st.columns([3, 2, 2, 2, 2])
-group = url_selectbox("group", "Layer group", groups, analysis.FULL, key="spec_group", where=c1,
-                      format_func=lambda g: group_name(run, g),
-                      help="full = all parameters; otherwise the parameters of one layer (module path)")
-reductions = list(analysis.REDUCTIONS)
-reduction = url_selectbox("reduction", "Reduction", reductions, fam.default_reduction, key="spec_reduction", where=c2,
-                          help="trace: mean over classes of K[:,:,c,c]; mean: mean over all class pairs; "
-                               "flat: the class-major flattened (N·C)² kernel")
-n = kernel_size_of(run, reduction)
-kmax = min(n, 2000)
-top = url_int("top", f"Eigenvalues k (1–{kmax})", 1, kmax, min(fam.default_top, n), key="spec_top", where=c3, step=10,
-              help=f"between 1 and {kmax} (the kernel has n = {n} rows)")
-log = url_toggle("log", "Log scale", True, key="spec_log", where=c4)
-beta = None
-if fam.offers("beta"):
-    beta = url_float("beta", "Importance β", 0.0, 1.0, 0.0, key="spec_beta", step=0.05, where=c5,
-                     help="class rows scaled by I_c^(β/2) (importance rescaling)")
-    beta = beta if beta > 0 else None
-other = compare_control(run, epoch, key="spec_compare", where=c5 if beta is None else st)
+# everything this page does runs inside its guard: a run whose config or checkpoints cannot be
+# used is one line, never a traceback
+with guarded("cannot draw the spectrum"):
+    fam = run.family
 
-metrics = run.metrics_at(epoch)
-m1, m2, m3 = st.columns(3)
-m1.metric("Epoch", epoch)
-if fam.offers("accuracy"):
-    m2.metric("Train accuracy", fmt_pct(metrics.get("train_acc")))
-    m3.metric("Test accuracy", fmt_pct(metrics.get("test_acc")))
-else:
-    m2.metric("Train loss", "–" if metrics.get("train_loss") is None else f"{metrics['train_loss']:.3g}")
+    groups = groups_of(run)
+    c1, c2, c3, c4, c5 = st.columns([3, 2, 2, 2, 2])
+    group = url_selectbox("group", "Layer group", groups, analysis.FULL, key="spec_group", where=c1,
+                          format_func=lambda g: group_name(run, g),
+                          help="full = all parameters; otherwise the parameters of one layer (module path)")
+    reductions = list(analysis.REDUCTIONS)
+    reduction = url_selectbox("reduction", "Reduction", reductions, fam.default_reduction, key="spec_reduction", where=c2,
+                              help="trace: mean over classes of K[:,:,c,c]; mean: mean over all class pairs; "
+                                   "flat: the class-major flattened (N·C)² kernel")
+    n = kernel_size_of(run, reduction)
+    kmax = min(n, 2000)
+    top = url_int("top", f"Eigenvalues k (1–{kmax})", 1, kmax, min(fam.default_top, n), key="spec_top", where=c3, step=10,
+                  help=f"between 1 and {kmax} (the kernel has n = {n} rows)")
+    log = url_toggle("log", "Log scale", True, key="spec_log", where=c4)
+    beta = None
+    if fam.offers("beta"):
+        beta = url_float("beta", "Importance β", 0.0, 1.0, 0.0, key="spec_beta", step=0.05, where=c5,
+                         help="class rows scaled by I_c^(β/2) (importance rescaling)")
+        beta = beta if beta > 0 else None
+    other = compare_control(run, epoch, key="spec_compare", where=c5 if beta is None else st)
 
-kw = {"epoch": epoch, "group": group, "reduction": reduction, "top": int(top), "beta": beta}
-with guarded("cannot compute the spectrum"):
+    metrics = run.metrics_at(epoch)
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Epoch", epoch)
+    if fam.offers("accuracy"):
+        m2.metric("Train accuracy", fmt_pct(metrics.get("train_acc")))
+        m3.metric("Test accuracy", fmt_pct(metrics.get("test_acc")))
+    else:
+        m2.metric("Train loss", "–" if metrics.get("train_loss") is None else f"{metrics['train_loss']:.3g}")
+
+    kw = {"epoch": epoch, "group": group, "reduction": reduction, "top": int(top), "beta": beta}
     (res, dt) = timed(long_call, f"spectrum|{run.path}|{sorted(kw.items())}", "the eNTK spectrum", analysis.spectrum,
                       run, target="entk_core.workflows.analysis:spectrum", kwargs=kw,
                       estimate_s=lambda: spectrum_seconds(run, epoch, group=group, reduction=reduction,
@@ -83,7 +86,7 @@ with guarded("cannot compute the spectrum"):
                              estimate_s=lambda: spectrum_seconds(run2, epoch2, group=group, reduction=reduction,
                                                                  top=int(top), beta=beta))
             if res2 is not None:
-                extra = {lab2: res2.eigenvalues}
+                extra = {plain_html(lab2): res2.eigenvalues}  # a legend name: Plotly renders HTML
     V = res.eigenvectors
     title = f"{fam.title}: {group} eNTK ({reduction}{', β = %g' % beta if beta else ''}), epoch {epoch}"
     idx, fig, vfigs = spectrum_explorer(
@@ -92,7 +95,7 @@ with guarded("cannot compute the spectrum"):
         default_vector=views.first_feature_window(res),
         vector_of=lambda i: vector_figures(run, V[:, i], title=f"eigenvector {i} (λ = {res.eigenvalues[i]:.4g})"),
     )
-    st.caption(f"n = {res.meta['n']} · {cache_caption(res.meta, dt, views.computed_seconds(res))}")
+    st.caption(plain(f"n = {res.meta['n']} · {cache_caption(res.meta, dt, views.computed_seconds(res))}"))
     rows = views.spectrum_blocks(res)
     if rows:
         st.markdown("**Detected blocks** (a block of eigenvalues ended by a sharp drop; the constant mode apart; "
@@ -104,11 +107,11 @@ with guarded("cannot compute the spectrum"):
     if res2 is not None:
         if res2.eigenvectors.shape[0] == V.shape[0]:
             cmp = compare_spectra(res, res2, min(top, 100))
-            st.subheader(f"Top-{cmp['k']} eigenspaces: epoch {epoch} vs {other[2]}")
+            st.subheader(f"Top-{cmp['k']} eigenspaces: epoch {epoch} vs " + plain(other[2]))
             st.caption(f"overlap ‖QₐᵀQ_b‖²/k = {cmp['overlap']:.3f} (1: the same subspace) · largest principal "
                        f"angle {cmp['angles_deg'].max():.1f}°")
             afig = principal_angles_figure(cmp["angles_deg"], title=f"Principal angles, top {cmp['k']}: "
-                                                                    f"epoch {epoch} vs {other[2]}")
+                                                                    f"epoch {epoch} vs {plain_html(other[2])}")
             st.plotly_chart(afig, key="spec_angles", width="stretch")
             figures["principal_angles"] = afig
         else:

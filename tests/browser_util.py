@@ -1,15 +1,33 @@
-"""Helpers for the real-browser end-to-end tests (tests/test_browser.py): a Streamlit server
-in a subprocess, Debian's chromium driven by Playwright, and waits that understand
-Streamlit's script runs and Plotly's asynchronous drawing."""
+"""Helpers for the real-browser end-to-end tests (tests/acceptance/test_browser*.py): a
+Streamlit server in a subprocess, Debian's chromium driven by Playwright, a watch on each
+browser context (requests to other hosts, console errors), and waits that understand
+Streamlit's script runs and Plotly's asynchronous drawing. The session fixtures (runs, the
+result cache, the browser) are in ``tests/acceptance/conftest.py``."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
+
+REPO = Path(__file__).resolve().parents[1]
+SHOTS = REPO / os.environ.get("ENTK_SCREENSHOTS", "screenshots")
+MLP, TMS, TF = "modadd-mlp-p29-seed0", "tms-m10-s0.3-seed0", "modadd-transformer-p29-seed2"
+
+#: Runs trained once per session for the browser suite: (family, run name, config overrides).
+RUNS = [
+    ("modadd-mlp", MLP, {"p": 29, "width": 512, "epochs": 500, "checkpoint_every": 50, "seed": 0}),
+    ("tms", TMS, {"m": 10, "sparsity": 0.3, "epochs": 1500, "checkpoint_every": 500, "seed": 0}),
+    ("modadd-transformer", TF, {"p": 29, "epochs": 40, "checkpoint_every": 20, "seed": 2}),
+]
+#: The run each page is for (by URL path; the others show the MLP).
+PAGE_RUN = {"tms": TMS, "transformer": TF}
+PROBE_404 = re.compile(r"/[\w-]+/_stcore/(health|host-config)$")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -80,6 +98,67 @@ class StreamlitServer:
                 self.proc.kill()
                 self.proc.wait(10)
         self._log.close()
+
+
+def browser_env(runs: Path, cache: Path, lm: Path | None = None, **extra: str) -> dict[str, str]:
+    """The server's environment: its runs folder, result cache and (``lm``) models/probes folders."""
+    env = {"ENTK_RUNS_DIR": str(runs), "ENTK_CACHE_DIR": str(cache), "ENTK_PROGRESS": "off",
+           "BROWSER_PATH": CHROMIUM, "ENTK_OFFER_GGUF_PACKAGE": "0"}  # never the real Gemma here
+    if lm is not None:
+        env.update({"ENTK_MODELS_DIR": str(lm / "models"), "ENTK_PROBES_DIR": str(lm / "probes")})
+    return {**env, **extra}
+
+
+class Watch:
+    """Requests to other hosts and console errors of one browser context."""
+
+    def __init__(self, ctx, base: str):
+        self.base, self.foreign, self.console, self.probes = base, [], [], []
+        ctx.on("request", self._request)
+        ctx.on("response", self._response)
+
+    def _request(self, req) -> None:
+        u = req.url
+        if not (u.startswith(self.base) or u.startswith("data:") or u.startswith("blob:") or u == "about:blank"):
+            self.foreign.append(u)
+
+    def _response(self, resp) -> None:
+        if resp.status == 404 and PROBE_404.search(urlparse(resp.url).path):
+            self.probes.append(resp.url)
+
+    def attach(self, page) -> None:
+        page.on("console", lambda m: m.type == "error" and self.console.append(m.text))
+
+    def check(self) -> None:
+        assert not self.foreign, f"requests to other hosts: {sorted(set(self.foreign))[:5]}"
+        errors = [m for m in self.console if not m.startswith("Failed to load resource: the server responded with a "
+                                                                "status of 404")]
+        n404 = len(self.console) - len(errors)
+        assert n404 <= len(self.probes), f"404 resources beyond Streamlit's deep-link probes: {self.console}"
+        assert not errors, f"console errors: {errors[:5]}"
+
+
+def new_context(browser, server):
+    """``(context, page, watch)``: a fresh browser context on ``server``, watched."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    watch = Watch(ctx, server.url)
+    pg = ctx.new_page()
+    watch.attach(pg)
+    pg.set_default_timeout(90_000)
+    return ctx, pg, watch
+
+
+def open_page(page, url: str, start: bool = True) -> None:
+    """Open ``url``; with ``start``, also start the long work a page offers with its estimate
+    ("Start (~35 s)": an uncached sweep or PCA baseline) and wait for it."""
+    page.goto(url)
+    wait_idle(page)
+    for _ in range(3 if start else 0):
+        offer = page.get_by_role("button", name=re.compile(r"^Start \("))
+        if not offer.count():
+            break
+        offer.first.click()
+        after_interaction(page, timeout_s=900)
 
 
 # ---------------------------------------------------------------- page helpers

@@ -15,7 +15,11 @@ Modules, by concern:
 * :mod:`~entk_core.ui.jobs` -- long computations (:func:`long_call`, :class:`ProgressBar`);
 * :mod:`~entk_core.ui.views` -- the clickable spectrum, eigenvector pictures, compare, export;
 * :mod:`~entk_core.ui.errors` -- :func:`guarded` and one-line messages;
-* :mod:`~entk_core.ui.format` -- durations, percentages, the cache caption;
+* :mod:`~entk_core.ui.format` -- durations, percentages, the cache caption, and
+  :func:`plain` / :func:`plain_html`: every value from the URL, a file name or a file's
+  content goes through them before any markdown-rendering call (``st.error``, ``st.info``,
+  ``st.caption``, labels) or a Plotly title;
+* :mod:`~entk_core.ui.mode` -- viewer mode (:func:`viewer_mode`, :func:`compute_allowed`);
 * :mod:`~entk_core.ui.menu` -- the page menu with every family's pages.
 
 A family page (a plug-in's too) is a script that starts like a generic one::
@@ -28,8 +32,9 @@ A family page (a plug-in's too) is a script that starts like a generic one::
         ...
 """
 from .errors import error_line, guarded, relative_paths
-from .format import cache_caption, fmt_elapsed, fmt_pct, fmt_seconds, fmt_size, timed
-from .jobs import ASK_ABOVE_S, ProgressBar, long_call
+from .format import cache_caption, fmt_elapsed, fmt_pct, fmt_seconds, fmt_size, plain, plain_html, timed
+from .jobs import ASK_ABOVE_S, Phase, ProgressBar, long_call, long_calls, run_in_worker
+from .mode import compute_allowed, viewer_max_seconds, viewer_mode
 from .runs import (groups_of, group_name, kernel_size_of, load_model, load_run, not_available, require_run,
                    runs_listing, runs_of_family, select_run_button, selection, train_runs, view_inputs_of)
 from .urlstate import (set_control, stop, sync_url, url_float, url_int, url_multiselect, url_select_slider,
@@ -38,9 +43,11 @@ from .views import compare_control, export_buttons, spectrum_explorer, vector_fi
 
 __all__ = [
     "ASK_ABOVE_S",
+    "Phase",
     "ProgressBar",
     "cache_caption",
     "compare_control",
+    "compute_allowed",
     "error_line",
     "export_buttons",
     "fmt_elapsed",
@@ -54,9 +61,13 @@ __all__ = [
     "load_model",
     "load_run",
     "long_call",
+    "long_calls",
     "not_available",
+    "plain",
+    "plain_html",
     "relative_paths",
     "require_run",
+    "run_in_worker",
     "runs_listing",
     "runs_of_family",
     "select_run_button",
@@ -76,4 +87,6 @@ __all__ = [
     "url_toggle",
     "vector_figures",
     "view_inputs_of",
+    "viewer_max_seconds",
+    "viewer_mode",
 ]

@@ -4,11 +4,13 @@
 What is bad input is decided once for the CLI and the dashboard
 (:func:`entk_core.errors.is_user_error`). Messages never show absolute server paths:
 the runs folder, the cache folder and the repository are shown relative
-(:func:`relative_paths`).
+(:func:`relative_paths`), and a message is plain text, never markdown
+(:func:`entk_core.ui.format.plain`: an error may quote a link's value or a file's content).
 """
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +19,7 @@ import streamlit as st
 
 from ..errors import debug_enabled, is_user_error, one_line
 from ..store.runs import runs_root
+from .format import plain
 
 __all__ = ["LOG", "relative_paths", "error_line", "guarded", "is_control_flow"]
 
@@ -33,13 +36,14 @@ def relative_paths(text: str) -> str:
     from ..store.cache import cache_dir
 
     repo = Path(__file__).resolve().parents[2]
-    subs = []
+    subs = {}
     for base, shown in ((runs_root(), "runs"), (cache_dir(), "cache"), (repo, ".")):
-        for p in {str(base), str(Path(base).resolve())}:
-            if p and p not in ("/", "."):
-                subs.append((p, shown))
-    for p, shown in sorted(subs, key=lambda t: -len(t[0])):
-        text = text.replace(p + "/", shown + "/").replace(p, shown + "/")
+        for p in (str(Path(base).absolute()), str(Path(base).resolve())):
+            if p not in ("/", "") and p not in subs:
+                subs[p] = shown  # only absolute paths: a relative root (``runs``) is already shown as it is
+    for p, shown in sorted(subs.items(), key=lambda t: -len(t[0])):
+        # ``/abs/runs/x`` -> ``runs/x``; ``/abs/runs`` alone -> ``runs/``; never ``runs//x``
+        text = re.sub(re.escape(p) + r"(/+|(?![\w.-]))", lambda m, s=shown: s + "/", text)
     return text
 
 
@@ -77,11 +81,11 @@ def guarded(what: str = "") -> Iterator[None]:
         extra = f"\nworker traceback:\n{worker}" if worker else ""
         if is_user_error(e):
             LOG.info("%s%s%s", prefix, one_line(e), extra, exc_info=True)
-            st.error(prefix + error_line(e), icon="⚠️")
+            st.error(plain(prefix + error_line(e)), icon="⚠️")
             return
         LOG.error("%sunexpected %s: %s%s", prefix, type(e).__name__, one_line(e), extra, exc_info=True)
         hint = "" if debug_enabled() else " (a bug: the server log has the traceback; ENTK_DEBUG=1 shows it here)"
-        st.error(f"{prefix}unexpected {type(e).__name__}: {error_line(e)}{hint}", icon="⚠️")
+        st.error(plain(f"{prefix}unexpected {type(e).__name__}: {error_line(e)}{hint}"), icon="⚠️")
         if debug_enabled():
             st.exception(e)
             if worker:

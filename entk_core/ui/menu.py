@@ -60,10 +60,11 @@ def family_pages(reserved: Sequence[str] = ()) -> tuple[list[PageEntry], list[st
     return entries, problems
 
 
-def menu(generic: list) -> list:
+def menu(generic: list, reserved: Sequence[str] = ()) -> list:
     """``generic`` (``st.Page`` objects) followed by an ``st.Page`` for every family page;
-    a page left out is reported in the sidebar in one line."""
-    entries, problems = family_pages([p.url_path for p in generic])
+    a page left out is reported in the sidebar in one line. ``reserved``: more url paths no
+    family page may take (app.py's hidden root page)."""
+    entries, problems = family_pages([p.url_path for p in generic] + list(reserved))
     for line in problems:
         st.sidebar.warning(line, icon="⚠️")
     return list(generic) + [st.Page(e.path, title=e.page.title, icon=e.page.icon, url_path=e.page.url_path.strip("/"))

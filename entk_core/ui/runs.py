@@ -18,16 +18,19 @@ from ..families.run import Run, list_runs, open_run
 from ..store.runs import RunError, runs_root
 from ..store.cache import default_cache
 from ..workflows import analysis
-from ..workflows.presets import DEMO, train_preset
+from ..workflows.presets import DEMO, preset_job
 from ..workflows.views import ViewInputs, view_inputs
 from .errors import error_line, guarded, relative_paths
-from .format import fmt_size
+from .format import fmt_size, plain
+from .mode import viewer_max_seconds, viewer_mode
 from .urlstate import (begin_view, link_external, link_message, link_start, mark_bad, register, stop, url_select_slider,
                        url_selectbox)
 
 __all__ = ["DEMO_NAME", "load_run", "load_model", "view_inputs_of", "groups_of", "kernel_size_of", "group_name",
            "runs_listing", "runs_of_family", "sidebar", "selection", "require_run", "not_available",
            "select_run_button", "train_runs"]
+
+_PENDING_RUN = "_select_run_next"
 
 DEMO_NAME = DEMO
 """The preset (:data:`entk_core.workflows.presets.PRESETS`) offered when the runs folder is empty."""
@@ -111,15 +114,17 @@ def _url_run_fault(root: Path, want: str, runs: dict) -> str:
 
 
 def _cache_panel() -> None:
+    if viewer_mode():  # a visitor neither sees the server's folders nor clears the cache
+        return
     with st.sidebar.expander("Result cache", expanded=False):
         try:
             cache = default_cache()
             size = cache.volume()
         except (OSError, ValueError, RuntimeError) as e:
-            st.caption(f"cache unavailable: {error_line(e)}")
+            st.caption(plain(f"cache unavailable: {error_line(e)}"))
             return
-        st.caption(f"{fmt_size(size)} in `{relative_paths(str(cache.directory))}` (limit "
-                   f"{fmt_size(cache.size_limit)}; least recently stored entries go first)")
+        st.caption(plain(f"{fmt_size(size)} in {relative_paths(str(cache.directory))} (limit "
+                         f"{fmt_size(cache.size_limit)}; least recently stored entries go first)"))
         if st.session_state.get("_cache_confirm"):
             st.warning("Delete every cached kernel, spectrum and sweep? They are recomputed when needed.")
             c1, c2 = st.columns(2)
@@ -161,24 +166,34 @@ def sidebar() -> None:
     runs = runs_listing(root)
     good = [name for name, r in runs if isinstance(r, Run) and r.epochs]
     broken = [(name, r) for name, r in runs if not isinstance(r, Run)]
-    st.sidebar.caption("Runs folder: `runs/`" if root.name == "runs" else f"Runs folder: `{root.name}/`")
+    if viewer_mode():
+        st.sidebar.info(f"**viewer mode**: read-only. Browse the runs and their cached views; a computation "
+                        f"not cached runs only when estimated under {viewer_max_seconds():g} s.",
+                        icon=":material/visibility:")
+    else:
+        st.sidebar.caption(plain(f"Runs folder: {root.name}/"))
     st.session_state["selection_error"] = None
     for bname, err in broken:  # a run that cannot be opened: one line naming the file and the fault
-        st.sidebar.error(f"{bname}: {error_line(err)}", icon="⚠️")
+        st.sidebar.error(plain(f"{bname}: {error_line(err)}", limit=300), icon="⚠️")
     if not good:
         st.session_state["selection"] = (None, None)
         st.sidebar.info("No runs yet." if not broken else "No usable runs.")
         _cache_panel()
         return
+    pending = st.session_state.pop(_PENDING_RUN, None)
+    if pending in good:  # a run just trained from a page: open it (its last checkpoint)
+        st.session_state["run"] = pending
+        st.session_state.pop("epoch", None)
     want = link_start().get("run")
     if link_external() and want is not None and want not in good:
         mark_bad("run")
-        link_message(f"run `{want[:60]}` from the link: {_url_run_fault(root, want, dict(runs))}; showing {good[0]}")
+        shown = want if len(want) <= 60 else want[:59] + "…"
+        link_message(f"run {shown} from the link: {_url_run_fault(root, want, dict(runs))}; showing {good[0]}")
     name = url_selectbox("run", "Run", good, good[0], key="run", where=st.sidebar)
     try:
         run = load_run(name)
     except RunError as e:
-        st.sidebar.error(error_line(e), icon="⚠️")
+        st.sidebar.error(plain(error_line(e)), icon="⚠️")
         st.session_state["selection"] = (None, None)
         st.session_state["selection_error"] = error_line(e)
         return
@@ -198,7 +213,7 @@ def sidebar() -> None:
         epoch = epochs[0]
         register("epoch", epoch, epoch, str)
         st.sidebar.write(f"Checkpoint: epoch {epoch}")
-    st.sidebar.caption(f"{run.family.title} · {run.status} · {len(epochs)} checkpoints")
+    st.sidebar.caption(plain(f"{run.family.title} · {run.status} · {len(epochs)} checkpoints"))
     st.session_state["selection"] = (run, epoch)
     _cache_panel()
 
@@ -213,7 +228,10 @@ def require_run() -> tuple[Run, int]:
     cannot be opened, else with an offer to train the demo run."""
     run, epoch = selection()
     if run is None and st.session_state.get("selection_error"):
-        st.error(f"cannot open the selected run: {st.session_state['selection_error']}", icon="⚠️")
+        st.error(plain(f"cannot open the selected run: {st.session_state['selection_error']}"), icon="⚠️")
+        stop()
+    if run is None and viewer_mode():
+        st.info("No runs on this server yet (viewer mode: runs are trained by the server's owner).")
         stop()
     if run is None:
         st.info(
@@ -229,8 +247,8 @@ def require_run() -> tuple[Run, int]:
 
 def not_available(run: Run, what: str, hint: str = "") -> None:
     """Say that this page does not apply to the run's family, and stop the page."""
-    st.info(f"**{what}** is not available for this family: `{run.name}` is a {run.family.title} "
-            f"(`{run.family.name}`) run. {hint}".strip())
+    st.info(f"**{what}** is not available for this family: " + plain(f"{run.name} is a {run.family.title} "
+                                                                       f"({run.family.name}) run. {hint}"))
     stop()
 
 
@@ -239,25 +257,24 @@ def select_run_button(name: str, *, key: str, where=None) -> None:
     def pick() -> None:
         st.session_state["run"] = name
         st.session_state.pop("epoch", None)
-    (where or st).button(f"Open {name}", key=key, on_click=pick)
+    (where or st).button("Open " + plain(name), key=key, on_click=pick)
 
 
 def train_runs(names: list[str], *, select: str | None = None) -> None:
     """Train the paper's named runs (:data:`entk_core.workflows.presets.PRESETS`) into the runs
-    folder with a progress bar; select ``select`` afterwards."""
-    bar = st.progress(0.0, text="Training…")
-    with guarded("training failed"):
-        for i, name in enumerate(names):
-            def progress(done: int, total: int, message: str, i=i, name=name) -> None:
-                bar.progress(min(1.0, (i + done / max(total, 1)) / len(names)),
-                             text=f"{name} ({i + 1}/{len(names)}): {message}")
+    folder, in a worker process with a progress bar; then select ``select`` (its last
+    checkpoint) and draw the page again, so it shows the new run at once. Refused in viewer mode."""
+    from .jobs import run_in_worker
 
-            train_preset(name, progress=progress)
-        bar.progress(1.0, text="done")
+    if viewer_mode():
+        st.error("viewer mode: training is not available here", icon="⚠️")
+        return
+
+    with guarded("training failed"):
+        run_in_worker("Training", [preset_job(n) for n in names], names)
         _list_runs_cached.clear()
-        if select:
-            st.session_state["run"] = select
-            st.session_state.pop("epoch", None)
+        if select:  # the sidebar's run picker is drawn already: it takes this at the top of the next run
+            st.session_state[_PENDING_RUN] = select
         st.rerun()
 
 

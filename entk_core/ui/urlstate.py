@@ -35,6 +35,7 @@ import streamlit as st
 
 from ..errors import one_line
 from .errors import relative_paths
+from .format import plain
 
 __all__ = ["PARAM_ORDER", "begin_view", "link_external", "mark_bad", "link_message", "register", "url_selectbox",
            "url_select_slider", "url_multiselect", "url_toggle", "url_int", "url_float", "url_text", "set_control",
@@ -65,9 +66,10 @@ def link_external() -> bool:
 
 
 def link_message(text: str) -> None:
-    """Show one message about the link (above the page, in :func:`url_box`)."""
+    """Show one message about the link (above the page, in :func:`url_box`), as plain text:
+    it quotes the link's values (:func:`entk_core.ui.format.plain`)."""
     box = st.session_state.get("_url_box")
-    (box or st).warning(relative_paths(text), icon="🔗")
+    (box or st).warning(plain(relative_paths(text)), icon="🔗")
 
 
 def _seed(name: str, key: str, default: Any, parse: Callable[[str], Any], valid: Callable[[Any], bool],
@@ -88,10 +90,14 @@ def _seed(name: str, key: str, default: Any, parse: Callable[[str], Any], valid:
                 reported = name in st.session_state[_BAD]
                 st.session_state[_BAD].add(name)
                 if link_external() and not reported:
-                    link_message(f"`{name}={raw[:60]}` from the link: {one_line(e)}; showing {name} = {fmt(default)}")
+                    link_message(f"{name}={_cut(raw)} from the link: {_cut(one_line(e), 200)}; showing {name} = {fmt(default)}")
         st.session_state[key] = value
     elif not valid(st.session_state[key]):  # the options changed (another run): back to the default
         st.session_state[key] = default
+
+
+def _cut(raw: str, n: int = 60) -> str:
+    return raw if len(raw) <= n else raw[:n - 1] + "…"
 
 
 def register(name: str, value: Any, default: Any, fmt: Callable[[Any], str]) -> None:

@@ -15,6 +15,7 @@ from ..figures import eigenvector_figures, fold_per_class, spectrum_figure
 from ..figures.export import figure_bytes, static_export_reason
 from ..store.runs import runs_root
 from ..workflows.export import array_csv, arrays_npz, table_csv
+from .mode import viewer_mode
 from .runs import load_run, runs_listing
 from .urlstate import set_control, url_int, url_selectbox
 
@@ -26,8 +27,9 @@ def export_buttons(name: str, *, arrays: dict[str, np.ndarray] | None = None,
                    key: str) -> None:
     """Download buttons for a view: its arrays as one NPZ, each table (and each 1-D/2-D array)
     as CSV, and each figure as PNG and SVG (rendered on click, offline; see
-    :mod:`entk_core.figures.export`)."""
-    with st.expander("Export this view (CSV, NPZ, PNG, SVG)"):
+    :mod:`entk_core.figures.export`). In viewer mode the figures are not rendered on the
+    server (each rendering starts a browser there); the chart's own camera button saves a PNG."""
+    with st.expander("Export this view (CSV, NPZ)" if viewer_mode() else "Export this view (CSV, NPZ, PNG, SVG)"):
         cols = st.columns(4)
         i = 0
         if arrays:
@@ -44,7 +46,8 @@ def export_buttons(name: str, *, arrays: dict[str, np.ndarray] | None = None,
             cols[i % 4].download_button(f"CSV: {tname}", data=lambda r=rows: table_csv(r), file_name=f"{name}_{tname}.csv",
                                         mime="text/csv", key=f"{key}_tab_{tname}", on_click="ignore")
             i += 1
-        why = static_export_reason()
+        why = ("viewer mode: figures are not rendered on this server; each chart's camera button saves a PNG"
+               if viewer_mode() else static_export_reason())
         for fname, fig in (figures or {}).items():
             for fmt in ("png", "svg"):
                 if why:

@@ -86,9 +86,11 @@ from .dynamics_measures import (DEFAULT_RIDGE, DYNAMICS_FORMAT, FULL_SPECTRUM_MA
                                 checkpoint_unit, compute_checkpoint_kernel, kernel_store_key, measure_kernel,
                                 pack_kernel, request, unpack_kernel)
 from .executors import Executor, Unit
+from .jobs import NotCached, ProbeCache
 from .sweep_result import json_number, run_onset_epoch
 
-__all__ = ["DynamicsResult", "dynamics", "dynamics_key", "dynamics_plan", "cached_dynamics", "landmarks", "FIELDS",
+__all__ = ["DynamicsResult", "dynamics", "dynamics_key", "dynamics_plan", "dynamics_seconds", "cached_dynamics",
+           "landmarks", "FIELDS",
            # re-exported from dynamics_measures, where they live:
            "checkpoint_key", "checkpoint_unit", "measure_kernel", "FULL_SPECTRUM_MAX", "DEFAULT_RIDGE"]
 
@@ -186,6 +188,41 @@ def dynamics_plan(run: Run, group: str | None = None, reduction: str | None = No
             "kernel_bytes": kernel_bytes(run, req)}
 
 
+def dynamics_seconds(run: Run, group: str | None = None, reduction: str | None = None, top: int | None = None, *,
+                     ridge: float = DEFAULT_RIDGE, cache: ArrayCache | None = None) -> float | None:
+    """Seconds :func:`dynamics` would take now (0 when cached; ``None`` when the request is
+    invalid: it is refused at once with its own message). The kernels still to compute, at the
+    planner's estimate each, run as :func:`dynamics` runs them (worker processes of one thread
+    from 8 units on, as the sweep: :func:`entk_core.workflows.estimates.sweep_seconds`), plus
+    the eigendecompositions of kernels already cached and the two distance passes (reading
+    every kernel back)."""
+    from .estimates import WORKER_START_S
+
+    try:
+        plan = dynamics_plan(run, group, reduction, top, ridge=ridge, cache=cache)
+    except ValueError:
+        return None
+    if plan["cached"]:
+        return 0.0
+    n = request(run, group, reduction, top, ridge).n
+    eig_s = 2e-9 * n ** 3 / 8  # a dense eigh, as the planner counts it
+    passes = plan["checkpoints"] * (plan["kernel_bytes"] / 1e9 + 2e-9 * n * n)  # read back + one inner product
+    todo = plan["to_compute"]
+    compute = 0.0
+    if todo:
+        one = plan["seconds_per_kernel"] or 0.0
+        if todo < 8:
+            compute = todo * one
+        else:
+            import os
+
+            import torch
+
+            speedup = max(1.0, min(os.cpu_count() or 1, 4) / max(1, torch.get_num_threads()))
+            compute = WORKER_START_S + todo * one / speedup
+    return float(compute + plan["kernels_cached"] * eig_s + passes)
+
+
 def dynamics(
     run: Run,
     group: str | None = None,
@@ -226,6 +263,8 @@ def dynamics(
         if progress:
             progress(total, total, "served from the cache")
         return _result(run, req, hit["epochs"], hit["eigenvalues"], hit.meta, "hit", time.perf_counter() - t0)
+    if isinstance(cache, ProbeCache):  # jobs.cached(): a lookup only, never a computation
+        raise NotCached(run_key)
     run.check_same_shapes()  # one line naming two epochs, before any work
     _check_cache_room(run, req, cache)
 

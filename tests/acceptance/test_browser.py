@@ -27,29 +27,19 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from browser_util import (CHROMIUM, CHROMIUM_ARGS, StreamlitServer, after_interaction, chart_count,
-                          chromium_missing_reason, error_texts, info_texts, nav_links, plot_titles,
-                          press_slider, screenshot, sliders, wait_idle)
+from browser_util import (MLP, REPO, SHOTS, TF, TMS, StreamlitServer, after_interaction, chart_count, error_texts,
+                          info_texts, nav_links, plot_titles, press_slider, screenshot, sliders)
+from browser_util import browser_env as _env
+from browser_util import new_context as _context
+from browser_util import open_page as _open
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-REPO = Path(__file__).resolve().parents[2]
-SHOTS = REPO / os.environ.get("ENTK_SCREENSHOTS", "screenshots")
-MLP, TMS, TF = "modadd-mlp-p29-seed0", "tms-m10-s0.3-seed0", "modadd-transformer-p29-seed2"
-
-#: Runs trained for the suite: (family, run name, config overrides).
-RUNS = [
-    ("modadd-mlp", MLP, {"p": 29, "width": 512, "epochs": 500, "checkpoint_every": 50, "seed": 0}),
-    ("tms", TMS, {"m": 10, "sparsity": 0.3, "epochs": 1500, "checkpoint_every": 500, "seed": 0}),
-    ("modadd-transformer", TF, {"p": 29, "epochs": 40, "checkpoint_every": 20, "seed": 2}),
-]
 
 #: Title fragments expected on each page (by URL path), with the run that page is for.
 EXPECTED = {
@@ -60,120 +50,13 @@ EXPECTED = {
     "transformer": (TF, [r"Fourier power of W_E", r"eigenvector \d+ over the \(a, b\) pairs"]),
     "language-model": (MLP, [r"K̃ spectrum, layer 1 ", r"Direction \d+: scores by tag"]),
 }
-PROBE_404 = re.compile(r"/[\w-]+/_stcore/(health|host-config)$")
 
 
 @pytest.fixture(scope="session")
-def chromium_ok():
-    why = chromium_missing_reason()
-    if why:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"browser tests cannot run under CI: {why}")
-        pytest.skip(f"browser tests skipped: {why}")
-
-
-@pytest.fixture(scope="session")
-def browser_runs(tmp_path_factory, chromium_ok) -> Path:
-    from entk_core.families.base import get_family, list_families
-    from entk_core.workflows.training import train
-
-    root = tmp_path_factory.mktemp("browser") / "runs"
-    reuse = os.environ.get("ENTK_BROWSER_RUNS")
-    if reuse:
-        shutil.copytree(reuse, root, ignore=lambda d, names: [n for n in names if n not in {r[1] for r in RUNS}]
-                        if Path(d) == Path(reuse) else [])
-    for family, name, cfg in RUNS:
-        if family not in list_families() or (reuse and (root / name / "manifest.json").exists()):
-            continue
-        fam = get_family(family)
-        fields = set(fam.Config.__dataclass_fields__)
-        train(fam, fam.Config(**{k: v for k, v in cfg.items() if k in fields}), root / name)
-    return root
-
-
-def _env(runs: Path, cache: Path, lm: Path | None = None) -> dict[str, str]:
-    env = {"ENTK_RUNS_DIR": str(runs), "ENTK_CACHE_DIR": str(cache), "ENTK_PROGRESS": "off",
-           "BROWSER_PATH": CHROMIUM, "ENTK_OFFER_GGUF_PACKAGE": "0"}  # never the real Gemma here
-    if lm is not None:
-        env.update({"ENTK_MODELS_DIR": str(lm / "models"), "ENTK_PROBES_DIR": str(lm / "probes")})
-    return env
-
-
-def _lm_world(root: Path, cache: Path) -> Path:
-    """A tiny random GPT-2 folder (3 blocks) and a probe set on the stories, with layer 1
-    (the page's default: the second-to-last block) computed into ``cache`` with the page's
-    default options, so the Language model page opens on its tables and contexts."""
-    import _lm_models as M
-    from entk_core.families.causal_lm import build_probe_set, load_lm
-    from entk_core.store.cache import ArrayCache
-    from entk_core.workflows.lm import LMAlignOptions, layer_entry
-
-    tok = M.build_tokenizer()
-    M.save_model_folder(root / "models" / "tiny-gpt2", "gpt2", layers=3, tokenizer=tok)
-    lm = load_lm(root / "models" / "tiny-gpt2")
-    ps = build_probe_set(lm, M.write_stories(root / "stories.txt", 200), per_tag=4, context=12, agreement=False)
-    ps.save(root / "probes" / "tiny-set")
-    c = ArrayCache(cache)
-    layer_entry(lm, ps, 1, LMAlignOptions(top=25, steps=50), c)
-    c.close()
-    return root
-
-
-@pytest.fixture(scope="session")
-def server(browser_runs, tmp_path_factory):
-    cache = Path(os.environ.get("ENTK_BROWSER_CACHE") or tmp_path_factory.mktemp("browser-cache"))  # to iterate
-    lm = _lm_world(tmp_path_factory.mktemp("browser-lm"), cache)
+def server(browser_runs, browser_world):
+    cache, lm = browser_world
     with StreamlitServer(REPO, _env(browser_runs, cache, lm), cache.parent / "streamlit.log") as srv:
         yield srv
-
-
-@pytest.fixture(scope="session")
-def browser(chromium_ok):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-class Watch:
-    """Requests to other hosts and console errors of one browser context."""
-
-    def __init__(self, ctx, base: str):
-        self.base, self.foreign, self.console, self.probes = base, [], [], []
-        ctx.on("request", self._request)
-        ctx.on("response", self._response)
-        self._pages = []
-
-    def _request(self, req) -> None:
-        u = req.url
-        if not (u.startswith(self.base) or u.startswith("data:") or u.startswith("blob:") or u == "about:blank"):
-            self.foreign.append(u)
-
-    def _response(self, resp) -> None:
-        if resp.status == 404 and PROBE_404.search(urlparse(resp.url).path):
-            self.probes.append(resp.url)
-
-    def attach(self, page) -> None:
-        page.on("console", lambda m: m.type == "error" and self.console.append(m.text))
-
-    def check(self) -> None:
-        assert not self.foreign, f"requests to other hosts: {sorted(set(self.foreign))[:5]}"
-        errors = [m for m in self.console if not m.startswith("Failed to load resource: the server responded with a "
-                                                                "status of 404")]
-        n404 = len(self.console) - len(errors)
-        assert n404 <= len(self.probes), f"404 resources beyond Streamlit's deep-link probes: {self.console}"
-        assert not errors, f"console errors: {errors[:5]}"
-
-
-def _context(browser, server):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    watch = Watch(ctx, server.url)
-    pg = ctx.new_page()
-    watch.attach(pg)
-    pg.set_default_timeout(90_000)
-    return ctx, pg, watch
 
 
 @pytest.fixture
@@ -190,19 +73,6 @@ def _check_page(page, where: str, server) -> list[str]:
     errs = error_texts(page)
     assert not errs, f"{where}: {errs}\nserver log:\n{server.log_tail(15)}"
     return plot_titles(page)
-
-
-def _open(page, url: str, start: bool = True) -> None:
-    """Open ``url``; with ``start``, also start the long work a page offers with its estimate
-    ("Start (~35 s)": an uncached sweep or PCA baseline) and wait for it."""
-    page.goto(url)
-    wait_idle(page)
-    for _ in range(3 if start else 0):
-        offer = page.get_by_role("button", name=re.compile(r"^Start \("))
-        if not offer.count():
-            break
-        offer.first.click()
-        after_interaction(page, timeout_s=900)
 
 
 def _query(page) -> dict[str, str]:
@@ -469,16 +339,25 @@ def test_compare_and_export(page, server):
 
 
 def _jobs_of(pid: int) -> list[int]:
-    out = []
+    """The job workers under the server ``pid`` (forked by its jobs' forkserver, named entk-job)."""
+    from entk_core.workflows.jobs import JOB_PROCESS_NAME
+
+    kids: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                stat = (d / "stat").read_text().split()
-                cmd = (d / "cmdline").read_bytes()
+                kids.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    out, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            todo.append(c)
+            try:
+                if (Path("/proc") / str(c) / "comm").read_text().strip() == JOB_PROCESS_NAME:
+                    out.append(c)
             except OSError:
                 continue
-            if int(stat[3]) == pid and b"entk_core.workflows.jobs" in cmd:
-                out.append(int(d.name))
     return out
 
 
@@ -510,3 +389,44 @@ def test_stop_ends_the_work(page, server):
     time.sleep(2.0)
     assert _cpu_s(server.proc.pid) - c0 < 1.0, "the server still burns CPU after Stop"
     assert any("Stopped" in (w.text_content() or "") for w in page.get_by_test_id("stAlertContentWarning").all())
+
+
+_ANIMATION_JS = """async () => {
+    const gd = [...document.querySelectorAll('.js-plotly-plot')]
+        .find(g => g._transitionData && g._transitionData._frames && g._transitionData._frames.length > 1);
+    if (!gd) return null;
+    const names = gd._transitionData._frames.map(f => f.name);
+    const app = document.querySelector('[data-testid="stApp"]');
+    let runs = 0;
+    const seen = new MutationObserver(() => { if (app.getAttribute('data-test-script-state') === 'running') runs++; });
+    seen.observe(app, {attributes: true});
+    const step = {...gd.layout.sliders[0].steps[0].args[1], mode: 'immediate'};
+    const lines = [];
+    for (const n of [names[0], names[Math.floor(names.length / 2)]]) {
+        await window.Plotly.animate(gd, [n], step);
+        const line = gd._fullData.find(t => t.name === 'eigenvalue');  // y decoded (gd.data keeps base64)
+        lines.push(Array.from(line.y).slice(0, 3).join(','));
+    }
+    seen.disconnect();
+    return {frames: names, lines: lines, runs: runs};
+}"""
+
+
+def test_dynamics_page_and_the_epoch_animation(page, server):
+    """/dynamics draws the MLP's kernel over training; it and Grokking carry the epoch animation,
+    one frame per checkpoint, stepped in the page with no script run on the server."""
+    for path, shot in (("dynamics", "dynamics-mlp"), ("grokking", "grokking-animation")):
+        _open(page, f"{server.url}/{path}?run={MLP}&play=on")  # off by default on Grokking (fast epoch steps)
+        titles = _check_page(page, path, server)
+        if path == "dynamics":
+            for pattern in (r"spectrum over training \(trace, top 200 of 841\)", r"How the kernel moves",
+                            r"kernel-regression predictor", r"^Overlap of cliff \d"):
+                assert any(re.search(pattern, t) for t in titles), f"{path}: no {pattern!r} in {titles}"
+        assert any("played in the browser" in t for t in titles), titles
+        out = page.evaluate(_ANIMATION_JS)
+        assert out is not None, f"{path}: no animated chart"
+        assert out["frames"] == ["0", "50", "100", "150", "200", "250", "300", "350", "400", "450", "500"]
+        assert out["lines"][0] != out["lines"][1], out  # the frames hold different spectra
+        assert out["runs"] == 0, f"{path}: stepping the animation ran the script {out['runs']} times"
+        assert _check_page(page, f"{path} after stepping the animation", server)
+        screenshot(page, SHOTS / f"{shot}.png")

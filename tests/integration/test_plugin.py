@@ -168,13 +168,19 @@ def test_plugin_run_opens_in_the_dashboard_and_its_page_is_in_the_menu(site, tmp
         title = _titles(at)[0]
         assert "Toy XOR MLP" in title and "epoch 20" in title
         menu = [(p.proto.label, p.proto.page) for p in at.get("page_link")]
-        assert [label for label, _ in menu] == ["Spectrum", "Grokking", "Alignment", "Transformer", "TMS",
-                                                "Language model", "Toy XOR"], menu
+        assert [label for label, _ in menu] == ["Spectrum", "Grokking", "Alignment", "Training dynamics", "Transformer",
+                                                "TMS", "Language model", "Toy XOR"], menu
         # the generic Alignment page over the plug-in's families (linear, xor; random is the control)
         at.switch_page("app_pages/alignment.py").run()
         assert not at.exception and not at.error
         assert at.multiselect(key="align_fams").value == ["linear", "xor"]
         assert not at.toggle  # the family declares no rotation inside a window: no rotation control
+        # the generic Training dynamics page: the kernel over training, the animation, the overlaps
+        at.switch_page("app_pages/dynamics.py").run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        titles = _titles(at)
+        assert any("spectrum over training (trace, top 24 of 96)" in t for t in titles), titles
+        assert any(t.startswith("Overlap of") and "feature families" in t for t in titles), titles
         # the plug-in's own page, run from the installed package
         page = site / "entk_toy_family" / "page.py"
         at.switch_page(str(page)).run()

@@ -10,9 +10,9 @@ from entk_core.families.run import Run
 from entk_core.families.tms import REPRESENTED_THRESHOLD, TMSFamily, feature_norms, represented_features
 from entk_core.families.tms import analysis as T
 from entk_core.figures import feature_norms_figure, heatmap_figure, spectrum_figure
-from entk_core.ui import (cache_caption, export_buttons, guarded, load_model, runs_of_family, select_run_button,
-                          selection, spectrum_explorer, sync_url, timed, train_runs, url_float, url_int, url_toggle,
-                          vector_figures)
+from entk_core.ui import (cache_caption, export_buttons, guarded, load_model, plain, runs_of_family,
+                          select_run_button, selection, spectrum_explorer, sync_url, timed, train_runs, url_float,
+                          url_int, url_toggle, vector_figures, viewer_mode)
 
 PAPER = [(10, 0.3, "dense"), (10, 0.9, "sparse, high superposition"), (40, 0.9, "dense")]
 PAPER_COUNTS = {(10, 0.3): 10, (10, 0.9): 21, (40, 0.9): 42}
@@ -23,15 +23,17 @@ def paper_name(m: int, S: float, seed: int = 0) -> str:
     return f"tms-m{m}-s{S}-seed{seed}"
 
 
-def _offer_paper_training(runs: dict[str, Run], key: str) -> None:
+def _offer_paper_training(runs: dict[str, Run], key: str, *, open_first: bool) -> None:
     missing = [(m, S) for m, S, _ in PAPER if paper_name(m, S) not in runs]
-    if not missing:
+    if not missing or viewer_mode():  # a visitor trains nothing
         return
     names = ", ".join(f"`{paper_name(m, S)}`" for m, S in missing)
     st.markdown(f"Train the paper's configurations {names} (n = 50, I = 0.8, 500 points, 5,000 full-batch Adam "
                 "steps, seed 0): 15–30 s each on 2 CPU cores.")
     if st.button(f"Train {len(missing)} TMS run{'s' if len(missing) > 1 else ''}", key=key, type="primary"):
-        train_runs([paper_name(m, S) for m, S in missing])
+        # from another family's run: open the first trained run (the page then shows it at once)
+        names = [paper_name(m, S) for m, S in missing]
+        train_runs(names, select=names[0] if open_first else None)
     st.caption("Or from a terminal: " + " ; ".join(
         f"`python -m entk_core train tms --m {m} --sparsity {S} --seed 0 --out runs/{paper_name(m, S)}`"
         for m, S in missing))
@@ -50,14 +52,15 @@ if not is_tms:
     if run is None:
         st.info("No runs yet. This page analyses Toy Models of Superposition runs.")
     else:
-        st.info(f"This view is not available for this family: `{run.name}` is a {run.family.title} run; this page "
-                "analyses Toy Models of Superposition runs.")
+        st.info("This view is not available for this family: " + plain(f"{run.name} is a {run.family.title} run; "
+                                                                         "this page analyses Toy Models of "
+                                                                         "Superposition runs."))
     if tms_runs:
         st.markdown("TMS runs in the runs folder:")
         cols = st.columns(min(4, len(tms_runs)))
         for i, name in enumerate(tms_runs):
             select_run_button(name, key=f"tms_open_{name}", where=cols[i % len(cols)])
-    _offer_paper_training(tms_runs, key="tms_train_top")
+    _offer_paper_training(tms_runs, key="tms_train_top", open_first=True)
 
 top = 80
 log = True
@@ -133,7 +136,8 @@ def beta_views(run: Run | None, epoch: int | None, top: int, log: bool, runs: di
                       f"{PAPER_COUNTS[(m, S)]}", delta_color="off")
             n_ = res.heatmap.shape[0]
             f = spectrum_figure(res.eigenvalues, res.cliffs, log=log, height=330, title=f"spectrum, β = {beta:g}",
-                                reference_lines={f"{rep} represented": rep - 0.5, f"n = {n_}": n_ - 0.5})
+                                reference_lines={f"{rep} represented": rep - 0.5, f"n = {n_}": n_ - 0.5},
+                                width_px=300)  # a third of the page: the legend wraps
             st.plotly_chart(f, width="stretch", key=f"tms_p_spec_{m}_{S}")
             st.plotly_chart(heatmap_figure(res.heatmap, height=330, title=f"heatmap, β = {beta:g}"),
                             width="stretch", key=f"tms_p_heat_{m}_{S}")
@@ -143,4 +147,4 @@ def beta_views(run: Run | None, epoch: int | None, top: int, log: bool, runs: di
 
 beta_views(run if is_tms else None, epoch, top, log, tms_runs)
 if is_tms:
-    _offer_paper_training(tms_runs, key="tms_train_bottom")
+    _offer_paper_training(tms_runs, key="tms_train_bottom", open_first=False)
