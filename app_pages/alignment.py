@@ -16,7 +16,8 @@ import streamlit as st
 from entk_core.engine.spectra import Cliff
 from entk_core.figures import heatmap_figure
 from entk_core.ui import (cache_caption, compare_control, export_buttons, group_name, groups_of, guarded,
-                          kernel_size_of, long_call, not_available, plain_html, require_run, spectrum_explorer, stop, timed,
+                          kernel_size_of, long_call, not_available, plain, plain_html, require_run, spectrum_explorer, stop,
+                          timed,
                           url_float, url_int, url_multiselect, url_selectbox, url_toggle, vector_figures,
                           view_inputs_of)
 from entk_core.workflows import analysis, views
@@ -70,6 +71,7 @@ with guarded("cannot compute the alignment"):
     ref = res if windows_from == group else _spectrum(windows_from)
     if res is None or ref is None:
         stop()
+    r2 = _spectrum(group, other[0], other[1], other[2]) if other is not None else None  # asks first when long
     V = res.eigenvectors
     wins = [w for w in views.cliff_windows(ref) if w[2] < V.shape[1]]
     blocks = [w for w in wins if w[0] != CONSTANT_LABEL]
@@ -88,6 +90,14 @@ with guarded("cannot compute the alignment"):
                                  key="align_fams", where=d2)
         lab, s, e, _ = blocks[ci]
         cv = views.cliff_view(run, V, (lab, s, e), inputs, chosen=chosen, rotate=rotated)
+        if r2 is not None and r2.eigenvectors.shape[1] > e:  # the same index window at the compared checkpoint
+            cv2 = views.cliff_view(other[0], r2.eigenvectors, (lab, s, e), view_inputs_of(other[0], other[1]),
+                                   chosen=[], rotate=False)
+            theirs = {r["family"]: r for r in cv2.table}
+            for row in cv.table:
+                o = theirs.get(row["family"])
+                row[f"eNTK · {other[2]}"] = None if o is None else o["eNTK"]
+                row[f"eNTK % · {other[2]}"] = None if o is None else o["eNTK %"]
         if cv.heatmap is not None:
             state = f"after {cv.rotation} rotation" if cv.rotation else "raw eigenvectors"
             hfig = heatmap_figure(cv.heatmap, x_labels=cv.column_labels, y_labels=cv.row_labels, z_title="corr",
@@ -111,7 +121,9 @@ with guarded("cannot compute the alignment"):
                    "family, out of its dimension, beside the same budget of PCA directions of the hidden "
                    "activations (" + ("none declared" if H is None else f"{H.shape[1]} units") + ") and of a "
                    "random subspace." + (" The rotation changes only how single-mode each direction is."
-                                         if fam.offers("rotation") else ""))
+                                         if fam.offers("rotation") else "")
+                   + (f" Compared: the same directions [{s}–{e}] at {plain(other[2])} (columns “· {plain(other[2])}”; its "
+                      "spectrum dotted on the chart below)." if r2 is not None else ""))
         with st.expander("The feature families"):
             st.dataframe([{"family": k, "dim": int(inputs.bases[k].shape[1]), "what": f.description}
                           for k, f in inputs.families.items()], hide_index=True, width="stretch")
@@ -130,10 +142,7 @@ with guarded("cannot compute the alignment"):
                       help="highest phase-insensitive correlation over " + " | ".join(inputs.features))
             st.metric("correlation", f"{best[1]:.3f}")
 
-    extra = None
-    if other is not None:
-        r2 = _spectrum(group, other[0], other[1], other[2])  # asks first / refused when long
-        extra = None if r2 is None else {plain_html(other[2]): r2.eigenvalues}  # a legend name: Plotly renders HTML
+    extra = None if r2 is None else {plain_html(other[2]): r2.eigenvalues}  # a legend name: Plotly renders HTML
     idx, sfig, vfigs = spectrum_explorer(
         run, key="align", eigenvalues=res.eigenvalues, cliffs=shaded, labels=[w[0] for w in blocks],
         title=f"{group} eNTK spectrum (click an eigenvalue; cliffs from {windows_from})", log=True,

@@ -1,20 +1,22 @@
 """Grokking page: how the eNTK's cliffs line up with the feature families over training,
 beside the PCA baseline of the hidden activations.
 
-The sweep over every checkpoint (:func:`entk_core.workflows.alignment.grokking_sweep`) is
-computed once (progress; a worker with Stop when it is long) and cached on disk. The epoch
-is the sidebar's checkpoint slider, the page's one epoch control: moving it redraws the
-charts from the cached sweep (no kernel is recomputed).
+The first visit computes, in one worker with one estimate covering both: the sweep over
+every checkpoint (:func:`entk_core.workflows.alignment.grokking_sweep`) and the PCA baseline
+over training (:func:`entk_core.workflows.baselines.pca_profile`: once per run, for every
+window size and family, so a new choice of families or window is answered from the cache).
+Both are cached on disk. The epoch is the sidebar's checkpoint slider, the page's one epoch
+control: moving it redraws the charts from the cached sweep (no kernel is recomputed).
 """
 import numpy as np
 import streamlit as st
 
 from entk_core.figures import overlap_figure
-from entk_core.ui import (cache_caption, compare_control, export_buttons, fmt_pct, group_name, groups_of, guarded,
-                          long_call, not_available, require_run, spectrum_explorer, stop, timed, url_multiselect,
-                          url_selectbox, vector_figures)
+from entk_core.ui import (Phase, cache_caption, compare_control, export_buttons, fmt_pct, group_name, groups_of,
+                          guarded, long_call, long_calls, not_available, require_run, set_control, spectrum_explorer, stop,
+                          timed, url_multiselect, url_selectbox, vector_figures)
 from entk_core.ui.animation import epoch_animation
-from entk_core.workflows import alignment, analysis, views
+from entk_core.workflows import alignment, analysis, baselines, views
 from entk_core.workflows.estimates import pca_over_training_seconds, sweep_seconds
 from entk_core.workflows.sweep import CONSTANT_LABEL
 
@@ -40,16 +42,26 @@ st.caption(
 )
 
 
-def _sweep(r, label):
-    return long_call(f"sweep|{r.path}|{group}", f"the sweep of {label}", alignment.grokking_sweep, r,
-                     target="entk_core.workflows.alignment:grokking_sweep", kwargs={"group": group},
-                     estimate_s=lambda: sweep_seconds(r, group=group))
+def _sweep_phase(r) -> Phase:
+    return Phase(f"the {group} spectrum at each of {len(r.epochs)} checkpoints", alignment.grokking_sweep,
+                 "entk_core.workflows.alignment:grokking_sweep", {"group": group},
+                 estimate_s=lambda: sweep_seconds(r, group=group), run=r)
+
+
+def _first_visit():
+    phases = [_sweep_phase(run)]
+    if fam.offers("pca"):
+        phases.append(Phase(f"the PCA baseline at each of {len(run.epochs)} checkpoints", baselines.pca_profile,
+                            "entk_core.workflows.baselines:pca_profile", {},
+                            estimate_s=lambda: pca_over_training_seconds(run)))
+    return long_calls(f"grokking|{run.path}|{group}", "The grokking view", run, phases)
 
 
 with guarded("cannot compute the sweep"):
-    res, dt = timed(_sweep, run, "every checkpoint")
-    if res is None:
+    out, dt = timed(_first_visit)
+    if out is None:
         stop()
+    res, profile = out[0], (out[1] if len(out) > 1 else None)
     i = res.epoch_index(epoch)
     wins = list(range(len(res.windows)))
     default_w = res.primary[0] if res.primary else 0
@@ -68,6 +80,14 @@ with guarded("cannot compute the sweep"):
     m4.metric("Overlap-derivative peak", "–" if res.peak_epoch is None else f"{res.peak_epoch:g}",
               help=(f"{res.windows[res.primary[0]].label} vs {res.primary[1]}" if res.primary else None))
 
+    # a new window shows its first eigenvector: one left outside it would stay pinned in the URL
+    w_now = (res.windows[wi].start, res.windows[wi].end)
+    if st.session_state.get("grok_window_shown", w_now) != w_now:
+        v = st.session_state.get("grok_vector")
+        if not (isinstance(v, int) and w_now[0] <= v <= w_now[1]):
+            set_control("grok_vector", w_now[0])
+    st.session_state["grok_window_shown"] = w_now
+
     # the spectrum at this epoch, its own blocks labelled like the windows; click for an eigenvector
     spec = analysis.spectrum(run, epoch, group=res.spec.group, reduction=res.spec.reduction, top=res.spec.top)
     extra = None
@@ -85,15 +105,15 @@ with guarded("cannot compute the sweep"):
 
     # overlap over training: eNTK windows, PCA with the same budget, and the compared run
     pca, res2, pca_note = None, None, ""
-    if fam.offers("pca") and fams:
-        pca = long_call(f"pca|{run.path}|{res.windows[wi].size}|{fams}", "the PCA baseline over training",
-                        alignment.pca_over_training, run, target="entk_core.workflows.alignment:pca_over_training",
-                        kwargs={"sizes": [res.windows[wi].size], "families": list(fams)},
-                        estimate_s=lambda: pca_over_training_seconds(run))
-    elif not fam.offers("pca"):
+    if profile is not None and fams:  # every window size and family: read from the cached profile
+        pca = profile.overlaps([res.windows[wi].size], list(fams))
+    elif profile is None:
         pca_note = " (no PCA baseline: the family declares no hidden activations)"
     if other is not None and other[0].path != run.path:
-        res2 = _sweep(other[0], other[0].name)
+        r2 = other[0]
+        res2 = long_call(f"sweep|{r2.path}|{group}", f"The sweep of {r2.name}", alignment.grokking_sweep, r2,
+                         target="entk_core.workflows.alignment:grokking_sweep", kwargs={"group": group},
+                         estimate_s=lambda: sweep_seconds(r2, group=group))
     try:
         cv = views.overlap_curves(res, wi, fams, pca=pca, other=res2, other_name=other[0].name if res2 is not None else "")
     except ValueError as e:  # the compared run has no window of this label

@@ -11,8 +11,18 @@ run, a second server with Streamlit's default ``runner.postScriptGC = true`` (a 
 the ratio of each median to it. ``--json FILE`` writes every time.
 Needs the runs ``modadd-mlp-p29-seed0`` and ``tms-m10-s0.3-seed0`` (train them with
 ``python -m entk_core train ...`` or from the dashboard). Not a test: nothing is asserted.
+The Grokking view of the p = 29 run (its sweep and PCA baseline) is computed first when the
+cache lacks it, and timed ("first visit").
+
+"families (Grokking)" times a change of the Families control (remove one, add it back): it is
+answered from the cached PCA baseline, with no worker started.
+
+``--sessions N``: many viewers at once instead (``benchmarks/bench_sessions.py``): one
+session alone, N at once, N at once beside a long computation, and the server's memory with
+N sessions held open ``--hold`` seconds.
 
     python benchmarks/bench_dashboard.py --repeat 5 [--baseline] [--json FILE]
+    python benchmarks/bench_dashboard.py --sessions 6 [--steps 20] [--hold 120] --json FILE
 """
 from __future__ import annotations
 
@@ -27,6 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from browser_util import CHROMIUM, CHROMIUM_ARGS, StreamlitServer, wait_idle  # noqa: E402
 
@@ -90,6 +101,21 @@ def measure(env: dict[str, str], repeat: int, extra_args: list[str] | None = Non
                 page.get_by_role("option", name=options[state["i"]], exact=True).click()
             return act
 
+        def families_box():
+            return page.get_by_test_id("stMultiSelect").filter(has_text="Families").first
+
+        def drop_family(name):  # the tag's own remove button
+            def act():
+                families_box().get_by_role("button", name=f"Remove {name}").click()
+            return act
+
+        def add_family(name):  # pick it in the dropdown, then close the dropdown
+            def act():
+                families_box().locator("input").first.click()
+                page.get_by_role("option", name=name, exact=True).click()
+                page.keyboard.press("Escape")
+            return act
+
         cases = [
             ("epoch step (Spectrum, sidebar slider)", "/?run=modadd-mlp-p29-seed0",
              [slider_press("stSidebar", "ArrowLeft"), slider_press("stSidebar", "ArrowRight")]),
@@ -101,18 +127,52 @@ def measure(env: dict[str, str], repeat: int, extra_args: list[str] | None = Non
              [slider_press("stMain", "ArrowRight"), slider_press("stMain", "ArrowLeft")]),
             ("cliff (Alignment)", "/alignment?run=modadd-mlp-p29-seed0",
              [pick("Cliff", ["cliff 1 [1–56], drop ×2.03", "cliff 2 [57–112], drop ×1.46"])]),
+            ("families (Grokking)", "/grokking?run=modadd-mlp-p29-seed0", [drop_family("a"), add_family("a")]),
         ]
         for name, url, acts in cases:
             if only and only.lower() not in name.lower():
                 continue
             go(url)
-            for a in acts:  # warm-up: every view once (caches, figures)
-                _timed(page, a)
-                _timed(page, a)
+            for _ in range(2):  # warm-up: every view (caches, figures); in order, so a removal is undone
+                for a in acts:
+                    _timed(page, a)
             times = [_timed(page, acts[i % len(acts)]) for i in range(repeat)]
             rows.append((name, times))
         b.close()
     return rows
+
+
+def first_visit(env: dict[str, str]) -> dict:
+    """The Grokking view of the p = 29 run, computed as the page computes it when the cache
+    lacks it (a worker: the sweep, then the PCA baseline): each phase's estimate beside the
+    time it took (both 0 when cached)."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        from entk_core.families.run import open_run
+        from entk_core.workflows import estimates
+        from entk_core.workflows.jobs import Job
+
+        run = open_run(Path(env["ENTK_RUNS_DIR"]) / "modadd-mlp-p29-seed0")
+        out = {}
+        for name, est, target, kw in (
+                ("sweep", lambda: estimates.sweep_seconds(run, group="full"),
+                 "entk_core.workflows.alignment:grokking_sweep", {"group": "full"}),
+                ("pca", lambda: estimates.pca_over_training_seconds(run), "entk_core.workflows.baselines:pca_profile", {})):
+            e = est()
+            t0 = time.perf_counter()
+            if e:
+                Job(target=target, run=str(run.path), kwargs=kw).start().wait()
+            out[name] = {"estimate_s": round(e, 1) if e else e, "measured_s": round(time.perf_counter() - t0, 1) if e else 0.0}
+            print(f"first visit, {name}: estimate {out[name]['estimate_s']} s, measured {out[name]['measured_s']} s",
+                  file=sys.stderr)
+        return out
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def main(argv=None) -> int:
@@ -122,10 +182,24 @@ def main(argv=None) -> int:
                     help="also measure Streamlit's default runner.postScriptGC = true, in the same run")
     ap.add_argument("--json", type=Path, help="write every time to this file")
     ap.add_argument("--only", help="measure only the controls whose name contains this text (e.g. Grokking)")
+    ap.add_argument("--sessions", type=int, help="many viewers: N browser sessions stepping the epoch at once")
+    ap.add_argument("--steps", type=int, default=20, help="with --sessions: steps (rounds) per phase")
+    ap.add_argument("--hold", type=float, default=120.0,
+                    help="with --sessions: seconds the N sessions stay open while the server's RSS is sampled")
     args = ap.parse_args(argv)
 
     env = {"ENTK_RUNS_DIR": os.environ.get("ENTK_RUNS_DIR", str(REPO / "runs")),
            "ENTK_CACHE_DIR": os.environ.get("ENTK_CACHE_DIR", str(REPO / ".entk_cache")), "ENTK_PROGRESS": "off"}
+    first = first_visit(env)
+    if args.sessions:
+        from bench_sessions import print_sessions, run_sessions
+
+        res = run_sessions(args.sessions, args.steps, args.hold, env, REPO, log=lambda m: print(m, file=sys.stderr))
+        res["first_visit"] = first
+        print_sessions(res)
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=1))
+        return 0
     rows = measure(env, args.repeat, only=args.only)
     base = dict(measure(env, args.repeat, ["--runner.postScriptGC", "true"], only=args.only)) if args.baseline else {}
     med = {name: 1000 * statistics.median(t) for name, t in rows}
@@ -142,6 +216,7 @@ def main(argv=None) -> int:
         print(line)
     if args.json:
         out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "repeat": args.repeat,
+               "first_visit": first, "load_average": os.getloadavg(),
                "target_ms": TARGET_MS, "seconds": {n: t for n, t in rows},
                "baseline_postScriptGC_seconds": {n: t for n, t in base.items()}}
         args.json.write_text(json.dumps(out, indent=1))

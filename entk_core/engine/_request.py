@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -28,6 +29,7 @@ from ._guards import (autograd_on, check_finite_inputs, check_finite_model, erro
                       refuse_or_warn_train_mode)
 from ._inputs import Batch, call_model, model_output
 from ._layers import Layer, check_layers, find_layers
+from ._profile import ModelProfile, profile_model
 from .costs import ChannelShape, ParamSpec, choose_form
 from .devices import resolve_device
 from .info import KernelInfo
@@ -134,6 +136,7 @@ class Ctx:
                  progress: ProgressFn | None = None, by_layer: bool = False, plan: bool = True,
                  allow_train_mode: bool = True, check_finite: bool = True, warn_stacklevel: int = 4):
         self.info = KernelInfo()
+        self._t0 = time.perf_counter()
         self.progress = progress
         self.by_layer = by_layer
         self._check_arguments(model, reduction, trace_axes, diagonal_axes, method, chunk_size)
@@ -319,7 +322,8 @@ class Ctx:
         if plan:
             kw = dict(by_layer=self.by_layer, symmetric=self.x2 is None, chunk_size=chunk_size,
                       memory_budget=memory_budget, device=self.device, activation_per_example=self.act,
-                      channels=self.ch_shape, out_elems=int(math.prod(self.channels.out_shape())))
+                      channels=self.ch_shape, out_elems=int(math.prod(self.channels.out_shape())),
+                      profile=self.model_profile())
             args = (self.N1, None if self.x2 is None else self.N2, self.C, self.group_specs(),
                     self.reduction or "full", self.dtype)
             if method in self.excluded or (method == "auto" and any(m in PATHS for m in self.excluded)):
@@ -330,6 +334,7 @@ class Ctx:
             self.chunk = self.plan.chunk_size
             self.cache = self.plan.cache
             self.layout = self.plan.layout
+            self.plan.seconds += self.setup_seconds()
             self.info.estimate = self.plan.summary()
             self.info.estimated_seconds = float(self.plan.seconds)
         else:
@@ -349,6 +354,29 @@ class Ctx:
             why = self.forward_ad_failure()
             if why is not None:
                 self.exclude_path("ntk_vp", f"forward-mode AD is not supported by this model ({why})")
+
+    def setup_seconds(self) -> float:
+        """Seconds spent so far on this request before any kernel work (checks, the private
+        model copy, the layer checks, the profile): part of every estimate of the call."""
+        return time.perf_counter() - self._t0
+
+    def model_profile(self) -> ModelProfile | None:
+        """The model's forward and backward counts on these inputs (kernels, flops, bytes;
+        :func:`~._profile.profile_model`), measured once; ``None`` where counting fails (the
+        planner then guesses them from the parameters)."""
+        if not hasattr(self, "_profile"):
+            def run(b: int):
+                params = self.params(self.names)
+                return self.forward(params, self.x1.slice(0, b)), [params[n] for n in self.names]
+
+            try:
+                with autograd_on():
+                    self._profile = profile_model(run, self.N1)
+            except Exception as e:  # noqa: BLE001 - an operation the counter cannot follow: guessed
+                log_once(f"profile:{self.model_name}", f"eNTK: the planner guesses {self.model_name}'s costs "
+                                                       f"({error_reason(e)})")
+                self._profile = None
+        return self._profile
 
     def jacrev_rows(self, method: str | None = None) -> set[int]:
         """The numbers of output rows ``vmap(jacrev)`` differentiates at once on ``method``'s

@@ -46,6 +46,10 @@ class KernelInfo:
         the caller's were in training mode.
       estimate: the planner's :class:`~entk_core.engine.planner.Plan` summary line;
         estimated_seconds / seconds: its estimate and the measured wall time.
+      rates: the machine rates the estimate used (:meth:`~entk_core.engine.machine.Rates.describe`:
+        source, GEMM flop/s, bandwidth, seconds per kernel, when and under what load they
+        were measured), and ``"update"`` when this call ran 3× or more off its estimate and
+        the rates were measured again (``{"reason", "before", "after"}``).
       path: for spectra, the top-k path that ran (``"lanczos (structured operator)"``...);
         solver: eigensolver statistics (products, restarts, basis, residuals).
     """
@@ -67,6 +71,7 @@ class KernelInfo:
     path: str = ""
     solver: dict = field(default_factory=dict)
     check: dict = field(default_factory=dict)
+    rates: dict = field(default_factory=dict)
 
     def note_loop(self, where: str, reason: str) -> None:
         """Record (once) that ``where`` ran as a loop because of ``reason``."""

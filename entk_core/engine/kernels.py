@@ -145,6 +145,7 @@ from ._kernel_paths import run
 from ._request import ALL, METHODS, Ctx, fastest_other, layer_groups, param_group, safe_chunk
 from .checks import KernelCheckError, check_count, spot_check
 from .info import KernelInfo, TrainModeWarning
+from .machine import machine_rates, observe_call
 from .planner import REDUCTIONS, MemoryBudgetError, Plan
 
 __all__ = [
@@ -171,6 +172,10 @@ def _compute(model, x1, x2, by_layer: bool, return_info: bool, check=None, check
         with eval_mode(ctx.model):
             outs = ctx.run_with_fallbacks(lambda: run(ctx))
             ctx.info.seconds = time.perf_counter() - t0
+            ctx.info.rates = machine_rates(ctx.device).describe()
+            update = observe_call(ctx.info.estimated_seconds, ctx.info.seconds, ctx.device)
+            if update is not None:
+                ctx.info.rates["update"] = update
             if k:
                 spot_check(ctx, lambda key, idx: [float(outs[key][i]) for i in idx], k, check_tolerance,
                            keys=list(outs))
@@ -316,8 +321,9 @@ def estimate_ntk(
 ) -> Plan:
     """The :class:`~entk_core.engine.planner.Plan` of ``empirical_ntk(model, x1, x2, ...)``
     (``by_layer=True``: of :func:`empirical_ntk_by_layer`) with the same arguments, without
-    computing the kernel: ``plan.seconds``, ``plan.bytes``, ``plan.method`` (the path that
-    would run), ``plan.summary()``. Runs the model on at most 4 inputs to learn the output
+    computing the kernel: ``plan.seconds`` (counted work × this machine's measured rates, plus
+    the request's measured setup: see :mod:`entk_core.engine.planner`), ``plan.bytes``,
+    ``plan.method`` (the path that would run), ``plan.summary()``. Runs the model on at most 4 inputs to learn the output
     shape, the layer structure and the activation size. Never raises for budget reasons
     (see ``plan.fits``)."""
     _check_args(reduction, trace_axes, diagonal_axes)
@@ -330,13 +336,14 @@ def estimate_ntk(
                                 ctx.reduction or "full", ctx.dtype, by_layer=by_layer, symmetric=ctx.x2 is None,
                                 method=m, chunk_size=chunk_size, memory_budget=memory_budget, device=ctx.device,
                                 activation_per_example=ctx.act, channels=ctx.ch_shape,
-                                out_elems=int(math.prod(ctx.channels.out_shape())))
+                                out_elems=int(math.prod(ctx.channels.out_shape())), profile=ctx.model_profile())
 
     plan = plan_for(method)
     if plan.method == "ntk_vp" and ctx.forward_ad_failure() is not None:   # what would run instead
         plan = plan_for(fastest_other(plan_for("auto").paths, ("ntk_vp",)))
     if plan.method is not None:   # the chunk that would run (never a vmap(jacrev) hazard: see _request)
         plan.chunk_size = safe_chunk(plan.chunk_size, ctx.jacrev_rows(plan.method))
+    plan.seconds += ctx.setup_seconds()   # the call repeats this request's setup (checks, copy, profile)
     return plan
 
 

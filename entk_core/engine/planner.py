@@ -26,9 +26,15 @@ Paths (``method``)
 
 Time
 ----
-Seconds are flop counts divided by the rates of :func:`~.machine.machine_rates`. Estimates
-are rough (factors of ~2) and are meant for choosing between paths and for telling a
-user what to expect.
+Each path's seconds come from what it does, counted (:mod:`._work`): the kernels it
+launches, its matrix-product flops and the bytes it moves, from the model's own forward and
+backward counts (:mod:`._profile`, measured on two inputs by ``estimate_ntk`` and
+``empirical_ntk``; guessed from the parameters otherwise), times the rates of
+:func:`~.machine.machine_rates` (seconds per kernel, GEMM flop/s, bytes/s), measured on this
+machine, re-measured when stale or when a call runs 3× off its estimate. ``auto`` takes the
+structured path unless another is estimated :data:`PREFER_STRUCTURED` times faster.
+Estimates are rough (factors of ~2) and are meant for choosing between paths and for
+telling a user what to expect.
 """
 from __future__ import annotations
 
@@ -38,6 +44,8 @@ from typing import Any, Iterable, Mapping
 
 from .costs import (TILE_CAP_BYTES, ChannelShape, ParamSpec, as_spec, path_cost, request_items, shorthand_channels,
                     walk_layout)
+from ._profile import ModelProfile, guess_profile
+from ._work import path_work
 from .machine import dtype_name, itemsize, machine_rates, resolve_budget
 from .units import format_bytes, format_seconds
 
@@ -56,6 +64,12 @@ __all__ = [
 REDUCTIONS = ("full", "trace", "mean", "flat", "block")
 #: Kernel computation paths.
 METHODS = ("structured", "jacobian", "ntk_vp")
+
+
+#: ``auto`` takes the structured path unless another is estimated this many times faster
+#: (the estimates are good to a factor of about 2; within it the structured path, with the
+#: least memory and the largest products, measured the faster).
+PREFER_STRUCTURED = 1.5
 
 
 class MemoryBudgetError(ValueError):
@@ -77,10 +91,11 @@ class Plan:
       cache: whether the per-chunk factors of the right-hand inputs are kept for reuse.
       bytes: estimated peak bytes of the chosen path (output included).
       output_bytes: bytes of the result tensor(s).
-      flops: estimated arithmetic; seconds: estimated wall time (calibrated rates).
+      flops: estimated matrix-product flops; seconds: estimated wall time (counts × measured rates).
       budget: the memory budget in bytes.
       fits: whether ``bytes <= budget``.
-      paths: per method ``{"bytes", "flops", "seconds", "chunk_size", "cache", "fits", ...}``.
+      paths: per method ``{"bytes", "flops", "ops", "traffic", "seconds", "chunk_size", "cache",
+        "fits", ...}`` (``ops``: kernels launched; ``traffic``: bytes moved).
       forms: per structured layer group, ``"pair"`` / ``"perex"``.
       layout: how the structured path walks the kernel (``"stream"``, ``"panels"`` or
         ``"chunks"``); class_block: channels per stream block / panel.
@@ -137,6 +152,7 @@ def estimate(
     activation_per_example: float | None = None,
     channels: ChannelShape | None = None,
     out_elems: int | None = None,
+    profile: ModelProfile | None = None,
 ) -> Plan:
     """Estimate bytes and seconds of every path for a kernel request and pick one.
 
@@ -157,6 +173,8 @@ def estimate(
         (default: a guess from the layer sizes).
       channels: the channel contraction (default: the shorthand's, see :class:`ChannelShape`).
       out_elems: elements of one output kernel (default: from ``channels``).
+      profile: the model's forward and backward counts (:func:`~._profile.profile_model`;
+        default: guessed from the parameters, :func:`~._profile.guess_profile`).
 
     Returns:
       a :class:`Plan`; ``plan.fits`` is ``False`` (and ``plan.suggestion`` says what would
@@ -164,14 +182,15 @@ def estimate(
     """
     plan, request = _estimate(n1, n2, n_classes, groups, reduction, dtype, by_layer=by_layer, symmetric=symmetric,
                               method=method, chunk_size=chunk_size, memory_budget=memory_budget, device=device,
-                              activation_per_example=activation_per_example, channels=channels, out_elems=out_elems)
+                              activation_per_example=activation_per_example, channels=channels, out_elems=out_elems,
+                              profile=profile)
     if not plan.fits:
         plan.suggestion = _suggest(**request)
     return plan
 
 
 def _estimate(n1, n2, n_classes, groups, reduction, dtype, *, by_layer, symmetric, method, chunk_size, memory_budget,
-              device, activation_per_example, channels, out_elems) -> tuple[Plan, dict[str, Any]]:
+              device, activation_per_example, channels, out_elems, profile=None) -> tuple[Plan, dict[str, Any]]:
     """:func:`estimate` without the suggestion: ``(plan, the request normalised)``. Never
     calls :func:`_suggest`, so trying smaller requests cannot recurse."""
     if reduction not in REDUCTIONS:
@@ -198,17 +217,20 @@ def _estimate(n1, n2, n_classes, groups, reduction, dtype, *, by_layer, symmetri
     for p in all_specs:
         fp += 2 * p.positions * p.numel if p.kind in ("linear_weight", "other") else p.positions * p.numel
     fp = max(fp, 1.0)
-    gemm, auto = rates.gemm_rate(dtype), rates.autograd_rate(dtype)
+    prof = profile if profile is not None else guess_profile(all_specs, act, s)
     dev = str(device) if device is not None else "cpu"
     request = {"n1": n1, "n2": None if symmetric else n2, "C": C, "groups": groups, "reduction": reduction,
                "dtype": dtype, "by_layer": by_layer, "method": method, "budget": budget, "act": act, "ch": ch,
-               "device": device}
+               "device": device, "profile": profile}
     desc = (f"{'empirical_ntk_by_layer' if by_layer else 'empirical_ntk'}(N1={n1}, N2={n2}, C={C}, "
             f"reduction={reduction!r}, {dtype_name(dtype)}, {len(groups)} group{'s' if len(groups) != 1 else ''}, "
             f"{sum(p.numel for p in all_specs)} params)")
 
-    def seconds(fb: float, ct: float) -> float:
-        return fb / auto + ct / gemm
+    def timed(m: str, items, B: int, cache: bool) -> dict[str, Any]:
+        wk = path_work(m, items, prof, n1=n1, n2=n2, C=C, ch=ch, B=B, cache=cache, symmetric=symmetric,
+                       out_bytes=out_bytes, s=s, act=act, n_params=len(all_specs))
+        return {"seconds": rates.seconds(wk.ops, wk.flops, wk.bytes, dtype), "flops": wk.flops, "ops": wk.ops,
+                "traffic": wk.bytes}
 
     paths: dict[str, dict[str, Any]] = {}
     forms: dict[str, str] = {}
@@ -255,12 +277,12 @@ def _estimate(n1, n2, n_classes, groups, reduction, dtype, *, by_layer, symmetri
         if best is None:
             B = cands[-1]
             peak, fb, ct = cost(B, False)
-            paths[m] = {"bytes": int(peak), "flops": float(fb + ct), "seconds": seconds(fb, ct),
-                        "chunk_size": B, "cache": False, "fits": False}
+            paths[m] = {"bytes": int(peak), **timed(m, items, B, False), "chunk_size": B, "cache": False,
+                        "fits": False}
         else:
             B, cache, peak, fb, ct = best
-            paths[m] = {"bytes": int(peak), "flops": float(fb + ct), "seconds": seconds(fb, ct),
-                        "chunk_size": B, "cache": cache, "fits": True}
+            paths[m] = {"bytes": int(peak), **timed(m, items, B, cache), "chunk_size": B, "cache": cache,
+                        "fits": True}
         if m == "structured":
             det: dict = {}
             B0 = paths[m]["chunk_size"]
@@ -277,6 +299,8 @@ def _estimate(n1, n2, n_classes, groups, reduction, dtype, *, by_layer, symmetri
     fitting = [m for m in todo if paths[m]["fits"]]
     if fitting:
         chosen = min(fitting, key=lambda m: (paths[m]["seconds"], METHODS.index(m)))
+        if "structured" in fitting and paths["structured"]["seconds"] <= PREFER_STRUCTURED * paths[chosen]["seconds"]:
+            chosen = "structured"
         p = paths[chosen]
         layout, cblock = p.get("layout", "chunks"), p.get("class_block", 0)
         return Plan(chosen, p["chunk_size"], p["cache"], p["bytes"], out_bytes, p["flops"], p["seconds"],
@@ -288,14 +312,14 @@ def _estimate(n1, n2, n_classes, groups, reduction, dtype, *, by_layer, symmetri
                 budget, False, paths, forms, desc, device=dev, rates=rates.source), request
 
 
-def _fits(n1, n2, C, groups, reduction, dtype, by_layer, method, budget, act, ch, device) -> Plan:
+def _fits(n1, n2, C, groups, reduction, dtype, by_layer, method, budget, act, ch, device, profile=None) -> Plan:
     """The plan of a smaller request (no suggestion: :func:`_estimate`)."""
     return _estimate(n1, n2, C, groups, reduction, dtype, by_layer=by_layer, symmetric=None, method=method,
                      chunk_size=None, memory_budget=budget, device=device, activation_per_example=act,
-                     channels=ch, out_elems=None)[0]
+                     channels=ch, out_elems=None, profile=profile)[0]
 
 
-def _suggest(n1, n2, C, groups, reduction, dtype, by_layer, method, budget, act, ch, device) -> str:
+def _suggest(n1, n2, C, groups, reduction, dtype, by_layer, method, budget, act, ch, device, profile=None) -> str:
     """What would fit: fewer inputs, one layer group, a smaller reduction, or top-k."""
     tips: list[str] = []
     # fewer inputs (scale both sides by the same factor)

@@ -32,7 +32,7 @@ def lm_spectrum_figure(eigenvalues: Sequence[float], residuals: Sequence[float] 
     fig.update_layout(title={"text": title}, xaxis_title="index", yaxis_title="eigenvalue", height=360,
                       margin={"l": 60, "r": 20, "t": 60, "b": 50}, showlegend=False)
     if log and (ev > 0).all():
-        log_axis(fig, "y")
+        log_axis(fig, "y", values=ev)
     return fixed_margins(fig)
 
 

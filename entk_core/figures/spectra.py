@@ -43,6 +43,7 @@ def spectrum_figure(
     selected: int | None = None,
     height: int = 480,
     name: str = "eigenvalue",
+    width_px: int = 560,
 ) -> go.Figure:
     """Eigenvalue vs index, each cliff shaded and named above the plot.
 
@@ -56,16 +57,12 @@ def spectrum_figure(
       extra: spectra to overlay ``{name: (k',) array}`` (another checkpoint or run).
       selected: an index to ring (the eigenvector shown below the chart).
       name: legend name of the main spectrum.
+      width_px: about how wide the chart is drawn (a third of the page: ~360), so that the
+        bottom margin holds the legend's rows under the x-axis title.
     """
     vals = np.asarray(eigenvalues, dtype=float)
     idx = np.arange(len(vals))
     fig = go.Figure()
-    for j, (label, ev) in enumerate((extra or {}).items()):
-        ev = np.asarray(ev, dtype=float)
-        fig.add_trace(go.Scatter(x=np.arange(len(ev)), y=np.where(ev > 0, ev, np.nan) if log else ev,
-                                 mode="lines", name=label, opacity=0.85,
-                                 line={"width": 1.5, "dash": "dot", "color": _COMPARE_COLORS[j % len(_COMPARE_COLORS)]},
-                                 hovertemplate="index %{x}<br>λ = %{y:.4g}<extra>" + label + "</extra>"))
     # markers drawn only on short spectra: on long ones they merge into the line, and a marker
     # per point doubles the browser's time for this chart. The trace keeps its markers mode
     # (Plotly selects clicked points only on traces with markers), drawing at most one.
@@ -76,6 +73,13 @@ def spectrum_figure(
         line={"width": 1.5, "color": "#1f2d3d"},
         hovertemplate="index %{x}<br>λ = %{y:.4g}<extra></extra>",
     ))
+    # compared spectra over the main line (drawn under it they vanish where the two agree)
+    for j, (label, ev) in enumerate((extra or {}).items()):
+        ev = np.asarray(ev, dtype=float)
+        fig.add_trace(go.Scatter(x=np.arange(len(ev)), y=np.where(ev > 0, ev, np.nan) if log else ev,
+                                 mode="lines", name=label, opacity=0.85,
+                                 line={"width": 1.5, "dash": "dot", "color": _COMPARE_COLORS[j % len(_COMPARE_COLORS)]},
+                                 hovertemplate="index %{x}<br>λ = %{y:.4g}<extra>" + label + "</extra>"))
     names = list(labels) if labels is not None else [f"cliff {i + 1}" for i in range(len(cliffs))]
     texts, centres, colors, shapes = [], [], [], []
     n_num = 0
@@ -111,8 +115,8 @@ def spectrum_figure(
         legend={"orientation": "h", "y": -0.18}, hovermode="closest", clickmode="event+select",
     )
     if log:
-        log_axis(fig, "y")
-    return fixed_margins(fig)
+        log_axis(fig, "y", values=np.concatenate([vals, *[np.asarray(v, dtype=float).ravel() for v in (extra or {}).values()]]))
+    return fixed_margins(fig, width_px=width_px)
 
 
 def principal_angles_figure(angles_deg: np.ndarray, *, title: str = "Principal angles between the eigenspaces",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import plotly.graph_objects as go
 
 __all__ = ["FAMILY_COLORS", "CLIFF_COLORS", "MARKER_STYLES", "family_color", "human_name", "log_axis",
@@ -59,10 +60,49 @@ def block_label(label: str) -> str:
     return "constant mode" if label == "constant" else label
 
 
-def log_axis(fig: go.Figure, axis: str = "y", **kw) -> None:
+_SUP = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _pow10(v: float) -> str:
+    """``2·10⁻³`` (``10⁻³`` for a power of ten)."""
+    e = int(np.floor(np.log10(v) + 1e-9))
+    m = int(round(v / 10.0 ** e))
+    return ("" if m == 1 else f"{m}·") + "10" + str(e).translate(_SUP)
+
+
+def log_ticks(values) -> tuple[list[float], list[str]] | None:
+    """Tick positions and labels for a log axis over ``values`` (the positive finite ones)
+    spanning under two decades, where one tick per decade would leave one tick or none:
+    1-2-5 steps (1-9 under a third of a decade), each written in full (``2·10⁻³``).
+    ``None`` when the values span two decades or more (one tick per decade serves)."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size == 0:
+        return None
+    lo, hi = float(v.min()), float(v.max())
+    if np.log10(hi) - np.log10(lo) >= 2:
+        return None
+    for mantissas in ((1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = [m * 10.0 ** e for e in range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+                 for m in mantissas if lo * 0.999 <= m * 10.0 ** e <= hi * 1.001]
+        if len(ticks) >= 3:
+            break
+    if len(ticks) < 2:  # a very narrow range: its ends
+        ticks = [lo, hi] if hi > lo else [lo]
+        return ticks, [f"{t:.3g}" for t in ticks]
+    return ticks, [_pow10(t) for t in ticks]
+
+
+def log_axis(fig: go.Figure, axis: str = "y", values=None, **kw) -> None:
     """Make ``axis`` logarithmic with one labelled tick per decade written as a power of ten
-    (``10⁻³``), never bare 1-2-5 mantissas."""
+    (``10⁻³``), never bare 1-2-5 mantissas. With the plotted ``values`` given, an axis
+    spanning under two decades (one tick or none per decade) gets 1-2-5 ticks written in
+    full (``2·10⁻³``) instead (:func:`log_ticks`)."""
     upd = {"type": "log", "dtick": 1, "exponentformat": "power", "showexponent": "all", **kw}
+    ticks = log_ticks(values) if values is not None else None
+    if ticks is not None:
+        upd.pop("dtick")
+        upd.update({"tickmode": "array", "tickvals": ticks[0], "ticktext": ticks[1]})
     (fig.update_yaxes if axis == "y" else fig.update_xaxes)(**upd)
 
 

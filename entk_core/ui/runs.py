@@ -18,7 +18,7 @@ from ..families.run import Run, list_runs, open_run
 from ..store.runs import RunError, runs_root
 from ..store.cache import default_cache
 from ..workflows import analysis
-from ..workflows.presets import DEMO, train_preset
+from ..workflows.presets import DEMO, preset_job
 from ..workflows.views import ViewInputs, view_inputs
 from .errors import error_line, guarded, relative_paths
 from .format import fmt_size, plain
@@ -29,6 +29,8 @@ from .urlstate import (begin_view, link_external, link_message, link_start, mark
 __all__ = ["DEMO_NAME", "load_run", "load_model", "view_inputs_of", "groups_of", "kernel_size_of", "group_name",
            "runs_listing", "runs_of_family", "sidebar", "selection", "require_run", "not_available",
            "select_run_button", "train_runs"]
+
+_PENDING_RUN = "_select_run_next"
 
 DEMO_NAME = DEMO
 """The preset (:data:`entk_core.workflows.presets.PRESETS`) offered when the runs folder is empty."""
@@ -178,6 +180,10 @@ def sidebar() -> None:
         st.sidebar.info("No runs yet." if not broken else "No usable runs.")
         _cache_panel()
         return
+    pending = st.session_state.pop(_PENDING_RUN, None)
+    if pending in good:  # a run just trained from a page: open it (its last checkpoint)
+        st.session_state["run"] = pending
+        st.session_state.pop("epoch", None)
     want = link_start().get("run")
     if link_external() and want is not None and want not in good:
         mark_bad("run")
@@ -256,23 +262,19 @@ def select_run_button(name: str, *, key: str, where=None) -> None:
 
 def train_runs(names: list[str], *, select: str | None = None) -> None:
     """Train the paper's named runs (:data:`entk_core.workflows.presets.PRESETS`) into the runs
-    folder with a progress bar; select ``select`` afterwards. Refused in viewer mode."""
+    folder, in a worker process with a progress bar; then select ``select`` (its last
+    checkpoint) and draw the page again, so it shows the new run at once. Refused in viewer mode."""
+    from .jobs import run_in_worker
+
     if viewer_mode():
         st.error("viewer mode: training is not available here", icon="⚠️")
         return
-    bar = st.progress(0.0, text="Training…")
-    with guarded("training failed"):
-        for i, name in enumerate(names):
-            def progress(done: int, total: int, message: str, i=i, name=name) -> None:
-                bar.progress(min(1.0, (i + done / max(total, 1)) / len(names)),
-                             text=f"{name} ({i + 1}/{len(names)}): {message}")
 
-            train_preset(name, progress=progress)
-        bar.progress(1.0, text="done")
+    with guarded("training failed"):
+        run_in_worker("Training", [preset_job(n) for n in names], names)
         _list_runs_cached.clear()
-        if select:
-            st.session_state["run"] = select
-            st.session_state.pop("epoch", None)
+        if select:  # the sidebar's run picker is drawn already: it takes this at the top of the next run
+            st.session_state[_PENDING_RUN] = select
         st.rerun()
 
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .baselines import hidden_activations, pca_directions, random_directions
+from .baselines import hidden_activations, pca_directions, pca_profile, random_directions
 
 __all__ = ["window_table", "principal_angles", "compare_spectra", "baseline_overlaps"]
 
@@ -113,41 +113,11 @@ def pca_over_training(run, sizes: Sequence[int], families: Sequence[str], *, cac
                       seed: int = 0) -> np.ndarray:
     """The PCA baseline at every checkpoint: ``(E, len(sizes), len(families))`` overlaps of the
     top-``size`` principal directions of the family's hidden activations with each feature
-    family (mean-centred, as the sweep measures the eNTK windows). Cached as one entry
-    (keyed by every checkpoint's sha256). ``ValueError`` if the family declares no hidden
-    activations."""
-    import hashlib
-    import json
-    from dataclasses import asdict
-
-    from ..families.features import families_with_rows
-    from ..store.cache import default_cache, make_key
-    from .sweep import family_bases, window_overlaps
-
-    if not run.family.offers("pca"):
-        raise ValueError(f"the {run.family.name} family declares no hidden activations (no PCA baseline)")
-    cache = cache or default_cache()
-    digest = hashlib.sha256(json.dumps([(e, run.checkpoint_sha(e)) for e in run.epochs]).encode()).hexdigest()
-    key = make_key("pca-over-training", family=run.family.name, config=asdict(run.config), checkpoints=digest,
-                   sizes=[int(s) for s in sizes], families=list(families), seed=seed)
-
-    def compute():
-        last = run.load_model(run.epochs[-1])
-        fams = families_with_rows(run.family.feature_families(run.config, run.data, last), len(run.data.kernel_idx))
-        missing = [f for f in families if f not in fams]
-        if missing:
-            raise ValueError(f"unknown feature families {missing}; choose from {', '.join(fams)}")
-        bases = family_bases({f: fams[f] for f in families})
-        out = np.full((len(run.epochs), len(sizes), len(families)), np.nan)
-        for i, e in enumerate(run.epochs):
-            H = hidden_activations(run, e)
-            for j, k in enumerate(sizes):
-                out[i, j] = window_overlaps(pca_directions(H, int(k)), bases)
-            if progress:
-                progress(i + 1, len(run.epochs), f"PCA at epoch {e}")
-        return {"overlap": out}, {}
-
-    return cache.get_or_compute(key, compute)["overlap"]
+    family (mean-centred, as the sweep measures the eNTK windows). Read from the run's
+    :func:`entk_core.workflows.baselines.pca_profile` (computed once per run, for every size
+    and family: a new choice of families or window is answered from the cache).
+    ``ValueError`` if the family declares no hidden activations or a family is unknown."""
+    return pca_profile(run, cache=cache, progress=progress).overlaps(sizes, families)
 
 
 __all__ += ["grokking_sweep", "pca_over_training"]

@@ -5,9 +5,13 @@
 * A sweep over the checkpoints: one planner estimate per checkpoint whose spectrum is not
   cached yet, run as the sweep runs them (:func:`entk_core.workflows.executors.make_executor`'s
   default: worker processes of one thread each from 8 checkpoints on, else this process),
-  plus the start of the worker processes.
-* The PCA baseline over training: one checkpoint's activations and SVD, timed on this
-  machine (once per run and process), times the number of checkpoints.
+  plus :data:`UNIT_OVERHEAD_S` per checkpoint and the start of the worker processes.
+* The PCA baseline over training (:func:`entk_core.workflows.baselines.pca_profile`, once
+  per run for every window size and family): one checkpoint's activations and SVD, timed on
+  this machine (once per run and process), times the number of checkpoints.
+
+A page adds the phases of one action (the Grokking page's first visit: the sweep, then the
+PCA baseline) and states them all before it starts (:func:`entk_core.ui.jobs.long_calls`).
 
 Every estimate is 0 for work already cached, and ``None`` where nothing can be said (a
 request that is invalid or cannot fit: it is refused before any work with its own message).
@@ -23,14 +27,21 @@ import torch
 from ..families.run import Run
 from ..store.cache import default_cache
 from . import analysis
-from .baselines import hidden_activations
+from .baselines import hidden_activations, pca_profile_key
 from .sweep import default_spec, resolve_spec
 
-__all__ = ["WORKER_START_S", "spectrum_seconds", "sweep_seconds", "pca_over_training_seconds"]
+__all__ = ["WORKER_START_S", "UNIT_OVERHEAD_S", "spectrum_seconds", "sweep_seconds", "pca_over_training_seconds"]
 
 WORKER_START_S = 4.0
 """Seconds to start the sweep's worker processes (a fresh interpreter importing torch and the
 library, measured at 2-4 s each on 2 busy cores; they start in parallel)."""
+
+UNIT_OVERHEAD_S = 0.25
+"""Seconds per checkpoint of a sweep beside its kernel and eigensolver (the planner's part):
+reading the checkpoint, shipping the unit and its eigenpairs, the cache write and the
+overlaps. Measured on 2 shared cores (load 11-13; ``benchmarks/bench_estimates.py``): the
+201-checkpoint Transformer sweep took 112 s where the planner's part was 35 s; the 51-checkpoint
+MLP sweep, dominated by its kernels, 141 s for 138 s."""
 
 _PCA_UNIT: dict[tuple[str, str], float] = {}
 _LOCK = threading.Lock()
@@ -61,11 +72,11 @@ def sweep_seconds(run: Run, spec=None, *, group: str | None = None) -> float | N
     if one is None:
         return None
     if len(todo) < 8:  # computed in this process, with its torch threads
-        return len(todo) * one
+        return len(todo) * (one + UNIT_OVERHEAD_S)
     workers = min(os.cpu_count() or 1, 4)
     # the planner's rates are this process's (torch.get_num_threads() threads); each worker has one
     speedup = max(1.0, workers / max(1, torch.get_num_threads()))
-    return WORKER_START_S + len(todo) * one / speedup
+    return WORKER_START_S + len(todo) * (one / speedup + UNIT_OVERHEAD_S)
 
 
 def pca_over_training_seconds(run: Run) -> float | None:
@@ -75,15 +86,22 @@ def pca_over_training_seconds(run: Run) -> float | None:
     family declares no hidden activations."""
     if not run.family.offers("pca"):
         return None
+    if pca_profile_key(run) in default_cache():
+        return 0.0
     last = run.epochs[-1]
     key = (str(run.path), run.checkpoint_sha(last))
     with _LOCK:
         unit = _PCA_UNIT.get(key)
     if unit is None:
-        t0 = time.perf_counter()
-        H = hidden_activations(run, last)  # loads the checkpoint and runs the model, as each step does
-        np.linalg.svd(H - H.mean(axis=0, keepdims=True), full_matrices=False)  # what each step's PCA costs
-        unit = time.perf_counter() - t0
+        from threadpoolctl import threadpool_limits
+
+        from .jobs import worker_threads
+
+        with threadpool_limits(worker_threads()):  # as a worker computes it (module jobs)
+            t0 = time.perf_counter()
+            H = hidden_activations(run, last)  # loads the checkpoint and runs the model, as each step does
+            np.linalg.svd(H - H.mean(axis=0, keepdims=True), full_matrices=False)  # what each step's PCA costs
+            unit = time.perf_counter() - t0
         with _LOCK:
             _PCA_UNIT[key] = unit
     return unit * len(run.epochs)

@@ -23,7 +23,7 @@ from ..families.run import Run
 from ..store.runs import runs_root
 from .training import train
 
-__all__ = ["Preset", "PRESETS", "DEMO", "presets_for", "train_preset"]
+__all__ = ["Preset", "PRESETS", "DEMO", "presets_for", "train_preset", "preset_job", "train_values"]
 
 Progress = Callable[[int, int, str], None]
 
@@ -76,3 +76,22 @@ def train_preset(name: str, root: Path | str | None = None, *, progress: Progres
         raise ValueError(f"unknown preset '{name}'; known: {', '.join(PRESETS)}") from None
     root = Path(root) if root is not None else runs_root()
     return train(preset.family, preset.config(), root / preset.name, progress=progress)
+
+
+def preset_job(name: str) -> dict[str, Any]:
+    """A :class:`~entk_core.workflows.jobs.Job` step training the preset ``name`` into the runs
+    folder: the preset resolved here, into plain values (:func:`train_values`), so the worker
+    trains exactly what this process's :data:`PRESETS` says."""
+    try:
+        preset = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset '{name}'; known: {', '.join(PRESETS)}") from None
+    return {"target": "entk_core.workflows.presets:train_values",
+            "kwargs": {"name": preset.name, "family": preset.family, "overrides": dict(preset.overrides)}}
+
+
+def train_values(*, name: str, family: str, overrides: dict[str, Any], progress: Progress | None = None) -> None:
+    """Train ``family`` with ``overrides`` of its default config into the runs-folder entry
+    ``name`` (resume or return as :func:`train_preset` does): a preset as plain values."""
+    cfg = get_family(family).config_from_dict(dict(overrides))
+    train(family, cfg, runs_root() / name, progress=progress)

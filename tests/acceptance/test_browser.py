@@ -339,16 +339,25 @@ def test_compare_and_export(page, server):
 
 
 def _jobs_of(pid: int) -> list[int]:
-    out = []
+    """The job workers under the server ``pid`` (forked by its jobs' forkserver, named entk-job)."""
+    from entk_core.workflows.jobs import JOB_PROCESS_NAME
+
+    kids: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                stat = (d / "stat").read_text().split()
-                cmd = (d / "cmdline").read_bytes()
+                kids.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    out, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            todo.append(c)
+            try:
+                if (Path("/proc") / str(c) / "comm").read_text().strip() == JOB_PROCESS_NAME:
+                    out.append(c)
             except OSError:
                 continue
-            if int(stat[3]) == pid and b"entk_core.workflows.jobs" in cmd:
-                out.append(int(d.name))
     return out
 
 

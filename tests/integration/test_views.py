@@ -55,7 +55,11 @@ def test_overlap_curves_and_estimates_of_a_sweep(tiny_run_dir):
     assert estimates.sweep_seconds(run, group="full") == 0.0  # every checkpoint's spectrum is cached now
     fams = ["a", "sum"]
     w = sw.primary[0] if sw.primary else 0
+    # the PCA baseline's estimate: one checkpoint timed here, times the number of checkpoints; 0 once cached
+    pe = estimates.pca_over_training_seconds(run)
+    assert pe is not None and pe > 0 and estimates.pca_over_training_seconds(run) == pe
     pca = alignment.pca_over_training(run, [sw.windows[w].size], fams)
+    assert estimates.pca_over_training_seconds(run) == 0.0  # the run's PCA profile serves every size and family
     cv = views.overlap_curves(sw, w, fams, pca=pca)
     k = sw.family_index("sum")
     assert np.array_equal(cv.curves[f"sum ({sw.dims[k]}-dim)"], sw.percent[:, w, k])
@@ -71,9 +75,6 @@ def test_overlap_curves_and_estimates_of_a_sweep(tiny_run_dir):
                                                                      for j, f in enumerate(sw.families)}}
     other = views.overlap_curves(sw, w, ["sum"], other=sw, other_name="again")
     assert np.allclose(other.curves["sum · again"], sw.percent[:, w, k])
-    # the PCA baseline's estimate: one checkpoint timed here, times the number of checkpoints
-    pe = estimates.pca_over_training_seconds(run)
-    assert pe is not None and pe > 0 and estimates.pca_over_training_seconds(run) == pe
 
 
 def test_estimates_say_nothing_for_what_cannot_run(tiny_run_dir, tmp_path):

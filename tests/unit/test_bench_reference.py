@@ -145,3 +145,7 @@ def test_methods_harness_record():
     for m in ("auto", "structured", "jacobian"):
         assert ms[m]["seconds"] > 0 and ms[m]["estimated_s"] > 0, ms[m]
     assert rec["auto_over_best_forced"] > 0 and rec["best_forced"] in methods.METHODS[1:]
+    assert rec["rates"]["source"] in ("measured", "cached", "default")
+    # each measured method's ratio is to its own call's estimate (its setup included)
+    assert ms["auto"]["call_estimated_s"] > 0
+    assert ms["auto"]["measured_over_estimate"] == pytest.approx(ms["auto"]["seconds"] / ms["auto"]["call_estimated_s"])

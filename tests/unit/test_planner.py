@@ -108,7 +108,14 @@ def test_estimate_ntk_matches_what_runs():
     p = estimate_ntk(m, x1, reduction="flat", memory_budget="1GB")
     assert p.fits and p.method in ("structured", "jacobian", "ntk_vp") and p.seconds > 0
     _, info = empirical_ntk(m, x1, reduction="flat", memory_budget="1GB", return_info=True)
-    assert info.method == p.method and info.chunk_size == p.chunk_size and info.estimate == p.summary()
+    assert info.method == p.method and info.chunk_size == p.chunk_size
+    # the same plan (the seconds include each call's own measured setup, so they may differ)
+    import re
+
+    def strip(s):
+        return re.sub(r"~[0-9.e+-]+ (s|min|h),", "~T,", s)
+
+    assert strip(info.estimate) == strip(p.summary()) and "~T," in strip(p.summary())
     small = estimate_ntk(m, torch.randint(0, 5, (400, 3)), reduction="full", memory_budget="1MB")
     assert not small.fits and small.method is None and "what would fit" in small.suggestion
 

@@ -10,12 +10,12 @@ from entk_core.engine.measures import family_bases
 from entk_core.families.modadd_transformer import ModAddTransformerFamily
 from entk_core.families.modadd_transformer import analysis as T
 from entk_core.figures import key_frequency_figure, overlap_figure
-from entk_core.ui import (cache_caption, export_buttons, fmt_pct, group_name, groups_of, guarded, kernel_size_of,
-                          load_model, long_call, plain, runs_of_family, select_run_button, selection, spectrum_explorer,
-                          stop, timed, train_runs, url_int, url_multiselect, url_selectbox, url_toggle, vector_figures,
-                          viewer_mode)
-from entk_core.workflows import alignment, analysis, views
-from entk_core.workflows.estimates import pca_over_training_seconds, sweep_seconds
+from entk_core.ui import (Phase, cache_caption, export_buttons, fmt_pct, group_name, groups_of, guarded,
+                          kernel_size_of, load_model, long_call, long_calls, plain, runs_of_family, select_run_button,
+                          selection, spectrum_explorer, stop, timed, train_runs, url_int, url_multiselect,
+                          url_selectbox, url_toggle, vector_figures, viewer_mode)
+from entk_core.workflows import alignment, analysis, baselines, views
+from entk_core.workflows.estimates import pca_over_training_seconds, spectrum_seconds, sweep_seconds
 from entk_core.workflows.services import Services
 
 DEFAULT_NAME = "modadd-transformer-p29-seed2"
@@ -81,7 +81,12 @@ top = url_int("top", f"Eigenvalues k ({blocks[1][1]}–{kmax})", blocks[1][1], k
 log = url_toggle("log", "Log scale", True, key="tf_log", where=c3)
 res = None
 with guarded("cannot compute the spectrum"):
-    res, dt = timed(analysis.spectrum, run, epoch, group=group, reduction="mean", top=top, model=model)
+    kw = {"epoch": epoch, "group": group, "reduction": "mean", "top": int(top)}
+    res, dt = timed(long_call, f"tfspectrum|{run.path}|{sorted(kw.items())}", f"The {group} spectrum",
+                    analysis.spectrum, run, target="entk_core.workflows.analysis:spectrum", kwargs=kw,
+                    estimate_s=lambda: spectrum_seconds(run, epoch, group=group, reduction="mean", top=int(top)))
+    if res is None:
+        stop()
     refs = {f"{b} ({e})": e - 0.5 for b, (_, e) in zip(("2F+1", "4F+1"), blocks)}
     idx, sfig, vfigs = spectrum_explorer(
         run, key="tf", eigenvalues=res.eigenvalues, cliffs=res.cliffs, labels=res.labels, log=log,
@@ -117,16 +122,18 @@ block = url_selectbox("window", "Modes", [0, 1], 0, key="tf_block", where=c2,
                       format_func=lambda b: f"{blocks[b][0]}:{blocks[b][1]}")
 with guarded("cannot compute the overlap over training"):
     spec = T.sweep_spec(run, group)
-    sw = long_call(f"tfsweep|{run.path}|{alignment.spec_dict(spec)}",
-                   f"the {group} spectrum at each of {len(run.epochs)} checkpoints", alignment.spec_sweep, run,
-                   target="entk_core.workflows.alignment:spec_sweep", kwargs={"spec": alignment.spec_dict(spec)},
-                   estimate_s=lambda: sweep_seconds(run, spec))
+    n_ck = len(run.epochs)
+    # one action, one estimate covering both phases: the sweep, then the PCA baseline (every size and family)
+    out = long_calls(f"tfsweep|{run.path}|{alignment.spec_dict(spec)}", "The overlap over training", run, [
+        Phase(f"the {group} spectrum at each of {n_ck} checkpoints", alignment.spec_sweep,
+              "entk_core.workflows.alignment:spec_sweep", {"spec": alignment.spec_dict(spec)},
+              estimate_s=lambda: sweep_seconds(run, spec)),
+        Phase(f"the PCA baseline at each of {n_ck} checkpoints", baselines.pca_profile,
+              "entk_core.workflows.baselines:pca_profile", {}, estimate_s=lambda: pca_over_training_seconds(run))])
+    sw, profile = out if out is not None else (None, None)
     if sw is not None and sel_fams:
         size = blocks[block][1] - blocks[block][0]
-        pca = long_call(f"tfpca|{run.path}|{size}|{sel_fams}", "the PCA baseline over training",
-                        alignment.pca_over_training, run, target="entk_core.workflows.alignment:pca_over_training",
-                        kwargs={"sizes": [size], "families": list(sel_fams)},
-                        estimate_s=lambda: pca_over_training_seconds(run))
+        pca = profile.overlaps([size], list(sel_fams))
         cv = views.overlap_curves(sw, block, sel_fams, pca=pca, with_dims=False, peak_of=sel_fams[0])
         m = run.metrics
         ofig = overlap_figure(cv.epochs, cv.curves, derivatives=cv.derivatives, dashed=cv.dashed, current=epoch,

@@ -23,7 +23,7 @@ def paper_name(m: int, S: float, seed: int = 0) -> str:
     return f"tms-m{m}-s{S}-seed{seed}"
 
 
-def _offer_paper_training(runs: dict[str, Run], key: str) -> None:
+def _offer_paper_training(runs: dict[str, Run], key: str, *, open_first: bool) -> None:
     missing = [(m, S) for m, S, _ in PAPER if paper_name(m, S) not in runs]
     if not missing or viewer_mode():  # a visitor trains nothing
         return
@@ -31,7 +31,9 @@ def _offer_paper_training(runs: dict[str, Run], key: str) -> None:
     st.markdown(f"Train the paper's configurations {names} (n = 50, I = 0.8, 500 points, 5,000 full-batch Adam "
                 "steps, seed 0): 15–30 s each on 2 CPU cores.")
     if st.button(f"Train {len(missing)} TMS run{'s' if len(missing) > 1 else ''}", key=key, type="primary"):
-        train_runs([paper_name(m, S) for m, S in missing])
+        # from another family's run: open the first trained run (the page then shows it at once)
+        names = [paper_name(m, S) for m, S in missing]
+        train_runs(names, select=names[0] if open_first else None)
     st.caption("Or from a terminal: " + " ; ".join(
         f"`python -m entk_core train tms --m {m} --sparsity {S} --seed 0 --out runs/{paper_name(m, S)}`"
         for m, S in missing))
@@ -58,7 +60,7 @@ if not is_tms:
         cols = st.columns(min(4, len(tms_runs)))
         for i, name in enumerate(tms_runs):
             select_run_button(name, key=f"tms_open_{name}", where=cols[i % len(cols)])
-    _offer_paper_training(tms_runs, key="tms_train_top")
+    _offer_paper_training(tms_runs, key="tms_train_top", open_first=True)
 
 top = 80
 log = True
@@ -134,7 +136,8 @@ def beta_views(run: Run | None, epoch: int | None, top: int, log: bool, runs: di
                       f"{PAPER_COUNTS[(m, S)]}", delta_color="off")
             n_ = res.heatmap.shape[0]
             f = spectrum_figure(res.eigenvalues, res.cliffs, log=log, height=330, title=f"spectrum, β = {beta:g}",
-                                reference_lines={f"{rep} represented": rep - 0.5, f"n = {n_}": n_ - 0.5})
+                                reference_lines={f"{rep} represented": rep - 0.5, f"n = {n_}": n_ - 0.5},
+                                width_px=300)  # a third of the page: the legend wraps
             st.plotly_chart(f, width="stretch", key=f"tms_p_spec_{m}_{S}")
             st.plotly_chart(heatmap_figure(res.heatmap, height=330, title=f"heatmap, β = {beta:g}"),
                             width="stretch", key=f"tms_p_heat_{m}_{S}")
@@ -144,4 +147,4 @@ def beta_views(run: Run | None, epoch: int | None, top: int, log: bool, runs: di
 
 beta_views(run if is_tms else None, epoch, top, log, tms_runs)
 if is_tms:
-    _offer_paper_training(tms_runs, key="tms_train_bottom")
+    _offer_paper_training(tms_runs, key="tms_train_bottom", open_first=False)

@@ -1,0 +1,288 @@
+"""Many viewers at once (issue 22 §3): ``bench_dashboard.py --sessions N``.
+
+One server (``streamlit run app.py`` on a free loopback port), one headless chromium (Debian's,
+driven by Playwright's async API), and in the same run:
+
+1. **alone**: one browser context steps the epoch on the Grokking page of
+   ``modadd-mlp-p29-seed0`` (sweep and PCA baseline cached: a warm step), ``--steps`` times;
+2. **N sessions**: N contexts (each its own Streamlit session, each on its own epoch) step at
+   once, ``--steps`` rounds (every context presses its key at the same moment; each step is
+   timed from its key press to the end of its script run with every chart drawn);
+3. **N sessions + long**: the same, while one more context runs a long computation started
+   from its page (the flat-reduction spectrum of the same run, a worker process; started again
+   with another ``top`` if it finishes before the phase does);
+4. **hold**: the N sessions stay open ``--hold`` seconds, each stepping every few seconds,
+   and the server's resident memory is sampled (start, max, end), beside the workers'.
+
+Per phase: p50/p95 of the step times and their ratio to *alone*; the targets (2 cores):
+N-session p95 <= 4x alone, with the long computation <= 2x the N-session p95. Afterwards
+every session must still show its own epoch in its URL and no error element (no lost
+session state). Prints a table; ``--json FILE`` writes every time. Not a test.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from pathlib import Path
+
+RUN = "modadd-mlp-p29-seed0"
+TOP0 = 93
+"""The long computation: the flat-reduction spectrum (24,389 rows, Lanczos) of the p = 29 run
+with top = TOP0 + 7, + 14, ...: each a new cache key, estimated at about a minute here."""
+TARGET_SESSIONS_X = 4.0
+TARGET_LONG_X = 2.0
+
+_DONE_JS = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+    if (document.querySelector('[data-testid="stSpinner"]')) return false;
+    for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]'))
+        if (!c.querySelector('.js-plotly-plot .main-svg')) return false;
+    return true;
+}"""
+_RUNNING_JS = """() => { const a = document.querySelector('[data-testid="stApp"]');
+                        return a && a.getAttribute('data-test-script-state') === 'running'; }"""
+_ERRORS_JS = """() => document.querySelectorAll('[data-testid="stException"], [data-testid="stAlertContentError"]').length"""
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _jobs(pid: int) -> int:
+    """How many job workers (``entk-job``) run under the server now."""
+    n = 0
+    for c in _descendants(pid):
+        try:
+            n += (Path("/proc") / str(c) / "comm").read_text().strip() == "entk-job"
+        except OSError:
+            pass
+    return n
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+async def _wait_done(page, timeout_ms: int = 180_000) -> None:
+    await page.wait_for_function(_DONE_JS, timeout=timeout_ms, polling=10)
+
+
+async def _step(page, key: str) -> float:
+    t0 = time.perf_counter()
+    slider = page.get_by_test_id("stSidebar").get_by_role("slider").first
+    await slider.focus()
+    await page.keyboard.press(key)
+    try:
+        await page.wait_for_function(_RUNNING_JS, timeout=3000, polling=5)
+    except Exception:  # noqa: BLE001 - a very fast run may be over before we look
+        pass
+    await _wait_done(page)
+    return time.perf_counter() - t0
+
+
+class _Session:
+    def __init__(self, page, epoch: int):
+        self.page, self.epoch, self.n = page, epoch, 0
+
+    async def step(self) -> float:
+        dt = await _step(self.page, "ArrowLeft" if self.n % 2 == 0 else "ArrowRight")
+        self.n += 1
+        return dt
+
+    async def settle(self) -> None:  # back on its own epoch (an even number of steps)
+        if self.n % 2:
+            await self.step()
+
+
+async def _open(browser, url: str, epoch: int) -> _Session:
+    ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await ctx.new_page()
+    await page.goto(f"{url}/grokking?run={RUN}&epoch={epoch}")
+    await _wait_done(page, 600_000)
+    await page.wait_for_timeout(300)
+    return _Session(page, epoch)
+
+
+async def _rounds(sessions: list[_Session], steps: int) -> list[float]:
+    times: list[float] = []
+    for _ in range(steps):
+        times += await asyncio.gather(*(s.step() for s in sessions))
+    return times
+
+
+class _Long:
+    """A session running the long computation: the flat-reduction spectrum (a worker), started
+    again with another ``top`` whenever it finishes."""
+
+    def __init__(self, browser, url: str):
+        self.browser, self.url, self.top, self.runs, self.started = browser, url, TOP0, [], None
+
+    async def start(self) -> None:
+        self.ctx = await self.browser.new_context(viewport={"width": 1400, "height": 1000})
+        self.page = await self.ctx.new_page()
+        await self._launch()
+
+    async def _launch(self) -> None:
+        self.top += 7  # a new cache key each time
+        await self.page.goto(f"{self.url}/?run={RUN}&reduction=flat&top={self.top}")
+        await _wait_done(self.page, 600_000)
+        btn = self.page.get_by_role("button", name="Start", exact=False)
+        if await btn.count() == 0:  # cached already (an earlier run of the benchmark): the next top
+            return await self._launch()
+        self.estimate = await btn.first.text_content()
+        await btn.first.click()
+        await self.page.get_by_role("button", name="Stop").wait_for(timeout=120_000)
+        self.started = time.perf_counter()
+
+    async def keep_running(self) -> None:
+        """Restart the computation if it finished (call between rounds)."""
+        if await self.page.get_by_role("button", name="Stop").count() == 0:
+            self.runs.append(time.perf_counter() - self.started)
+            await self._launch()
+
+    async def stop(self) -> None:
+        if await self.page.get_by_role("button", name="Stop").count():
+            await self.page.get_by_role("button", name="Stop").click()
+        await self.ctx.close()
+
+
+async def _bench(url: str, server_pid: int, n: int, steps: int, hold: float, log) -> dict:
+    from playwright.async_api import async_playwright
+
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from browser_util import CHROMIUM, CHROMIUM_ARGS
+
+    out: dict = {"sessions": n, "steps": steps}
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        epochs = [500 - 10 * i for i in range(n)]
+        log(f"opening {n} sessions on /grokking?run={RUN} ...")
+        sessions = [await _open(browser, url, e) for e in epochs]
+        for s in sessions:  # warm-up: both epochs of each once
+            await s.step()
+            await s.step()
+        log("alone ...")
+        alone = [await sessions[0].step() for _ in range(steps)]
+        log(f"{n} sessions at once ...")
+        many = await _rounds(sessions, steps)
+        log(f"{n} sessions at once + one long computation ...")
+        long = _Long(browser, url)
+        await long.start()
+        await asyncio.sleep(3)  # the worker is computing
+        with_long, workers_seen = [], 0
+        for _ in range(steps):
+            with_long += await asyncio.gather(*(s.step() for s in sessions))
+            workers_seen = max(workers_seen, _jobs(server_pid))
+            await long.keep_running()
+        long_s = long.runs + [time.perf_counter() - long.started]
+        await long.stop()
+        for s in sessions:
+            await s.settle()
+        rss = [_rss_kb(server_pid)]
+        log(f"holding {n} sessions open for {hold:.0f} s ...")
+        t_end = time.perf_counter() + hold
+        while time.perf_counter() < t_end:
+            for s in sessions:
+                await s.step()
+            rss.append(_rss_kb(server_pid))
+            await asyncio.sleep(max(0.0, min(3.0, t_end - time.perf_counter())))
+        for s in sessions:
+            await s.settle()
+        rss.append(_rss_kb(server_pid))
+        lost, errors = [], 0
+        for s in sessions:
+            u = s.page.url
+            if f"epoch={s.epoch}" not in u:
+                lost.append({"expected": s.epoch, "url": u})
+            errors += await s.page.evaluate(_ERRORS_JS)
+        kids = _descendants(server_pid)
+        out.update({
+            "alone_s": alone, "sessions_s": many, "sessions_long_s": with_long,
+            "long_computation_s": long_s, "long_restarts": len(long.runs), "long_offer": long.estimate, "job_workers_max": workers_seen,
+            "rss_kb": {"start": rss[0], "max": max(rss), "end": rss[-1], "samples": rss},
+            "rss_children_kb": sum(_rss_kb(k) for k in kids), "hold_s": hold,
+            "lost_state": lost, "error_elements": errors,
+        })
+        await browser.close()
+    return out
+
+
+def run_sessions(n: int, steps: int, hold: float, env: dict[str, str], repo: Path, log=print) -> dict:
+    """Start a server with ``env`` and run the phases above; returns every measurement."""
+    import sys
+    sys.path.insert(0, str(repo / "tests"))
+    from browser_util import StreamlitServer
+
+    with StreamlitServer(repo, env, Path("/tmp/entk_bench_sessions.log")) as srv:
+        res = asyncio.run(_bench(srv.url, srv.proc.pid, n, steps, hold, log))
+    a, m, lg = res["alone_s"], res["sessions_s"], res["sessions_long_s"]
+    res["summary_ms"] = {k: {"p50": 1000 * statistics.median(v), "p95": 1000 * _pct(v, 0.95)}
+                         for k, v in (("alone", a), ("sessions", m), ("sessions_long", lg))}
+    s = res["summary_ms"]
+    res["ratios"] = {"sessions_p95_over_alone_p95": s["sessions"]["p95"] / s["alone"]["p95"],
+                     "sessions_p50_over_alone_p50": s["sessions"]["p50"] / s["alone"]["p50"],
+                     "long_p95_over_sessions_p95": s["sessions_long"]["p95"] / s["sessions"]["p95"],
+                     "long_p50_over_sessions_p50": s["sessions_long"]["p50"] / s["sessions"]["p50"]}
+    r = res["ratios"]
+    res["targets_met"] = {"sessions_p95_<=_4x_alone": r["sessions_p95_over_alone_p95"] <= TARGET_SESSIONS_X,
+                          "long_p95_<=_2x_sessions": r["long_p95_over_sessions_p95"] <= TARGET_LONG_X,
+                          "no_errors": res["error_elements"] == 0, "no_lost_state": not res["lost_state"]}
+    try:
+        res["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    return res
+
+
+def print_sessions(res: dict) -> None:
+    s, r = res["summary_ms"], res["ratios"]
+    n = res["sessions"]
+    print(f"epoch step on Grokking ({RUN}), {res['steps']} steps per phase, one server, 2 cores shared:")
+    print(f"{'phase':34s} {'p50 ms':>8s} {'p95 ms':>8s} {'p95 ratio':>10s}")
+    print(f"{'1 session alone':34s} {s['alone']['p50']:8.0f} {s['alone']['p95']:8.0f} {'1.00':>10s}")
+    print(f"{f'{n} sessions at once':34s} {s['sessions']['p50']:8.0f} {s['sessions']['p95']:8.0f} "
+          f"{r['sessions_p95_over_alone_p95']:9.2f}x  (target <= {TARGET_SESSIONS_X:g}x alone)")
+    print(f"{f'{n} sessions + long computation':34s} {s['sessions_long']['p50']:8.0f} {s['sessions_long']['p95']:8.0f} "
+          f"{r['long_p95_over_sessions_p95']:9.2f}x  (of the {n}-session p95; target <= {TARGET_LONG_X:g}x)")
+    ls = res["long_computation_s"]
+    print(f"long computation (flat spectrum, worker): ran {sum(ls):.0f} s during the phase "
+          f"({res['long_restarts']} restarts); job workers seen: up to {res['job_workers_max']}")
+    kb = res["rss_kb"]
+    print(f"server RSS with {n} sessions open ({res['hold_s']:.0f} s hold): start {kb['start'] / 1024:.0f} MiB, "
+          f"max {kb['max'] / 1024:.0f} MiB, end {kb['end'] / 1024:.0f} MiB; workers/forkserver "
+          f"{res['rss_children_kb'] / 1024:.0f} MiB")
+    print(f"errors on the pages: {res['error_elements']}; sessions that lost their epoch: {len(res['lost_state'])}")
+    print("targets met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in res["targets_met"].items())
+          + (f"; load average {res['load_average'][0]:.1f}" if "load_average" in res else ""))
