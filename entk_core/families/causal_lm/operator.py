@@ -198,6 +198,9 @@ class LMTail:
         base = self.arch.base(self.lm.model)
         try:
             for ci, sl in enumerate(self.slices):
+                if progress:
+                    progress(ci, len(self.slices), f"caching activations of block {L}: forward pass "
+                                                   f"{ci + 1}/{len(self.slices)} ({sl.stop - sl.start} contexts)")
                 got.clear()
                 got["B"] = sl.stop - sl.start
                 with torch.no_grad():

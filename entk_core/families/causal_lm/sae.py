@@ -138,6 +138,7 @@ def train_sae(acts: torch.Tensor, options: SAEOptions = SAEOptions(),
     history: list[float] = []
     converged, stopped = False, "epochs"
     k_aux = min(2 * k, n)
+    said = time.perf_counter()
     for epoch in range(options.epochs):
         order = torch.randperm(Xt.shape[0], generator=gen).to(device)
         for i in range(0, Xt.shape[0], options.batch):
@@ -160,6 +161,10 @@ def train_sae(acts: torch.Tensor, options: SAEOptions = SAEOptions(),
                 model.W_dec /= model.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
             if cancel is not None and cancel():
                 raise KeyboardInterrupt("cancelled")
+            if progress and time.perf_counter() - said >= 5.0:  # never silent within a long epoch
+                said = time.perf_counter()
+                progress(epoch, options.epochs, f"SAE epoch {epoch + 1}: {i // options.batch + 1}/"
+                                                f"{math.ceil(Xt.shape[0] / options.batch)} batches")
         fvu = _fvu(model, Xv)
         history.append(fvu)
         if progress:
