@@ -1,11 +1,22 @@
 """The test tiers: markers and pytest-timeout limits come from the folder, and the unit
 tier stays free of training (the fixtures that train are integration-only)."""
 import ast
+import importlib.util
 from pathlib import Path
 
-from conftest import TIER_TIMEOUT_S
-
 UNIT = Path(__file__).resolve().parent
+
+
+def _root_conftest():
+    """tests/conftest.py itself (``import conftest`` may name a tier's own conftest, e.g.
+    tests/acceptance/conftest.py, depending on which pytest imported first)."""
+    spec = importlib.util.spec_from_file_location("_entk_tests_root_conftest", UNIT.parent / "conftest.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TIER_TIMEOUT_S = _root_conftest().TIER_TIMEOUT_S
 TRAINING_FIXTURES = {"tiny_run_dir", "mlp29_run_dir", "mlp29_cache_dir", "install_run", "ray_cluster"}
 
 
