@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from browser_util import CHROMIUM, CHROMIUM_ARGS, StreamlitServer, wait_idle  # noqa: E402
 
-_DONE_JS = """() => {
+DONE_JS = """() => {
     const app = document.querySelector('[data-testid="stApp"]');
     if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
     if (document.querySelector('[data-testid="stSpinner"]')) return false;
@@ -49,7 +49,7 @@ _DONE_JS = """() => {
         if (!c.querySelector('.js-plotly-plot .main-svg')) return false;
     return true;
 }"""
-_RUNNING_JS = """() => { const a = document.querySelector('[data-testid="stApp"]');
+RUNNING_JS = """() => { const a = document.querySelector('[data-testid="stApp"]');
                         return a && a.getAttribute('data-test-script-state') === 'running'; }"""
 
 
@@ -57,10 +57,10 @@ def _timed(page, act) -> float:
     t0 = time.perf_counter()
     act()
     try:
-        page.wait_for_function(_RUNNING_JS, timeout=3000, polling=5)
+        page.wait_for_function(RUNNING_JS, timeout=3000, polling=5)
     except Exception:  # noqa: BLE001 - a very fast run may be over before we look
         pass
-    page.wait_for_function(_DONE_JS, timeout=120_000, polling=10)
+    page.wait_for_function(DONE_JS, timeout=120_000, polling=10)
     dt = time.perf_counter() - t0
     page.wait_for_timeout(400)
     return dt

@@ -27,6 +27,8 @@ import statistics
 import time
 from pathlib import Path
 
+from bench_dashboard import DONE_JS, RUNNING_JS  # the page-settled checks of the single-session bench
+
 RUN = "modadd-mlp-p29-seed0"
 TOP0 = 93
 """The long computation: the flat-reduction spectrum (24,389 rows, Lanczos) of the p = 29 run
@@ -34,16 +36,6 @@ with top = TOP0 + 7, + 14, ...: each a new cache key, estimated at about a minut
 TARGET_SESSIONS_X = 4.0
 TARGET_LONG_X = 2.0
 
-_DONE_JS = """() => {
-    const app = document.querySelector('[data-testid="stApp"]');
-    if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
-    if (document.querySelector('[data-testid="stSpinner"]')) return false;
-    for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]'))
-        if (!c.querySelector('.js-plotly-plot .main-svg')) return false;
-    return true;
-}"""
-_RUNNING_JS = """() => { const a = document.querySelector('[data-testid="stApp"]');
-                        return a && a.getAttribute('data-test-script-state') === 'running'; }"""
 _ERRORS_JS = """() => document.querySelectorAll('[data-testid="stException"], [data-testid="stAlertContentError"]').length"""
 
 
@@ -95,7 +87,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 async def _wait_done(page, timeout_ms: int = 180_000) -> None:
-    await page.wait_for_function(_DONE_JS, timeout=timeout_ms, polling=10)
+    await page.wait_for_function(DONE_JS, timeout=timeout_ms, polling=10)
 
 
 async def _step(page, key: str) -> float:
@@ -104,7 +96,7 @@ async def _step(page, key: str) -> float:
     await slider.focus()
     await page.keyboard.press(key)
     try:
-        await page.wait_for_function(_RUNNING_JS, timeout=3000, polling=5)
+        await page.wait_for_function(RUNNING_JS, timeout=3000, polling=5)
     except Exception:  # noqa: BLE001 - a very fast run may be over before we look
         pass
     await _wait_done(page)
