@@ -268,3 +268,13 @@ def screenshot(page, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size(vp)
+
+
+def open_expanders(page) -> None:
+    """Open every collapsed expander (their widgets are hidden from the accessibility tree)."""
+    closed = page.locator('[data-testid="stExpander"] details:not([open]) > summary')
+    for _ in range(20):
+        if not closed.count():
+            break
+        closed.first.click()
+    page.wait_for_timeout(300)

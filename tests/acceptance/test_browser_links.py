@@ -21,7 +21,7 @@ from urllib.parse import quote, urlparse
 
 import pytest
 
-from browser_util import (MLP, PAGE_RUN, REPO, TMS, StreamlitServer, browser_env, nav_links, new_context,
+from browser_util import (MLP, PAGE_RUN, REPO, TMS, StreamlitServer, browser_env, nav_links, new_context, open_expanders,
                           open_page, plot_titles)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -90,16 +90,6 @@ def _planted(page) -> list[str]:
     found += ["traceback: " + (e.text_content() or "")[:200] for e in page.get_by_test_id("stException").all()]
     found += ["dialog: " + (d.text_content() or "")[:200] for d in page.get_by_role("dialog").all()]
     return found
-
-
-def open_expanders(page) -> None:
-    """Open every collapsed expander (their widgets are hidden from the accessibility tree)."""
-    closed = page.locator('[data-testid="stExpander"] details:not([open]) > summary')
-    for _ in range(20):
-        if not closed.count():
-            break
-        closed.first.click()
-    page.wait_for_timeout(300)
 
 
 def _messages(page) -> str:

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from browser_util import (MLP, PAGE_RUN, REPO, SHOTS, TMS, StreamlitServer, browser_env, chart_count, nav_links,
+from browser_util import (MLP, PAGE_RUN, REPO, SHOTS, TMS, StreamlitServer, browser_env, chart_count, nav_links, open_expanders,
                           new_context, open_page, screenshot)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -40,12 +40,7 @@ def server(browser_runs, browser_world, tmp_path_factory):
 
 def _owner_controls(page) -> list[str]:
     """Buttons and inputs a visitor must not get, with every expander opened."""
-    closed = page.locator('[data-testid="stExpander"] details:not([open]) > summary')
-    for _ in range(20):
-        if not closed.count():
-            break
-        closed.first.click()
-    page.wait_for_timeout(300)
+    open_expanders(page)
     # a button carrying its estimate ("… (~3 s)") is a computation viewer mode allowed (under the limit)
     found = [f"button {n!r}" for n in (b.text_content() or "" for b in page.get_by_role("button").all())
              if OWNER_CONTROL.search(n) and not ESTIMATED.search(n)]
