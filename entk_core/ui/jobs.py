@@ -148,10 +148,11 @@ def long_calls(key: str, label: str, run: Run, phases: list[Phase]) -> list[Any]
     return results
 
 
-def run_in_worker(label: str, steps: list[dict[str, Any]], names: list[str]) -> None:
+def run_in_worker(label: str, steps: list[dict[str, Any]], names: list[str]) -> dict[int, Any]:
     """Run ``steps`` (:class:`~entk_core.workflows.jobs.Job` steps, e.g. trainings with no run)
     in one worker with a progress bar over all of them (``names[k]``: what step ``k`` is),
-    removed when done. Raises :class:`~entk_core.workflows.jobs.JobError` if a step fails;
+    removed when done. Returns the results of the steps marked ``"return": True``, by step
+    index. Raises :class:`~entk_core.workflows.jobs.JobError` if a step fails;
     leaving the page or any control interrupts this script run and kills the worker (work
     saved atomically, such as a training's checkpoints, stays and resumes)."""
     slot = st.empty()
@@ -171,6 +172,7 @@ def run_in_worker(label: str, steps: list[dict[str, Any]], names: list[str]) -> 
     finally:
         job.kill()
         slot.empty()
+    return job.results
 
 
 class ProgressBar:

@@ -189,7 +189,10 @@ class Job:
         ``[{"target": ..., "kwargs": {...}, "run": <folder, default run>}, ...]`` (then
         ``target``/``kwargs`` are not used). :attr:`step` is the index of the running one.
         A step with no run (``""``) is called as ``function(**kwargs, progress=...)`` (training
-        a preset: :func:`entk_core.workflows.presets.train_preset`).
+        a preset: :func:`entk_core.workflows.presets.train_preset`). A step with
+        ``"return": True`` sends its function's result back (plain values: dicts, lists,
+        numbers, strings, numpy arrays), kept in :attr:`results` under the step's index;
+        other steps leave their results in the cache.
     """
 
     target: str = ""
@@ -202,6 +205,7 @@ class Job:
     total: int = 0
     message: str = ""
     step: int = 0
+    results: dict[int, Any] = field(default_factory=dict)
 
     def _steps(self) -> list[dict[str, Any]]:
         if self.steps:
@@ -246,6 +250,8 @@ class Job:
                 if msg.get("kind") == "progress":
                     self.step = int(msg.get("step", 0))
                     self.done, self.total, self.message = int(msg["done"]), int(msg["total"]), str(msg.get("message", ""))
+                elif msg.get("kind") == "result":
+                    self.results[int(msg["step"])] = msg["value"]
                 elif msg.get("kind") == "done":
                     status = "done"
                 elif msg.get("kind") == "error":
@@ -332,7 +338,9 @@ def _worker(req: dict, conn) -> None:
             fn = getattr(importlib.import_module(mod), name)
             progress(0, 0, "starting")  # the caller sees the step change at once
             args = (open_run(st["run"]),) if st.get("run") else ()  # no run: e.g. training one
-            fn(*args, **st.get("kwargs", {}), progress=progress)
+            value = fn(*args, **st.get("kwargs", {}), progress=progress)
+            if st.get("return"):  # the step's result comes back (plain values: a report)
+                conn.send({"kind": "result", "step": i, "value": value})
     except Exception as e:  # noqa: BLE001 - reported to the caller as one line
         import traceback
 

@@ -52,6 +52,7 @@ __all__ = [
     "cached_layers",
     "peek_layer",
     "layer_unit",
+    "lm_align_job",
     "sae_entry",
     "peek_sae",
     "token_activations",
@@ -249,6 +250,19 @@ def layer_unit(model: str, probes: str, layer: int, options: dict[str, Any]) -> 
     result ``{"arrays": {...}, "meta": {...}}`` that the driver caches under :func:`layer_key`."""
     arrays, meta = run_unit(model, probes, int(layer), LMAlignOptions(**options))
     return {"arrays": arrays, "meta": meta}
+
+
+def lm_align_job(model: str, probes: str, layer: int, layers: list[int] | None = None,
+                 options: dict[str, Any] | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """:func:`lm_align` in a dashboard worker (:class:`~entk_core.workflows.jobs.Job`): plain
+    arguments (the model's and the probe set's paths, ``options`` as
+    :class:`LMAlignOptions` fields); the worker loads both (the load is reported as its
+    first progress message), computes into the shared cache and returns the report."""
+    if progress:
+        progress(0, 0, "loading the model and the probe set")
+    lm, ps = _open(model, probes, (options or {}).get("device", "cpu"))
+    return lm_align(lm, ps, layer=int(layer), layers=layers, options=LMAlignOptions(**(options or {})),
+                    progress=progress)
 
 
 def _inline_unit(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions, progress: Progress | None,

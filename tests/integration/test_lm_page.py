@@ -81,8 +81,12 @@ def test_compute_a_layer_then_read_table_contexts_and_url(page):
     assert "eNTK ~" in est and "SAE ~" in est and "evaluation ~" in est and "in all" in est
     at.number_input(key="lm_top").set_value(6).run()
     at.number_input(key="lm_steps").set_value(12).run()
+    from entk_core.workflows.jobs import jobs_started
+
+    started = jobs_started()
     at.button(key="lm_compute").click().run()
     assert not at.exception and not at.error
+    assert jobs_started() == started + 1  # computed in a worker process, not the server's script thread
     # finished: the estimate, the Compute and Stop buttons are gone (the page reran without them)
     assert not any("not computed yet" in i.value for i in at.info)
     keys = {b.key for b in at.button}

@@ -66,7 +66,7 @@ def test_a_job_runs_its_steps_in_order_in_one_niced_worker_with_the_callers_envi
     n0 = jobs.jobs_started()
     job = jobs.Job(run=str(run.path), steps=[
         {"target": "entk_core.workflows.alignment:grokking_sweep", "kwargs": {"group": "full"}},
-        {"target": "entk_core.workflows.baselines:pca_profile", "kwargs": {}}]).start()
+        {"target": "entk_core.workflows.baselines:pca_profile", "kwargs": {}, "return": True}]).start()
     seen, nice = set(), []
 
     def on_progress(done, total, message):
@@ -79,6 +79,8 @@ def test_a_job_runs_its_steps_in_order_in_one_niced_worker_with_the_callers_envi
 
     job.wait(on_progress, interval=0.02)
     assert jobs.jobs_started() == n0 + 1
+    assert set(job.results) == {1}  # only the step marked "return" sends its result back
+    assert job.results[1].overlaps([2], ["a"]) is not None
     assert seen <= {0, 1} and 1 in seen or job.step == 1
     if nice:  # lower priority than the caller (by WORKER_NICE, less when the caller is niced near 19)
         assert nice[0] > 0

@@ -28,7 +28,7 @@ from entk_core.families.causal_lm.probes import (AUTHOR_TAGGER, DEFAULT_TAGS, St
                                                  list_probe_sets, probes_root)
 from entk_core.figures.lm import contexts_html, direction_scores_figure, layer_auroc_figure, lm_spectrum_figure, top_contexts
 from entk_core.store.data import list_data_files, resolve_data_file
-from entk_core.ui import ProgressBar, fmt_seconds, guarded, relative_paths, stop, url_int, url_selectbox
+from entk_core.ui import ProgressBar, fmt_seconds, guarded, relative_paths, run_in_worker, stop, url_int, url_selectbox
 from entk_core.ui.mode import compute_allowed, viewer_mode
 from entk_core.workflows import lm as wlm
 from entk_core.workflows import lm_report as rep
@@ -201,6 +201,14 @@ steps = url_int("steps", "Lanczos steps", 1, 400, 50, key="lm_steps", where=p4,
 opts = wlm.LMAlignOptions(top=top, steps=max(steps, top))
 
 # ------------------------------------------------------------------ compute or read
+def _worker_step(layer: int, layers: list[int] | None, options: wlm.LMAlignOptions) -> dict:
+    """The layer (and sweep) computation as a worker step (:func:`entk_core.ui.run_in_worker`):
+    never in the server's script thread, killed by Stop, its report sent back."""
+    return {"target": "entk_core.workflows.lm:lm_align_job", "run": "", "return": True,
+            "kwargs": {"model": str(lm.ref.path), "probes": str(ps.path), "layer": int(layer), "layers": layers,
+                       "options": dataclasses.asdict(options)}}
+
+
 entry = sae_entry = None
 phases: list = []
 with guarded("cannot read the cache"):
@@ -208,6 +216,8 @@ with guarded("cannot read the cache"):
     entry = wlm.peek_layer(lm, ps, layer, opts)
     sae_entry = wlm.peek_sae(lm, ps, layer, opts)
     phases = layer_phases(lm, ps, layer, opts)
+    # the worker loads the model and the probe set first (as long as this server's load took)
+    phases.insert(0, {"phase": "load", "seconds": float(lm.load_s), "what": "the model, in a worker"})
 if entry is None or sae_entry is None:
     total = sum(p["seconds"] for p in phases)
     what = (f"layer {layer}" if entry is None else f"the SAE baseline of layer {layer}")
@@ -232,11 +242,10 @@ if entry is None or sae_entry is None:
             st.text(why)
     if clicked:
         slot.empty()  # the estimate and the button go; the progress and Stop take their place
-        st.button("Stop", key="lm_compute_stop", help="interrupts the computation; nothing partial is stored")
+        st.button("Stop", key="lm_compute_stop", help="kills the worker; nothing partial is stored")
         finished = False
         with guarded("computation failed"):
-            with ProgressBar(f"Layer {layer}:") as bar:
-                done = wlm.lm_align(lm, ps, layer=layer, options=opts, progress=bar)
+            done = run_in_worker(f"Layer {layer}", [_worker_step(layer, None, opts)], [f"layer {layer}"])[0]
             # the report just made is the one the rerun shows: not evaluated twice
             st.session_state["lm_fresh_report"] = ((lm.fingerprint, ps.fingerprint, layer, opts.top, opts.steps),
                                                    done)
@@ -338,7 +347,7 @@ if "sweep" in report:
                                       for m in t3["morph"]["macro"] if m != "winner") + ".")
 missing = [L for L in layers if L not in cached]
 if missing:
-    est_all = sum(wlm.estimate_unit_seconds(lm, ps.N, ps.T, L, opts.steps) for L in missing)
+    est_all = lm.load_s + sum(wlm.estimate_unit_seconds(lm, ps.N, ps.T, L, opts.steps) for L in missing)
     ok_sweep, why_sweep = compute_allowed(est_all, f"the sweep of {len(missing)} layers")
     with st.expander(f"Layer sweep: {len(cached)} of {lm.n_layers} layers cached"):
         st.caption(f"The remaining {len(missing)} layers take about {fmt_seconds(est_all)} here (eNTK and PCA/ICA/"
@@ -353,9 +362,8 @@ if missing:
             st.button("Stop", key="lm_sweep_stop")
             swept = False
             with guarded("sweep failed"):
-                with ProgressBar("Sweep:") as bar:
-                    wlm.lm_align(lm, ps, layer=layer, layers=missing, options=dataclasses.replace(opts, sae="cached"),
-                                 progress=bar)
+                run_in_worker("Sweep", [_worker_step(layer, missing, dataclasses.replace(opts, sae="cached"))],
+                              [f"{len(missing)} layers"])
                 swept = True
             if swept:
                 st.rerun()
