@@ -33,6 +33,7 @@ from ._profile import ModelProfile, profile_model
 from .costs import ChannelShape, ParamSpec, choose_form
 from .devices import resolve_device
 from .info import KernelInfo
+from .machine import measuring_seconds
 from .planner import METHODS as PATHS
 from .planner import REDUCTIONS
 
@@ -104,6 +105,13 @@ def layer_groups(model: nn.Module) -> dict[str, list[str]]:
     return out
 
 
+def _one_time_imports() -> None:
+    """Import what torch loads lazily on a process's first request (``torch._dynamo``, about
+    1 s on 2 cores, pulled in by the first ``detach`` under a functional transform) before a
+    request's setup is timed: the setup is part of every estimate, the import happens once."""
+    import torch._dynamo  # noqa: F401
+
+
 class Ctx:
     """Everything about one kernel request, after validation and model inspection.
 
@@ -136,7 +144,9 @@ class Ctx:
                  progress: ProgressFn | None = None, by_layer: bool = False, plan: bool = True,
                  allow_train_mode: bool = True, check_finite: bool = True, warn_stacklevel: int = 4):
         self.info = KernelInfo()
+        _one_time_imports()
         self._t0 = time.perf_counter()
+        self._m0 = measuring_seconds()
         self.progress = progress
         self.by_layer = by_layer
         self._check_arguments(model, reduction, trace_axes, diagonal_axes, method, chunk_size)
@@ -357,8 +367,10 @@ class Ctx:
 
     def setup_seconds(self) -> float:
         """Seconds spent so far on this request before any kernel work (checks, the private
-        model copy, the layer checks, the profile): part of every estimate of the call."""
-        return time.perf_counter() - self._t0
+        model copy, the layer checks, the profile): part of every estimate of the call. Time
+        spent measuring this machine's rates (:func:`~.machine.machine_rates`, once a day) is
+        left out."""
+        return time.perf_counter() - self._t0 - (measuring_seconds() - self._m0)
 
     def model_profile(self) -> ModelProfile | None:
         """The model's forward and backward counts on these inputs (kernels, flops, bytes;

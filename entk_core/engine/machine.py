@@ -44,6 +44,7 @@ __all__ = [
     "itemsize",
     "load_per_core",
     "machine_rates",
+    "measuring_seconds",
     "observe_call",
     "resolve_budget",
     "stale_reason",
@@ -337,11 +338,23 @@ def _store(key: str, rates: Rates) -> None:
         pass   # a read-only cache folder: keep the rates in memory only
 
 
+_MEASURING = [0.0]
+
+
+def measuring_seconds() -> float:
+    """Seconds this process has spent measuring rates so far (a request's setup time, part of
+    its estimate, leaves them out: the measurement is once a day, not once a call)."""
+    return _MEASURING[0]
+
+
 def _remeasure(dev: str, key: str, reason: str) -> Rates:
+    t0 = time.perf_counter()
     try:
         rates = _measure_rates(dev, reason)
     except Exception:  # noqa: BLE001 - a device that cannot run the probe: defaults
         return DEFAULT_RATES
+    finally:
+        _MEASURING[0] += time.perf_counter() - t0
     _store(key, rates)
     return rates
 

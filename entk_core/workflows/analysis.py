@@ -21,6 +21,7 @@ import torch
 
 from ..engine import eigenpairs, kernels
 from ..engine.eigenpairs import top_eigenpairs
+from ..engine.machine import eigh_seconds, machine_rates
 from ..engine.spectra import Cliff, detect_cliffs, labelled_cliffs
 from ..families.base import FULL, check_beta
 from ..families.run import Run
@@ -254,7 +255,8 @@ def estimate_spectrum(
         plan = kernels.estimate_ntk(m, run.data.kernel_x, reduction=reduction, groups=members,
                                     class_weights=_class_weights(run, beta))
         n = kernel_size(run, reduction)
-        seconds = float(plan.seconds) + 2e-9 * n ** 3 / 8  # + the dense eigh of an (n, n) matrix
+        # + the dense eigh of the (n, n) kernel at this machine's measured float64 GEMM rate
+        seconds = float(plan.seconds) + eigh_seconds(n, machine_rates())
     return {"seconds": seconds, "bytes": int(plan.bytes), "method": plan.method,
             "fits": bool(plan.fits), "summary": plan.summary(), "cached": False}
 

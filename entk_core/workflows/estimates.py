@@ -32,16 +32,26 @@ from .sweep import default_spec, resolve_spec
 
 __all__ = ["WORKER_START_S", "UNIT_OVERHEAD_S", "spectrum_seconds", "sweep_seconds", "pca_over_training_seconds"]
 
-WORKER_START_S = 4.0
-"""Seconds to start the sweep's worker processes (a fresh interpreter importing torch and the
-library, measured at 2-4 s each on 2 busy cores; they start in parallel)."""
+WORKER_START_S = 1.5
+"""Seconds to start the sweep's worker processes on an idle machine (a fresh interpreter
+importing torch and the library; they start in parallel), scaled by the load (:func:`_busy`)."""
 
-UNIT_OVERHEAD_S = 0.25
-"""Seconds per checkpoint of a sweep beside its kernel and eigensolver (the planner's part):
-reading the checkpoint, shipping the unit and its eigenpairs, the cache write and the
-overlaps. Measured on 2 shared cores (load 11-13; ``benchmarks/bench_estimates.py``): the
-201-checkpoint Transformer sweep took 112 s where the planner's part was 35 s; the 51-checkpoint
-MLP sweep, dominated by its kernels, 141 s for 138 s."""
+UNIT_OVERHEAD_S = 0.04
+"""Seconds per checkpoint of a sweep beside its kernel and eigensolver (the planner's part) on
+an idle machine: reading the checkpoint, shipping the unit and its eigenpairs, the cache write
+and the overlaps; scaled by the load (:func:`_busy`). Measured with
+``benchmarks/bench_estimates.py``: quiet (load 0.5 per core), the 201-checkpoint Transformer
+sweep took 14.3 s in all (0.07 s a checkpoint, its kernels about 0.03 s); on 2 shared cores
+(load 6 per core) 112 s where the planner's part was 35 s (0.38 s a checkpoint)."""
+
+
+def _busy() -> float:
+    """How much slower fixed overheads run now than on an idle machine: the load per core,
+    at least 1 (the planner's rates are re-measured when the load changes; these are not rates)."""
+    from ..engine.machine import load_per_core
+
+    return max(1.0, load_per_core())
+
 
 _PCA_UNIT: dict[tuple[str, str], float] = {}
 _LOCK = threading.Lock()
@@ -68,15 +78,19 @@ def sweep_seconds(run: Run, spec=None, *, group: str | None = None) -> float | N
             if analysis.spectrum_key(run, e, group=spec.group, reduction=spec.reduction, top=spec.top) not in cache]
     if not todo:
         return 0.0
-    one = spectrum_seconds(run, todo[-1], group=spec.group, reduction=spec.reduction, top=spec.top)
-    if one is None:
+    # twice: the second estimate's measured setup is warm, as the sweep's units after the first are
+    ones = [spectrum_seconds(run, e, group=spec.group, reduction=spec.reduction, top=spec.top)
+            for e in (todo[-1], todo[0])]
+    if any(o is None for o in ones):
         return None
+    one = min(ones)
+    busy = _busy()
     if len(todo) < 8:  # computed in this process, with its torch threads
-        return len(todo) * (one + UNIT_OVERHEAD_S)
+        return len(todo) * (one + UNIT_OVERHEAD_S * busy)
     workers = min(os.cpu_count() or 1, 4)
     # the planner's rates are this process's (torch.get_num_threads() threads); each worker has one
     speedup = max(1.0, workers / max(1, torch.get_num_threads()))
-    return WORKER_START_S + len(todo) * (one / speedup + UNIT_OVERHEAD_S)
+    return (WORKER_START_S + len(todo) * UNIT_OVERHEAD_S) * busy + len(todo) * one / speedup
 
 
 def pca_over_training_seconds(run: Run) -> float | None:

@@ -6,6 +6,7 @@ or OpenMP had started threads could deadlock): imports only."""
 import numpy  # noqa: F401
 import threadpoolctl  # noqa: F401
 import torch  # noqa: F401
+import torch._dynamo  # noqa: F401  (torch loads it lazily on the first kernel request: ~1 s a job otherwise)
 
 from ..families import base as _base  # noqa: F401
 from ..families import run as _run  # noqa: F401
