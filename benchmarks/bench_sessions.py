@@ -39,6 +39,20 @@ TARGET_LONG_X = 2.0
 _ERRORS_JS = """() => document.querySelectorAll('[data-testid="stException"], [data-testid="stAlertContentError"]').length"""
 
 
+def _cpu_s(pid: int | None = None) -> float:
+    """CPU seconds: of process ``pid`` itself (user + system, not its children), or with no pid
+    of the whole machine (every core's busy time, from ``/proc/stat``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        if pid is None:
+            f = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+            return (sum(f) - f[3] - f[4]) / tick  # all but idle and iowait
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _rss_kb(pid: int) -> int:
     try:
         for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
@@ -186,9 +200,17 @@ async def _bench(url: str, server_pid: int, n: int, steps: int, hold: float, log
             await s.step()
             await s.step()
         log("alone ...")
+        c0, m0 = _cpu_s(server_pid), _cpu_s()
         alone = [await sessions[0].step() for _ in range(steps)]
+        c1, m1 = _cpu_s(server_pid), _cpu_s()
         log(f"{n} sessions at once ...")
         many = await _rounds(sessions, steps)
+        c2, m2 = _cpu_s(server_pid), _cpu_s()
+        # where a step's CPU goes: the server's own process, against the whole machine (the
+        # browsers rendering every step run on the same cores in this benchmark)
+        out["cpu_ms_per_step"] = {
+            "alone": {"server": 1000 * (c1 - c0) / steps, "machine": 1000 * (m1 - m0) / steps},
+            "sessions": {"server": 1000 * (c2 - c1) / (steps * n), "machine": 1000 * (m2 - m1) / (steps * n)}}
         log(f"{n} sessions at once + one long computation ...")
         long = _Long(browser, url)
         await long.start()
@@ -271,6 +293,11 @@ def print_sessions(res: dict) -> None:
     ls = res["long_computation_s"]
     print(f"long computation (flat spectrum, worker): ran {sum(ls):.0f} s during the phase "
           f"({res['long_restarts']} restarts); job workers seen: up to {res['job_workers_max']}")
+    if "cpu_ms_per_step" in res:
+        c = res["cpu_ms_per_step"]
+        print("CPU per step: server process " + ", ".join(
+            f"{k} {c[k]['server']:.0f} ms of {c[k]['machine']:.0f} ms on the whole machine" for k in ("alone", "sessions"))
+            + " (the rest: the browsers and this driver, on the same cores here)")
     kb = res["rss_kb"]
     print(f"server RSS with {n} sessions open ({res['hold_s']:.0f} s hold): start {kb['start'] / 1024:.0f} MiB, "
           f"max {kb['max'] / 1024:.0f} MiB, end {kb['end'] / 1024:.0f} MiB; workers/forkserver "
