@@ -153,13 +153,10 @@ def _methods_line(o: dict[str, Any]) -> list[str]:
                    + ("converged" if i["converged"] else f"NOT converged after {i['n_iter']} iterations")
                    + f"; random: mean of {m.get('random', {}).get('draws', 0)} draws")
     if "sae" in m:
+        from ..workflows.lm_report import sae_summary
+
         s = m["sae"]
-        opt = s.get("options") or {}
-        out.append(f"  SAE: TopK (k={opt.get('k')}), {s['dictionary']} latents trained on {s.get('tokens')} token "
-                   f"activations, held-out FVU {_fmt(s.get('fvu'))}, "
-                   + ("converged" if s.get("converged") else f"NOT converged ({s.get('stopped')})")
-                   + f", {s.get('epochs')} epochs; 'SAE' = its {s['directions']} highest-energy latents, "
-                   f"'SAE (full)' = all {s['dictionary']} ({s.get('cache')})")
+        out.append(f"  SAE: {sae_summary(s)}, 'SAE (full)' = all {s['dictionary']} ({s.get('cache')})")
     return out
 
 

@@ -78,12 +78,9 @@ def sweep_seconds(run: Run, spec=None, *, group: str | None = None) -> float | N
             if analysis.spectrum_key(run, e, group=spec.group, reduction=spec.reduction, top=spec.top) not in cache]
     if not todo:
         return 0.0
-    # twice: the second estimate's measured setup is warm, as the sweep's units after the first are
-    ones = [spectrum_seconds(run, e, group=spec.group, reduction=spec.reduction, top=spec.top)
-            for e in (todo[-1], todo[0])]
-    if any(o is None for o in ones):
+    one = spectrum_seconds(run, todo[-1], group=spec.group, reduction=spec.reduction, top=spec.top)
+    if one is None:
         return None
-    one = min(ones)
     busy = _busy()
     if len(todo) < 8:  # computed in this process, with its torch threads
         return len(todo) * (one + UNIT_OVERHEAD_S * busy)

@@ -21,7 +21,7 @@ from ..store.cache import ArrayCache
 from .lm import LMAlignOptions, estimate_unit_seconds, peek_layer, peek_sae
 from .lm_report import layer_tasks
 
-__all__ = ["sae_seconds", "evaluation_seconds", "layer_phases", "phases_text"]
+__all__ = ["sae_seconds", "evaluation_seconds", "layer_phases", "sweep_seconds", "phases_text"]
 
 SAE_EPOCHS_EXPECTED = 8
 """Epochs a TopK SAE usually runs before its held-out FVU plateaus (Gemma-3-270M layer 16)."""
@@ -62,11 +62,17 @@ def evaluation_seconds(N: int, d: int, top: int, latents: int | None, labels: in
     return 1.0 + 1.4e-8 * N * math.log2(max(N, 2)) * dirs * max(1, labels)
 
 
+def _load_phase(lm: LoadedLM) -> dict[str, Any]:
+    """A worker loads the model and the probe set first, as long as this process's load took."""
+    return {"phase": "load", "seconds": float(lm.load_s), "what": "the model, in a worker"}
+
+
 def layer_phases(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions,
-                 cache: ArrayCache | None = None) -> list[dict[str, Any]]:
+                 cache: ArrayCache | None = None, *, worker: bool = False) -> list[dict[str, Any]]:
     """The phases still to run for ``layer`` (cached ones left out), each
-    ``{"phase", "seconds", "what"}``; the evaluation is always there (it is not cached)."""
-    out: list[dict[str, Any]] = []
+    ``{"phase", "seconds", "what"}``; the evaluation is always there (it is not cached).
+    ``worker``: computed in a worker process (the dashboard), which loads the model first."""
+    out: list[dict[str, Any]] = [_load_phase(lm)] if worker else []
     entk_cached = peek_layer(lm, ps, layer, options, cache) is not None
     if not entk_cached:
         out.append({"phase": "eNTK", "seconds": estimate_unit_seconds(lm, ps.N, ps.T, layer, options.steps),
@@ -83,6 +89,13 @@ def layer_phases(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions
     out.append({"phase": "evaluation", "seconds": evaluation_seconds(ps.N, lm.d_model, options.top, latents, labels),
                 "what": "ICA, random directions, every table"})
     return out
+
+
+def sweep_seconds(lm: LoadedLM, ps: ProbeSet, layers: list[int], steps: int, *, worker: bool = False) -> float:
+    """Seconds the eNTK and PCA units of ``layers`` take (a layer sweep; no SAE), plus the
+    model's load when ``worker``."""
+    return ((_load_phase(lm)["seconds"] if worker else 0.0)
+            + sum(estimate_unit_seconds(lm, ps.N, ps.T, L, steps) for L in layers))
 
 
 def phases_text(phases: list[dict[str, Any]]) -> str:

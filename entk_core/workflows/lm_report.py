@@ -44,6 +44,7 @@ __all__ = [
     "table_rows",
     "finite",
     "format_seconds",
+    "sae_summary",
 ]
 
 METHODS = ("entk", "pca", "ica", "sae", "sae_full", "random")
@@ -57,6 +58,18 @@ METHOD_TITLES = {"entk": "eNTK", "pca": "PCA", "ica": "ICA", "sae": "SAE", "sae_
 def format_seconds(s: float) -> str:
     """``42 s``, ``3.5 min``, ``2.1 h``."""
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
+def sae_summary(sae: dict[str, Any]) -> str:
+    """One line on a report's SAE baseline (``report["methods"]["sae"]``), for the CLI and the
+    page: ``TopK k = 32, 4096 latents, 65,536 token activations, held-out FVU 0.244,
+    converged after 10 epochs; 'SAE' = its 25 highest-energy latents``."""
+    opt = sae.get("options") or {}
+    fvu = sae.get("fvu")
+    return (f"TopK k = {opt.get('k')}, {sae['dictionary']} latents, {sae.get('tokens') or 0:,} token activations, "
+            f"held-out FVU {'–' if fvu is None else f'{fvu:.3f}'}, "
+            + ("converged" if sae.get("converged") else f"not converged ({sae.get('stopped')})")
+            + f" after {sae.get('epochs')} epochs; 'SAE' = its {sae['directions']} highest-energy latents")
 
 
 def finite(x: Any) -> Any:

@@ -74,6 +74,9 @@ def test_phases_leave_out_what_is_cached(world, tmp_path):
     assert "eNTK ~" in phases_text(before) and "SAE ~" in phases_text(before)
     wlm.lm_align(lm, ps, layer=1, options=opts, cache=cache)
     assert [p["phase"] for p in layer_phases(lm, ps, 1, opts, cache)] == ["evaluation"]
+    # in a worker (the dashboard) the model's load comes first, as long as this process's took
+    load = layer_phases(lm, ps, 1, opts, cache, worker=True)[0]
+    assert load["phase"] == "load" and load["seconds"] == lm.load_s
     off = wlm.LMAlignOptions(top=4, steps=8, sae="off")
     assert [p["phase"] for p in layer_phases(lm, ps, 0, off, cache)] == ["eNTK", "evaluation"]
 

@@ -32,7 +32,7 @@ from entk_core.ui import ProgressBar, fmt_seconds, guarded, relative_paths, run_
 from entk_core.ui.mode import compute_allowed, viewer_mode
 from entk_core.workflows import lm as wlm
 from entk_core.workflows import lm_report as rep
-from entk_core.workflows.lm_estimates import layer_phases, phases_text
+from entk_core.workflows.lm_estimates import layer_phases, phases_text, sweep_seconds
 
 st.header("Language model")
 st.caption("The eNTK of one block's MLP output projection on story contexts (paper §6, Gemma-3-270M on TinyStories): "
@@ -215,9 +215,7 @@ with guarded("cannot read the cache"):
     ps.check_model(lm)
     entry = wlm.peek_layer(lm, ps, layer, opts)
     sae_entry = wlm.peek_sae(lm, ps, layer, opts)
-    phases = layer_phases(lm, ps, layer, opts)
-    # the worker loads the model and the probe set first (as long as this server's load took)
-    phases.insert(0, {"phase": "load", "seconds": float(lm.load_s), "what": "the model, in a worker"})
+    phases = layer_phases(lm, ps, layer, opts, worker=True)
 if entry is None or sae_entry is None:
     total = sum(p["seconds"] for p in phases)
     what = (f"layer {layer}" if entry is None else f"the SAE baseline of layer {layer}")
@@ -316,12 +314,7 @@ with s2:
                "'SAE (full)' scans the whole dictionary, outside the contest. Paper (layer 16, full-precision Gemma, "
                "Stanza labels): POS 0.827 vs PCA 0.745, morphology 0.783 vs 0.743.")
     if "sae" in methods:
-        s = methods["sae"]
-        opt = s.get("options") or {}
-        st.caption(f"SAE: TopK k = {opt.get('k')}, {s['dictionary']} latents, {s.get('tokens') or 0:,} token "
-                   f"activations, held-out FVU {_cell(s.get('fvu'))}, "
-                   + ("converged" if s.get("converged") else f"**not converged** ({s.get('stopped')})")
-                   + f" after {s.get('epochs')} epochs; 'SAE' = its {s['directions']} highest-energy latents.")
+        st.caption(f"SAE: {rep.sae_summary(methods['sae'])}.")
     if "ica" in methods and not methods["ica"].get("converged"):
         st.caption(f"ICA did not converge in {methods['ica'].get('n_iter')} iterations (shown as it came out).")
 num = st.column_config.TextColumn(width="small")
@@ -347,7 +340,7 @@ if "sweep" in report:
                                       for m in t3["morph"]["macro"] if m != "winner") + ".")
 missing = [L for L in layers if L not in cached]
 if missing:
-    est_all = lm.load_s + sum(wlm.estimate_unit_seconds(lm, ps.N, ps.T, L, opts.steps) for L in missing)
+    est_all = sweep_seconds(lm, ps, missing, opts.steps, worker=True)
     ok_sweep, why_sweep = compute_allowed(est_all, f"the sweep of {len(missing)} layers")
     with st.expander(f"Layer sweep: {len(cached)} of {lm.n_layers} layers cached"):
         st.caption(f"The remaining {len(missing)} layers take about {fmt_seconds(est_all)} here (eNTK and PCA/ICA/"
