@@ -243,7 +243,7 @@ if entry is None or sae_entry is None:
         st.button("Stop", key="lm_compute_stop", help="kills the worker; nothing partial is stored")
         finished = False
         with guarded("computation failed"):
-            done = run_in_worker(f"Layer {layer}", [_worker_step(layer, None, opts)], [f"layer {layer}"])[0]
+            done = run_in_worker(f"Layer {layer}", [_worker_step(layer, None, opts)], [f"{ps.N} contexts"])[0]
             # the report just made is the one the rerun shows: not evaluated twice
             st.session_state["lm_fresh_report"] = ((lm.fingerprint, ps.fingerprint, layer, opts.top, opts.steps),
                                                    done)
