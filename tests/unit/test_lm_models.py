@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,3 +256,39 @@ def test_architectures_that_cannot_be_handled_name_the_missing_piece(tmp_path):
         with pytest.raises(ValueError, match=msg) as e:
             load_lm(path)
         _one_line(e)
+
+
+def test_one_gguf_reader_parses_a_file_once_inside_the_block(tmp_path, monkeypatch):
+    import gguf
+    from gguf.gguf_reader import GGUFReader as Real
+
+    from entk_core.families.causal_lm.files import one_gguf_reader
+
+    parsed = []
+    real_init = Real.__init__
+    monkeypatch.setattr(Real, "__init__", lambda self, path, *a, **kw: (parsed.append(Path(path).name),
+                                                                          real_init(self, path, *a, **kw))[1])
+    f, other = _gguf_with_tensor(tmp_path / "a.gguf"), _gguf_with_tensor(tmp_path / "b.gguf")
+    with one_gguf_reader(f):
+        from gguf import GGUFReader  # as transformers' loaders import it: at call time
+        r1, r2 = GGUFReader(f), gguf.GGUFReader(str(f))
+        assert r1 is r2 and isinstance(r1, Real)
+        assert read_gguf_metadata(f)["GGUF.tensor_count"] == 1  # the metadata reader shares it
+        assert gguf.GGUFReader(other) is not r1                 # another file is read as usual
+        with one_gguf_reader(f):                                # nested (a command's block, then the load's)
+            assert gguf.GGUFReader(f) is r1
+    assert parsed == ["a.gguf", "b.gguf"]
+    assert gguf.GGUFReader is Real and Real(f) is not r1        # restored: the reader is not kept
+
+
+def test_parsed_once_applies_to_gguf_files_only(tmp_path, monkeypatch):
+    import contextlib
+
+    from entk_core.families.causal_lm.files import parsed_once
+
+    f = _gguf_with_tensor(tmp_path / "m.gguf")
+    monkeypatch.setenv("ENTK_MODELS_DIR", str(tmp_path))
+    assert not isinstance(parsed_once(f), contextlib.nullcontext)
+    assert not isinstance(parsed_once("m.gguf"), contextlib.nullcontext)   # a name in the models folder
+    for spec in (tmp_path, "missing.gguf", None, tmp_path / "x.safetensors"):
+        assert isinstance(parsed_once(spec), contextlib.nullcontext), spec

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..base import FamilyPage, ModelFamily
 from .arch import Arch, discover
-from .files import LMRef, inspect_model, list_models, models_root, resolve_model
+from .files import LMRef, inspect_model, list_models, models_root, parsed_once, resolve_model
 from .models import LoadedLM, convert_to_folder, load_lm, resolve_device
 from .probes import DEFAULT_TAGS, ProbeSet, build_probe_set, load_probe_set, read_stories
 
@@ -48,6 +48,7 @@ __all__ = [
     "discover",
     "inspect_model",
     "list_models",
+    "parsed_once",
     "load_lm",
     "load_probe_set",
     "models_root",

@@ -16,6 +16,7 @@ problem is a one-line ``ValueError`` naming the file.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -99,6 +100,52 @@ _GGUF_MEMO: dict[tuple, dict[str, Any]] = {}
 _GGUF_LOCK = threading.Lock()
 
 
+_ONE_READER_LOCK = threading.RLock()  # re-entrant: a CLI command's block may hold a load's block
+
+
+@contextlib.contextmanager
+def one_gguf_reader(path: Path | str):
+    """Within the block, every ``gguf.GGUFReader(path)`` of this file (ours, and the config,
+    tokenizer and weight loaders of ``transformers``, which import it at call time) returns
+    one reader, parsed once. Parsing the Gemma GGUF's 262,144-token vocabulary takes about
+    9 s and 700 MB, and a load used to parse it four times. Other files read as usual; the
+    reader is dropped when the block ends."""
+    import gguf
+
+    target = Path(path).resolve()
+    orig = gguf.GGUFReader
+    made: list = []
+
+    class _OneReader(orig):  # a subclass, so isinstance checks against gguf.GGUFReader still hold
+        def __new__(cls, p, *args, **kwargs):
+            # an instance of orig, not of this class: Python does not run __init__ again
+            if args or kwargs or Path(p).resolve() != target:
+                return orig(p, *args, **kwargs)
+            if not made:
+                made.append(orig(p))
+            return made[0]
+
+    with _ONE_READER_LOCK:
+        gguf.GGUFReader = _OneReader
+        try:
+            yield
+        finally:
+            gguf.GGUFReader = orig
+            made.clear()
+
+
+def parsed_once(spec: Path | str | None):
+    """:func:`one_gguf_reader` for ``spec`` when it names a GGUF file (a path, or a name in
+    :func:`models_root`), else a no-op: a command that resolves a model and then loads it
+    parses the file once."""
+    if spec:
+        for p in (Path(str(spec)).expanduser(), models_root() / str(spec)):
+            with contextlib.suppress(OSError, ValueError):
+                if p.suffix.lower() == ".gguf" and p.is_file():
+                    return one_gguf_reader(p)
+    return contextlib.nullcontext()
+
+
 def read_gguf_metadata(path: Path | str) -> dict[str, Any]:
     """The scalar key/values of a GGUF file's metadata (array values are replaced by their
     length under ``key + "#len"``), read with ``gguf.GGUFReader``, which also maps every
@@ -112,7 +159,7 @@ def read_gguf_metadata(path: Path | str) -> dict[str, Any]:
         if key in _GGUF_MEMO:
             return dict(_GGUF_MEMO[key])
     try:
-        from gguf import GGUFReader, GGUFValueType
+        from gguf import GGUFReader, GGUFValueType  # at call time: one_gguf_reader may stand in for it
     except ImportError:
         raise ValueError("the gguf package is not installed (pip install -r requirements.txt)") from None
     with open(path, "rb") as fh:

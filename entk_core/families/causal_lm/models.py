@@ -23,7 +23,7 @@ from torch import nn
 
 from .arch import Arch, discover
 from .files import (MODELS_DIR_ENV, LMRef, inspect_model, list_models, model_fingerprint, models_root,
-                    read_gguf_metadata, resolve_model, weight_files)
+                    one_gguf_reader, parsed_once, read_gguf_metadata, resolve_model, weight_files)
 
 __all__ = [
     "LMRef",
@@ -254,7 +254,8 @@ def load_lm(ref: LMRef | str | Path, device: str = "cpu", progress: Callable | N
     """Load a model (validated first), keeping the last one loaded in this process so
     repeated calls (dashboard, layer sweeps) do not reload it."""
     if not isinstance(ref, LMRef):
-        ref = resolve_model(ref)
+        with parsed_once(ref):  # a GGUF is parsed once for the checks and the load
+            return load_lm(resolve_model(ref), device, progress)
     device = resolve_device(device)
     files = weight_files(ref)
     key = (str(ref.path), device, tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in files))
@@ -265,7 +266,11 @@ def load_lm(ref: LMRef | str | Path, device: str = "cpu", progress: Callable | N
             return _LOADED[key]
         if progress:
             progress(0, 1, f"loading {ref.name}" + (" (dequantising GGUF)" if ref.format == "gguf" else ""))
-        lm = _load_uncached(ref, device)
+        if ref.format == "gguf":
+            with one_gguf_reader(ref.path):  # the config, tokenizer and weights share one parse
+                lm = _load_uncached(ref, device)
+        else:
+            lm = _load_uncached(ref, device)
         _LOADED.clear() if len(_LOADED) >= _MAX_LOADED else None
         _LOADED[key] = lm
         if progress:
