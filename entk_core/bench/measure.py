@@ -89,8 +89,9 @@ def measure(fn: Callable[[], Any], repeats: int = 1, device: Any = None) -> Meas
     best, out = math.inf, None
     peak = None
     for i in range(repeats):
-        out = None
-        gc.collect()
+        if i:  # the first run follows the collection above; later ones free the previous result first
+            out = None
+            gc.collect()
         synchronize(device)
         t = time.perf_counter()
         out = fn()

@@ -623,6 +623,6 @@ def estimate_unit_seconds(lm: LoadedLM, N: int, T: int, layer: int, steps: int =
     prod = 4 * N * T * per_tok * n_full + 2 * 2 * N * T * d * dff
     if layer < lm.n_layers - 1:
         prod += 4 * N * (T * 2 * d * kvh * hd * 2 + per_tok)
-    capture = 2 * N * T * per_tok * lm.n_layers
+    capture = N * T * per_tok * lm.n_layers  # per_tok already counts 2 FLOPs per multiply-add
     rate = (gflops or 45.0 * torch.get_num_threads()) * 1e9
     return (steps * prod + capture) / rate
