@@ -31,7 +31,7 @@ import torch
 
 from ..engine._lanczos import lanczos_topk
 from ..families.causal_lm import evaluation as ev
-from ..families.causal_lm.models import LMRef, LoadedLM, load_lm, resolve_model
+from ..families.causal_lm.models import LMRef, LoadedLM, load_lm
 from ..families.causal_lm.operator import KTildeOperator, LMTail
 from ..families.causal_lm.probes import AUTHOR_TAGGER, ProbeSet, load_probe_set
 from ..families.causal_lm.readouts import logit_effects
@@ -166,8 +166,7 @@ def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
 # ------------------------------------------------------------------ the unit
 def _open(model: str | Path | LMRef | LoadedLM, probes: str | Path | ProbeSet, device: str) -> tuple[LoadedLM, ProbeSet]:
     ps = probes if isinstance(probes, ProbeSet) else load_probe_set(probes)
-    lm = model if isinstance(model, LoadedLM) else load_lm(model if isinstance(model, LMRef) else resolve_model(model),
-                                                            device)
+    lm = model if isinstance(model, LoadedLM) else load_lm(model, device)  # resolves a path: a GGUF is parsed once
     ps.check_model(lm)
     return lm, ps
 
