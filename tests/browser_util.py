@@ -192,15 +192,26 @@ _IDLE_JS = """(ms) => {
 }"""
 
 
-def wait_idle(page, timeout_s: float = 150, quiet_ms: int = 700) -> None:
+#: How long the app must stay idle before a wait ends (ms); ``ENTK_BROWSER_QUIET_MS`` overrides.
+QUIET_MS = int(os.environ.get("ENTK_BROWSER_QUIET_MS", "250"))
+WAITS = {"idle": [0, 0.0], "rerun": [0, 0.0]}
+"""Count and seconds of the waits (reported at the end of a browser session, tests/acceptance/conftest.py)."""
+
+
+def wait_idle(page, timeout_s: float = 150, quiet_ms: int | None = None) -> None:
     """Wait until Streamlit has finished the current script run (state ``notRunning``, no
-    spinner, for ``quiet_ms``) and every Plotly chart has drawn."""
-    page.wait_for_function(_IDLE_JS, arg=quiet_ms, timeout=timeout_s * 1000, polling=100)
+    spinner, for ``quiet_ms``, default :data:`QUIET_MS`) and every Plotly chart has drawn."""
+    t0 = time.perf_counter()
+    page.wait_for_function(_IDLE_JS, arg=QUIET_MS if quiet_ms is None else quiet_ms, timeout=timeout_s * 1000,
+                           polling=100)
+    WAITS["idle"][0] += 1
+    WAITS["idle"][1] += time.perf_counter() - t0
 
 
 def after_interaction(page, timeout_s: float = 150) -> None:
     """Wait for the rerun an interaction triggers (if it starts within 3 s: seen running now,
     or already started and maybe over since the last idle, :data:`_RUN_WATCH_JS`), then for idle."""
+    t0 = time.perf_counter()
     try:
         page.wait_for_function(
             """() => { const a = document.querySelector('[data-testid="stApp"]');
@@ -209,6 +220,8 @@ def after_interaction(page, timeout_s: float = 150) -> None:
             timeout=3000, polling=20)
     except Exception:  # noqa: BLE001 - the rerun may already be over
         pass
+    WAITS["rerun"][0] += 1
+    WAITS["rerun"][1] += time.perf_counter() - t0
     page.evaluate("() => { window.__entkIdle = null; }")
     wait_idle(page, timeout_s)
 

@@ -167,6 +167,7 @@ class Ctx:
         self._set_channels(class_weights, reduction, trace_axes, diagonal_axes, block)
         self.checked_layers = list(self.layers)
         self.excluded: dict[str, str] = {}
+        self.corrections: dict[str, float] = {}   # from a timed pilot (see adopt_pilot)
         self._plan_args = (plan, method, chunk_size, memory_budget)
         self.model_name = type(model).__name__
         self._choose_path(*self._plan_args)
@@ -330,12 +331,7 @@ class Ctx:
         self.layers = list(self.checked_layers)
         self._sync_fallback()
         if plan:
-            kw = dict(by_layer=self.by_layer, symmetric=self.x2 is None, chunk_size=chunk_size,
-                      memory_budget=memory_budget, device=self.device, activation_per_example=self.act,
-                      channels=self.ch_shape, out_elems=int(math.prod(self.channels.out_shape())),
-                      profile=self.model_profile())
-            args = (self.N1, None if self.x2 is None else self.N2, self.C, self.group_specs(),
-                    self.reduction or "full", self.dtype)
+            args, kw = self._planner_request(chunk_size, memory_budget)
             if method in self.excluded or (method == "auto" and any(m in PATHS for m in self.excluded)):
                 # a path that cannot run on this model (see exclude_path): the fastest of the others
                 method = fastest_other(planner.estimate(*args, method="auto", **kw).paths, self.excluded)
@@ -344,6 +340,7 @@ class Ctx:
             self.chunk = self.plan.chunk_size
             self.cache = self.plan.cache
             self.layout = self.plan.layout
+            self.work_seconds = float(self.plan.seconds)   # the kernel work alone (a pilot's estimate)
             self.plan.seconds += self.setup_seconds()
             self.info.estimate = self.plan.summary()
             self.info.estimated_seconds = float(self.plan.seconds)
@@ -364,6 +361,29 @@ class Ctx:
             why = self.forward_ad_failure()
             if why is not None:
                 self.exclude_path("ntk_vp", f"forward-mode AD is not supported by this model ({why})")
+
+    def _planner_request(self, chunk_size, memory_budget, n: int | None = None) -> tuple[tuple, dict]:
+        """The planner's arguments for this request (``n``: for its first ``n`` inputs)."""
+        n1 = self.N1 if n is None else min(n, self.N1)
+        n2 = None if self.x2 is None else (self.N2 if n is None else min(n, self.N2))
+        out = self.channels.out_shape()
+        if n is not None:   # the batch axes of the output shrink with the inputs
+            scale = (n1 * (n1 if n2 is None else n2)) / (self.N1 * (self.N1 if self.x2 is None else self.N2))
+            out_elems = int(math.prod(out) * (n1 / self.N1 if self.channels.batch == "diag" else scale))
+        else:
+            out_elems = int(math.prod(out))
+        kw = dict(by_layer=self.by_layer, symmetric=self.x2 is None, chunk_size=chunk_size,
+                  memory_budget=memory_budget, device=self.device, activation_per_example=self.act,
+                  channels=self.ch_shape, out_elems=out_elems, profile=self.model_profile(),
+                  corrections=self.corrections or None)
+        return (n1, n2, self.C, self.group_specs(), self.reduction or "full", self.dtype), kw
+
+    def estimate_head(self, n: int, method: str) -> float:
+        """Estimated seconds of ``method``'s kernel work on the first ``n`` inputs in one chunk
+        (what a pilot of :mod:`._pilot` would take)."""
+        args, kw = self._planner_request(n, self._plan_args[3], n=n)
+        kw["corrections"] = None
+        return float(planner.estimate(*args, **{**kw, "method": method}).seconds)
 
     def setup_seconds(self) -> float:
         """Seconds spent so far on this request before any kernel work (checks, the private
@@ -443,6 +463,15 @@ class Ctx:
             self._choose_path(*self._plan_args)
             self.set_group(0)
         self._record()
+
+    def adopt_pilot(self, corrections: dict[str, float], record: dict) -> None:
+        """Plan again with the paths' seconds scaled by ``corrections`` (``{path: measured /
+        estimated}`` of a timed pilot, :mod:`._pilot`); ``record`` goes to ``info.pilot``."""
+        self.corrections = dict(corrections)
+        self._choose_path(*self._plan_args)
+        self.set_group(0)
+        self._record()
+        self.info.pilot = {**record, "chose": self.method}
 
     def drop_layer(self, name: str, reason: str) -> None:
         """A structured layer broke its rule's assumptions at run time (a chunk fed it an

@@ -142,6 +142,7 @@ from torch import nn
 from . import planner
 from ._guards import autograd_on, eval_mode, no_tf32
 from ._kernel_paths import run
+from ._pilot import maybe_pilot
 from ._request import ALL, METHODS, Ctx, fastest_other, layer_groups, param_group, safe_chunk
 from .checks import KernelCheckError, check_count, spot_check
 from .info import KernelInfo, TrainModeWarning
@@ -169,6 +170,9 @@ def _compute(model, x1, x2, by_layer: bool, return_info: bool, check=None, check
     k = check_count(check)
     with no_tf32(), autograd_on():
         ctx = Ctx(model, x1, x2, by_layer=by_layer, warn_stacklevel=4, **kw)
+        # auto: time the close contenders on the first inputs when the estimates cannot decide
+        maybe_pilot(ctx, x1, x2, lambda m, n, a, b: Ctx(ctx.model, a, b, by_layer=by_layer, **{
+            **kw, "method": m, "chunk_size": n, "progress": None, "check_finite": False}), run)
         with eval_mode(ctx.model):
             outs = ctx.run_with_fallbacks(lambda: run(ctx))
             ctx.info.seconds = time.perf_counter() - t0

@@ -33,8 +33,11 @@ backward counts (:mod:`._profile`, measured on two inputs by ``estimate_ntk`` an
 :func:`~.machine.machine_rates` (seconds per kernel, GEMM flop/s, bytes/s), measured on this
 machine, re-measured when stale or when a call runs 3× off its estimate. ``auto`` takes the
 structured path unless another is estimated :data:`PREFER_STRUCTURED` times faster.
-Estimates are rough (factors of ~2) and are meant for choosing between paths and for
-telling a user what to expect.
+Estimates are rough (factors of ~2, some paths more) and are meant for choosing between
+paths and for telling a user what to expect. Where they cannot decide (paths within 4× of
+each other on a call of 2 s or more), ``empirical_ntk`` times the contenders on a slice of
+the inputs and passes their measured / estimated ratios back as ``corrections``
+(:mod:`._pilot`).
 """
 from __future__ import annotations
 
@@ -153,6 +156,7 @@ def estimate(
     channels: ChannelShape | None = None,
     out_elems: int | None = None,
     profile: ModelProfile | None = None,
+    corrections: dict[str, float] | None = None,
 ) -> Plan:
     """Estimate bytes and seconds of every path for a kernel request and pick one.
 
@@ -175,6 +179,9 @@ def estimate(
       out_elems: elements of one output kernel (default: from ``channels``).
       profile: the model's forward and backward counts (:func:`~._profile.profile_model`;
         default: guessed from the parameters, :func:`~._profile.guess_profile`).
+      corrections: ``{path: measured / estimated}`` from a timed pilot of this request
+        (:mod:`._pilot`): each such path's seconds are multiplied by its factor, and the
+        choice is the fastest corrected path (no preference for ``structured``).
 
     Returns:
       a :class:`Plan`; ``plan.fits`` is ``False`` (and ``plan.suggestion`` says what would
@@ -183,14 +190,15 @@ def estimate(
     plan, request = _estimate(n1, n2, n_classes, groups, reduction, dtype, by_layer=by_layer, symmetric=symmetric,
                               method=method, chunk_size=chunk_size, memory_budget=memory_budget, device=device,
                               activation_per_example=activation_per_example, channels=channels, out_elems=out_elems,
-                              profile=profile)
+                              profile=profile, corrections=corrections)
     if not plan.fits:
         plan.suggestion = _suggest(**request)
     return plan
 
 
 def _estimate(n1, n2, n_classes, groups, reduction, dtype, *, by_layer, symmetric, method, chunk_size, memory_budget,
-              device, activation_per_example, channels, out_elems, profile=None) -> tuple[Plan, dict[str, Any]]:
+              device, activation_per_example, channels, out_elems, profile=None,
+              corrections=None) -> tuple[Plan, dict[str, Any]]:
     """:func:`estimate` without the suggestion: ``(plan, the request normalised)``. Never
     calls :func:`_suggest`, so trying smaller requests cannot recurse."""
     if reduction not in REDUCTIONS:
@@ -283,6 +291,8 @@ def _estimate(n1, n2, n_classes, groups, reduction, dtype, *, by_layer, symmetri
             B, cache, peak, fb, ct = best
             paths[m] = {"bytes": int(peak), **timed(m, items, B, cache), "chunk_size": B, "cache": cache,
                         "fits": True}
+        if corrections and m in corrections:
+            paths[m].update(seconds=paths[m]["seconds"] * corrections[m], correction=corrections[m])
         if m == "structured":
             det: dict = {}
             B0 = paths[m]["chunk_size"]
@@ -299,7 +309,8 @@ def _estimate(n1, n2, n_classes, groups, reduction, dtype, *, by_layer, symmetri
     fitting = [m for m in todo if paths[m]["fits"]]
     if fitting:
         chosen = min(fitting, key=lambda m: (paths[m]["seconds"], METHODS.index(m)))
-        if "structured" in fitting and paths["structured"]["seconds"] <= PREFER_STRUCTURED * paths[chosen]["seconds"]:
+        if (not corrections and "structured" in fitting
+                and paths["structured"]["seconds"] <= PREFER_STRUCTURED * paths[chosen]["seconds"]):
             chosen = "structured"
         p = paths[chosen]
         layout, cblock = p.get("layout", "chunks"), p.get("class_block", 0)

@@ -90,3 +90,10 @@ def browser(chromium_ok):
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import browser_util
+    if browser_util.WAITS["idle"][0]:
+        print(f"\nbrowser waits (quiet {browser_util.QUIET_MS} ms): " + ", ".join(
+            f"{k} {n} in {t:.1f} s" for k, (n, t) in browser_util.WAITS.items()))
