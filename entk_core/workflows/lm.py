@@ -49,6 +49,7 @@ __all__ = [
     "lm_align",
     "parse_layers",
     "estimate_unit_seconds",
+    "lm_gflops",
     "cached_layers",
     "peek_layer",
     "layer_unit",
@@ -605,12 +606,21 @@ def unit_memory_bytes(lm: LoadedLM, N: int, T: int, layer: int, options: LMAlign
     return int(cached + basis + 1.5e9)
 
 
+def lm_gflops(threads: int | None = None) -> float:
+    """Effective GFLOP/s of the LM work on ``threads`` CPU threads (default: this process's
+    torch threads): ``49.5 · threads^0.86``, fitted to Gemma-3-270M's layer-16 products at
+    N = 1,024 on this project's 2-core machine (2026-12-05): 5.1 s a product on 2 threads
+    (the CLI), 9.27 s on 1 (a dashboard job worker, :func:`~.jobs.worker_threads`)."""
+    t = max(1, int(threads if threads is not None else torch.get_num_threads()))
+    return 49.5 * t ** 0.86
+
+
 def estimate_unit_seconds(lm: LoadedLM, N: int, T: int, layer: int, steps: int = 50,
                           gflops: float | None = None) -> float:
     """Rough wall time of one unit on this machine: FLOPs of ``steps`` K̃ products (tail
     VJP + JVP, about 4 forward passes of the network after ``layer``, plus the two
     selected-matrix products at every position) at ``gflops`` effective GFLOP/s (default
-    ``45 × torch threads``, measured on 2 cores), plus one forward pass for the capture."""
+    :func:`lm_gflops` of this process's threads), plus one forward pass for the capture."""
     cfg = lm.model.config.get_text_config() if hasattr(lm.model.config, "get_text_config") else lm.model.config
     d, dff = lm.arch.d, lm.arch.d_ff
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
@@ -623,5 +633,5 @@ def estimate_unit_seconds(lm: LoadedLM, N: int, T: int, layer: int, steps: int =
     if layer < lm.n_layers - 1:
         prod += 4 * N * (T * 2 * d * kvh * hd * 2 + per_tok)
     capture = N * T * per_tok * lm.n_layers  # per_tok already counts 2 FLOPs per multiply-add
-    rate = (gflops or 45.0 * torch.get_num_threads()) * 1e9
+    rate = (gflops or lm_gflops()) * 1e9
     return (steps * prod + capture) / rate

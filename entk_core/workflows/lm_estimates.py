@@ -4,21 +4,21 @@
 nothing and is left out. The dashboard states the total before a Compute button and asks
 :func:`~entk_core.ui.mode.compute_allowed` with it in viewer mode.
 
-The rates are effective GFLOP/s on this machine's CPU threads (``45 × threads``, measured
-on 2 cores, the same as :func:`~entk_core.workflows.lm.estimate_unit_seconds`); the SAE
+The rates are effective GFLOP/s on the CPU threads the work runs on
+(:func:`~entk_core.workflows.lm.lm_gflops`: this process's torch threads, or a dashboard job
+worker's, :func:`~entk_core.workflows.jobs.worker_threads`, for ``worker=True``); the SAE
 runs at most ``budget_s`` seconds plus its last epoch and the held-out checks.
 """
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from ..families.causal_lm.models import LoadedLM
 from ..families.causal_lm.probes import ProbeSet
 from ..families.causal_lm.sae import SAEOptions
 from ..store.cache import ArrayCache
-from .lm import LMAlignOptions, estimate_unit_seconds, peek_layer, peek_sae
+from .jobs import worker_threads
+from .lm import LMAlignOptions, estimate_unit_seconds, lm_gflops, peek_layer, peek_sae
 from .lm_report import layer_tasks
 
 __all__ = ["sae_seconds", "evaluation_seconds", "layer_phases", "sweep_seconds", "phases_text"]
@@ -28,7 +28,12 @@ SAE_EPOCHS_EXPECTED = 8
 
 
 def _rate(gflops: float | None) -> float:
-    return (gflops or 45.0 * torch.get_num_threads()) * 1e9
+    return (gflops or lm_gflops()) * 1e9
+
+
+def _gflops(worker: bool) -> float | None:
+    """The rate where the work runs: a job worker's threads, or this process's (``None``)."""
+    return lm_gflops(worker_threads()) if worker else None
 
 
 def sae_seconds(N: int, T: int, d: int, options: SAEOptions, activations: bool, lm: LoadedLM | None = None,
@@ -75,13 +80,14 @@ def layer_phases(lm: LoadedLM, ps: ProbeSet, layer: int, options: LMAlignOptions
     out: list[dict[str, Any]] = [_load_phase(lm)] if worker else []
     entk_cached = peek_layer(lm, ps, layer, options, cache) is not None
     if not entk_cached:
-        out.append({"phase": "eNTK", "seconds": estimate_unit_seconds(lm, ps.N, ps.T, layer, options.steps),
+        out.append({"phase": "eNTK", "seconds": estimate_unit_seconds(lm, ps.N, ps.T, layer, options.steps,
+                                                                      gflops=_gflops(worker)),
                     "what": f"{options.steps} Lanczos steps on {ps.N} contexts"})
     sae_needed = options.sae == "train" and peek_sae(lm, ps, layer, options, cache) is None
     if sae_needed:
         so = options.sae_options()
         out.append({"phase": "SAE", "seconds": sae_seconds(ps.N, ps.T, lm.d_model, so, activations=entk_cached,
-                                                           lm=lm, layer=layer),
+                                                           lm=lm, layer=layer, gflops=_gflops(worker)),
                     "what": f"TopK SAE, {so.latents} latents"})
     latents = options.sae_latents if (options.sae != "off") else None
     tasks = layer_tasks(ps, options.min_count)
@@ -95,7 +101,7 @@ def sweep_seconds(lm: LoadedLM, ps: ProbeSet, layers: list[int], steps: int, *, 
     """Seconds the eNTK and PCA units of ``layers`` take (a layer sweep; no SAE), plus the
     model's load when ``worker``."""
     return ((_load_phase(lm)["seconds"] if worker else 0.0)
-            + sum(estimate_unit_seconds(lm, ps.N, ps.T, L, steps) for L in layers))
+            + sum(estimate_unit_seconds(lm, ps.N, ps.T, L, steps, gflops=_gflops(worker)) for L in layers))
 
 
 def phases_text(phases: list[dict[str, Any]]) -> str:
