@@ -40,8 +40,8 @@ __all__ = ["MAX_COST", "MIN_SECONDS", "SHARE", "SPREAD", "maybe_pilot"]
 
 #: Pilot only calls estimated at this many seconds or more (below, a wrong pick costs little).
 MIN_SECONDS = 2.0
-#: Paths estimated within this factor of the fastest are timed (estimates of the slower paths
-#: were measured up to 4.3x off on the bench models).
+#: The structured path is timed against the estimates' pick when it is estimated within this
+#: factor of it (the paths other than structured measured up to 5.8x their estimates).
 SPREAD = 4.0
 #: The pilot runs on this share of the inputs (one chunk at most): an eighth of the examples
 #: is 1/64 of a kernel's tiles.
