@@ -77,17 +77,15 @@ def _pilot_sizes(ctx, chunks: dict[str, int], best: float) -> dict[str, int]:
 
 
 def maybe_pilot(ctx, x1: Any, x2: Any, make_ctx: Callable[..., Any], run: Callable[[Any], Any]) -> None:
-    """Time the close contenders of an ``auto`` request on its first inputs and plan ``ctx``
+    """Time an ``auto`` request's pick and the structured path on its first inputs and plan ``ctx``
     again with their measured / estimated ratios (:meth:`~._request.Ctx.adopt_pilot`).
     ``make_ctx(method, chunk_size, x1, x2)`` builds the pilot's request; ``run(ctx)`` computes it."""
     plan = ctx.plan
     if plan is None or ctx._plan_args[1] != "auto" or ctx._plan_args[2] or ctx.excluded:
         return
-    if getattr(ctx, "work_seconds", 0.0) < MIN_SECONDS:
+    if ctx.work_seconds < MIN_SECONDS:
         return
     fitting = {m: p for m, p in plan.paths.items() if p.get("fits")}
-    if len(fitting) < 2:
-        return
     if plan.method == "structured" or "structured" not in fitting:
         return
     best = fitting[plan.method]["seconds"]

@@ -50,8 +50,8 @@ class KernelInfo:
         source, GEMM flop/s, bandwidth, seconds per kernel, when and under what load they
         were measured), and ``"update"`` when this call ran 3× or more off its estimate and
         the rates were measured again (``{"reason", "before", "after"}``).
-      pilot: when ``method="auto"`` timed its close contenders on a slice of the inputs
-        before choosing (:mod:`entk_core.engine._pilot`): ``{"paths": {path: {"measured_s",
+      pilot: when ``method="auto"`` timed the estimates' pick against the structured path
+        on a slice of the inputs before choosing (:mod:`entk_core.engine._pilot`): ``{"paths": {path: {"measured_s",
         "estimated_s", "ratio"}}, "inputs", "seconds", "reused", "chose"}``; empty otherwise.
       path: for spectra, the top-k path that ran (``"lanczos (structured operator)"``...);
         solver: eigensolver statistics (products, restarts, basis, residuals).

@@ -170,7 +170,7 @@ def _compute(model, x1, x2, by_layer: bool, return_info: bool, check=None, check
     k = check_count(check)
     with no_tf32(), autograd_on():
         ctx = Ctx(model, x1, x2, by_layer=by_layer, warn_stacklevel=4, **kw)
-        # auto: time the close contenders on the first inputs when the estimates cannot decide
+        # auto: before leaving the structured path, time the estimates' pick against it (_pilot)
         maybe_pilot(ctx, x1, x2, lambda m, n, a, b: Ctx(ctx.model, a, b, by_layer=by_layer, **{
             **kw, "method": m, "chunk_size": n, "progress": None, "check_finite": False}), run)
         with eval_mode(ctx.model):

@@ -34,10 +34,9 @@ backward counts (:mod:`._profile`, measured on two inputs by ``estimate_ntk`` an
 machine, re-measured when stale or when a call runs 3× off its estimate. ``auto`` takes the
 structured path unless another is estimated :data:`PREFER_STRUCTURED` times faster.
 Estimates are rough (factors of ~2, some paths more) and are meant for choosing between
-paths and for telling a user what to expect. Where they cannot decide (paths within 4× of
-each other on a call of 2 s or more), ``empirical_ntk`` times the contenders on a slice of
-the inputs and passes their measured / estimated ratios back as ``corrections``
-(:mod:`._pilot`).
+paths and for telling a user what to expect. Where they leave the structured path on a call
+of 2 s or more, ``empirical_ntk`` times their pick and the structured path on a slice of the
+inputs and passes the measured / estimated ratios back as ``corrections`` (:mod:`._pilot`).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""``auto``'s timed pilot (issue 18.4, :mod:`entk_core.engine._pilot`): when the estimates of
-paths that fit are close, each is timed on the first inputs, and the path with the smallest
-estimate × (measured / estimated) runs. The kernel stays right (float64 brute force), what was
+"""``auto``'s timed pilot (issue 18.4, :mod:`entk_core.engine._pilot`): when the estimates
+leave the structured path, their pick and the structured path are timed on the first inputs,
+and the path with the smallest estimate × (measured / estimated) runs. The kernel stays right (float64 brute force), what was
 timed is in ``KernelInfo.pilot``, and a repeated request reuses the ratios."""
 import pytest
 import torch
