@@ -21,22 +21,51 @@ from pathlib import Path
 import pytest
 import torch
 
+from _shared import shared_once
+
 pytest_plugins = ("pytester", "_honest_skips")
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# one torch thread per pytest-xdist worker (the workers share the machine's cores), two alone
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 REPO = Path(__file__).resolve().parent.parent
 TIER_TIMEOUT_S = {"unit": 300, "integration": 1200, "acceptance": 1800}
 """Per-test limits (seconds) on a loaded 2-core machine; a hang fails instead of stalling CI."""
 
 
+#: Session fixtures whose users run in one pytest-xdist worker (``--dist loadgroup``), so each
+#: is built once per worker that needs it: (fixture, group). A test that uses several goes with
+#: the first. The browser tests are two groups (``test_browser.py``, the other browser modules),
+#: so they run beside each other, each worker training the browser runs once (~25 s).
+SHARED_FIXTURES = (("browser", "browser"), ("browser_runs", "browser"), ("gemma", "gemma"), ("ray_cluster", "ray"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        group = next((g for f, g in SHARED_FIXTURES if f in getattr(item, "fixturenames", ())), None)
+        if group == "browser" and Path(str(item.fspath)).name != "test_browser.py":
+            group = "browser-2"
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
         tier = Path(str(item.fspath)).relative_to(REPO / "tests").parts[0] if str(item.fspath).startswith(
             str(REPO / "tests")) else None
         if tier in TIER_TIMEOUT_S:
             item.add_marker(getattr(pytest.mark, tier))
             if item.get_closest_marker("timeout") is None:
                 item.add_marker(pytest.mark.timeout(TIER_TIMEOUT_S[tier]))
+
+
+@pytest.fixture(autouse=True)
+def _real_main_module():
+    """Put the process's ``__main__`` back after each test. Streamlit's script runner (AppTest)
+    installs the app script as ``sys.modules["__main__"]`` and leaves it there; a later
+    ``spawn``-ed worker of this process would then run that script (an AppTest's temporary
+    file, already gone) instead of starting clean."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture(autouse=True)
@@ -59,9 +88,8 @@ def tiny_run_dir(tmp_path_factory) -> Path:
     from entk_core.workflows.training import train
 
     fam = get_family("modadd-mlp")
-    out = tmp_path_factory.mktemp("tiny") / "tiny-mlp"
-    train(fam, fam.Config(p=7, width=32, epochs=30, checkpoint_every=10, seed=0), out)
-    return out
+    return shared_once(tmp_path_factory, "tiny", lambda d: train(
+        fam, fam.Config(p=7, width=32, epochs=30, checkpoint_every=10, seed=0), d / "tiny-mlp")) / "tiny-mlp"
 
 
 @pytest.fixture(scope="session")
@@ -71,9 +99,8 @@ def mlp29_run_dir(tmp_path_factory) -> Path:
     from entk_core.workflows.training import train
 
     fam = get_family("modadd-mlp")
-    out = tmp_path_factory.mktemp("mlp29") / "modadd-mlp-p29-seed0"
-    train(fam, fam.Config(), out)
-    return out
+    name = "modadd-mlp-p29-seed0"
+    return shared_once(tmp_path_factory, "mlp29", lambda d: train(fam, fam.Config(), d / name)) / name
 
 
 @pytest.fixture(scope="session")
@@ -88,13 +115,14 @@ def mlp29_cache_dir(mlp29_run_dir, tmp_path_factory) -> Path:
     from entk_core.store.cache import ArrayCache
     from entk_core.workflows.sweep import sweep
 
-    folder = tmp_path_factory.mktemp("mlp29-cache") / "cache"
-    cache = ArrayCache(folder)
-    try:
-        sweep(open_run(mlp29_run_dir), cache=cache)
-    finally:
-        cache.close()
-    return folder
+    def build(d: Path) -> None:
+        cache = ArrayCache(d / "cache")
+        try:
+            sweep(open_run(mlp29_run_dir), cache=cache)
+        finally:
+            cache.close()
+
+    return shared_once(tmp_path_factory, "mlp29-cache", build) / "cache"
 
 
 @pytest.fixture

@@ -27,22 +27,26 @@ def chromium_ok():
 
 @pytest.fixture(scope="session")
 def browser_runs(tmp_path_factory, chromium_ok) -> Path:
-    """The suite's runs folder (:data:`browser_util.RUNS`). Shared: never write into it."""
+    """The suite's runs folder (:data:`browser_util.RUNS`), trained once per session (under
+    pytest-xdist, by the first worker that asks: ``shared_once``). Shared: never write into it."""
+    from _shared import shared_once
     from entk_core.families.base import get_family, list_families
     from entk_core.workflows.training import train
 
-    root = tmp_path_factory.mktemp("browser") / "runs"
-    reuse = os.environ.get("ENTK_BROWSER_RUNS")
-    if reuse:
-        shutil.copytree(reuse, root, ignore=lambda d, names: [n for n in names if n not in {r[1] for r in RUNS}]
-                        if Path(d) == Path(reuse) else [])
-    for family, name, cfg in RUNS:
-        if family not in list_families() or (reuse and (root / name / "manifest.json").exists()):
-            continue
-        fam = get_family(family)
-        fields = set(fam.Config.__dataclass_fields__)
-        train(fam, fam.Config(**{k: v for k, v in cfg.items() if k in fields}), root / name)
-    return root
+    def build(base: Path) -> None:
+        root = base / "runs"
+        reuse = os.environ.get("ENTK_BROWSER_RUNS")
+        if reuse:
+            shutil.copytree(reuse, root, ignore=lambda d, names: [n for n in names if n not in {r[1] for r in RUNS}]
+                            if Path(d) == Path(reuse) else [])
+        for family, name, cfg in RUNS:
+            if family not in list_families() or (reuse and (root / name / "manifest.json").exists()):
+                continue
+            fam = get_family(family)
+            fields = set(fam.Config.__dataclass_fields__)
+            train(fam, fam.Config(**{k: v for k, v in cfg.items() if k in fields}), root / name)
+
+    return shared_once(tmp_path_factory, "browser", build) / "runs"
 
 
 def _lm_world(root: Path, cache: Path) -> Path:
@@ -69,17 +73,23 @@ def _lm_world(root: Path, cache: Path) -> Path:
 def browser_world(browser_runs, tmp_path_factory) -> tuple[Path, Path]:
     """``(cache, lm)``: a result cache holding the MLP's default grokking sweep and the LM
     page's default layer, and the folder with ``models/`` and ``probes/`` of the tiny LM.
-    Every server of the suite shares the cache (values are pure functions of their keys)."""
+    Built once per session (``shared_once``); every server of the suite shares the cache
+    (values are pure functions of their keys)."""
+    from _shared import shared_once
     from entk_core.families.run import open_run
     from entk_core.store.cache import ArrayCache
     from entk_core.workflows import alignment
 
-    cache = Path(os.environ.get("ENTK_BROWSER_CACHE") or tmp_path_factory.mktemp("browser-cache"))
-    lm = _lm_world(tmp_path_factory.mktemp("browser-lm"), cache)
-    c = ArrayCache(cache)
-    alignment.grokking_sweep(open_run(browser_runs / MLP), "full", cache=c)  # the Grokking page's default view
-    c.close()
-    return cache, lm
+    def build(base: Path) -> None:
+        cache = Path(os.environ.get("ENTK_BROWSER_CACHE") or base / "cache")
+        (base / "lm").mkdir()
+        _lm_world(base / "lm", cache)
+        c = ArrayCache(cache)
+        alignment.grokking_sweep(open_run(browser_runs / MLP), "full", cache=c)  # the Grokking page's default view
+        c.close()
+
+    base = shared_once(tmp_path_factory, "browser-world", build)
+    return Path(os.environ.get("ENTK_BROWSER_CACHE") or base / "cache"), base / "lm"
 
 
 @pytest.fixture(scope="session")

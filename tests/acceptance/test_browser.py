@@ -80,9 +80,10 @@ def _query(page) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------- tests
-def test_first_deep_link_after_server_start_opens_no_dialog(browser, browser_runs, tmp_path):
-    """streamlit#8860: the very first visit of a fresh server is a deep link to a non-default page."""
-    with StreamlitServer(REPO, _env(browser_runs, tmp_path / "cache"), tmp_path / "st.log") as srv:
+def test_first_deep_link_after_server_start_opens_no_dialog(browser, browser_runs, browser_world, tmp_path):
+    """streamlit#8860: the very first visit of a fresh server is a deep link to a non-default page
+    (the server is new; its result cache is the suite's, so the page draws without recomputing)."""
+    with StreamlitServer(REPO, _env(browser_runs, browser_world[0]), tmp_path / "st.log") as srv:
         ctx, pg, watch = _context(browser, srv)
         try:
             _open(pg, f"{srv.url}/transformer?run={TF}&epoch=20")

@@ -429,18 +429,16 @@ def test_memory_budget_refusal_reaches_cli_and_ui(runs_root, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)  # a planner that loops instead of refusing fails here, not at the tier's limit
 def test_memory_budget_refuses_flat_spectrum_with_suggestion(mlp29_run_dir, tmp_path, monkeypatch):
     """The p = 29 MLP's flattened kernel is 24,389²; under a 20 MB budget the planner must refuse
-    (CLI exit 2, UI st.error) and suggest a smaller request, within seconds."""
+    (CLI exit 2, UI st.error) and suggest a smaller request."""
     root = tmp_path / "runs"
     root.mkdir()
     shutil.copytree(mlp29_run_dir, root / mlp29_run_dir.name)
     monkeypatch.setenv("ENTK_RUNS_DIR", str(root))
-    try:
-        r = run_cli_subprocess("spectrum", root / mlp29_run_dir.name, "--reduction", "flat", "--top", "50",
-                               env={"ENTK_MEMORY_BUDGET": "20MB"}, timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the flat spectrum was not refused within 60 s under a 20 MB budget")
+    r = run_cli("spectrum", root / mlp29_run_dir.name, "--reduction", "flat", "--top", "50",
+                env={"ENTK_MEMORY_BUDGET": "20MB"})
     assert_one_line_error(r, "memory budget is 20 MB", "what would fit")
     monkeypatch.setenv("ENTK_MEMORY_BUDGET", "20MB")
     at = app_run()

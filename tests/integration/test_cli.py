@@ -10,11 +10,11 @@ from _cli import run_cli, run_cli_subprocess as cli
 
 def test_train_info_spectrum_json(tmp_path):
     out = tmp_path / "r"
-    r = cli("train", "modadd-mlp", "--p", 7, "--width", 32, "--epochs", 20, "--checkpoint-every", 10, "--out", out, "--json")
+    r = run_cli("train", "modadd-mlp", "--p", 7, "--width", 32, "--epochs", 20, "--checkpoint-every", 10, "--out", out, "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["checkpoints"] == [0, 10, 20] and info["config"]["p"] == 7
-    r = cli("info", out, "--json")
+    r = run_cli("info", out, "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["status"] == "complete" and "net.0" in info["groups"]
@@ -27,7 +27,7 @@ def test_train_info_spectrum_json(tmp_path):
     r2 = cli("spectrum", out, "--epoch", 10, "--top", 20, "--json")
     s2 = json.loads(r2.stdout)
     assert s2["cache"] == "hit" and s2["eigenvalues"] == s["eigenvalues"]
-    r = cli("spectrum", out, "--group", "net.3", "--reduction", "mean", "--top", 5, "--json")
+    r = run_cli("spectrum", out, "--group", "net.3", "--reduction", "mean", "--top", 5, "--json")
     assert r.returncode == 0, r.stderr
     r = cli("spectrum", out, "--group", "net.9")  # the real entry point's one-line error
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "unknown layer group" in r.stderr

@@ -413,14 +413,14 @@ def _reference(trainers: TrainerServer, tmp_path: Path, epochs: int, every: int)
 def test_sigkill_during_training_at_random_moments(tmp_path, trainers):
     """Kill a training process at random moments, over and over; after each kill the run opens
     and verifies, and the run finally resumes to exactly the uninterrupted parameters."""
-    epochs, every = 600, 1  # a checkpoint every epoch: most of the time is spent writing files
+    epochs, every = 300, 1  # a checkpoint every epoch: most of the time is spent writing files
     # (long enough that a fast machine cannot finish before the kills below; each attempt
     # lives 0-0.4 s after its first manifest write)
     ref = _reference(trainers, tmp_path, epochs, every)
     out = tmp_path / "run"
     rng = random.Random(int(os.environ.get("ENTK_KILL_SEED", "0")))
     kills = 0
-    for attempt in range(8):
+    for attempt in range(4):
         proc = trainers.start(out, epochs=epochs, every=every)
         # wait until it is writing (the manifest appears or advances), then kill at a random moment
         deadline = time.time() + 60

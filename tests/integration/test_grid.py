@@ -42,14 +42,15 @@ def test_grid_skips_finished_runs_and_reports_failures(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ray", [False, True], ids=["local", "ray"])
+@pytest.mark.parametrize("ray", [False, pytest.param(True, marks=pytest.mark.xdist_group("ray"))],
+                         ids=["local", "ray"])  # the Ray case runs beside the other users of the session's Ray
 def test_grid_resumes_after_an_interrupt(tmp_path, ray, request):
     """2 seeds x 2 primes of the MLP; Ctrl-C once the first run is done; the second call completes the
     grid, skipping finished runs and resuming the interrupted ones from their checkpoints. With
     ``--ray`` both calls (real processes, one interrupted) use the session's local Ray instance
     through ``ENTK_RAY_ADDRESS``."""
     out = tmp_path / "runs"
-    args = ["grid", "modadd-mlp", "--seed", "0,1", "--p", "5,7", "--width", "64", "--epochs", "3000",
+    args = ["grid", "modadd-mlp", "--seed", "0,1", "--p", "5,7", "--width", "64", "--epochs", "600",
             "--checkpoint-every", "100", "--out", str(out), "--workers", "2", "--json"] + (["--ray"] if ray else [])
     env = {**os.environ, "ENTK_PROGRESS": "off", "OMP_NUM_THREADS": "1"}
     if ray:
