@@ -1,5 +1,7 @@
 """Probe sets on a tiny random GPT-2 with a locally built tokenizer and the shared stories."""
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +23,13 @@ def world(tmp_path_factory, tok):
     M.save_model_folder(root / "gpt2-other", "gpt2", layers=2, seed=1, tokenizer=tok)
     stories = M.write_stories(root / "stories.txt", 150)
     return root, load_lm(root / "gpt2"), stories
+
+
+@pytest.fixture(scope="module")
+def small_set(world, tmp_path_factory) -> Path:
+    """A saved probe set (1 per tag), built once for the tests that damage copies of it."""
+    root, lm, stories = world
+    return _build(lm, stories, per_tag=1).save(tmp_path_factory.mktemp("small-set") / "set")
 
 
 def _build(lm, stories, **kw):
@@ -189,11 +198,11 @@ def test_greedy_continuation_equals_generate_with_the_kv_cache(tok, arch):
     (lambda p: {**p, "counts": {"NOUN": "3"}}, "'counts' must map tags to integers"),
     (lambda p: {k: v for k, v in p.items() if k != "tokenizer"}, "has no 'tokenizer'"),
 ])
-def test_provenance_of_the_wrong_types_is_one_line(world, tmp_path, edit, field):
+def test_provenance_of_the_wrong_types_is_one_line(small_set, tmp_path, edit, field):
     """Issue 21.7: a probe set whose provenance has the wrong types was an unexpected
     AttributeError; now loading (and the listing) names the field in one line."""
-    root, lm, stories = world
-    out = _build(lm, stories, per_tag=1).save(tmp_path / "probes" / "set")
+    out = tmp_path / "probes" / "set"
+    shutil.copytree(small_set, out)
     prov = json.loads((out / "provenance.json").read_text())
     (out / "provenance.json").write_text(json.dumps(edit(prov)))
     with pytest.raises(ValueError, match=f"probe set set: provenance.json .*{field}") as e:
