@@ -175,17 +175,15 @@ def epoch_animation_figure(
             traces.append(go.Heatmap(z=pictures[i0][1], x=freqs, y=freqs, colorscale="Viridis", showscale=False,
                                      xaxis="x3", yaxis="y3",
                                      hovertemplate="k_a=%{y}, k_b=%{x}<br>%{z:.3f}<extra></extra>"))
-            # the pictures' axes carry no ticks or titles (the panel titles say what they are, the
-            # hover gives a, b or k_a, k_b): every frame redraws the whole figure, and each tick
-            # label is text the browser lays out again (~10% of a frame in Chromium)
-            bare = {"showticklabels": False, "ticks": "", "showgrid": False, "zeroline": False, "constrain": "domain"}
             layout.update({
-                "xaxis2": {**bare, "domain": [0.52, 0.74], "anchor": "y2"},
-                "yaxis2": {**bare, "anchor": "x2", "autorange": "reversed", "scaleanchor": "x2"},
-                "xaxis3": {**bare, "domain": [0.78, 1.0], "anchor": "y3"},
-                "yaxis3": {**bare, "anchor": "x3", "autorange": "reversed", "scaleanchor": "x3"},
+                "xaxis2": {"domain": [0.52, 0.74], "anchor": "y2", "title": {"text": "b"}, "constrain": "domain"},
+                "yaxis2": {"anchor": "x2", "title": {"text": "a"}, "autorange": "reversed", "scaleanchor": "x2",
+                           "constrain": "domain"},
+                "xaxis3": {"domain": [0.78, 1.0], "anchor": "y3", "title": {"text": "k_b"}, "constrain": "domain"},
+                "yaxis3": {"anchor": "x3", "title": {"text": "k_a"}, "autorange": "reversed", "scaleanchor": "x3",
+                           "constrain": "domain"},
                 "annotations": [{**panel, "x": 0.63, "text": "eigenvector over (a, b)"},
-                                {**panel, "x": 0.89, "text": "its 2-D Fourier power (k_a, k_b)"}],
+                                {**panel, "x": 0.89, "text": "its 2-D Fourier power"}],
             })
         else:
             n = pictures[0][0].size
