@@ -12,14 +12,9 @@ from .style import family_color, fixed_margins, human_name, marker_line
 __all__ = ["accuracy_figure", "overlap_figure"]
 
 
-CURRENT_EPOCH = "this epoch"
-"""The legend name of the current epoch's line. The same at every epoch: a step of the epoch
-then changes only the line (a layout shape), which the browser redraws without the curves."""
-
-
 def _markers(fig, current, markers, shapes: list, **kw) -> None:
     if current is not None:
-        marker_line(fig, current, CURRENT_EPOCH, "epoch", shapes=shapes, **kw)
+        marker_line(fig, current, f"epoch {current:g}", "epoch", shapes=shapes, **kw)
     for label, x in (markers or {}).items():
         if x is not None:
             marker_line(fig, x, label, "onset" if label.startswith("onset") else "peak", shapes=shapes, **kw)
