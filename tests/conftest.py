@@ -33,9 +33,10 @@ TIER_TIMEOUT_S = {"unit": 300, "integration": 1200, "acceptance": 1800}
 
 
 #: Session fixtures whose users run in one pytest-xdist worker (``--dist loadgroup``), so each
-#: is built once per worker that needs it: (fixture, group). A test that uses several goes with
-#: the first. The browser tests are two groups (``test_browser.py``, the other browser modules),
-#: so they run beside each other, each worker training the browser runs once (~25 s).
+#: worker-bound object (a chromium, a Ray instance, the loaded Gemma) starts in as few workers as
+#: possible: (fixture, group). A test that uses several goes with the first. The browser tests are
+#: two groups (``test_browser.py``, the other browser modules) that run beside each other; the runs
+#: and cache they read are built once per session (``shared_once``).
 SHARED_FIXTURES = (("browser", "browser"), ("browser_runs", "browser"), ("gemma", "gemma"), ("ray_cluster", "ray"))
 
 

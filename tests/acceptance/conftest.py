@@ -80,8 +80,11 @@ def browser_world(browser_runs, tmp_path_factory) -> tuple[Path, Path]:
     from entk_core.store.cache import ArrayCache
     from entk_core.workflows import alignment
 
+    def cache_in(base: Path) -> Path:  # ENTK_BROWSER_CACHE: an existing cache, reused across sessions
+        return Path(os.environ.get("ENTK_BROWSER_CACHE") or base / "cache")
+
     def build(base: Path) -> None:
-        cache = Path(os.environ.get("ENTK_BROWSER_CACHE") or base / "cache")
+        cache = cache_in(base)
         (base / "lm").mkdir()
         _lm_world(base / "lm", cache)
         c = ArrayCache(cache)
@@ -89,7 +92,7 @@ def browser_world(browser_runs, tmp_path_factory) -> tuple[Path, Path]:
         c.close()
 
     base = shared_once(tmp_path_factory, "browser-world", build)
-    return Path(os.environ.get("ENTK_BROWSER_CACHE") or base / "cache"), base / "lm"
+    return cache_in(base), base / "lm"
 
 
 @pytest.fixture(scope="session")
