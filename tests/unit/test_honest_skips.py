@@ -39,6 +39,10 @@ def test_never_collected():
     pass
 '''
 
+# The inner session runs inside an xdist worker; a pytest-benchmark plug-in installed in the
+# interpreter would warn there that xdist is active (pyproject.toml blocks it the same way).
+INNER_ARGS = ("-p", "no:cacheprovider", "-p", "no:benchmark")
+
 
 def _run(pytester, monkeypatch, ci_value):
     if ci_value is None:
@@ -47,7 +51,7 @@ def _run(pytester, monkeypatch, ci_value):
         monkeypatch.setenv("CI", ci_value)
     pytester.makepyfile(test_sample=SAMPLE, test_module_skip=MODULE_SKIP)
     # (a failed collection stops the session; here it should not hide the other outcomes)
-    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rA", "--continue-on-collection-errors",
+    return pytester.runpytest_inprocess(*INNER_ARGS, "-rA", "--continue-on-collection-errors",
                                         plugins=[_honest_skips])
 
 
@@ -78,7 +82,7 @@ def test_locally_a_skip_with_a_reason_stays_a_skip(pytester, monkeypatch, value)
 def test_locally_a_skip_without_a_reason_fails(pytester, monkeypatch):
     monkeypatch.delenv("CI", raising=False)
     pytester.makepyfile(test_bare="import pytest\n\ndef test_bare():\n    pytest.skip()\n")
-    res = pytester.runpytest_inprocess("-p", "no:cacheprovider", plugins=[_honest_skips])
+    res = pytester.runpytest_inprocess(*INNER_ARGS, plugins=[_honest_skips])
     res.assert_outcomes(failed=1)
     assert "a skip must name its reason" in res.stdout.str()
 
