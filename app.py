@@ -21,7 +21,7 @@ Viewer mode (``ENTK_VIEWER=1`` or ``streamlit run app.py -- --viewer``,
 :mod:`entk_core.ui.mode`): the sidebar says so, and no page offers training, building,
 clearing, deleting, uploading or a typed path.
 
-Worker processes: the sweep's ``spawn``-ed workers import the main module of the process
+Worker processes: the sweep's pool workers import the main module of the process
 that starts them, which in the server is this file (as ``__mp_main__``). Everything below
 runs only when Streamlit runs the file as ``__main__``, so a worker imports nothing but the
 standard library here: no Streamlit call outside a script run (no "missing ScriptRunContext"

@@ -47,3 +47,13 @@ def slow(seconds: float, marker_dir: str, x: int) -> int:
         time.sleep(0.05)
     f.unlink()
     return x
+
+
+def env_value(name: str) -> str | None:
+    """The worker's value of the environment variable ``name``."""
+    return os.environ.get(name)
+
+
+def niceness() -> int:
+    """The worker's scheduling priority (``nice`` value)."""
+    return os.nice(0)

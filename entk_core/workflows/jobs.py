@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 __all__ = ["NotCached", "ProbeCache", "cached", "Job", "JobError", "WORKER_NICE", "jobs_started", "worker_threads",
-           "prestart_workers"]
+           "prestart_workers", "worker_context"]
 
 WORKER_NICE = 10
 """How much lower a worker's scheduling priority is than the server's (``os.nice``)."""
@@ -72,8 +72,10 @@ def jobs_started() -> int:
 _NO_MAIN = threading.local()
 
 
-def _context():
-    """The forkserver context (created once per process; the server is started on first use).
+def worker_context():
+    """The forkserver context (created once per process; the server is started on first use),
+    for the jobs here and the local executor's pool
+    (:class:`~entk_core.workflows.executors.LocalExecutor`).
 
     A worker needs nothing from the caller's ``__main__`` (the Streamlit launcher, pytest, a
     notebook; targets are named by module), so while :meth:`Job.start` runs in a thread, the
@@ -110,7 +112,7 @@ def prestart_workers() -> None:
     def go() -> None:
         from multiprocessing import forkserver
 
-        _context()
+        worker_context()
         _NO_MAIN.on = True
         try:
             forkserver.ensure_running()
@@ -222,7 +224,7 @@ class Job:
         return {"family": run.family.name, "family_ref": family_ref(run.family)}
 
     def start(self) -> "Job":
-        ctx = _context()
+        ctx = worker_context()
         req = {"steps": self._steps(), "env": {**os.environ, **self.env}, "cwd": os.getcwd()}
         self._conn, child = ctx.Pipe(duplex=False)
         self.proc = ctx.Process(target=_worker, args=(req, child), name="entk-job", daemon=False)

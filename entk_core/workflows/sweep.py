@@ -37,7 +37,7 @@ What is measured
 
 Speed and scale-out: each checkpoint whose spectrum is not cached yet is a *unit*
 (:func:`spectrum_unit`) run through the executor seam (:mod:`entk_core.workflows.executors`):
-in this process for a few checkpoints, in ``workers`` spawned processes (one torch thread
+in this process for a few checkpoints, in ``workers`` local worker processes (one torch thread
 each) by default, or on Ray (``ray=``; the checkpoint's safetensors bytes travel with the
 unit, so workers need no shared filesystem). Per checkpoint the work is a kernel and an
 ``N x N`` eigendecomposition: LAPACK's ``eigh`` gains little from a second thread and slows

@@ -26,6 +26,26 @@ def test_inline_and_local_agree_and_report_in_order():
     assert sorted(seen) == sorted([f"u{i}" for i in range(6)] * 2)
 
 
+def test_local_workers_take_the_callers_environment_and_priority(monkeypatch):
+    """Pool workers are forked from a forkserver started earlier, yet see the environment and
+    the niceness their caller has when the pool starts, as spawned processes would."""
+    LocalExecutor(2).run(_squares(2))  # the forkserver is running from here on
+    monkeypatch.setenv("ENTK_TEST_MARK", "set after the forkserver started")
+    got: dict = {}
+
+    def lower_priority_caller() -> None:  # Linux: a thread's nice value is its own
+        os.nice(3)
+        got.update({r.key: r.value for r in LocalExecutor(2).run(
+            [Unit("env", U.env_value, {"name": "ENTK_TEST_MARK"}), Unit("nice", U.niceness, {})])})
+
+    import threading
+
+    t = threading.Thread(target=lower_priority_caller)
+    t.start()
+    t.join()
+    assert got == {"env": "set after the forkserver started", "nice": os.nice(0) + 3}
+
+
 def test_default_executor_choice():
     assert isinstance(make_executor(n_units=3), InlineExecutor)
     ex = make_executor(n_units=20, workers=2)
