@@ -1,6 +1,6 @@
 """Helpers for the real-browser end-to-end tests (tests/acceptance/test_browser*.py): a
 Streamlit server in a subprocess, Debian's chromium driven by Playwright, a watch on each
-browser context (requests to other hosts, console errors), and waits that understand
+tab (requests to other hosts, console errors), and waits that understand
 Streamlit's script runs and Plotly's asynchronous drawing. The session fixtures (runs, the
 result cache, the browser) are in ``tests/acceptance/conftest.py``."""
 from __future__ import annotations
@@ -110,12 +110,14 @@ def browser_env(runs: Path, cache: Path, lm: Path | None = None, **extra: str) -
 
 
 class Watch:
-    """Requests to other hosts and console errors of one browser context."""
+    """Requests to other hosts and console errors of one browser tab, from :meth:`attach` to
+    :meth:`detach`."""
 
-    def __init__(self, ctx, base: str):
+    def __init__(self, page, base: str):
         self.base, self.foreign, self.console, self.probes = base, [], [], []
-        ctx.on("request", self._request)
-        ctx.on("response", self._response)
+        self.page = page
+        page.on("request", self._request)
+        page.on("response", self._response)
 
     def _request(self, req) -> None:
         u = req.url
@@ -126,8 +128,19 @@ class Watch:
         if resp.status == 404 and PROBE_404.search(urlparse(resp.url).path):
             self.probes.append(resp.url)
 
+    def _console(self, m) -> None:
+        if m.type == "error":
+            self.console.append(m.text)
+
     def attach(self, page) -> None:
-        page.on("console", lambda m: m.type == "error" and self.console.append(m.text))
+        page.on("console", self._console)
+
+    def detach(self) -> None:
+        for event, fn in (("request", self._request), ("response", self._response), ("console", self._console)):
+            try:
+                self.page.remove_listener(event, fn)
+            except Exception:  # noqa: BLE001 - not attached, or the page is gone
+                pass
 
     def check(self) -> None:
         assert not self.foreign, f"requests to other hosts: {sorted(set(self.foreign))[:5]}"
@@ -138,15 +151,57 @@ class Watch:
         assert not errors, f"console errors: {errors[:5]}"
 
 
-def new_context(browser, server):
-    """``(context, page, watch)``: a fresh browser context on ``server``, watched."""
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    ctx.add_init_script(_RUN_WATCH_JS)
-    watch = Watch(ctx, server.url)
-    pg = ctx.new_page()
+VIEWPORT = {"width": 1400, "height": 1000}
+
+_PROFILES: dict = {}
+"""Per (browser, server, profile): its browser context and its idle tabs (:func:`new_context`)."""
+
+
+class Tab:
+    """What :func:`new_context` hands out in place of a context: ``close()`` stops watching the
+    tab and leaves it on ``about:blank`` (its Streamlit session ends) for the next test."""
+
+    def __init__(self, page, watch: Watch, idle: list):
+        self.page, self.watch, self._idle = page, watch, idle
+
+    def close(self) -> None:
+        self.watch.detach()
+        try:
+            self.page.goto("about:blank")
+            self.page.set_viewport_size(VIEWPORT)
+        except Exception:  # noqa: BLE001 - a tab that cannot go blank is not reused
+            self.page.close()
+            return
+        self._idle.append(self.page)
+
+
+def new_context(browser, server, profile: str = "visitor", fresh: bool = False):
+    """``(tab, page, watch)``: a watched tab on ``server`` in the browser context of
+    ``profile`` (one context per browser, server and profile; a test that opens a link "in
+    another browser", a collaborator's, asks for another profile).
+
+    A tab is reused from test to test (left on ``about:blank`` in between): each page it opens
+    is a fresh Streamlit session, and a reused tab loads a page for ~2.2 s of machine CPU where a
+    new tab or a new context took ~5 s (four loads of the Spectrum page each way, 2 cores,
+    2026-12-05). ``fresh``: a new tab, with an empty history (Chrome keeps at most 50 entries
+    per tab, so a test that counts them needs one)."""
+    key = (id(browser), server.url, profile)
+    prof = _PROFILES.get(key)
+    if prof is None or prof["ctx"].browser is not browser or not browser.is_connected():
+        ctx = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+        ctx.add_init_script(_RUN_WATCH_JS)
+        prof = _PROFILES[key] = {"ctx": ctx, "idle": []}
+    idle = prof["idle"]
+    pg = None
+    while idle and pg is None and not fresh:
+        cand = idle.pop()
+        pg = None if cand.is_closed() else cand
+    if pg is None:
+        pg = prof["ctx"].new_page()
+    watch = Watch(pg, server.url)
     watch.attach(pg)
     pg.set_default_timeout(90_000)
-    return ctx, pg, watch
+    return Tab(pg, watch, idle), pg, watch
 
 
 def open_page(page, url: str, start: bool = True) -> None:

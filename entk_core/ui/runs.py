@@ -8,6 +8,8 @@ Cached objects are shared by every session: read-only by convention.
 """
 from __future__ import annotations
 
+import time
+
 from pathlib import Path
 
 import streamlit as st
@@ -144,18 +146,22 @@ def _cache_panel() -> None:
                 st.caption("Cache cleared.")
 
 
-@st.cache_resource(ttl=2, show_spinner=False)
-def _list_runs_cached(root: str, mtime: float):
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _list_runs_cached(root: str, mtime: float, period: int):
     return list_runs(Path(root))
 
 
 def runs_listing(root: Path) -> list[tuple[str, Run | RunError]]:
-    """``(name, Run or the RunError it raises)`` of every run folder in ``root`` (cached for 2 s)."""
+    """``(name, Run or the RunError it raises)`` of every run folder in ``root`` (cached for 2 s).
+
+    The 2 s are a key (the current 2-second period), not a ``ttl``: Streamlit 1.67's TTL cache
+    checks an entry's expiry twice per read, and an entry expiring between the two checks
+    raised ``KeyError`` out of the cache (seen on a busy machine)."""
     try:
         mtime = root.stat().st_mtime
     except OSError:
         mtime = 0.0
-    return _list_runs_cached(str(root), mtime)
+    return _list_runs_cached(str(root), mtime, int(time.monotonic() // 2))
 
 
 def sidebar() -> None:

@@ -12,7 +12,7 @@ p = 29, a TMS run and a short Transformer run). What is checked:
   deep link are upstream behaviour and are told apart by their URL);
 * the first deep link right after a server start opens no "Page not found" dialog;
 * each URL-mirrored control round-trips: set it in the page, open the resulting link in a
-  fresh browser context, read the widget back;
+  another browser profile (a collaborator's), read the widget back;
 * Back and Forward step through views, one history entry per action;
 * clicking an eigenvalue shows its eigenvector on every page with a spectrum;
 * compare (principal angles) and export (CSV, NPZ, PNG, SVG) work;
@@ -62,6 +62,15 @@ def server(browser_runs, browser_world):
 @pytest.fixture
 def page(browser, server):
     ctx, pg, watch = _context(browser, server)
+    yield pg
+    watch.check()
+    ctx.close()
+
+
+@pytest.fixture
+def fresh_page(browser, server):
+    """A new tab, with an empty history."""
+    ctx, pg, watch = _context(browser, server, fresh=True)
     yield pg
     watch.check()
     ctx.close()
@@ -211,7 +220,7 @@ ROUND_TRIPS = [
 
 def test_every_control_round_trips_through_the_url(browser, server):
     """Per page and run: each control is set in turn (its widget changes and its parameter
-    enters the URL), then the page's final link opens in a fresh browser context (a
+    enters the URL), then the page's final link opens in another browser profile (a
     collaborator's) with every control as it was left."""
     groups: dict[tuple[str, str], list[tuple]] = {}
     for path, run, *control in ROUND_TRIPS:
@@ -241,7 +250,7 @@ def test_every_control_round_trips_through_the_url(browser, server):
                 assert param in _query(page), (path, label, param, page.url)
             link = page.url
             final = {label: _widget_value(page, kind, label) for kind, label, _, _ in controls}
-            ctx2, page2, watch2 = _context(browser, server)
+            ctx2, page2, watch2 = _context(browser, server, profile="collaborator")
             try:
                 _open(page2, link)
                 restored = {label: _widget_value(page2, kind, label) for kind, label, _, _ in controls}
@@ -270,7 +279,8 @@ def test_bad_link_shows_an_error_not_a_traceback(page, server):
     assert chart_count(page) > 0
 
 
-def test_back_and_forward_step_through_views(page, server):
+def test_back_and_forward_step_through_views(fresh_page, server):
+    page = fresh_page
     _open(page, f"{server.url}/?run={MLP}")
     start = page.evaluate("history.length")
     _set_widget(page, "select", "Layer group", "net.3 · W2, hidden → output")
