@@ -42,7 +42,22 @@ CASES = {
 
 def run_case(case: str, repeats: int = 3, max_seconds: float = 300.0, n: int | None = None,
              memory_budget: str | None = None) -> dict[str, Any]:
-    """One case in this process: ``{"methods": {m: {...}}, "auto_over_best_forced", ...}``."""
+    """One case in this process: ``{"methods": {m: {...}}, "auto_over_best_forced", ...}``.
+
+    The objects alive when it starts (a test runner's, a notebook's) are frozen out of the
+    garbage collector for its duration, so the full collection before every measurement
+    walks only what the case made (28 collections cost 4.1 s in a bare interpreter before)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    try:
+        return _run_case(case, repeats, max_seconds, n, memory_budget)
+    finally:
+        gc.unfreeze()
+
+
+def _run_case(case: str, repeats: int, max_seconds: float, n: int | None, memory_budget: str | None) -> dict[str, Any]:
     import torch
 
     from ..engine.kernels import empirical_ntk, estimate_ntk
