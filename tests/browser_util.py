@@ -110,14 +110,14 @@ def browser_env(runs: Path, cache: Path, lm: Path | None = None, **extra: str) -
 
 
 class Watch:
-    """Requests to other hosts and console errors of one browser tab, from :meth:`attach` to
-    :meth:`detach`."""
+    """Requests to other hosts and console errors of one browser tab, until :meth:`detach`."""
 
     def __init__(self, page, base: str):
         self.base, self.foreign, self.console, self.probes = base, [], [], []
         self.page = page
         page.on("request", self._request)
         page.on("response", self._response)
+        page.on("console", self._console)
 
     def _request(self, req) -> None:
         u = req.url
@@ -131,9 +131,6 @@ class Watch:
     def _console(self, m) -> None:
         if m.type == "error":
             self.console.append(m.text)
-
-    def attach(self, page) -> None:
-        page.on("console", self._console)
 
     def detach(self) -> None:
         for event, fn in (("request", self._request), ("response", self._response), ("console", self._console)):
@@ -199,7 +196,6 @@ def new_context(browser, server, profile: str = "visitor", fresh: bool = False):
     if pg is None:
         pg = prof["ctx"].new_page()
     watch = Watch(pg, server.url)
-    watch.attach(pg)
     pg.set_default_timeout(90_000)
     return Tab(pg, watch, idle), pg, watch
 
@@ -347,7 +343,7 @@ def screenshot(page, path: Path) -> None:
     h = page.evaluate("""() => {
         const m = document.querySelector('[data-testid="stMainBlockContainer"]');
         return m ? m.scrollHeight + 160 : document.body.scrollHeight; }""")
-    vp = page.viewport_size or {"width": 1400, "height": 1000}
+    vp = page.viewport_size or VIEWPORT
     page.set_viewport_size({"width": vp["width"], "height": int(min(max(h, vp["height"]), 7000))})
     wait_idle(page, 60, quiet_ms=300)  # Plotly redraws on resize
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+from .jobs import worker_context
+
 __all__ = [
     "Unit",
     "UnitResult",
@@ -226,8 +228,6 @@ class LocalExecutor(Executor):
     def _pool(self, n: int) -> ProcessPoolExecutor:
         # forked from the jobs' forkserver, which has torch and the library imported: a worker
         # starts in ~0.1 s instead of the ~3.5 s of CPU a fresh interpreter spends importing them
-        from .jobs import worker_context
-
         return ProcessPoolExecutor(n, mp_context=worker_context(), initializer=_worker_init,
                                    initargs=(self.threads, dict(os.environ), os.nice(0)))
 

@@ -11,7 +11,7 @@ p = 29, a TMS run and a short Transformer run). What is checked:
   ``<page>/_stcore/health|host-config`` that Streamlit's frontend sends before the root ones on a
   deep link are upstream behaviour and are told apart by their URL);
 * the first deep link right after a server start opens no "Page not found" dialog;
-* each URL-mirrored control round-trips: set it in the page, open the resulting link in a
+* each URL-mirrored control round-trips: set it in the page, open the resulting link in
   another browser profile (a collaborator's), read the widget back;
 * Back and Forward step through views, one history entry per action;
 * clicking an eigenvalue shows its eigenvector on every page with a spectrum;
