@@ -281,6 +281,46 @@ def test_one_gguf_reader_parses_a_file_once_inside_the_block(tmp_path, monkeypat
     assert gguf.GGUFReader is Real and Real(f) is not r1        # restored: the reader is not kept
 
 
+def test_the_plain_view_reader_reads_what_the_gguf_reader_reads(tmp_path):
+    """The reader :func:`one_gguf_reader` shares cuts a plain view of the memory map (8 s faster
+    on Gemma's vocabulary); every field part, field value and tensor equals the gguf package's."""
+    from gguf import GGUFWriter, GGUFReader
+
+    from entk_core.families.causal_lm.files import _plain_reader
+
+    rng = np.random.default_rng(0)
+    f = tmp_path / "vocab.gguf"
+    w = GGUFWriter(str(f), "gemma3")
+    w.add_block_count(2)
+    w.add_token_list([f"tok{i}" + "é" * (i % 3) for i in range(300)])   # a string array, as a vocabulary
+    w.add_token_scores(rng.normal(size=300).astype(np.float32).tolist())
+    w.add_token_types([int(i % 5) for i in range(300)])
+    w.add_string("general.name", "tiny")
+    w.add_float32("gemma3.rope.freq_base", 10000.0)
+    w.add_tensor("token_embd.weight", rng.normal(size=(300, 8)).astype(np.float32))
+    w.add_tensor("blk.0.ffn_down.weight", rng.normal(size=(8, 16)).astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ref, fast = GGUFReader(f), _plain_reader(GGUFReader)(f)
+    assert isinstance(fast, GGUFReader) and list(ref.fields) == list(fast.fields) and len(ref.fields) >= 8
+    for name, a in ref.fields.items():
+        b = fast.fields[name]
+        assert (a.offset, a.types, a.data, len(a.parts)) == (b.offset, b.types, b.data, len(b.parts)), name
+        assert all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a.parts, b.parts)), name
+        assert str(a.contents()) == str(b.contents()), name
+    assert len(ref.fields["tokenizer.ggml.tokens"].data) == 300
+    assert [(t.name, t.tensor_type, t.shape.tolist(), t.data_offset) for t in ref.tensors] == \
+        [(t.name, t.tensor_type, t.shape.tolist(), t.data_offset) for t in fast.tensors]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(ref.tensors, fast.tensors))
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(f.read_bytes()[:-64])
+    for reader in (GGUFReader, _plain_reader(GGUFReader)):  # a file cut short fails in both
+        with pytest.raises(ValueError):
+            reader(cut)
+
+
 def test_parsed_once_applies_to_gguf_files_only(tmp_path, monkeypatch):
     import contextlib
 
