@@ -21,13 +21,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from browser_util import (CHROMIUM, CHROMIUM_ARGS, StreamlitServer, after_interaction, error_texts,  # noqa: E402
+from browser_util import (ANIMATION_STEP_JS, CHROMIUM, CHROMIUM_ARGS, StreamlitServer, after_interaction, error_texts,  # noqa: E402
                           screenshot, wait_idle)
 
-_STEP = """async (name) => {
-    const gd = [...document.querySelectorAll('.js-plotly-plot')]
-        .find(g => g._transitionData && g._transitionData._frames && g._transitionData._frames.length > 1);
-    await window.Plotly.animate(gd, [name], {...gd.layout.sliders[0].steps[0].args[1], mode: 'immediate'});
+_STEP = ANIMATION_STEP_JS + """async (name) => {  // a click on the step of the chart's slider
+    const gd = animatedChart();
+    return await clickAnimationStep(gd, gd.layout.sliders[0].steps.findIndex(s => s.label === name));
 }"""
 
 

@@ -359,3 +359,27 @@ def open_expanders(page) -> None:
             break
         closed.first.click()
     page.wait_for_timeout(300)
+
+
+ANIMATION_STEP_JS = """
+// The page's epoch animation (the Plotly chart with more than one frame), and a click on step i
+// of its own slider, as a user's: a mouse press on the step's tick. Plotly's slider moves, shows
+// the epoch and runs the step (its method and args); the promise resolves once the step is drawn
+// ('same' when the slider is already there, 'timeout' when nothing is drawn in 10 s).
+const animatedChart = () => [...document.querySelectorAll('.js-plotly-plot')]
+    .find(g => g._transitionData && g._transitionData._frames && g._transitionData._frames.length > 1);
+const clickAnimationStep = (gd, i) => {
+    const steps = gd.layout.sliders[0].steps;
+    if (gd.layout.sliders[0].active === i) return Promise.resolve('same');
+    const touch = gd.querySelector('.slider-rail-touch-rect');
+    const t = gd.querySelectorAll('.slider-tick-rect')[i].getBoundingClientRect();
+    const r = touch.getBoundingClientRect();
+    const at = {clientX: t.x + t.width / 2, clientY: r.y + r.height / 2, bubbles: true, view: window, button: 0};
+    const done = new Promise(res => gd.once(steps[i].method === 'restyle' ? 'plotly_restyle' : 'plotly_animated', res));
+    touch.dispatchEvent(new MouseEvent('mousedown', at));
+    window.dispatchEvent(new MouseEvent('mouseup', at));
+    return Promise.race([done, new Promise(res => setTimeout(() => res('timeout'), 10000))]);
+};
+"""
+"""JavaScript defining ``animatedChart()`` and ``clickAnimationStep(gd, i)``: prefix a page
+script with it (the browser tests, ``benchmarks/bench_animation.py``, the docs' screenshots)."""

@@ -8,14 +8,20 @@ Fourier power, otherwise the vector over the kernel rows (``view="vector"``).
 
 Payload and speed: a frame carries only trace data (the spectrum's ``y`` and the pictures'
 ``z`` as float32, which Plotly sends as base64 typed arrays, and the cliffs as filled
-rectangles with their labels); the axes, panels and controls are in the layout once, and no
-frame touches the layout, so stepping to a frame redraws the traces without laying the
-figure out again. The epoch shows in the slider's current value. For the 51-checkpoint p = 29 demo run with the grid picture
-that is well under 1 MB (``tests/unit/test_animation.py`` bounds it,
-``benchmarks/bench_animation.py`` prints it with the frame rate in headless Chromium).
+rectangles with their labels); the axes, panels and controls are in the layout once. Where the
+frames hold only lines (no picture, or a vector's), the slider's steps animate them and
+Plotly updates the traces in place. A heatmap is drawn only by a full redraw, and animating
+to a frame with a redraw lays the whole figure out twice; so where a frame holds the ``p × p``
+pictures the slider's steps restyle the traces with the frame's values instead (one redraw,
+~1.4x the frames per second), and each frame (what Play steps through) also moves the slider.
+The epoch shows in the slider's current value. For the 51-checkpoint p = 29 demo run with the
+grid picture that is about 1 MB, the steps' copy of the frames' values included
+(``tests/unit/test_animation.py`` bounds it, ``benchmarks/bench_animation.py`` prints it with
+the frame rates in headless Chromium).
 """
 from __future__ import annotations
 
+import base64
 from typing import Sequence
 
 import numpy as np
@@ -73,6 +79,24 @@ def _slot_color(slot: int) -> str:
 def _rgba(hex_color: str, alpha: float) -> str:
     h = hex_color.lstrip("#")
     return f"rgba({int(h[0:2], 16)}, {int(h[2:4], 16)}, {int(h[4:6], 16)}, {alpha})"
+
+
+def _typed(v):
+    """A numeric array as a plotly.js typed-array spec (what plotly.py sends for trace data);
+    anything else as it is."""
+    if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.size:
+        a = np.ascontiguousarray(v, dtype=np.float32)
+        spec = {"dtype": "f4", "bdata": base64.b64encode(a.tobytes()).decode("ascii")}
+        return {**spec, "shape": ", ".join(map(str, a.shape))} if a.ndim > 1 else spec
+    return v.tolist() if isinstance(v, np.ndarray) else v
+
+
+def _restyle(data: list[dict], statics: list[dict]) -> dict:
+    """``Plotly.restyle`` values that set every trace to ``data`` (a frame's traces): for each
+    attribute any frame trace sets, one value per trace, the trace's own value where the frame
+    leaves it (``statics``; ``None``, which restyle reads as unset, where it has none)."""
+    keys = sorted({k for d in data for k in d if k != "type"})
+    return {k: [_typed(d[k]) if k in d else _typed(st.get(k)) for d, st in zip(data, statics)] for k in keys}
 
 
 def epoch_animation_figure(
@@ -197,28 +221,41 @@ def epoch_animation_figure(
                 "annotations": [{**panel, "x": 0.77, "text": "the tracked eigenvector"}],
             })
     trace_ids = list(range(len(traces)))
-    frames = []
-    for i, e in enumerate(ep):
+    # heatmaps are drawn only by a full redraw; scatter-only frames (the spectrum, a plain vector)
+    # are updated in place, several times cheaper per frame
+    redraw = grid
+    frame_data = []
+    for i in range(E):
         data = dynamic(i)
         if vectors is not None:
             data += ([{"type": "heatmap", "z": pictures[i][0]}, {"type": "heatmap", "z": pictures[i][1]}] if grid
                      else [{"type": "scatter", "y": pictures[i][0]}])
-        frames.append(go.Frame(name=str(e), data=data, traces=trace_ids, _validate=False))
-    # heatmaps are drawn only by a full redraw; scatter-only frames (the spectrum, a plain vector)
-    # are updated in place, several times cheaper per frame
-    redraw = grid
-    step_args = {"mode": "immediate", "frame": {"duration": 0, "redraw": redraw}, "transition": {"duration": 0}}
+        frame_data.append(data)
+    # Play animates the frames; a frame that needs a full redraw also carries the slider's position
+    # (the slider follows by itself only when its steps animate), and Play starts from the first
+    # checkpoint (Plotly's "from the current frame" knows only frames it animated, not restyles)
+    frames = [go.Frame(name=str(e), data=frame_data[i], traces=trace_ids, _validate=False,
+                       layout={"sliders": [{"active": i}]} if redraw else None) for i, e in enumerate(ep)]
+    if redraw:
+        # A slider step restyles the traces with the frame's values: one full redraw, where
+        # animating to a frame with a redraw lays the figure out twice (~1.4x the frames/s)
+        statics = [{k: v for k, v in t.to_plotly_json().items() if k in ("x", "y", "text", "z")} for t in traces]
+        steps = [{"label": str(e), "method": "restyle", "args": [_restyle(frame_data[i], statics), trace_ids]}
+                 for i, e in enumerate(ep)]
+    else:
+        step_args = {"mode": "immediate", "frame": {"duration": 0, "redraw": False}, "transition": {"duration": 0}}
+        steps = [{"label": str(e), "method": "animate", "args": [[str(e)], step_args]} for e in ep]
     layout["sliders"] = [{
         "active": i0, "currentvalue": {"prefix": "epoch ", "font": {"size": 14}}, "pad": {"t": 45, "b": 10},
-        "x": 0.15, "len": 0.85, "y": 0, "yanchor": "top",
-        "steps": [{"label": str(e), "method": "animate", "args": [[str(e)], step_args]} for e in ep],
+        "x": 0.15, "len": 0.85, "y": 0, "yanchor": "top", "steps": steps,
     }]
     layout["updatemenus"] = [{
         "type": "buttons", "direction": "left", "showactive": False, "x": 0.0, "y": 0, "xanchor": "left",
         "yanchor": "top", "pad": {"t": 52, "r": 10},
         "buttons": [
             {"label": "▶ Play", "method": "animate",
-             "args": [None, {"mode": "immediate", "fromcurrent": True, "frame": {"duration": int(frame_ms), "redraw": redraw},
+             "args": [None, {"mode": "immediate", "fromcurrent": not redraw,
+                             "frame": {"duration": int(frame_ms), "redraw": redraw},
                              "transition": {"duration": 0}}]},
             {"label": "❚❚", "method": "animate", "args": [[None], {"mode": "immediate", "frame": {"duration": 0},
                                                                   "transition": {"duration": 0}}]},

@@ -29,7 +29,7 @@ def epoch_animation(run: Run, *, key: str, epoch: int, group: str, reduction: st
                     default_on: bool = True) -> None:
     """Draw the epoch animation of ``run`` (one frame per checkpoint), opening on ``epoch``,
     behind a toggle mirrored as ``play=on|off`` (``default_on``): the figure holds every
-    checkpoint (~0.6 MB for the 51-checkpoint demo run) and is rebuilt on each sidebar step, so
+    checkpoint (~1.2 MB for the 51-checkpoint demo run) and is rebuilt on each sidebar step, so
     a page whose epoch steps must stay fast (Grokking) keeps it off until asked.
 
     ``group``, ``reduction``, ``top``: the spectra of every checkpoint (pass the sweep's, whose

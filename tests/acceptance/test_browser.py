@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from browser_util import (MLP, REPO, SHOTS, TF, TMS, StreamlitServer, after_interaction, chart_count, error_texts,
+from browser_util import (ANIMATION_STEP_JS, MLP, REPO, SHOTS, TF, TMS, StreamlitServer, after_interaction, chart_count, error_texts,
                           info_texts, nav_links, plot_titles, press_slider, screenshot, sliders)
 from browser_util import browser_env as _env
 from browser_util import new_context as _context
@@ -411,24 +411,25 @@ def test_stop_ends_the_work(page, server):
     assert any("Stopped" in (w.text_content() or "") for w in page.get_by_test_id("stAlertContentWarning").all())
 
 
-_ANIMATION_JS = """async () => {
-    const gd = [...document.querySelectorAll('.js-plotly-plot')]
-        .find(g => g._transitionData && g._transitionData._frames && g._transitionData._frames.length > 1);
+_ANIMATION_JS = ANIMATION_STEP_JS + """async () => {
+    const gd = animatedChart();
     if (!gd) return null;
     const names = gd._transitionData._frames.map(f => f.name);
     const app = document.querySelector('[data-testid="stApp"]');
     let runs = 0;
     const seen = new MutationObserver(() => { if (app.getAttribute('data-test-script-state') === 'running') runs++; });
     seen.observe(app, {attributes: true});
-    const step = {...gd.layout.sliders[0].steps[0].args[1], mode: 'immediate'};
-    const lines = [];
-    for (const n of [names[0], names[Math.floor(names.length / 2)]]) {
-        await window.Plotly.animate(gd, [n], step);
+    const steps = gd.layout.sliders[0].steps;
+    const lines = [], shown = [];
+    for (const i of [0, Math.floor(steps.length / 2)]) {  // clicks on the chart's own slider
+        const r = await clickAnimationStep(gd, i);
         const line = gd._fullData.find(t => t.name === 'eigenvalue');  // y decoded (gd.data keeps base64)
         lines.push(Array.from(line.y).slice(0, 3).join(','));
+        shown.push([r, gd.layout.sliders[0].active, [...gd.querySelectorAll('.slider-container text')]
+            .map(t => t.textContent).find(t => t.startsWith('epoch'))]);
     }
     seen.disconnect();
-    return {frames: names, lines: lines, runs: runs};
+    return {frames: names, lines: lines, runs: runs, shown: shown};
 }"""
 
 
@@ -447,6 +448,7 @@ def test_dynamics_page_and_the_epoch_animation(page, server):
         assert out is not None, f"{path}: no animated chart"
         assert out["frames"] == ["0", "50", "100", "150", "200", "250", "300", "350", "400", "450", "500"]
         assert out["lines"][0] != out["lines"][1], out  # the frames hold different spectra
+        assert [s[1:] for s in out["shown"]] == [[0, "epoch 0"], [5, "epoch 250"]], out  # the slider follows
         assert out["runs"] == 0, f"{path}: stepping the animation ran the script {out['runs']} times"
         assert _check_page(page, f"{path} after stepping the animation", server)
         screenshot(page, SHOTS / f"{shot}.png")
