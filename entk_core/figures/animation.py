@@ -35,7 +35,7 @@ __all__ = ["epoch_animation_figure", "FRAME_MS"]
 FRAME_MS = 150
 """Milliseconds a frame stays on screen when playing (about 7 frames a second: 51 checkpoints in 8 s)."""
 
-_SPEC_DOMAIN = [0.0, 0.44]
+_SPEC_DOMAIN = [0.0, 0.42]
 
 
 def _f32(a) -> np.ndarray:
@@ -200,14 +200,14 @@ def epoch_animation_figure(
                                      xaxis="x3", yaxis="y3",
                                      hovertemplate="k_a=%{y}, k_b=%{x}<br>%{z:.3f}<extra></extra>"))
             layout.update({
-                "xaxis2": {"domain": [0.52, 0.74], "anchor": "y2", "title": {"text": "b"}, "constrain": "domain"},
+                "xaxis2": {"domain": [0.50, 0.71], "anchor": "y2", "title": {"text": "b"}, "constrain": "domain"},
                 "yaxis2": {"anchor": "x2", "title": {"text": "a"}, "autorange": "reversed", "scaleanchor": "x2",
                            "constrain": "domain"},
-                "xaxis3": {"domain": [0.78, 1.0], "anchor": "y3", "title": {"text": "k_b"}, "constrain": "domain"},
+                "xaxis3": {"domain": [0.79, 1.0], "anchor": "y3", "title": {"text": "k_b"}, "constrain": "domain"},
                 "yaxis3": {"anchor": "x3", "title": {"text": "k_a"}, "autorange": "reversed", "scaleanchor": "x3",
                            "constrain": "domain"},
-                "annotations": [{**panel, "x": 0.63, "text": "eigenvector over (a, b)"},
-                                {**panel, "x": 0.89, "text": "its 2-D Fourier power"}],
+                "annotations": [{**panel, "x": 0.605, "text": "eigenvector over (a, b)"},
+                                {**panel, "x": 0.895, "text": "its 2-D Fourier power"}],
             })
         else:
             n = pictures[0][0].size
