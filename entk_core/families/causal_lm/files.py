@@ -112,7 +112,7 @@ def _plain_reader(base: type) -> type:
     of the ``np.memmap`` itself. The reader cuts every element of the metadata arrays out one at
     a time (the Gemma vocabulary: 786,000 cuts), and each ``np.memmap`` cut runs Python code
     (``__getitem__``, ``__array_finalize__``): parsing the Gemma GGUF takes 3 s instead of 11 s.
-    The fields and tensors are the same values (``tests/unit/test_lm_files.py``); the tensors'
+    The fields and tensors are the same values (``tests/unit/test_lm_models.py``); the tensors'
     data are ``ndarray`` views of the same mapped file."""
 
     class _PlainReader(base):
