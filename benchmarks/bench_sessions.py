@@ -7,7 +7,9 @@ driven by Playwright's async API), and in the same run:
    ``modadd-mlp-p29-seed0`` (sweep and PCA baseline cached: a warm step), ``--steps`` times;
 2. **N sessions**: N contexts (each its own Streamlit session, each on its own epoch) step at
    once, ``--steps`` rounds (every context presses its key at the same moment; each step is
-   timed from its key press to the end of its script run with every chart drawn);
+   timed from its key press to the page's last DOM change once its script run is over and the
+   page has stayed unchanged for ``QUIET_MS``; until 2026-12-05 it ended when the script run was
+   over and every chart had an SVG, which the previous step's charts already satisfied);
 3. **N sessions + long**: the same, while one more context runs a long computation started
    from its page (the flat-reduction spectrum of the same run, a worker process; started again
    with another ``top`` if it finishes before the phase does);
@@ -104,17 +106,32 @@ async def _wait_done(page, timeout_ms: int = 180_000) -> None:
     await page.wait_for_function(DONE_JS, timeout=timeout_ms, polling=10)
 
 
+_MARK_JS = """() => {
+    if (!window.__entkObs) {  // the time of the page's last DOM change, whatever changed it
+        window.__entkObs = new MutationObserver(() => { window.__entkLast = performance.now(); });
+        window.__entkObs.observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true});
+    }
+    window.__entkLast = performance.now();
+    return window.__entkLast;
+}"""
+QUIET_MS = 600
+"""A step has been drawn when, after its script run, the page has not changed for this long; its
+time runs from the key press to the page's last change (the quiet wait itself is not counted)."""
+
+
 async def _step(page, key: str) -> float:
-    t0 = time.perf_counter()
     slider = page.get_by_test_id("stSidebar").get_by_role("slider").first
     await slider.focus()
+    t0 = await page.evaluate(_MARK_JS)
     await page.keyboard.press(key)
     try:
         await page.wait_for_function(RUNNING_JS, timeout=3000, polling=5)
     except Exception:  # noqa: BLE001 - a very fast run may be over before we look
         pass
     await _wait_done(page)
-    return time.perf_counter() - t0
+    await page.wait_for_function(f"() => performance.now() - window.__entkLast > {QUIET_MS}", timeout=180_000,
+                                 polling=50)
+    return (await page.evaluate("window.__entkLast") - t0) / 1000
 
 
 class _Session:
