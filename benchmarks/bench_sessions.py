@@ -9,7 +9,7 @@ driven by Playwright's async API), and in the same run:
    once, ``--steps`` rounds (every context presses its key at the same moment; each step is
    timed from its key press to the page's last DOM change once its script run is over and the
    page has stayed unchanged for ``QUIET_MS``; until 2026-12-05 it ended when the script run was
-   over and every chart had an SVG, which the previous step's charts already satisfied);
+   over and every chart had an SVG, which the previous step's charts could already satisfy);
 3. **N sessions + long**: the same, while one more context runs a long computation started
    from its page (the flat-reduction spectrum of the same run, a worker process; started again
    with another ``top`` if it finishes before the phase does);
