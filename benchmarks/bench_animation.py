@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -42,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from browser_util import (ANIMATION_STEP_JS, CHROMIUM, CHROMIUM_ARGS, StreamlitServer,  # noqa: E402
-                          after_interaction, wait_idle)
+                          after_interaction, open_page)
 
 from entk_core.figures.animation import FRAME_MS  # noqa: E402
 
@@ -131,14 +130,8 @@ def measure(run_name: str, env: dict[str, str], passes: int, repeat: int) -> dic
         try:
             page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
             page.set_default_timeout(300_000)
-            page.goto(f"{srv.url}/grokking?run={run_name}&play=on")
-            wait_idle(page, timeout_s=600)
-            for _ in range(4):  # a cold cache: the page offers its long phases (the PCA baseline) first
-                offer = page.get_by_role("button", name=re.compile(r"^Start \("))
-                if not offer.count():
-                    break
-                offer.first.click()
-                after_interaction(page, timeout_s=1800)
+            # on a cold cache the page first offers its long phases (the PCA baseline): started and waited for
+            open_page(page, f"{srv.url}/grokking?run={run_name}&play=on")
             page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].some("
                                    "g => g._transitionData && g._transitionData._frames && "
                                    "g._transitionData._frames.length > 1)", timeout=300_000)

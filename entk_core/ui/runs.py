@@ -9,7 +9,6 @@ Cached objects are shared by every session: read-only by convention.
 from __future__ import annotations
 
 import time
-
 from pathlib import Path
 
 import streamlit as st
