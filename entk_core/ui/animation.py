@@ -5,11 +5,20 @@ by itself (:func:`entk_core.figures.animation.epoch_animation_figure`).
 The frames come from :func:`entk_core.workflows.dynamics_frames.epoch_frames` through
 :func:`~entk_core.ui.jobs.long_call` (cached; after the page's sweep every spectrum is
 cached and gathering them takes about a second). The sidebar's checkpoint slider keeps
-owning the URL: the animation opens on its epoch and moving the animation's own slider
-changes nothing on the server.
+owning the URL: the animation opens on its epoch when it is turned on, and moving the
+animation's own slider changes nothing on the server.
+
+A later step of the sidebar's slider leaves the animation as it is (where the visitor left
+it): the figure is the same object, so it is neither built nor drawn again. Building it takes
+~0.25 s and drawing a changed one ~0.17 s of the browser's CPU, on every step of the sidebar
+(the 51-checkpoint demo run; ``benchmarks/bench_animation.py`` times a sidebar step).
 """
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
+import numpy as np
 import streamlit as st
 
 from ..families.run import Run
@@ -20,6 +29,37 @@ from .urlstate import url_toggle
 
 __all__ = ["epoch_animation", "PICTURE_VIEWS"]
 
+_FIGURES: OrderedDict[tuple, object] = OrderedDict()
+_FIGURES_KEPT = 8
+"""Built figures, shared by every session (~1.2 MB each for the demo run), most recent last."""
+
+
+def _content_key(frames, view: str, title: str) -> tuple:
+    """What the figure shows apart from where it opens: the frames' values, the view, the title."""
+    h = hashlib.sha1()
+    for a in (frames.epochs, frames.eigenvalues, frames.vectors):
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            h.update(str((a.dtype, a.shape)).encode())
+            h.update(a.tobytes())
+    h.update(repr((frames.cliffs, frames.vector)).encode())
+    return (h.hexdigest(), view, title)
+
+
+def _figure(frames, view: str, title: str, content: tuple, opens_at: int):
+    """The animation figure opening on ``opens_at``, built once per content and epoch."""
+    key = (content, opens_at)
+    fig = _FIGURES.get(key)
+    if fig is None:
+        fig = epoch_animation_figure(frames.epochs, frames.eigenvalues, frames.cliffs, vectors=frames.vectors,
+                                     vector_index=frames.vector, view=view, current=opens_at, title=title)
+        _FIGURES[key] = fig
+        while len(_FIGURES) > _FIGURES_KEPT:
+            _FIGURES.popitem(last=False)
+    else:
+        _FIGURES.move_to_end(key)
+    return fig
+
 PICTURE_VIEWS = ("grid", "vector")
 """Eigenvector views (:meth:`ModelFamily.eigenvector_view`) the animation draws beside the spectrum."""
 
@@ -27,16 +67,19 @@ PICTURE_VIEWS = ("grid", "vector")
 def epoch_animation(run: Run, *, key: str, epoch: int, group: str, reduction: str | None, top: int | None,
                     vector: int | None = None, title: str = "eNTK spectrum over training",
                     default_on: bool = True) -> None:
-    """Draw the epoch animation of ``run`` (one frame per checkpoint), opening on ``epoch``,
-    behind a toggle mirrored as ``play=on|off`` (``default_on``): the figure holds every
-    checkpoint (~1.2 MB for the 51-checkpoint demo run) and is rebuilt on each sidebar step, so
-    a page whose epoch steps must stay fast (Grokking) keeps it off until asked.
+    """Draw the epoch animation of ``run`` (one frame per checkpoint) behind a toggle mirrored
+    as ``play=on|off`` (``default_on``). It opens on ``epoch`` when it is turned on, or when what
+    it shows changes (another run, group or tracked eigenvector); a later ``epoch`` (a step of
+    the sidebar) leaves it as it is. The figure holds every checkpoint (~1.2 MB for the
+    51-checkpoint demo run), so a page that opens with it off (Grokking) loads faster.
 
     ``group``, ``reduction``, ``top``: the spectra of every checkpoint (pass the sweep's, whose
     entries are cached); ``vector``: the eigenvector to track, drawn where the family's
     eigenvector view is a picture (:data:`PICTURE_VIEWS`)."""
+    opened = f"{key}_opened"  # (what it shows, the epoch it opened on) in this session
     if not url_toggle("play", "▶ Play through training in the browser (every checkpoint, no server round trip)",
                       default_on, key=f"{key}_on"):
+        st.session_state.pop(opened, None)
         return
     view = run.family.eigenvector_view(run.config)
     track = vector if view in PICTURE_VIEWS else None
@@ -48,9 +91,11 @@ def epoch_animation(run: Run, *, key: str, epoch: int, group: str, reduction: st
                        estimate_s=lambda: epoch_frames_seconds(run, **kw))
     if frames is None:
         return
-    fig = epoch_animation_figure(frames.epochs, frames.eigenvalues, frames.cliffs, vectors=frames.vectors,
-                                 vector_index=frames.vector, view=view, current=epoch, title=title)
-    st.plotly_chart(fig, key=key, width="stretch")
+    content = _content_key(frames, view, title)
+    was = st.session_state.get(opened)
+    opens_at = was[1] if was is not None and was[0] == content else int(epoch)
+    st.session_state[opened] = (content, opens_at)
+    st.plotly_chart(_figure(frames, view, title, content, opens_at), key=key, width="stretch")
     st.caption(f"{len(frames.epochs)} checkpoints, all in your browser: drag the slider under the chart or press "
-               "▶ Play to step through training with no round trip to the server. The sidebar's checkpoint sets "
-               "where it opens (and the link).")
+               "▶ Play to step through training with no round trip to the server. It opens on the sidebar's "
+               "checkpoint (the link's); a later step of the sidebar leaves it where you left it.")

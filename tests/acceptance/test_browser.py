@@ -431,6 +431,9 @@ _ANIMATION_JS = ANIMATION_STEP_JS + """async () => {
     seen.disconnect();
     return {frames: names, lines: lines, runs: runs, shown: shown};
 }"""
+_SHOWN_JS = ANIMATION_STEP_JS + """() => { const gd = animatedChart();
+    return [gd.layout.sliders[0].active, [...gd.querySelectorAll('.slider-container text')]
+            .map(t => t.textContent).find(t => t.startsWith('epoch'))]; }"""
 
 
 def test_dynamics_page_and_the_epoch_animation(page, server):
@@ -452,3 +455,13 @@ def test_dynamics_page_and_the_epoch_animation(page, server):
         assert out["runs"] == 0, f"{path}: stepping the animation ran the script {out['runs']} times"
         assert _check_page(page, f"{path} after stepping the animation", server)
         screenshot(page, SHOTS / f"{shot}.png")
+    # a step of the sidebar leaves the animation where the visitor left it (the figure is not
+    # drawn again); turned off and on, it opens on the sidebar's checkpoint
+    before, after = press_slider(page, sliders(page, "sidebar")[0], "ArrowLeft")
+    assert before != after and _query(page).get("epoch") == after, (before, after, page.url)
+    assert page.evaluate(_SHOWN_JS) == [5, "epoch 250"]
+    play = page.get_by_text(re.compile("Play through training in the browser"))
+    for _ in range(2):
+        play.click()
+        after_interaction(page)
+    assert page.evaluate(_SHOWN_JS) == [int(after) // 50, f"epoch {after}"], after
