@@ -29,7 +29,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench_dashboard import DONE_JS, RUNNING_JS  # the page-settled checks of the single-session bench
+from bench_dashboard import DONE_JS  # the page-settled check of the single-session bench
 
 RUN = "modadd-mlp-p29-seed0"
 TOP0 = 93
@@ -103,35 +103,58 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 async def _wait_done(page, timeout_ms: int = 180_000) -> None:
-    await page.wait_for_function(DONE_JS, timeout=timeout_ms, polling=10)
+    await page.wait_for_function(DONE_JS, timeout=timeout_ms, polling=POLL_MS)
 
 
-_MARK_JS = """() => {
-    if (!window.__entkObs) {  // the time of the page's last DOM change, whatever changed it
+_WATCH_JS = """() => {
+    // installed in every page (an init script): the time of the page's last DOM change, whatever
+    // changed it, and how many script runs have finished (the app's script state turning
+    // notRunning). Both are read from the page, so the harness can poll slowly (POLL_MS) without
+    // losing precision: a step's time is taken from these in-page timestamps.
+    const install = () => {
+        if (window.__entkObs || !document.body) return;
+        window.__entkLast = performance.now();
+        window.__entkRunsDone = 0;
         window.__entkObs = new MutationObserver(() => { window.__entkLast = performance.now(); });
         window.__entkObs.observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true});
-    }
-    window.__entkLast = performance.now();
-    return window.__entkLast;
+        new MutationObserver((records) => {
+            for (const r of records)
+                if (r.target.getAttribute('data-test-script-state') === 'notRunning') window.__entkRunsDone += 1;
+        }).observe(document.body, {subtree: true, attributes: true, attributeFilter: ['data-test-script-state']});
+    };
+    if (document.body) install(); else document.addEventListener('DOMContentLoaded', install);
 }"""
 QUIET_MS = 600
 """A step has been drawn when, after its script run, the page has not changed for this long; its
 time runs from the key press to the page's last change (the quiet wait itself is not counted)."""
+POLL_MS = 100
+"""How often the harness looks at a page. Until 2026-12-05 it looked every 5-10 ms, in every
+page at once: the looking itself cost the shared cores about 100 ms of CPU per step. The times
+come from the page's own clock, so looking less often loses no precision."""
+
+_SETTLED_JS = """(n0) => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    if (!app || app.getAttribute('data-test-script-state') !== 'notRunning' || window.__entkRunsDone <= n0) return false;
+    if (document.querySelector('[data-testid="stSpinner"]')) return false;
+    for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]'))
+        if (!c.querySelector('.js-plotly-plot .main-svg')) return false;
+    return performance.now() - window.__entkLast > %d;
+}""" % QUIET_MS
 
 
 async def _step(page, key: str) -> float:
     slider = page.get_by_test_id("stSidebar").get_by_role("slider").first
     await slider.focus()
-    t0 = await page.evaluate(_MARK_JS)
+    t0, n0 = await page.evaluate("() => [performance.now(), window.__entkRunsDone]")
     await page.keyboard.press(key)
-    try:
-        await page.wait_for_function(RUNNING_JS, timeout=3000, polling=5)
-    except Exception:  # noqa: BLE001 - a very fast run may be over before we look
-        pass
-    await _wait_done(page)
-    await page.wait_for_function(f"() => performance.now() - window.__entkLast > {QUIET_MS}", timeout=180_000,
-                                 polling=50)
+    await page.wait_for_function(_SETTLED_JS, arg=n0, timeout=180_000, polling=POLL_MS)
     return (await page.evaluate("window.__entkLast") - t0) / 1000
+
+
+async def _new_page(browser):
+    ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    await ctx.add_init_script(f"({_WATCH_JS})()")
+    return ctx, await ctx.new_page()
 
 
 class _Session:
@@ -149,8 +172,7 @@ class _Session:
 
 
 async def _open(browser, url: str, epoch: int) -> _Session:
-    ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = await ctx.new_page()
+    _, page = await _new_page(browser)
     await page.goto(f"{url}/grokking?run={RUN}&epoch={epoch}")
     await _wait_done(page, 600_000)
     await page.wait_for_timeout(300)
@@ -172,8 +194,7 @@ class _Long:
         self.browser, self.url, self.top, self.runs, self.started = browser, url, TOP0, [], None
 
     async def start(self) -> None:
-        self.ctx = await self.browser.new_context(viewport={"width": 1400, "height": 1000})
-        self.page = await self.ctx.new_page()
+        self.ctx, self.page = await _new_page(self.browser)
         await self._launch()
 
     async def _launch(self) -> None:

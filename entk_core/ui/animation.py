@@ -16,6 +16,7 @@ it): the figure is the same object, so it is neither built nor drawn again. Buil
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = ["epoch_animation", "PICTURE_VIEWS"]
 _FIGURES: OrderedDict[tuple, object] = OrderedDict()
 _FIGURES_KEPT = 8
 """Built figures, shared by every session (~1.2 MB each for the demo run), most recent last."""
+_FIGURES_LOCK = threading.Lock()  # sessions run their scripts in threads of one process
 
 
 def _content_key(frames, view: str, title: str) -> tuple:
@@ -49,15 +51,17 @@ def _content_key(frames, view: str, title: str) -> tuple:
 def _figure(frames, view: str, title: str, content: tuple, opens_at: int):
     """The animation figure opening on ``opens_at``, built once per content and epoch."""
     key = (content, opens_at)
-    fig = _FIGURES.get(key)
-    if fig is None:
-        fig = epoch_animation_figure(frames.epochs, frames.eigenvalues, frames.cliffs, vectors=frames.vectors,
-                                     vector_index=frames.vector, view=view, current=opens_at, title=title)
+    with _FIGURES_LOCK:
+        fig = _FIGURES.get(key)
+        if fig is not None:
+            _FIGURES.move_to_end(key)
+            return fig
+    fig = epoch_animation_figure(frames.epochs, frames.eigenvalues, frames.cliffs, vectors=frames.vectors,
+                                 vector_index=frames.vector, view=view, current=opens_at, title=title)
+    with _FIGURES_LOCK:
         _FIGURES[key] = fig
         while len(_FIGURES) > _FIGURES_KEPT:
             _FIGURES.popitem(last=False)
-    else:
-        _FIGURES.move_to_end(key)
     return fig
 
 PICTURE_VIEWS = ("grid", "vector")
