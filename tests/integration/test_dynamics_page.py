@@ -60,13 +60,19 @@ def test_dynamics_page_on_the_mlp(install_run, tiny_run_dir):
     ov = _find(charts, "Overlap of")
     assert any(str(t.get("name", "")).startswith("sum") for t in ov["data"])
     assert _epoch_lines(curves) == {30}
-    # the sidebar's checkpoint marks every curve and the animation opens there; the URL follows
+    # the sidebar's checkpoint marks every curve; the URL follows; the animation stays where it
+    # opened (the same figure: the browser does not draw it again), and opens on the sidebar's
+    # checkpoint when turned off and on
     at.select_slider(key="epoch").set_value(10).run()
     assert not at.exception and not at.error
     charts = _charts(at)
     assert _epoch_lines(_find(charts, "How the kernel moves")) == {10}
-    assert _find(charts, "played in the browser · eigenvector 1")["layout"]["sliders"][0]["active"] == 1
+    assert _find(charts, "played in the browser · eigenvector 1")["layout"]["sliders"][0]["active"] == 3
     assert at.query_params["epoch"] == "10"
+    at.toggle(key="dyn_animation_on").set_value(False).run()
+    assert not any("played in the browser" in t for t in _charts(at))
+    at.toggle(key="dyn_animation_on").set_value(True).run()
+    assert _find(_charts(at), "played in the browser · eigenvector 1")["layout"]["sliders"][0]["active"] == 1
     # a layer group: its own kernels, in the URL
     at.selectbox(key="dyn_group").set_value("net.0").run()
     assert not at.exception and not at.error
