@@ -64,6 +64,7 @@ def _figure(frames, view: str, title: str, content: tuple, opens_at: int):
             _FIGURES.popitem(last=False)
     return fig
 
+
 PICTURE_VIEWS = ("grid", "vector")
 """Eigenvector views (:meth:`ModelFamily.eigenvector_view`) the animation draws beside the spectrum."""
 
