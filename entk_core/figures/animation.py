@@ -21,11 +21,11 @@ the frame rates in headless Chromium).
 """
 from __future__ import annotations
 
-import base64
 from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from _plotly_utils.utils import to_typed_array_spec
 
 from .style import CLIFF_COLORS, CONSTANT_COLOR, block_label, fixed_margins
 from .vectors import grid_image
@@ -82,13 +82,10 @@ def _rgba(hex_color: str, alpha: float) -> str:
 
 
 def _typed(v):
-    """A numeric array as a plotly.js typed-array spec (what plotly.py sends for trace data);
-    anything else as it is."""
-    if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.size:
-        a = np.ascontiguousarray(v, dtype=np.float32)
-        spec = {"dtype": "f4", "bdata": base64.b64encode(a.tobytes()).decode("ascii")}
-        return {**spec, "shape": ", ".join(map(str, a.shape))} if a.ndim > 1 else spec
-    return v.tolist() if isinstance(v, np.ndarray) else v
+    """An array as the plotly.js typed-array spec plotly.py sends for trace data (its own
+    ``to_typed_array_spec``: the steps' values sit in the layout, which plotly.py sends as
+    lists); anything else as it is."""
+    return to_typed_array_spec(v) if isinstance(v, np.ndarray) else v
 
 
 def _restyle(data: list[dict], statics: list[dict]) -> dict:

@@ -16,8 +16,6 @@ it): the figure is the same object, so it is neither built nor drawn again. Buil
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 
 import numpy as np
 import streamlit as st
@@ -29,11 +27,6 @@ from .jobs import long_call
 from .urlstate import url_toggle
 
 __all__ = ["epoch_animation", "PICTURE_VIEWS"]
-
-_FIGURES: OrderedDict[tuple, object] = OrderedDict()
-_FIGURES_KEPT = 8
-"""Built figures, shared by every session (~1.2 MB each for the demo run), most recent last."""
-_FIGURES_LOCK = threading.Lock()  # sessions run their scripts in threads of one process
 
 
 def _content_key(frames, view: str, title: str) -> tuple:
@@ -48,21 +41,13 @@ def _content_key(frames, view: str, title: str) -> tuple:
     return (h.hexdigest(), view, title)
 
 
-def _figure(frames, view: str, title: str, content: tuple, opens_at: int):
-    """The animation figure opening on ``opens_at``, built once per content and epoch."""
-    key = (content, opens_at)
-    with _FIGURES_LOCK:
-        fig = _FIGURES.get(key)
-        if fig is not None:
-            _FIGURES.move_to_end(key)
-            return fig
-    fig = epoch_animation_figure(frames.epochs, frames.eigenvalues, frames.cliffs, vectors=frames.vectors,
-                                 vector_index=frames.vector, view=view, current=opens_at, title=title)
-    with _FIGURES_LOCK:
-        _FIGURES[key] = fig
-        while len(_FIGURES) > _FIGURES_KEPT:
-            _FIGURES.popitem(last=False)
-    return fig
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _figure(content: tuple, opens_at: int, _frames, _view: str, _title: str):
+    """The animation figure of ``_frames`` opening on ``opens_at``: built once per content
+    (:func:`_content_key`, which covers the view and title) and epoch, shared by every session
+    (~1.2 MB each for the demo run)."""
+    return epoch_animation_figure(_frames.epochs, _frames.eigenvalues, _frames.cliffs, vectors=_frames.vectors,
+                                  vector_index=_frames.vector, view=_view, current=opens_at, title=_title)
 
 
 PICTURE_VIEWS = ("grid", "vector")
@@ -100,7 +85,7 @@ def epoch_animation(run: Run, *, key: str, epoch: int, group: str, reduction: st
     was = st.session_state.get(opened)
     opens_at = was[1] if was is not None and was[0] == content else int(epoch)
     st.session_state[opened] = (content, opens_at)
-    st.plotly_chart(_figure(frames, view, title, content, opens_at), key=key, width="stretch")
+    st.plotly_chart(_figure(content, opens_at, frames, view, title), key=key, width="stretch")
     st.caption(f"{len(frames.epochs)} checkpoints, all in your browser: drag the slider under the chart or press "
                "▶ Play to step through training with no round trip to the server. It opens on the sidebar's "
                "checkpoint (the link's); a later step of the sidebar leaves it where you left it.")
