@@ -132,14 +132,10 @@ POLL_MS = 100
 page at once: the looking itself cost the shared cores about 100 ms of CPU per step. The times
 come from the page's own clock, so looking less often loses no precision."""
 
-_SETTLED_JS = """(n0) => {
-    const app = document.querySelector('[data-testid="stApp"]');
-    if (!app || app.getAttribute('data-test-script-state') !== 'notRunning' || window.__entkRunsDone <= n0) return false;
-    if (document.querySelector('[data-testid="stSpinner"]')) return false;
-    for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]'))
-        if (!c.querySelector('.js-plotly-plot .main-svg')) return false;
-    return performance.now() - window.__entkLast > %d;
-}""" % QUIET_MS
+_SETTLED_JS = f"""(n0) => ({DONE_JS})() && window.__entkRunsDone > n0
+                          && performance.now() - window.__entkLast > {QUIET_MS}"""
+"""Settled: a script run newer than ``n0`` has finished, the page is done (``DONE_JS``: no run,
+no spinner, every chart drawn) and has not changed for ``QUIET_MS``."""
 
 
 async def _step(page, key: str) -> float:

@@ -411,7 +411,12 @@ def test_stop_ends_the_work(page, server):
     assert any("Stopped" in (w.text_content() or "") for w in page.get_by_test_id("stAlertContentWarning").all())
 
 
-_ANIMATION_JS = ANIMATION_STEP_JS + """async () => {
+_SHOWN = ANIMATION_STEP_JS + """
+// where the animation's slider is: [its active step, the epoch label it shows]
+const animationShown = gd => [gd.layout.sliders[0].active, [...gd.querySelectorAll('.slider-container text')]
+    .map(t => t.textContent).find(t => t.startsWith('epoch'))];
+"""
+_ANIMATION_JS = _SHOWN + """async () => {
     const gd = animatedChart();
     if (!gd) return null;
     const names = gd._transitionData._frames.map(f => f.name);
@@ -425,15 +430,12 @@ _ANIMATION_JS = ANIMATION_STEP_JS + """async () => {
         const r = await clickAnimationStep(gd, i);
         const line = gd._fullData.find(t => t.name === 'eigenvalue');  // y decoded (gd.data keeps base64)
         lines.push(Array.from(line.y).slice(0, 3).join(','));
-        shown.push([r, gd.layout.sliders[0].active, [...gd.querySelectorAll('.slider-container text')]
-            .map(t => t.textContent).find(t => t.startsWith('epoch'))]);
+        shown.push([r, ...animationShown(gd)]);
     }
     seen.disconnect();
     return {frames: names, lines: lines, runs: runs, shown: shown};
 }"""
-_SHOWN_JS = ANIMATION_STEP_JS + """() => { const gd = animatedChart();
-    return [gd.layout.sliders[0].active, [...gd.querySelectorAll('.slider-container text')]
-            .map(t => t.textContent).find(t => t.startsWith('epoch'))]; }"""
+_SHOWN_JS = _SHOWN + "() => animationShown(animatedChart())"
 
 
 def test_dynamics_page_and_the_epoch_animation(page, server):
