@@ -142,7 +142,13 @@ async def _step(page, key: str) -> float:
     slider = page.get_by_test_id("stSidebar").get_by_role("slider").first
     await slider.focus()
     t0, n0 = await page.evaluate("() => [performance.now(), window.__entkRunsDone]")
+    before = await slider.get_attribute("aria-valuenow")
     await page.keyboard.press(key)
+    try:
+        await page.wait_for_function("(n0) => window.__entkRunsDone > n0", arg=n0, timeout=60_000, polling=POLL_MS)
+    except Exception as e:  # noqa: BLE001 - say which press started nothing, not a bare timeout
+        after = await slider.get_attribute("aria-valuenow")
+        raise RuntimeError(f"{key} on {page.url} (slider {before} -> {after}) finished no script run in 60 s") from e
     await page.wait_for_function(_SETTLED_JS, arg=n0, timeout=180_000, polling=POLL_MS)
     return (await page.evaluate("window.__entkLast") - t0) / 1000
 
