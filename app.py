@@ -37,10 +37,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import streamlit as st
 
-    from entk_core.ui import guarded, menu, runs, urlstate
+    from entk_core.ui import guarded, menu, runs, style, urlstate
 
     # A local icon: a Material icon as page icon is fetched from fonts.gstatic.com by the browser.
     st.set_page_config(page_title="eNTK Explorer", page_icon=str(ROOT / "static" / "favicon.png"), layout="wide")
+    style.page_style()  # stale elements dim without a fade (entk_core.ui.style)
     spectrum = st.Page("app_pages/spectrum.py", title="Spectrum", icon=":material/show_chart:", url_path="spectrum")
     generic = [
         spectrum,

@@ -184,6 +184,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="measure only the controls whose name contains this text (e.g. Grokking)")
     ap.add_argument("--sessions", type=int, help="many viewers: N browser sessions stepping the epoch at once")
     ap.add_argument("--steps", type=int, default=20, help="with --sessions: steps (rounds) per phase")
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="with --sessions: steps each session takes, one at a time, before anything is measured")
     ap.add_argument("--hold", type=float, default=120.0,
                     help="with --sessions: seconds the N sessions stay open while the server's RSS is sampled")
     args = ap.parse_args(argv)
@@ -194,7 +196,8 @@ def main(argv=None) -> int:
     if args.sessions:
         from bench_sessions import print_sessions, run_sessions
 
-        res = run_sessions(args.sessions, args.steps, args.hold, env, REPO, log=lambda m: print(m, file=sys.stderr))
+        res = run_sessions(args.sessions, args.steps, args.hold, env, REPO, log=lambda m: print(m, file=sys.stderr),
+                           warmup=args.warmup)
         res["first_visit"] = first
         print_sessions(res)
         if args.json:

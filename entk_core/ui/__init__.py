@@ -20,7 +20,8 @@ Modules, by concern:
   content goes through them before any markdown-rendering call (``st.error``, ``st.info``,
   ``st.caption``, labels) or a Plotly title;
 * :mod:`~entk_core.ui.mode` -- viewer mode (:func:`viewer_mode`, :func:`compute_allowed`);
-* :mod:`~entk_core.ui.menu` -- the page menu with every family's pages.
+* :mod:`~entk_core.ui.menu` -- the page menu with every family's pages;
+* :mod:`~entk_core.ui.style` -- the dashboard's own CSS (stale elements dim without a fade).
 
 A family page (a plug-in's too) is a script that starts like a generic one::
 

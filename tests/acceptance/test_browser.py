@@ -105,6 +105,18 @@ def test_first_deep_link_after_server_start_opens_no_dialog(browser, browser_run
             ctx.close()
 
 
+_STALE_FADE_JS = """() => {
+    // an element container styled as Streamlit styles a stale one (a 1 s fade after 0.5 s)
+    const d = document.createElement('div');
+    d.setAttribute('data-testid', 'stElementContainer');
+    d.style.transition = 'opacity 1s ease-in 0.5s';
+    document.body.appendChild(d);
+    const s = getComputedStyle(d), out = [s.transitionDuration, s.transitionDelay];
+    d.remove();
+    return out;
+}"""
+
+
 def test_every_page_renders_and_reacts(page, server):
     t_start = time.perf_counter()
     _open(page, server.url + "/")
@@ -120,6 +132,8 @@ def test_every_page_renders_and_reacts(page, server):
         titles = _check_page(page, where, server)
         for pattern in expected:
             assert any(re.search(pattern, t) for t in titles), f"{where}: no title matching {pattern!r} in {titles}"
+        # stale elements dim after Streamlit's 0.5 s with no fade (entk_core.ui.style)
+        assert page.evaluate(_STALE_FADE_JS) == ["0s", "0.5s"], where
         side = sliders(page, "sidebar")
         if side:
             before, after = press_slider(page, side[0], "ArrowLeft")
