@@ -39,19 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from browser_util import CHROMIUM, CHROMIUM_ARGS, StreamlitServer, wait_idle  # noqa: E402
-
-DONE_JS = """() => {
-    const app = document.querySelector('[data-testid="stApp"]');
-    if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
-    if (document.querySelector('[data-testid="stSpinner"]')) return false;
-    for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]'))
-        if (!c.querySelector('.js-plotly-plot .main-svg')) return false;
-    return true;
-}"""
-RUNNING_JS = """() => { const a = document.querySelector('[data-testid="stApp"]');
-                        return a && a.getAttribute('data-test-script-state') === 'running'; }"""
-
+from browser_util import CHROMIUM, CHROMIUM_ARGS, DONE_JS, RUNNING_JS, StreamlitServer, wait_idle  # noqa: E402
 
 def _timed(page, act) -> float:
     t0 = time.perf_counter()

@@ -26,10 +26,12 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from bench_dashboard import DONE_JS  # the page-settled check of the single-session bench
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from browser_util import DONE_JS  # noqa: E402 - the page-settled check of the single-session bench too
 
 RUN = "modadd-mlp-p29-seed0"
 TOP0 = 93
@@ -267,8 +269,6 @@ async def _bench(url: str, server_pid: int, n: int, steps: int, hold: float, log
                  warmup: int) -> dict:
     from playwright.async_api import async_playwright
 
-    import sys
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from browser_util import CHROMIUM, CHROMIUM_ARGS
 
     out: dict = {"sessions": n, "steps": steps, "warmup_steps": warmup}
@@ -339,8 +339,6 @@ async def _bench(url: str, server_pid: int, n: int, steps: int, hold: float, log
 def run_sessions(n: int, steps: int, hold: float, env: dict[str, str], repo: Path, log=print,
                  warmup: int = WARMUP_STEPS) -> dict:
     """Start a server with ``env`` and run the phases above; returns every measurement."""
-    import sys
-    sys.path.insert(0, str(repo / "tests"))
     from browser_util import StreamlitServer
 
     with StreamlitServer(repo, env, Path("/tmp/entk_bench_sessions.log")) as srv:

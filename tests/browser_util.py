@@ -148,6 +148,18 @@ class Watch:
         assert not errors, f"console errors: {errors[:5]}"
 
 
+#: The benchmarks' "page done" check: no script run, no spinner, every chart drawn (an SVG).
+DONE_JS = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+    if (document.querySelector('[data-testid="stSpinner"]')) return false;
+    for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]'))
+        if (!c.querySelector('.js-plotly-plot .main-svg')) return false;
+    return true;
+}"""
+RUNNING_JS = """() => { const a = document.querySelector('[data-testid="stApp"]');
+                        return a && a.getAttribute('data-test-script-state') === 'running'; }"""
+
 VIEWPORT = {"width": 1400, "height": 1000}
 
 _PROFILES: dict = {}
