@@ -6,8 +6,8 @@ second (``opacity 1s ease-in 0.5s``). A fade repaints and recomposites the eleme
 for that second, on the visitor's CPU where the browser composites in software. Here stale
 elements dim at once after the same half second instead: a quick step (under 0.5 s) still shows
 no dimming, a slow one is still marked, and nothing animates. With six viewers stepping the
-epoch at once on two cores, the fades were about a third of each step's CPU
-(``benchmarks/bench_sessions.py``; README, "Sharing a demo").
+epoch at once on two cores, the fades cost 10-25 % of each step's CPU (four before/after
+pairs of ``benchmarks/bench_dashboard.py --sessions 6``; README, "Many viewers at once").
 """
 from __future__ import annotations
 
