@@ -39,7 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from bench_sessions import WARMUP_STEPS, print_sessions, run_sessions  # noqa: E402
 from browser_util import CHROMIUM, CHROMIUM_ARGS, DONE_JS, RUNNING_JS, StreamlitServer, wait_idle  # noqa: E402
+
 
 def _timed(page, act) -> float:
     t0 = time.perf_counter()
@@ -172,7 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="measure only the controls whose name contains this text (e.g. Grokking)")
     ap.add_argument("--sessions", type=int, help="many viewers: N browser sessions stepping the epoch at once")
     ap.add_argument("--steps", type=int, default=20, help="with --sessions: steps (rounds) per phase")
-    ap.add_argument("--warmup", type=int, default=2,
+    ap.add_argument("--warmup", type=int, default=WARMUP_STEPS,
                     help="with --sessions: steps each session takes, one at a time, before anything is measured")
     ap.add_argument("--hold", type=float, default=120.0,
                     help="with --sessions: seconds the N sessions stay open while the server's RSS is sampled")
@@ -182,8 +184,6 @@ def main(argv=None) -> int:
            "ENTK_CACHE_DIR": os.environ.get("ENTK_CACHE_DIR", str(REPO / ".entk_cache")), "ENTK_PROGRESS": "off"}
     first = first_visit(env)
     if args.sessions:
-        from bench_sessions import print_sessions, run_sessions
-
         res = run_sessions(args.sessions, args.steps, args.hold, env, REPO, log=lambda m: print(m, file=sys.stderr),
                            warmup=args.warmup)
         res["first_visit"] = first

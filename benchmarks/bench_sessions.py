@@ -49,16 +49,21 @@ TARGET_LONG_X = 2.0
 _ERRORS_JS = """() => document.querySelectorAll('[data-testid="stException"], [data-testid="stAlertContentError"]').length"""
 
 
+def stat_cpu_s(stat: Path) -> float:
+    """CPU seconds (user + system) in a ``/proc/<pid>/stat`` or ``/proc/<pid>/task/<tid>/stat``
+    file: a process's own, ended threads included, not its children's; or one thread's."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_s(pid: int | None = None) -> float:
-    """CPU seconds: of process ``pid`` itself (user + system, not its children), or with no pid
-    of the whole machine (every core's busy time, from ``/proc/stat``)."""
-    tick = os.sysconf("SC_CLK_TCK")
+    """CPU seconds: of process ``pid`` itself (:func:`stat_cpu_s`), or with no pid of the whole
+    machine (every core's busy time, from ``/proc/stat``)."""
     try:
         if pid is None:
             f = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-            return (sum(f) - f[3] - f[4]) / tick  # all but idle and iowait
-        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
+            return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        return stat_cpu_s(Path("/proc") / str(pid) / "stat")
     except (OSError, ValueError, IndexError):
         return 0.0
 
@@ -208,6 +213,15 @@ async def _open(browser, url: str, epoch: int) -> _Session:
     return _Session(page, epoch)
 
 
+async def _warm(sessions: list[_Session], steps: int) -> None:
+    """``steps`` steps in each session, one session at a time, each back on its own epoch: every
+    session as warm as the others (the alone phase is measured after the same)."""
+    for s in sessions:
+        for _ in range(steps):
+            await s.step()
+        await s.settle()
+
+
 async def _rounds(sessions: list[_Session], steps: int) -> list[float]:
     times: list[float] = []
     for _ in range(steps):
@@ -278,10 +292,7 @@ async def _bench(url: str, server_pid: int, n: int, steps: int, hold: float, log
         log(f"opening {n} sessions on /grokking?run={RUN} ...")
         sessions = [await _open(browser, url, e) for e in epochs]
         log(f"warming up: {warmup} steps in each session, one session at a time ...")
-        for s in sessions:  # every session as warm as the others: the alone phase is measured after the same
-            for _ in range(warmup):
-                await s.step()
-            await s.settle()
+        await _warm(sessions, warmup)
         log("alone ...")
         c0, m0 = _cpu_s(server_pid), _cpu_s()
         alone = [await sessions[0].step() for _ in range(steps)]

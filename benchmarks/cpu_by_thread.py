@@ -34,9 +34,6 @@ sys.path.insert(0, str(REPO / "tests"))
 import bench_sessions as bs  # noqa: E402
 from browser_util import CHROMIUM, CHROMIUM_ARGS, StreamlitServer  # noqa: E402
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
 def _kind(pid: int) -> str | None:
     """What process ``pid`` is (None when it is gone)."""
     try:
@@ -60,11 +57,6 @@ def _kind(pid: int) -> str | None:
     return "other"
 
 
-def _cpu(stat: Path) -> float:
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
 def snapshot() -> tuple[dict[str, float], dict[tuple[str, str], float]]:
     """CPU seconds so far: by process kind (ended threads included), and by (kind, thread name)
     for the threads alive now (digits in names folded: ``ThreadPoolForeg#``)."""
@@ -77,13 +69,13 @@ def snapshot() -> tuple[dict[str, float], dict[tuple[str, str], float]]:
         if kind is None:
             continue
         try:
-            procs[kind] += _cpu(d / "stat")
+            procs[kind] += bs.stat_cpu_s(d / "stat")
             for t in (d / "task").iterdir():
                 name = (t / "comm").read_text().strip()
                 if name.startswith("kworker"):  # its name changes with its work item: one line for all
                     name = "kworker"
                 name = re.sub(r"\d+$", "#", name)
-                threads[(kind, name)] += _cpu(t / "stat")
+                threads[(kind, name)] += bs.stat_cpu_s(t / "stat")
         except OSError:
             continue
     return procs, threads
@@ -110,10 +102,7 @@ async def _main(n: int, steps: int, warmup: int) -> None:
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             sessions = [await bs._open(browser, srv.url, 500 - 10 * i) for i in range(n)]
-            for s in sessions:
-                for _ in range(warmup):
-                    await s.step()
-                await s.settle()
+            await bs._warm(sessions, warmup)
             a = snapshot()
             alone = [await sessions[0].step() for _ in range(steps)]
             b = snapshot()
