@@ -376,8 +376,9 @@ def open_expanders(page) -> None:
 ANIMATION_STEP_JS = """
 // The page's epoch animation (the Plotly chart with more than one frame), and a click on step i
 // of its own slider, as a user's: a mouse press on the step's tick. Plotly's slider moves, shows
-// the epoch and runs the step (its method and args); the promise resolves once the step is drawn
-// ('same' when the slider is already there, 'timeout' when nothing is drawn in 10 s).
+// the epoch and runs the step (its method and args) in the next animation frame, which the browser
+// paints once it is drawn (so at most one step a frame); the promise resolves once the step is
+// drawn ('same' when the slider is already there, 'timeout' when nothing is drawn in 10 s).
 const animatedChart = () => [...document.querySelectorAll('.js-plotly-plot')]
     .find(g => g._transitionData && g._transitionData._frames && g._transitionData._frames.length > 1);
 const clickAnimationStep = (gd, i) => {
@@ -387,7 +388,8 @@ const clickAnimationStep = (gd, i) => {
     const t = gd.querySelectorAll('.slider-tick-rect')[i].getBoundingClientRect();
     const r = touch.getBoundingClientRect();
     const at = {clientX: t.x + t.width / 2, clientY: r.y + r.height / 2, bubbles: true, view: window, button: 0};
-    const done = new Promise(res => gd.once(steps[i].method === 'restyle' ? 'plotly_restyle' : 'plotly_animated', res));
+    const event = {restyle: 'plotly_restyle', relayout: 'plotly_relayout'}[steps[i].method] || 'plotly_animated';
+    const done = new Promise(res => gd.once(event, res));
     touch.dispatchEvent(new MouseEvent('mousedown', at));
     window.dispatchEvent(new MouseEvent('mouseup', at));
     return Promise.race([done, new Promise(res => setTimeout(() => res('timeout'), 10000))]);

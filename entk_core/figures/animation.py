@@ -2,30 +2,36 @@
 the browser with no server round trip (Plotly's own slider and play button).
 
 Each frame holds the checkpoint's spectrum (log scale, fixed axes across frames) with its
-detected cliffs shaded, and the tracked eigenvector's picture where the family has one: for
-a pair-indexed kernel (``view="grid"``, ``p²`` rows) the ``p × p`` image beside its 2-D
-Fourier power, otherwise the vector over the kernel rows (``view="vector"``).
+detected cliffs shaded and labelled, and the tracked eigenvector's picture where the family has
+one: for a pair-indexed kernel (``view="grid"``, ``p²`` rows) the ``p × p`` image beside its
+2-D Fourier power, otherwise the vector over the kernel rows (``view="vector"``).
 
-Payload and speed: a frame carries only trace data (the spectrum's ``y`` and the pictures'
-``z`` as float32, which Plotly sends as base64 typed arrays, and the cliffs as filled
-rectangles with their labels); the axes, panels and controls are in the layout once. Where the
-frames hold only lines (no picture, or a vector's), the slider's steps animate them and
-Plotly updates the traces in place. A heatmap is drawn only by a full redraw, and animating
-to a frame with a redraw lays the whole figure out twice; so where a frame holds the ``p × p``
-pictures the slider's steps restyle the traces with the frame's values instead (one redraw,
-~1.4x the frames per second), and each frame (what Play steps through) also moves the slider.
-The epoch shows in the slider's current value. For the 51-checkpoint p = 29 demo run with the
-grid picture that is about 1 MB, the steps' copy of the frames' values included
+What changes from frame to frame is drawn as layout images over fixed axes: the spectrum, its
+shading and labels (and a plain vector) as a small SVG, a picture as a PNG (colours sampled
+from Plotly's own colour scale, each cell an exact block of pixels). A slider step replaces
+the images' sources (``Plotly.relayout`` of ``images[j].source``), which Plotly draws by
+itself with no layout, calc or axis pass. Traces would need a full redraw of the figure on
+every step wherever a frame holds a heatmap (~23 ms of the browser's main thread per step
+for the demo run, against ~2 ms). The price: the animation has no hover readout (the page's
+charts of the sidebar's checkpoint have it). Play animates the frames, each carrying the same
+images and the slider's position.
+
+For the 51-checkpoint p = 29 demo run with the grid picture the figure is about 1 MB
 (``tests/unit/test_animation.py`` bounds it, ``benchmarks/bench_animation.py`` prints it with
 the frame rates in headless Chromium).
 """
 from __future__ import annotations
 
+import base64
+import functools
+import html
+import io
 from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from _plotly_utils.utils import to_typed_array_spec
+from PIL import Image
+from plotly.colors import sample_colorscale, unlabel_rgb
 
 from .style import CLIFF_COLORS, CONSTANT_COLOR, block_label, fixed_margins
 from .vectors import grid_image
@@ -36,40 +42,10 @@ FRAME_MS = 150
 """Milliseconds a frame stays on screen when playing (about 7 frames a second: 51 checkpoints in 8 s)."""
 
 _SPEC_DOMAIN = [0.0, 0.42]
-
-
-def _f32(a) -> np.ndarray:
-    return np.asarray(a, dtype=np.float32)
-
-
-def _slots(cliffs: Sequence[Sequence[tuple[int, int, str]]]) -> int:
-    """Shading traces needed: the constant mode's, then one per numbered cliff (most in a frame)."""
-    return 1 + max((sum(lab != "constant" for _, _, lab in c) for c in cliffs), default=0)
-
-
-def _cliff_traces(cliffs: Sequence[tuple[int, int, str]], n_slots: int, lo: float, hi: float) -> list[dict]:
-    """The frame's cliffs as filled rectangles, one trace per colour slot (slot 0: the constant
-    mode, then cliff 1, 2...; an unused slot is empty), and one text trace naming each block
-    above it. Traces, not layout shapes: a frame that changes only trace data is redrawn without
-    laying the figure out again (~1.6x faster per frame in Chromium)."""
-    xs: list[list] = [[] for _ in range(n_slots)]
-    ys: list[list] = [[] for _ in range(n_slots)]
-    tx, ty, tt = [], [], []
-    n_num = 0
-    for s, e, lab in cliffs:
-        slot = 0 if lab == "constant" else 1 + n_num
-        n_num += lab != "constant"
-        if slot >= n_slots:
-            continue
-        xs[slot] += [s - 0.5, e + 0.5, e + 0.5, s - 0.5, s - 0.5, None]
-        ys[slot] += [lo, lo, hi, hi, lo, None]
-        if lab != "constant":  # the constant mode is the grey band at index 0, too narrow for a label
-            tx.append((s + e) / 2)
-            ty.append(hi)
-            tt.append(f"{block_label(lab)}: {e - s + 1}")
-    out = [{"type": "scatter", "x": x or [None], "y": y or [None]} for x, y in zip(xs, ys)]
-    out.append({"type": "scatter", "x": tx or [None], "y": ty or [None], "text": tt or [""]})
-    return out
+_PICTURE_PX = 360
+"""A picture's PNG is at least this many pixels wide (each cell a block of whole pixels), so
+the browser scales it little and its cells stay sharp."""
+_FONT = "'Open Sans', verdana, arial, sans-serif"
 
 
 def _slot_color(slot: int) -> str:
@@ -81,19 +57,83 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({int(h[0:2], 16)}, {int(h[2:4], 16)}, {int(h[4:6], 16)}, {alpha})"
 
 
-def _typed(v):
-    """An array as the plotly.js typed-array spec plotly.py sends for trace data (its own
-    ``to_typed_array_spec``: the steps' values sit in the layout, which plotly.py sends as
-    lists); anything else as it is."""
-    return to_typed_array_spec(v) if isinstance(v, np.ndarray) else v
+def _uri(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _restyle(data: list[dict], statics: list[dict]) -> dict:
-    """``Plotly.restyle`` values that set every trace to ``data`` (a frame's traces): for each
-    attribute any frame trace sets, one value per trace, the trace's own value where the frame
-    leaves it (``statics``; ``None``, which restyle reads as unset, where it has none)."""
-    keys = sorted({k for d in data for k in d if k != "type"})
-    return {k: [_typed(d[k]) if k in d else _typed(st.get(k)) for d, st in zip(data, statics)] for k in keys}
+@functools.lru_cache(maxsize=8)
+def _lut(scale: str) -> np.ndarray:
+    """Plotly's colour scale ``scale`` at 256 evenly spaced points: ``(256, 3)`` uint8."""
+    return np.array([unlabel_rgb(c) for c in sample_colorscale(scale, list(np.linspace(0.0, 1.0, 256)))],
+                    dtype=np.float64).round().astype(np.uint8)
+
+
+def picture_png(z: np.ndarray, lo: float, hi: float, scale: str) -> str:
+    """``z`` ``(p, q)`` as a PNG data URI, row 0 on top: values from ``lo`` to ``hi`` onto the
+    colour scale (clipped), each cell a square block of pixels (:data:`_PICTURE_PX`)."""
+    z = np.asarray(z, dtype=np.float64)
+    t = (z - lo) / (hi - lo) if hi > lo else np.full(z.shape, 0.5)
+    idx = np.clip(np.nan_to_num(t, nan=0.5) * 255 + 0.5, 0, 255).astype(np.uint8)
+    up = max(1, -(-_PICTURE_PX // max(z.shape)))
+    img = Image.fromarray(np.ascontiguousarray(idx.repeat(up, axis=0).repeat(up, axis=1)))  # "L", "P" once paletted
+    img.putpalette(_lut(scale).tobytes())  # one byte a pixel: a smaller PNG, encoded faster
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return _uri("image/png", buf.getvalue())
+
+
+def _polylines(x: np.ndarray, y: np.ndarray, color: str, width: float) -> str:
+    """SVG polylines through the finite points of ``(x, y)`` (in the 0..1000 box), broken at gaps."""
+    ok = np.isfinite(y)
+    out, run = [], []
+    for xi, yi, good in zip(x.tolist(), y.tolist(), ok.tolist()):
+        if good:
+            run.append(f"{xi:.1f},{yi:.1f}")
+        elif run:
+            out.append(run)
+            run = []
+    if run:
+        out.append(run)
+    return "".join(f'<polyline points="{" ".join(r)}" fill="none" stroke="{color}" stroke-width="{width}" '
+                   'vector-effect="non-scaling-stroke" stroke-linejoin="round"/>' for r in out)
+
+
+def _svg(body: str, labels: str = "") -> str:
+    """An SVG data URI: ``body`` in a 0..1000 box stretched over the image's place (lines keep
+    their width), ``labels`` on top in the image's own pixels (text is not stretched)."""
+    svg = ('<svg xmlns="http://www.w3.org/2000/svg" width="100%" height="100%">'
+           f'<svg viewBox="0 0 1000 1000" preserveAspectRatio="none" width="100%" height="100%">{body}</svg>'
+           f'{labels}</svg>')
+    return _uri("image/svg+xml", svg.encode())
+
+
+def spectrum_svg(log_ev: np.ndarray, cliffs: Sequence[tuple[int, int, str]], y_range: Sequence[float]) -> str:
+    """One checkpoint's spectrum (``log10`` eigenvalues ``(k,)``, NaN where not drawn) over the
+    axis box ``x ∈ [-0.5, k - 0.5]``, ``y ∈ y_range``, each cliff shaded in its colour and
+    labelled with its size at the top."""
+    k = len(log_ev)
+    X = lambda x: (np.asarray(x, dtype=np.float64) + 0.5) / k * 1000.0  # noqa: E731
+    y0, y1 = float(y_range[0]), float(y_range[1])
+    ys = (y1 - np.asarray(log_ev, dtype=np.float64)) / (y1 - y0) * 1000.0
+    rects, labels = [], []
+    n_num = 0
+    for s, e, lab in cliffs:
+        slot = 0 if lab == "constant" else 1 + n_num
+        n_num += lab != "constant"
+        a, b = float(X(s - 0.5)), float(X(e + 0.5))
+        rects.append(f'<rect x="{a:.1f}" y="0" width="{b - a:.1f}" height="1000" fill="{_rgba(_slot_color(slot), 0.22)}"/>')
+        if lab != "constant":  # the constant mode is the grey band at index 0, too narrow for a label
+            text = html.escape(f"{block_label(lab)}: {e - s + 1}")
+            labels.append(f'<text x="{(a + b) / 20:.2f}%" y="15" text-anchor="middle" font-family="{_FONT}" '
+                          f'font-size="11" fill="#333333">{text}</text>')
+    return _svg("".join(rects) + _polylines(X(np.arange(k)), ys, "#1f2d3d", 1.5), "".join(labels))
+
+
+def vector_svg(v: np.ndarray, m: float) -> str:
+    """A vector over the kernel rows as a line over ``x ∈ [-0.5, n - 0.5]``, ``y ∈ [-m, m]``."""
+    v = np.asarray(v, dtype=np.float64)
+    x = (np.arange(v.size) + 0.5) / v.size * 1000.0
+    return _svg(_polylines(x, (m - v) / (2 * m) * 1000.0, "#636EFA", 1.0))
 
 
 def epoch_animation_figure(
@@ -120,6 +160,9 @@ def epoch_animation_figure(
         and Fourier power) or anything else (the vector over the kernel rows).
       current: the epoch the figure opens on (default the last).
       frame_ms: how long each frame shows when playing.
+
+    Returns a figure whose ``layout.images`` are the frame's pictures (the spectrum first),
+    whose slider steps set their sources and whose frames (what Play steps through) carry them.
     """
     ep = [int(e) for e in epochs]
     E = len(ep)
@@ -134,134 +177,102 @@ def epoch_animation_figure(
     y_range = ([float(np.log10(finite.min())) - 0.15, float(np.log10(finite.max())) + 0.15] if finite.size
                else [-1.0, 1.0])
     i0 = ep.index(int(current)) if current is not None and int(current) in ep else E - 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_ev = np.log10(pos)
 
     grid = False
     p = 0
     if vectors is not None:
-        vectors = np.asarray(vectors, dtype=np.float64)
+        vectors = np.nan_to_num(np.asarray(vectors, dtype=np.float64))
         if vectors.shape[0] != E:
             raise ValueError(f"need one vector per checkpoint ({E}), got {vectors.shape[0]}")
         p = int(np.sqrt(vectors.shape[1]))
         grid = view == "grid" and p * p == vectors.shape[1]
     wide = vectors is None
 
-    def spec_y(i: int) -> np.ndarray:
-        return _f32(pos[i])
-
-    pictures: list[tuple[np.ndarray, ...]] = []
-    if vectors is not None:
-        for i in range(E):
-            v = np.nan_to_num(vectors[i])
-            if grid:
-                img, power, freqs = grid_image(v, p) if np.any(v) else (np.zeros((p, p)), np.zeros((p, p)), None)
-                pictures.append((_f32(img), _f32(power)))
-            else:
-                pictures.append((_f32(v),))
-    n_slots = _slots(cliffs)
-    lo, hi = 10 ** y_range[0], 10 ** (y_range[1] - 0.08)
-
-    def dynamic(i: int) -> list[dict]:
-        """What changes from frame to frame on the spectrum panel: the shading, the labels, the line."""
-        return _cliff_traces(cliffs[i], n_slots, lo, hi) + [{"type": "scatter", "y": spec_y(i)}]
-
-    first = dynamic(i0)
-    traces: list = [go.Scatter(x=d["x"], y=d["y"], mode="lines", fill="toself", line={"width": 0},
-                               fillcolor=_rgba(_slot_color(j), 0.22), hoverinfo="skip", xaxis="x", yaxis="y")
-                    for j, d in enumerate(first[:n_slots])]
-    traces.append(go.Scatter(x=first[n_slots]["x"], y=first[n_slots]["y"], text=first[n_slots]["text"], mode="text",
-                             textposition="bottom center", textfont={"size": 11, "color": "#333333"},
-                             hoverinfo="skip", xaxis="x", yaxis="y"))
-    traces.append(go.Scatter(
-        x=np.arange(k), y=spec_y(i0), mode="lines", name="eigenvalue", line={"width": 1.5, "color": "#1f2d3d"},
-        xaxis="x", yaxis="y", hovertemplate="index %{x}<br>λ = %{y:.4g}<extra></extra>", showlegend=False))
+    # every frame's images: the spectrum, then the picture(s)
+    sources = [[spectrum_svg(log_ev[i], cliffs[i], y_range)] for i in range(E)]
+    place = [{"xref": "x", "yref": "y", "x": -0.5, "y": y_range[1], "sizex": k, "sizey": y_range[1] - y_range[0]}]
     layout: dict = {
         "height": height, "margin": {"l": 70, "r": 20, "t": 90, "b": 140}, "showlegend": False,
-        "hovermode": "closest",
+        "hovermode": False,
         "xaxis": {"domain": [0.0, 1.0] if wide else _SPEC_DOMAIN, "anchor": "y", "title": {"text": "eigenvalue index"},
                   "range": [-0.5, k - 0.5]},
         "yaxis": {"anchor": "x", "type": "log", "range": y_range, "dtick": 1, "exponentformat": "power",
                   "title": {"text": "eigenvalue"}},
     }
-    extra = ""
-    if vectors is not None:
-        panel = {"y": 1.0, "xref": "paper", "yref": "paper", "xanchor": "center", "yanchor": "bottom",
-                 "showarrow": False, "font": {"size": 13}}
-        extra = f" · eigenvector {vector_index}" if vector_index is not None else ""
-        if grid:
-            m_img = float(max(np.nanmax(np.abs(pic[0])) for pic in pictures)) or 1.0
-            freqs = np.fft.fftshift(np.fft.fftfreq(p, d=1.0 / p)).round().astype(int)
-            traces.append(go.Heatmap(z=pictures[i0][0], colorscale="RdBu", zmin=-m_img, zmax=m_img, showscale=False,
-                                     xaxis="x2", yaxis="y2", hovertemplate="a=%{y}, b=%{x}<br>%{z:.4f}<extra></extra>"))
+    extra = f" · eigenvector {vector_index}" if vectors is not None and vector_index is not None else ""
+    panel = {"y": 1.0, "xref": "paper", "yref": "paper", "xanchor": "center", "yanchor": "bottom",
+             "showarrow": False, "font": {"size": 13}}
+    bare = {"showgrid": False, "zeroline": False}
+    if grid:
+        pics = [grid_image(v, p)[:2] for v in vectors]
+        m_img = float(max(np.abs(img).max() for img, _ in pics)) or 1.0
+        freqs = np.fft.fftshift(np.fft.fftfreq(p, d=1.0 / p)).round().astype(int)
+        f0, f1 = float(freqs[0]) - 0.5, float(freqs[-1]) + 0.5
+        for i, (img, power) in enumerate(pics):
             # the power's colour scale follows each frame (early frames spread their power thinly)
-            traces.append(go.Heatmap(z=pictures[i0][1], x=freqs, y=freqs, colorscale="Viridis", showscale=False,
-                                     xaxis="x3", yaxis="y3",
-                                     hovertemplate="k_a=%{y}, k_b=%{x}<br>%{z:.3f}<extra></extra>"))
-            layout.update({
-                "xaxis2": {"domain": [0.50, 0.71], "anchor": "y2", "title": {"text": "b"}, "constrain": "domain"},
-                "yaxis2": {"anchor": "x2", "title": {"text": "a"}, "autorange": "reversed", "scaleanchor": "x2",
-                           "constrain": "domain"},
-                "xaxis3": {"domain": [0.79, 1.0], "anchor": "y3", "title": {"text": "k_b"}, "constrain": "domain"},
-                "yaxis3": {"anchor": "x3", "title": {"text": "k_a"}, "autorange": "reversed", "scaleanchor": "x3",
-                           "constrain": "domain"},
-                "annotations": [{**panel, "x": 0.605, "text": "eigenvector over (a, b)"},
-                                {**panel, "x": 0.895, "text": "its 2-D Fourier power"}],
-            })
-        else:
-            n = pictures[0][0].size
-            m_vec = float(max(np.nanmax(np.abs(pic[0])) for pic in pictures)) or 1.0
-            traces.append(go.Scatter(x=np.arange(n), y=pictures[i0][0], mode="lines", xaxis="x2", yaxis="y2",
-                                     line={"color": "#636EFA", "width": 1},
-                                     hovertemplate="row %{x}<br>%{y:.4f}<extra></extra>"))
-            layout.update({
-                "xaxis2": {"domain": [0.54, 1.0], "anchor": "y2", "title": {"text": "kernel row (input)"}},
-                "yaxis2": {"anchor": "x2", "range": [-1.05 * m_vec, 1.05 * m_vec], "title": {"text": "value"}},
-                "annotations": [{**panel, "x": 0.77, "text": "the tracked eigenvector"}],
-            })
-    trace_ids = list(range(len(traces)))
-    # heatmaps are drawn only by a full redraw; scatter-only frames (the spectrum, a plain vector)
-    # are updated in place, several times cheaper per frame
-    redraw = grid
-    frame_data = []
-    for i in range(E):
-        data = dynamic(i)
-        if vectors is not None:
-            data += ([{"type": "heatmap", "z": pictures[i][0]}, {"type": "heatmap", "z": pictures[i][1]}] if grid
-                     else [{"type": "scatter", "y": pictures[i][0]}])
-        frame_data.append(data)
-    # Play animates the frames; a frame that needs a full redraw also carries the slider's position
-    # (the slider follows by itself only when its steps animate), and Play starts from the first
-    # checkpoint (Plotly's "from the current frame" knows only frames it animated, not restyles)
-    frames = [go.Frame(name=str(e), data=frame_data[i], traces=trace_ids, _validate=False,
-                       layout={"sliders": [{"active": i}]} if redraw else None) for i, e in enumerate(ep)]
-    if redraw:
-        # A slider step restyles the traces with the frame's values: one full redraw, where
-        # animating to a frame with a redraw lays the figure out twice (~1.4x the frames/s)
-        statics = [{k: v for k, v in t.to_plotly_json().items() if k in ("x", "y", "text", "z")} for t in traces]
-        steps = [{"label": str(e), "method": "restyle", "args": [_restyle(frame_data[i], statics), trace_ids]}
-                 for i, e in enumerate(ep)]
-    else:
-        step_args = {"mode": "immediate", "frame": {"duration": 0, "redraw": False}, "transition": {"duration": 0}}
-        steps = [{"label": str(e), "method": "animate", "args": [[str(e)], step_args]} for e in ep]
+            sources[i] += [picture_png(img, -m_img, m_img, "RdBu"), picture_png(power, float(power.min()),
+                                                                                 float(power.max()), "Viridis")]
+        place += [{"xref": "x2", "yref": "y2", "x": -0.5, "y": -0.5, "sizex": p, "sizey": p},
+                  {"xref": "x3", "yref": "y3", "x": f0, "y": f0, "sizex": f1 - f0, "sizey": f1 - f0}]
+        layout.update({
+            "xaxis2": {"domain": [0.50, 0.71], "anchor": "y2", "title": {"text": "b"}, "constrain": "domain",
+                       "range": [-0.5, p - 0.5], **bare},
+            "yaxis2": {"anchor": "x2", "title": {"text": "a"}, "range": [p - 0.5, -0.5], "scaleanchor": "x2",
+                       "constrain": "domain", **bare},
+            "xaxis3": {"domain": [0.79, 1.0], "anchor": "y3", "title": {"text": "k_b"}, "constrain": "domain",
+                       "range": [f0, f1], **bare},
+            "yaxis3": {"anchor": "x3", "title": {"text": "k_a"}, "range": [f1, f0], "scaleanchor": "x3",
+                       "constrain": "domain", **bare},
+            "annotations": [{**panel, "x": 0.605, "text": "eigenvector over (a, b)"},
+                            {**panel, "x": 0.895, "text": "its 2-D Fourier power"}],
+        })
+    elif vectors is not None:
+        n = vectors.shape[1]
+        m_vec = 1.05 * (float(np.abs(vectors).max()) or 1.0)
+        for i in range(E):
+            sources[i].append(vector_svg(vectors[i], m_vec))
+        place.append({"xref": "x2", "yref": "y2", "x": -0.5, "y": m_vec, "sizex": n, "sizey": 2 * m_vec})
+        layout.update({
+            "xaxis2": {"domain": [0.54, 1.0], "anchor": "y2", "title": {"text": "kernel row (input)"},
+                       "range": [-0.5, n - 0.5]},
+            "yaxis2": {"anchor": "x2", "range": [-m_vec, m_vec], "title": {"text": "value"}},
+            "annotations": [{**panel, "x": 0.77, "text": "the tracked eigenvector"}],
+        })
+    # an empty trace per panel (one per image), so that Plotly draws its axes
+    traces = [go.Scatter(x=[None], y=[None], xaxis=pl["xref"], yaxis=pl["yref"], hoverinfo="skip", showlegend=False)
+              for pl in place]
+
+    def images(i: int) -> list[dict]:
+        return [{**pl, "source": src, "sizing": "stretch", "layer": "above", "xanchor": "left", "yanchor": "top"}
+                for pl, src in zip(place, sources[i])]
+
+    layout["images"] = images(i0)
+    steps = [{"label": str(e), "method": "relayout",
+              "args": [{f"images[{j}].source": src for j, src in enumerate(sources[i])}]} for i, e in enumerate(ep)]
     layout["sliders"] = [{
         "active": i0, "currentvalue": {"prefix": "epoch ", "font": {"size": 14}}, "pad": {"t": 45, "b": 10},
         "x": 0.15, "len": 0.85, "y": 0, "yanchor": "top", "steps": steps,
     }]
+    # Play animates the frames: each redraws the figure with its images and moves the slider
+    # (which follows by itself only when its steps animate); it starts from the first checkpoint
     layout["updatemenus"] = [{
         "type": "buttons", "direction": "left", "showactive": False, "x": 0.0, "y": 0, "xanchor": "left",
         "yanchor": "top", "pad": {"t": 52, "r": 10},
         "buttons": [
             {"label": "▶ Play", "method": "animate",
-             "args": [None, {"mode": "immediate", "fromcurrent": not redraw,
-                             "frame": {"duration": int(frame_ms), "redraw": redraw},
-                             "transition": {"duration": 0}}]},
+             "args": [None, {"mode": "immediate", "fromcurrent": False,
+                             "frame": {"duration": int(frame_ms), "redraw": True}, "transition": {"duration": 0}}]},
             {"label": "❚❚", "method": "animate", "args": [[None], {"mode": "immediate", "frame": {"duration": 0},
                                                                   "transition": {"duration": 0}}]},
         ],
     }]
     layout["title"] = {"text": f"{title}{extra}"}
     fig = fixed_margins(go.Figure(data=traces, layout=layout))
-    # The frames hold plain values of the traces above (tests/unit/test_animation.py validates them
-    # with Plotly). Plotly's per-property validation of 51 frames takes ~1 s, on every page run that
+    # The frames hold plain layout values (tests/unit/test_animation.py validates them with
+    # Plotly). Plotly's per-property validation of 51 frames takes ~1 s, on every page run that
     # draws the figure (each epoch step), so they are attached without it.
-    fig._frame_objs = tuple(frames)
+    fig._frame_objs = tuple(go.Frame(name=str(e), layout={"images": images(i), "sliders": [{"active": i}]},
+                                     _validate=False) for i, e in enumerate(ep))
     return fig

@@ -10,8 +10,9 @@ animation's own slider changes nothing on the server.
 
 A later step of the sidebar's slider leaves the animation as it is (where the visitor left
 it): the figure is the same object, so it is neither built nor drawn again. Building it takes
-~0.25 s and drawing a changed one ~0.17 s of the browser's CPU, on every step of the sidebar
-(the 51-checkpoint demo run; ``benchmarks/bench_animation.py`` times a sidebar step).
+~0.1 s (its 102 pictures encoded as PNG) and drawing a changed one ~0.17 s of the browser's CPU,
+on every step of the sidebar (the 51-checkpoint demo run; ``benchmarks/bench_animation.py``
+times a sidebar step).
 """
 from __future__ import annotations
 

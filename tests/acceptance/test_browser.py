@@ -442,8 +442,9 @@ _ANIMATION_JS = _SHOWN + """async () => {
     const lines = [], shown = [];
     for (const i of [0, Math.floor(steps.length / 2)]) {  // clicks on the chart's own slider
         const r = await clickAnimationStep(gd, i);
-        const line = gd._fullData.find(t => t.name === 'eigenvalue');  // y decoded (gd.data keeps base64)
-        lines.push(Array.from(line.y).slice(0, 3).join(','));
+        // the spectrum's picture as drawn: the href of the first layout image's element
+        const href = gd.querySelector('.imagelayer image').getAttribute('href');
+        lines.push(href.length + ':' + [...href].reduce((h, c) => (h * 31 + c.charCodeAt(0)) >>> 0, 7));
         shown.push([r, ...animationShown(gd)]);
     }
     seen.disconnect();
