@@ -55,7 +55,9 @@ def test_dynamics_page_on_the_mlp(install_run, tiny_run_dir):
     assert {"network test accuracy", "kernel regression test accuracy"} <= {t.get("name") for t in acc["data"]}
     anim = _find(charts, "played in the browser · eigenvector 1")
     assert [f["name"] for f in anim["frames"]] == ["0", "10", "20", "30"]
-    assert [d["type"] for d in anim["frames"][0]["data"]][-2:] == ["heatmap", "heatmap"]  # the image, its power
+    # the spectrum, the image and its power
+    assert [im["source"][:15] for im in anim["frames"][0]["layout"]["images"]] == ["data:image/svg+", "data:image/png;",
+                                                                                   "data:image/png;"]
     assert anim["layout"]["sliders"][0]["active"] == 3  # opens on the sidebar's checkpoint
     ov = _find(charts, "Overlap of")
     assert any(str(t.get("name", "")).startswith("sum") for t in ov["data"])
@@ -101,7 +103,8 @@ def test_dynamics_page_on_a_plugin_without_feature_families(plain_family, instal
     assert heat["data"][0]["type"] == "heatmap" and "top 12 of 30" in _title(heat)
     anim = _find(charts, "played in the browser")
     assert [f["name"] for f in anim["frames"]] == ["0", "10", "20"]
-    assert anim["data"][-1]["xaxis"] == "x2" and anim["data"][-1]["type"] == "scatter"  # the vector over the inputs
+    vec = anim["layout"]["images"][-1]  # the vector over the inputs, a line in its own panel
+    assert vec["xref"] == "x2" and vec["source"].startswith("data:image/svg+xml")
     assert not any("Overlap of" in t for t in charts)
     infos = " ".join(i.value for i in at.info)
     assert "declares no feature families" in infos and "feature_families()" in infos
