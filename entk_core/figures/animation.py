@@ -194,7 +194,7 @@ def epoch_animation_figure(
     sources = [[spectrum_svg(log_ev[i], cliffs[i], y_range)] for i in range(E)]
     place = [{"xref": "x", "yref": "y", "x": -0.5, "y": y_range[1], "sizex": k, "sizey": y_range[1] - y_range[0]}]
     layout: dict = {
-        "height": height, "margin": {"l": 70, "r": 20, "t": 90, "b": 140}, "showlegend": False,
+        "height": height, "margin": {"l": 70, "r": 20, "t": 90, "b": 158}, "showlegend": False,
         "hovermode": False,
         "xaxis": {"domain": [0.0, 1.0] if wide else _SPEC_DOMAIN, "anchor": "y", "title": {"text": "eigenvalue index"},
                   "range": [-0.5, k - 0.5]},
@@ -252,14 +252,14 @@ def epoch_animation_figure(
     steps = [{"label": str(e), "method": "relayout",
               "args": [{f"images[{j}].source": src for j, src in enumerate(sources[i])}]} for i, e in enumerate(ep)]
     layout["sliders"] = [{
-        "active": i0, "currentvalue": {"prefix": "epoch ", "font": {"size": 14}}, "pad": {"t": 45, "b": 10},
+        "active": i0, "currentvalue": {"prefix": "epoch ", "font": {"size": 14}}, "pad": {"t": 62, "b": 10},
         "x": 0.15, "len": 0.85, "y": 0, "yanchor": "top", "steps": steps,
     }]
     # Play animates the frames: each redraws the figure with its images and moves the slider
     # (which follows by itself only when its steps animate); it starts from the first checkpoint
     layout["updatemenus"] = [{
         "type": "buttons", "direction": "left", "showactive": False, "x": 0.0, "y": 0, "xanchor": "left",
-        "yanchor": "top", "pad": {"t": 52, "r": 10},
+        "yanchor": "top", "pad": {"t": 69, "r": 10},
         "buttons": [
             {"label": "▶ Play", "method": "animate",
              "args": [None, {"mode": "immediate", "fromcurrent": False,
