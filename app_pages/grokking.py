@@ -16,7 +16,6 @@ from entk_core.ui import (Phase, cache_caption, compare_control, export_buttons,
                           guarded, long_call, long_calls, not_available, require_run, set_control, spectrum_explorer, stop,
                           timed, url_multiselect, url_selectbox, vector_figures)
 from entk_core.ui.animation import epoch_animation
-from entk_core.ui.memo import shared_figure
 from entk_core.workflows import alignment, analysis, baselines, views
 from entk_core.workflows.estimates import pca_over_training_seconds, sweep_seconds
 from entk_core.workflows.sweep import CONSTANT_LABEL
@@ -122,11 +121,10 @@ with guarded("cannot compute the sweep"):
         cv = views.overlap_curves(res, wi, fams, pca=pca)
     # one chart over training: the overlap curves with train/test accuracy on the same % axis
     m = run.metrics
-    ov_fig = shared_figure(overlap_figure, cv.epochs, cv.curves, derivatives=cv.derivatives, dashed=cv.dashed,
-                           current=epoch, markers=cv.markers,
-                           accuracy={k: m.get(k, []) for k in ("train_acc", "test_acc") if m.get(k)},
-                           accuracy_epochs=m.get("epoch", []),
-                           title=f"Overlap of {wlabel(wi)} with the feature families, and accuracy{pca_note}")
+    ov_fig = overlap_figure(cv.epochs, cv.curves, derivatives=cv.derivatives, dashed=cv.dashed, current=epoch,
+                            markers=cv.markers, accuracy={k: m.get(k, []) for k in ("train_acc", "test_acc") if m.get(k)},
+                            accuracy_epochs=m.get("epoch", []),
+                            title=f"Overlap of {wlabel(wi)} with the feature families, and accuracy{pca_note}")
     st.plotly_chart(ov_fig, key="grok_overlap", width="stretch")
 
     rows = views.overlap_rows(res, i, wlabel)

@@ -21,9 +21,7 @@ Modules, by concern:
   ``st.caption``, labels) or a Plotly title;
 * :mod:`~entk_core.ui.mode` -- viewer mode (:func:`viewer_mode`, :func:`compute_allowed`);
 * :mod:`~entk_core.ui.menu` -- the page menu with every family's pages;
-* :mod:`~entk_core.ui.style` -- the dashboard's own CSS (stale elements dim without a fade);
-* :mod:`~entk_core.ui.memo` -- a figure built once per content for every session
-  (:func:`~entk_core.ui.memo.shared_figure`).
+* :mod:`~entk_core.ui.style` -- the dashboard's own CSS (stale elements dim without a fade).
 
 A family page (a plug-in's too) is a script that starts like a generic one::
 

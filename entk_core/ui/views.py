@@ -15,7 +15,6 @@ from ..figures import eigenvector_figures, fold_per_class, spectrum_figure
 from ..figures.export import figure_bytes, static_export_reason
 from ..store.runs import runs_root
 from ..workflows.export import array_csv, arrays_npz, table_csv
-from .memo import shared_figure
 from .mode import viewer_mode
 from .runs import load_run, runs_listing
 from .urlstate import set_control, url_int, url_selectbox
@@ -69,16 +68,9 @@ def vector_figures(run: Run, vec: np.ndarray | None, *, title: str, feature_valu
     (:meth:`~entk_core.families.base.ModelFamily.eigenvector_view`): the p × p image and its
     Fourier power for pair-indexed kernels (``"grid"``: one row per input, p² inputs), a bar per
     feature (class-major flattened rows folded per class) for ``"features"``, else the plain
-    vector. ``feature_values``: draw these values per feature instead of ``vec``. Built once per
-    content for every session (:func:`entk_core.ui.memo.shared_figure`)."""
-    vec = None if vec is None else np.asarray(vec).reshape(-1)
-    fv = None if feature_values is None else np.asarray(feature_values)
-    return shared_figure(_vector_figures, run.family.eigenvector_view(run.config), len(run.data.kernel_idx), vec,
-                         title=title, feature_values=fv, value_name=value_name)
-
-
-def _vector_figures(view: str, n_in: int, vec: np.ndarray | None, *, title: str, feature_values: np.ndarray | None,
-                    value_name: str) -> list:
+    vector. ``feature_values``: draw these values per feature instead of ``vec``."""
+    view = run.family.eigenvector_view(run.config)
+    n_in = len(run.data.kernel_idx)
     if feature_values is not None:
         return eigenvector_figures("features", feature_values, title=title, value_name=value_name)
     v = np.asarray(vec).reshape(-1)
@@ -113,8 +105,7 @@ def spectrum_explorer(run: Run, *, key: str, eigenvalues: np.ndarray, cliffs, la
     """A spectrum chart whose eigenvalues can be clicked (or typed, URL ``vector``) to show
     that eigenvector below in its family's form. Returns ``(index, spectrum figure, vector figures)``.
     ``vector_of(i)`` gives the figures of eigenvector ``i``; ``side(i)`` draws extra facts
-    beside the index input. The spectrum figure is built once per content for every session
-    (:func:`entk_core.ui.memo.shared_figure`)."""
+    beside the index input."""
     chart_key, vkey = f"{key}_chart", f"{key}_vector"
     n_vectors = max(1, int(n_vectors))
     clicked = _clicked_index(chart_key)
@@ -129,8 +120,8 @@ def spectrum_explorer(run: Run, *, key: str, eigenvalues: np.ndarray, cliffs, la
     if side is not None:
         with right:
             side(idx)
-    fig = shared_figure(spectrum_figure, np.asarray(eigenvalues), cliffs, labels=labels, title=title, log=log,
-                        extra=extra, reference_lines=reference_lines, selected=idx, height=height)
+    fig = spectrum_figure(eigenvalues, cliffs, labels=labels, title=title, log=log, extra=extra,
+                          reference_lines=reference_lines, selected=idx, height=height)
     left.plotly_chart(fig, key=chart_key, on_select="rerun", selection_mode="points", width="stretch")
     vfigs = vector_of(idx)
     cols = st.columns(len(vfigs)) if len(vfigs) > 1 else [st]
