@@ -10,7 +10,8 @@ animation's own slider changes nothing on the server.
 
 A later step of the sidebar's slider leaves the animation as it is (where the visitor left
 it): the figure is the same object, so it is neither built nor drawn again. Building it takes
-~0.1 s (its 102 pictures encoded as PNG) and drawing a changed one ~0.17 s of the browser's CPU,
+0.2–0.4 s (its 102 pictures encoded as PNG) and drawing a changed one ~0.17 s of the browser's
+CPU (measured with trace frames; standalone, Plotly draws the image frames in the same time),
 on every step of the sidebar (the 51-checkpoint demo run; ``benchmarks/bench_animation.py``
 times a sidebar step).
 """
