@@ -7,7 +7,9 @@ for that second, on the visitor's CPU where the browser composites in software. 
 elements dim at once after the same half second instead: a quick step (under 0.5 s) still shows
 no dimming, a slow one is still marked, and nothing animates. With six viewers stepping the
 epoch at once on two cores, the fades cost 10-25 % of each step's CPU (four before/after
-pairs of ``benchmarks/bench_dashboard.py --sessions 6``; README, "Many viewers at once").
+pairs of ``benchmarks/bench_dashboard.py --sessions 6``; README, "Many viewers at once"). An
+expander's summary fades the same way (CDP's Animation domain: 5 one-second fades in three
+rounds of six steps on Grokking, none with it in the rule).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import streamlit as st
 
 __all__ = ["STALE_CSS", "page_style"]
 
-STALE_CSS = """[data-testid="stElementContainer"], [data-testid="stExpander"] details {
+STALE_CSS = """[data-testid="stElementContainer"], [data-testid="stExpander"] details,
+[data-testid="stExpander"] summary {
   transition-duration: 0s !important;
 }"""
 """Stale elements keep Streamlit's delay (0.5 s) and opacity, with no fade."""

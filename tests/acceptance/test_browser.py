@@ -106,13 +106,20 @@ def test_first_deep_link_after_server_start_opens_no_dialog(browser, browser_run
 
 
 _STALE_FADE_JS = """() => {
-    // an element container styled as Streamlit styles a stale one (a 1 s fade after 0.5 s)
+    // an element container and an expander's summary styled as Streamlit styles stale ones
+    // (a 1 s fade after 0.5 s): [duration, delay] of each
     const d = document.createElement('div');
     d.setAttribute('data-testid', 'stElementContainer');
-    d.style.transition = 'opacity 1s ease-in 0.5s';
-    document.body.appendChild(d);
-    const s = getComputedStyle(d), out = [s.transitionDuration, s.transitionDelay];
-    d.remove();
+    const x = document.createElement('div');
+    x.setAttribute('data-testid', 'stExpander');
+    x.innerHTML = '<details><summary>s</summary></details>';
+    document.body.append(d, x);
+    const out = [d, x.querySelector('summary')].flatMap(e => {
+        e.style.transition = 'opacity 1s ease-in 0.5s';
+        const s = getComputedStyle(e);
+        return [s.transitionDuration, s.transitionDelay];
+    });
+    d.remove(); x.remove();
     return out;
 }"""
 
@@ -133,7 +140,7 @@ def test_every_page_renders_and_reacts(page, server):
         for pattern in expected:
             assert any(re.search(pattern, t) for t in titles), f"{where}: no title matching {pattern!r} in {titles}"
         # stale elements dim after Streamlit's 0.5 s with no fade (entk_core.ui.style)
-        assert page.evaluate(_STALE_FADE_JS) == ["0s", "0.5s"], where
+        assert page.evaluate(_STALE_FADE_JS) == ["0s", "0.5s"] * 2, where
         side = sliders(page, "sidebar")
         if side:
             before, after = press_slider(page, side[0], "ArrowLeft")
