@@ -2,10 +2,14 @@
 "Start (~2 min)" offers and the CLI's estimate lines).
 
 * A spectrum: the engine's calibrated planner (:func:`entk_core.workflows.analysis.estimate_spectrum`).
-* A sweep over the checkpoints: one planner estimate per checkpoint whose spectrum is not
-  cached yet, run as the sweep runs them (:func:`entk_core.workflows.executors.make_executor`'s
-  default: worker processes of one thread each from 8 checkpoints on, else this process),
-  plus :data:`UNIT_OVERHEAD_S` per checkpoint and the start of the worker processes.
+* A sweep over the checkpoints: one unit per checkpoint whose spectrum is not cached yet,
+  run as the sweep runs them (:func:`entk_core.workflows.executors.make_executor`'s default:
+  worker processes of one thread each from 8 checkpoints on, else this process). A unit the
+  planner puts under :data:`MEASURE_UNIT_BELOW_S` is timed instead: one real unit, computed
+  here as a worker computes it and kept in the cache (the planner's fixed per-call costs
+  dominate such small kernels: it put the 201-checkpoint Transformer sweep at 38 s where it
+  took 15 s). Larger units take the planner's estimate. Each unit adds
+  :data:`UNIT_OVERHEAD_S`, and worker processes add their start, :data:`WORKER_START_S`.
 * The PCA baseline over training (:func:`entk_core.workflows.baselines.pca_profile`, once
   per run for every window size and family): one checkpoint's activations and SVD, timed on
   this machine (once per run and process), times the number of checkpoints.
@@ -30,7 +34,8 @@ from . import analysis
 from .baselines import hidden_activations, pca_profile_key
 from .sweep import default_spec, resolve_spec
 
-__all__ = ["WORKER_START_S", "UNIT_OVERHEAD_S", "spectrum_seconds", "sweep_seconds", "pca_over_training_seconds"]
+__all__ = ["WORKER_START_S", "UNIT_OVERHEAD_S", "MEASURE_UNIT_BELOW_S", "spectrum_seconds", "sweep_seconds",
+           "pca_over_training_seconds"]
 
 WORKER_START_S = 1.5
 """Seconds to start the sweep's worker processes on an idle machine (a fresh interpreter
@@ -45,6 +50,12 @@ sweep took 14.3 s in all (0.07 s a checkpoint, its kernels about 0.03 s); on 2 s
 (load 6 per core) 112 s where the planner's part was 35 s (0.38 s a checkpoint)."""
 
 
+MEASURE_UNIT_BELOW_S = 1.0
+"""A sweep unit the planner estimates under this many seconds is timed instead (once per run
+and spec, per process): the estimate then costs about one unit, which the sweep does not
+compute again."""
+
+
 def _busy() -> float:
     """How much slower fixed overheads run now than on an idle machine: the load per core,
     at least 1 (the planner's rates are re-measured when the load changes; these are not rates)."""
@@ -54,6 +65,7 @@ def _busy() -> float:
 
 
 _PCA_UNIT: dict[tuple[str, str], float] = {}
+_SWEEP_UNIT: dict[tuple, float] = {}
 _LOCK = threading.Lock()
 
 
@@ -71,7 +83,8 @@ def spectrum_seconds(run: Run, epoch: int | None = None, *, group: str, reductio
 def sweep_seconds(run: Run, spec=None, *, group: str | None = None) -> float | None:
     """Seconds :func:`entk_core.workflows.sweep.sweep` of ``run`` would take with ``spec``
     (default: the family's spec for ``group``), counting only the checkpoints whose spectrum
-    is not cached."""
+    is not cached. From 8 such checkpoints on, a small unit is timed (:func:`_unit_seconds`),
+    so the first call may compute (and cache) one checkpoint's spectrum."""
     spec = resolve_spec(spec or default_spec(run, group), run)
     cache = default_cache()
     todo = [e for e in run.epochs
@@ -85,9 +98,45 @@ def sweep_seconds(run: Run, spec=None, *, group: str | None = None) -> float | N
     if len(todo) < 8:  # computed in this process, with its torch threads
         return len(todo) * (one + UNIT_OVERHEAD_S * busy)
     workers = min(os.cpu_count() or 1, 4)
+    if one < MEASURE_UNIT_BELOW_S:
+        unit = _unit_seconds(run, todo[-1], spec)
+        if unit is not None:  # a worker's unit (load, kernel, eigensolver, cache write), plus shipping and overlaps
+            return WORKER_START_S * busy + len(_uncached(run, spec, todo)) * (unit + UNIT_OVERHEAD_S * busy) / workers
     # the planner's rates are this process's (torch.get_num_threads() threads); each worker has one
     speedup = max(1.0, workers / max(1, torch.get_num_threads()))
     return (WORKER_START_S + len(todo) * UNIT_OVERHEAD_S) * busy + len(todo) * one / speedup
+
+
+def _uncached(run: Run, spec, epochs: list[int]) -> list[int]:
+    cache = default_cache()
+    return [e for e in epochs
+            if analysis.spectrum_key(run, e, group=spec.group, reduction=spec.reduction, top=spec.top) not in cache]
+
+
+def _unit_seconds(run: Run, epoch: int, spec) -> float | None:
+    """Seconds one sweep unit took here: the spectrum of ``run`` at ``epoch`` with ``spec``,
+    computed with one thread as a sweep worker computes it, and stored in the cache (the sweep
+    reads it from there). Timed once per run (its last checkpoint) and spec in this process: a
+    unit costs the same at every checkpoint. ``None`` when it fails (the sweep reports that
+    itself)."""
+    key = (str(run.path), run.checkpoint_sha(run.epochs[-1]), spec.group, spec.reduction, spec.top)
+    with _LOCK:
+        unit = _SWEEP_UNIT.get(key)
+    if unit is not None:
+        return unit
+    from threadpoolctl import threadpool_limits
+
+    try:
+        with threadpool_limits(1):  # a sweep worker's one thread (executors.LocalExecutor)
+            t0 = time.perf_counter()
+            analysis.spectrum(run, epoch, group=spec.group, reduction=spec.reduction, top=spec.top,
+                              cache=default_cache())
+            unit = time.perf_counter() - t0
+    except (RuntimeError, ValueError, OSError, MemoryError):
+        return None
+    with _LOCK:
+        _SWEEP_UNIT[key] = unit
+    return unit
 
 
 def pca_over_training_seconds(run: Run) -> float | None:

@@ -87,3 +87,44 @@ def test_estimates_say_nothing_for_what_cannot_run(tiny_run_dir, tmp_path):
     tms = train(fam, fam.Config(n=5, m=2, n_points=20, epochs=2, checkpoint_every=1), tmp_path / "tms")
     assert estimates.pca_over_training_seconds(tms) is None  # TMS declares no hidden activations
     assert estimates.spectrum_seconds(tms, group="full") >= 0
+
+
+def test_a_sweep_of_small_units_is_estimated_from_one_timed_unit(tmp_path, monkeypatch):
+    """From 8 uncached checkpoints on, a unit the planner puts under MEASURE_UNIT_BELOW_S is
+    timed: one checkpoint's spectrum is computed (and kept in the cache), and the estimate is
+    the workers' start plus the rest of the units at that time, shared by the workers. The
+    timing happens once; a larger unit takes the planner's estimate and computes nothing."""
+    import os
+
+    from entk_core.families.base import get_family
+    from entk_core.workflows.sweep import default_spec, resolve_spec
+    from entk_core.workflows.training import train
+
+    fam = get_family("modadd-mlp")
+    run = train(fam, fam.Config(p=5, width=16, epochs=9, checkpoint_every=1, seed=0), tmp_path / "r")
+    assert len(run.epochs) == 10
+    spec = resolve_spec(default_spec(run, "full"), run)
+    monkeypatch.setattr(estimates, "_busy", lambda: 1.0)  # the load is not part of this test
+    workers = min(os.cpu_count() or 1, 4)
+
+    threshold = estimates.MEASURE_UNIT_BELOW_S  # with nothing under it: the planner, nothing computed
+    monkeypatch.setattr(estimates, "MEASURE_UNIT_BELOW_S", 0.0)
+    p_est = estimates.sweep_seconds(run, spec)
+    assert p_est > 0 and estimates._uncached(run, spec, run.epochs) == run.epochs
+    monkeypatch.setattr(estimates, "MEASURE_UNIT_BELOW_S", threshold)
+
+    est = estimates.sweep_seconds(run, spec)
+    assert estimates._uncached(run, spec, run.epochs) == run.epochs[:-1]  # the timed unit is kept
+    key = (str(run.path), run.checkpoint_sha(run.epochs[-1]), spec.group, spec.reduction, spec.top)
+    unit = estimates._SWEEP_UNIT[key]
+    assert unit > 0
+    assert est == pytest.approx(estimates.WORKER_START_S + 9 * (unit + estimates.UNIT_OVERHEAD_S) / workers)
+
+    def no_compute(*a, **k):
+        raise AssertionError("the unit was timed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(analysis, "spectrum", no_compute)
+        assert estimates.sweep_seconds(run, spec) == est  # the timed unit is reused, nothing computed
+    sw = alignment.grokking_sweep(run, "full")  # the sweep reads the timed unit from the cache
+    assert len(sw.epochs) == 10
