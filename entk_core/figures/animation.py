@@ -33,7 +33,7 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.colors import sample_colorscale, unlabel_rgb
 
-from .style import CLIFF_COLORS, CONSTANT_COLOR, block_label, fixed_margins
+from .style import block_label, cliff_colors, fixed_margins
 from .vectors import grid_image
 
 __all__ = ["epoch_animation_figure", "FRAME_MS"]
@@ -46,10 +46,6 @@ _PICTURE_PX = 360
 """A picture's PNG is at least this many pixels wide (each cell a block of whole pixels), so
 the browser scales it little and its cells stay sharp."""
 _FONT = "'Open Sans', verdana, arial, sans-serif"
-
-
-def _slot_color(slot: int) -> str:
-    return CONSTANT_COLOR if slot == 0 else CLIFF_COLORS[(slot - 1) % len(CLIFF_COLORS)]
 
 
 def _rgba(hex_color: str, alpha: float) -> str:
@@ -116,12 +112,9 @@ def spectrum_svg(log_ev: np.ndarray, cliffs: Sequence[tuple[int, int, str]], y_r
     y0, y1 = float(y_range[0]), float(y_range[1])
     ys = (y1 - np.asarray(log_ev, dtype=np.float64)) / (y1 - y0) * 1000.0
     rects, labels = [], []
-    n_num = 0
-    for s, e, lab in cliffs:
-        slot = 0 if lab == "constant" else 1 + n_num
-        n_num += lab != "constant"
+    for (s, e, lab), color in zip(cliffs, cliff_colors([c[2] for c in cliffs])):
         a, b = float(X(s - 0.5)), float(X(e + 0.5))
-        rects.append(f'<rect x="{a:.1f}" y="0" width="{b - a:.1f}" height="1000" fill="{_rgba(_slot_color(slot), 0.22)}"/>')
+        rects.append(f'<rect x="{a:.1f}" y="0" width="{b - a:.1f}" height="1000" fill="{_rgba(color, 0.22)}"/>')
         if lab != "constant":  # the constant mode is the grey band at index 0, too narrow for a label
             text = html.escape(f"{block_label(lab)}: {e - s + 1}")
             labels.append(f'<text x="{(a + b) / 20:.2f}%" y="15" text-anchor="middle" font-family="{_FONT}" '

@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..engine.spectra import Cliff
-from .style import CLIFF_COLORS, CONSTANT_COLOR, block_label, fixed_margins, log_axis, marker_line, vline
+from .style import block_label, cliff_colors, fixed_margins, log_axis, marker_line, vline
 
 __all__ = ["spectrum_figure", "principal_angles_figure", "stagger_rows"]
 
@@ -82,13 +82,7 @@ def spectrum_figure(
                                  hovertemplate="index %{x}<br>λ = %{y:.4g}<extra>" + label + "</extra>"))
     names = list(labels) if labels is not None else [f"cliff {i + 1}" for i in range(len(cliffs))]
     texts, centres, colors, shapes = [], [], [], []
-    n_num = 0
-    for c, lab in zip(cliffs, names):
-        if lab == "constant":
-            color = CONSTANT_COLOR
-        else:
-            color = CLIFF_COLORS[n_num % len(CLIFF_COLORS)]
-            n_num += 1
+    for c, lab, color in zip(cliffs, names, cliff_colors(names)):
         shapes.append({"type": "rect", "x0": c.start - 0.5, "x1": c.end + 0.5, "y0": 0, "y1": 1, "xref": "x",
                        "yref": "y domain", "fillcolor": color, "opacity": 0.15, "line": {"width": 0}})
         shapes.append(vline(c.end + 0.5, {"color": color, "width": 1, "dash": "dash"}))

@@ -8,12 +8,25 @@ import hashlib
 import numpy as np
 import plotly.graph_objects as go
 
-__all__ = ["FAMILY_COLORS", "CLIFF_COLORS", "MARKER_STYLES", "family_color", "human_name", "log_axis",
+__all__ = ["FAMILY_COLORS", "CLIFF_COLORS", "MARKER_STYLES", "family_color", "cliff_colors", "human_name", "log_axis",
            "marker_line", "block_label", "fixed_margins", "vline", "subplot_refs"]
 
 CLIFF_COLORS = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880"]
 """Colours of the numbered cliffs (cliff 1 is the first colour); the constant mode is grey."""
 CONSTANT_COLOR = "#9E9E9E"
+
+
+def cliff_colors(labels) -> list[str]:
+    """The colour of each block of a spectrum, in order: grey for ``"constant"``, else the
+    numbered cliffs' colours in turn (:data:`CLIFF_COLORS`, cycling)."""
+    out, n = [], 0
+    for lab in labels:
+        if lab == "constant":
+            out.append(CONSTANT_COLOR)
+        else:
+            out.append(CLIFF_COLORS[n % len(CLIFF_COLORS)])
+            n += 1
+    return out
 
 FAMILY_COLORS = {
     "a": "#1f77b4", "b": "#ff7f0e", "sum": "#2ca02c", "diff": "#d62728", "random": "#7f7f7f",

@@ -169,3 +169,24 @@ def test_dynamics_figures():
     assert "target_alignment" not in " ".join(names)  # missing fields are left out
     assert {s.x0 for s in cf.layout.shapes} == {20, 15.0}
     assert cf.layout.yaxis.type == "log" and cf.layout.yaxis2.type != "log"  # distances on a log axis
+
+
+def test_the_animation_shades_each_block_in_the_spectrum_charts_colour():
+    """A block has one colour wherever it is drawn: the animation's SVG bands and the spectrum
+    chart's shaded rectangles (grey for the constant mode, then the numbered cliffs' colours)."""
+    from types import SimpleNamespace
+
+    from entk_core.figures.animation import spectrum_svg
+    from entk_core.figures.spectra import spectrum_figure
+
+    ev = np.array([9.0, 5.0, 4.9, 4.8, 1.0, 0.9, 0.1, 0.09])
+    blocks = [(0, 0, "constant"), (1, 3, "cliff 1"), (4, 5, "cliff 2"), (6, 7, "cliff 3")]
+    svg = _svg(spectrum_svg(np.log10(ev), blocks, [-1.5, 1.5]))
+    fills = re.findall(r'<rect [^>]*fill="rgba\((\d+), (\d+), (\d+), [\d.]+\)"', svg)
+    cl = [SimpleNamespace(start=s, end=e, size=e - s + 1) for s, e, _ in blocks]
+    fig = spectrum_figure(ev, cl, labels=[b[2] for b in blocks])
+    rects = [s.fillcolor for s in fig.layout.shapes if s.type == "rect"]
+    assert len(fills) == len(rects) == 4
+    as_rgb = [tuple(int(c.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4)) for c in rects]
+    assert [tuple(map(int, f)) for f in fills] == as_rgb
+    assert len(set(as_rgb)) == 4 and as_rgb[0] == (0x9E, 0x9E, 0x9E)
