@@ -7,12 +7,13 @@ exactly as the page runs it: the phases' estimates
 (:class:`entk_core.workflows.jobs.Job`), each phase timed from the worker's progress.
 
 Actions: Grokking's first visit on ``modadd-mlp-p29-seed0`` (the sweep over 51 checkpoints,
-then the PCA baseline over training); the Transformer page on
+then the PCA baseline over training); the Training dynamics page on the same run (its default
+group and reduction: the kernel at every checkpoint and its measures); the Transformer page on
 ``modadd-transformer-p29-seed2`` (its unembed spectrum, then "the overlap over training": the
 sweep over 201 checkpoints and the PCA baseline). Prints one row per phase with the ratio
 measured / estimate, and the load average before and after (the machine may be shared).
 
-    python benchmarks/bench_estimates.py [--only grokking|transformer] [--json FILE]
+    python benchmarks/bench_estimates.py [--only grokking|dynamics|transformer] [--json FILE]
 """
 from __future__ import annotations
 
@@ -61,6 +62,14 @@ def actions(runs: Path, only: str | None):
              {"target": "entk_core.workflows.alignment:grokking_sweep", "kwargs": {"group": "full"}}),
             ("PCA baseline over training", lambda: estimates.pca_over_training_seconds(run),
              {"target": "entk_core.workflows.baselines:pca_profile", "kwargs": {}})])
+    if only in (None, "dynamics"):
+        from entk_core.workflows.dynamics import dynamics_seconds
+
+        run = open_run(runs / "modadd-mlp-p29-seed0")
+        red = run.family.default_reduction  # the page's defaults: the full group, the family's reduction
+        yield ("Training dynamics", run, [
+            (f"kernels at {len(run.epochs)} checkpoints", lambda: dynamics_seconds(run, "full", red),
+             {"target": "entk_core.workflows.dynamics:dynamics", "kwargs": {"group": "full", "reduction": red}})])
     if only in (None, "transformer"):
         run = open_run(runs / "modadd-transformer-p29-seed2")
         spec = T.sweep_spec(run, "unembed")
@@ -79,7 +88,7 @@ def actions(runs: Path, only: str | None):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["grokking", "transformer"])
+    ap.add_argument("--only", choices=["grokking", "dynamics", "transformer"])
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     runs = Path(os.environ.get("ENTK_RUNS_DIR", REPO / "runs")).resolve()

@@ -235,15 +235,18 @@ def estimate_spectrum(
     reduction: str | None = None,
     top: int | None = None,
     beta: float | None = None,
+    planned: bool = False,
 ) -> dict[str, Any]:
     """What a :func:`spectrum` request would cost on this machine, computing nothing but a
     forward of a few inputs: ``{"seconds", "bytes", "method", "fits", "summary", "cached"}``.
     The engine's calibrated planner (:func:`~entk_core.engine.eigenpairs.estimate_top_eigenpairs`
     for flattened kernels, :func:`~entk_core.engine.kernels.estimate_ntk` plus a dense ``eigh``
     otherwise). A request already cached is answered without planning: 0 seconds, 0 bytes,
-    ``method="cache"``."""
+    ``method="cache"``; with ``planned=True`` it is planned all the same (what computing its
+    kernel costs: :func:`entk_core.workflows.dynamics.dynamics` needs the kernel, which a
+    cached spectrum does not hold)."""
     epoch, reduction, members, top, key = _spectrum_request(run, epoch, group, reduction, top, beta)
-    if key in default_cache():
+    if not planned and key in default_cache():
         return {"seconds": 0.0, "bytes": 0, "method": "cache", "fits": True, "summary": "served from the cache",
                 "cached": True}
     m = run.family.build_model(run.config)

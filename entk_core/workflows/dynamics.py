@@ -181,7 +181,8 @@ def dynamics_plan(run: Run, group: str | None = None, reduction: str | None = No
     todo = len(rest) - len(kernels)
     seconds = None
     if todo:
-        est = analysis.estimate_spectrum(run, rest[-1], group=req.group, reduction=req.reduction, top=req.top)
+        est = analysis.estimate_spectrum(run, rest[-1], group=req.group, reduction=req.reduction, top=req.top,
+                                         planned=True)  # its kernel is computed even where its spectrum is cached
         seconds = float(est["seconds"])
     return {"cached": False, "checkpoints": len(run.epochs), "measured": len(measured),
             "kernels_cached": len(kernels), "to_compute": todo, "seconds_per_kernel": seconds,
@@ -193,10 +194,12 @@ def dynamics_seconds(run: Run, group: str | None = None, reduction: str | None =
     """Seconds :func:`dynamics` would take now (0 when cached; ``None`` when the request is
     invalid: it is refused at once with its own message). The kernels still to compute, at the
     planner's estimate each, run as :func:`dynamics` runs them (worker processes of one thread
-    from 8 units on, as the sweep: :func:`entk_core.workflows.estimates.sweep_seconds`), plus
+    from 8 units on, as the sweep: :func:`entk_core.workflows.estimates.sweep_seconds`, with its
+    overhead per unit), plus
     the eigendecompositions of kernels already cached and the two distance passes (reading
     every kernel back)."""
-    from .estimates import WORKER_START_S
+    from ..engine.machine import load_per_core
+    from .estimates import UNIT_OVERHEAD_S, WORKER_START_S
 
     try:
         plan = dynamics_plan(run, group, reduction, top, ridge=ridge, cache=cache)
@@ -210,7 +213,7 @@ def dynamics_seconds(run: Run, group: str | None = None, reduction: str | None =
     todo = plan["to_compute"]
     compute = 0.0
     if todo:
-        one = plan["seconds_per_kernel"] or 0.0
+        one = (plan["seconds_per_kernel"] or 0.0) + UNIT_OVERHEAD_S * max(1.0, load_per_core())  # as the sweep's units
         if todo < 8:
             compute = todo * one
         else:

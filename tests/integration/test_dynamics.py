@@ -21,7 +21,8 @@ from _plain_family import PlainMLPFamily, PlainUnlabelledFamily, plugin_site
 from entk_core.families.base import register, unregister
 from entk_core.families.run import Run
 from entk_core.store.cache import ArrayCache
-from entk_core.workflows.dynamics import FIELDS, cached_dynamics, dynamics, dynamics_plan
+from entk_core.workflows.dynamics import FIELDS, cached_dynamics, dynamics, dynamics_plan, dynamics_seconds
+from entk_core.workflows.estimates import UNIT_OVERHEAD_S
 from entk_core.workflows.sweep import sweep
 from entk_core.workflows.training import train
 
@@ -118,6 +119,10 @@ def test_workers_match_in_process_and_everything_is_cached(plain_run, tmp_path):
     plan = dynamics_plan(run, cache=cache)
     assert plan["cached"] is False and plan["to_compute"] == 3 and plan["measured"] == 0
     assert plan["seconds_per_kernel"] > 0
+    # the estimate: each of the 3 kernels in this process, at the planner's time (re-estimated: it varies a
+    # little from call to call) plus a unit's overhead
+    est = dynamics_seconds(run, cache=cache)
+    assert est > 3 * UNIT_OVERHEAD_S
     calls = []
     a = dynamics(run, cache=cache, workers=2, progress=lambda d, t, m: calls.append((d, t, m)))
     assert a.meta["executor"] == {"executor": "local", "workers": 2} and a.meta["cache"] == "miss"
@@ -128,7 +133,7 @@ def test_workers_match_in_process_and_everything_is_cached(plain_run, tmp_path):
     n = cache.computed
     again = dynamics(run, cache=cache)
     assert again.meta["cache"] == "hit" and again.rows == a.rows and cache.computed == n
-    assert cached_dynamics(run, cache=cache).rows == a.rows
+    assert cached_dynamics(run, cache=cache).rows == a.rows and dynamics_seconds(run, cache=cache) == 0.0
     assert dynamics_plan(run, cache=cache) == {"cached": True, "checkpoints": 3, "measured": 3, "kernels_cached": 0,
                                                 "to_compute": 0, "seconds_per_kernel": None, "kernel_bytes": 30 * 30 * 4}
     # another top: the measures again, from the cached kernels (no kernel to compute)
@@ -317,3 +322,23 @@ def test_kernels_that_cannot_stay_in_the_cache_are_refused_first(plain_run, tmp_
         dynamics(Run(plain_run), cache=ArrayCache(tmp_path / "c", size_limit=10_000))
     assert str(e.value) == ("the 3 kernels of 30 rows (trace) need 10.8 kB in the cache, more than its limit of "
                             "10 kB; choose a smaller --reduction or --group, or raise ENTK_CACHE_SIZE_LIMIT")
+
+
+def test_a_cached_spectrum_does_not_make_its_kernel_free(plain_run):
+    """The Spectrum page or a sweep caches a checkpoint's spectrum, not its kernel: dynamics
+    still computes that kernel, and its estimate says so (it read 0 s a kernel, 3.9 s in all
+    where the p = 29 run took 12.4 s, after the Grokking page's sweep)."""
+    from entk_core.store.cache import default_cache
+    from entk_core.workflows import analysis
+    from entk_core.workflows.dynamics_measures import DEFAULT_RIDGE, request
+
+    run = Run(plain_run)
+    req = request(run, None, None, None, DEFAULT_RIDGE)
+    before = dynamics_plan(run)["seconds_per_kernel"]
+    analysis.spectrum(run, run.epochs[-1], group=req.group, reduction=req.reduction, top=req.top, cache=default_cache())
+    assert analysis.estimate_spectrum(run, run.epochs[-1], group=req.group, reduction=req.reduction,
+                                      top=req.top)["cached"] is True
+    plan = dynamics_plan(run)
+    assert plan["to_compute"] == len(run.epochs) - 1 and plan["kernels_cached"] == 1  # that one is kept too
+    assert plan["seconds_per_kernel"] > 0
+    assert plan["seconds_per_kernel"] == pytest.approx(before, rel=0.5)
