@@ -195,11 +195,9 @@ def dynamics_seconds(run: Run, group: str | None = None, reduction: str | None =
     invalid: it is refused at once with its own message). The kernels still to compute, at the
     planner's estimate each, run as :func:`dynamics` runs them (worker processes of one thread
     from 8 units on, as the sweep: :func:`entk_core.workflows.estimates.sweep_seconds`, with its
-    overhead per unit), plus
-    the eigendecompositions of kernels already cached and the two distance passes (reading
-    every kernel back)."""
-    from ..engine.machine import load_per_core
-    from .estimates import UNIT_OVERHEAD_S, WORKER_START_S
+    overhead per unit), plus the eigendecompositions of kernels already cached and the two
+    distance passes (reading every kernel back)."""
+    from .estimates import UNIT_OVERHEAD_S, WORKER_START_S, busy_factor
 
     try:
         plan = dynamics_plan(run, group, reduction, top, ridge=ridge, cache=cache)
@@ -213,7 +211,7 @@ def dynamics_seconds(run: Run, group: str | None = None, reduction: str | None =
     todo = plan["to_compute"]
     compute = 0.0
     if todo:
-        one = (plan["seconds_per_kernel"] or 0.0) + UNIT_OVERHEAD_S * max(1.0, load_per_core())  # as the sweep's units
+        one = (plan["seconds_per_kernel"] or 0.0) + UNIT_OVERHEAD_S * busy_factor()  # as the sweep's units
         if todo < 8:
             compute = todo * one
         else:

@@ -34,17 +34,17 @@ from . import analysis
 from .baselines import hidden_activations, pca_profile_key
 from .sweep import default_spec, resolve_spec
 
-__all__ = ["WORKER_START_S", "UNIT_OVERHEAD_S", "MEASURE_UNIT_BELOW_S", "spectrum_seconds", "sweep_seconds",
-           "pca_over_training_seconds"]
+__all__ = ["WORKER_START_S", "UNIT_OVERHEAD_S", "MEASURE_UNIT_BELOW_S", "busy_factor", "spectrum_seconds",
+           "sweep_seconds", "pca_over_training_seconds"]
 
 WORKER_START_S = 1.5
 """Seconds to start the sweep's worker processes on an idle machine (a fresh interpreter
-importing torch and the library; they start in parallel), scaled by the load (:func:`_busy`)."""
+importing torch and the library; they start in parallel), scaled by the load (:func:`busy_factor`)."""
 
 UNIT_OVERHEAD_S = 0.04
 """Seconds per checkpoint of a sweep beside its kernel and eigensolver (the planner's part) on
 an idle machine: reading the checkpoint, shipping the unit and its eigenpairs, the cache write
-and the overlaps; scaled by the load (:func:`_busy`). Measured with
+and the overlaps; scaled by the load (:func:`busy_factor`). Measured with
 ``benchmarks/bench_estimates.py``: quiet (load 0.5 per core), the 201-checkpoint Transformer
 sweep took 14.3 s in all (0.07 s a checkpoint, its kernels about 0.03 s); on 2 shared cores
 (load 6 per core) 112 s where the planner's part was 35 s (0.38 s a checkpoint)."""
@@ -56,7 +56,7 @@ and spec, per process): the estimate then costs about one unit, which the sweep 
 compute again."""
 
 
-def _busy() -> float:
+def busy_factor() -> float:
     """How much slower fixed overheads run now than on an idle machine: the load per core,
     at least 1 (the planner's rates are re-measured when the load changes; these are not rates)."""
     from ..engine.machine import load_per_core
@@ -86,28 +86,28 @@ def sweep_seconds(run: Run, spec=None, *, group: str | None = None) -> float | N
     is not cached. From 8 such checkpoints on, a small unit is timed (:func:`_unit_seconds`),
     so the first call may compute (and cache) one checkpoint's spectrum."""
     spec = resolve_spec(spec or default_spec(run, group), run)
-    cache = default_cache()
-    todo = [e for e in run.epochs
-            if analysis.spectrum_key(run, e, group=spec.group, reduction=spec.reduction, top=spec.top) not in cache]
+    todo = _uncached(run, spec, run.epochs)
     if not todo:
         return 0.0
     one = spectrum_seconds(run, todo[-1], group=spec.group, reduction=spec.reduction, top=spec.top)
     if one is None:
         return None
-    busy = _busy()
+    busy = busy_factor()
     if len(todo) < 8:  # computed in this process, with its torch threads
         return len(todo) * (one + UNIT_OVERHEAD_S * busy)
     workers = min(os.cpu_count() or 1, 4)
     if one < MEASURE_UNIT_BELOW_S:
         unit = _unit_seconds(run, todo[-1], spec)
         if unit is not None:  # a worker's unit (load, kernel, eigensolver, cache write), plus shipping and overlaps
-            return WORKER_START_S * busy + len(_uncached(run, spec, todo)) * (unit + UNIT_OVERHEAD_S * busy) / workers
+            left = len(todo) - 1 + len(_uncached(run, spec, todo[-1:]))  # the timed unit is cached now, unless timed before
+            return WORKER_START_S * busy + left * (unit + UNIT_OVERHEAD_S * busy) / workers
     # the planner's rates are this process's (torch.get_num_threads() threads); each worker has one
     speedup = max(1.0, workers / max(1, torch.get_num_threads()))
     return (WORKER_START_S + len(todo) * UNIT_OVERHEAD_S) * busy + len(todo) * one / speedup
 
 
 def _uncached(run: Run, spec, epochs: list[int]) -> list[int]:
+    """The ``epochs`` whose spectrum with ``spec`` the cache does not hold."""
     cache = default_cache()
     return [e for e in epochs
             if analysis.spectrum_key(run, e, group=spec.group, reduction=spec.reduction, top=spec.top) not in cache]

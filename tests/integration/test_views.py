@@ -104,7 +104,7 @@ def test_a_sweep_of_small_units_is_estimated_from_one_timed_unit(tmp_path, monke
     run = train(fam, fam.Config(p=5, width=16, epochs=9, checkpoint_every=1, seed=0), tmp_path / "r")
     assert len(run.epochs) == 10
     spec = resolve_spec(default_spec(run, "full"), run)
-    monkeypatch.setattr(estimates, "_busy", lambda: 1.0)  # the load is not part of this test
+    monkeypatch.setattr(estimates, "busy_factor", lambda: 1.0)  # the load is not part of this test
     workers = min(os.cpu_count() or 1, 4)
 
     threshold = estimates.MEASURE_UNIT_BELOW_S  # with nothing under it: the planner, nothing computed
