@@ -197,7 +197,7 @@ def dynamics_seconds(run: Run, group: str | None = None, reduction: str | None =
     from 8 units on, as the sweep: :func:`entk_core.workflows.estimates.sweep_seconds`, with its
     overhead per unit), plus the eigendecompositions of kernels already cached and the two
     distance passes (reading every kernel back)."""
-    from .estimates import UNIT_OVERHEAD_S, WORKER_START_S, busy_factor
+    from .estimates import UNIT_OVERHEAD_S, WORKER_START_S, busy_factor, planner_speedup
 
     try:
         plan = dynamics_plan(run, group, reduction, top, ridge=ridge, cache=cache)
@@ -215,12 +215,7 @@ def dynamics_seconds(run: Run, group: str | None = None, reduction: str | None =
         if todo < 8:
             compute = todo * one
         else:
-            import os
-
-            import torch
-
-            speedup = max(1.0, min(os.cpu_count() or 1, 4) / max(1, torch.get_num_threads()))
-            compute = WORKER_START_S + todo * one / speedup
+            compute = WORKER_START_S + todo * one / planner_speedup()
     return float(compute + plan["kernels_cached"] * eig_s + passes)
 
 

@@ -34,8 +34,8 @@ from . import analysis
 from .baselines import hidden_activations, pca_profile_key
 from .sweep import default_spec, resolve_spec
 
-__all__ = ["WORKER_START_S", "UNIT_OVERHEAD_S", "MEASURE_UNIT_BELOW_S", "busy_factor", "spectrum_seconds",
-           "sweep_seconds", "pca_over_training_seconds"]
+__all__ = ["WORKER_START_S", "UNIT_OVERHEAD_S", "MEASURE_UNIT_BELOW_S", "busy_factor", "pool_workers",
+           "planner_speedup", "spectrum_seconds", "sweep_seconds", "pca_over_training_seconds"]
 
 WORKER_START_S = 1.5
 """Seconds to start the sweep's worker processes on an idle machine (a fresh interpreter
@@ -62,6 +62,19 @@ def busy_factor() -> float:
     from ..engine.machine import load_per_core
 
     return max(1.0, load_per_core())
+
+
+def pool_workers() -> int:
+    """Worker processes a sweep (or dynamics) of 8 units or more runs on by default
+    (:func:`entk_core.workflows.executors.make_executor`): the CPU count, at most 4."""
+    return min(os.cpu_count() or 1, 4)
+
+
+def planner_speedup() -> float:
+    """How much faster those workers get through units than this process, at the planner's
+    rates: the planner's rates are this process's (``torch.get_num_threads()`` threads), and
+    each worker has one thread."""
+    return max(1.0, pool_workers() / max(1, torch.get_num_threads()))
 
 
 _PCA_UNIT: dict[tuple[str, str], float] = {}
@@ -95,15 +108,13 @@ def sweep_seconds(run: Run, spec=None, *, group: str | None = None) -> float | N
     busy = busy_factor()
     if len(todo) < 8:  # computed in this process, with its torch threads
         return len(todo) * (one + UNIT_OVERHEAD_S * busy)
-    workers = min(os.cpu_count() or 1, 4)
+    workers = pool_workers()
     if one < MEASURE_UNIT_BELOW_S:
         unit = _unit_seconds(run, todo[-1], spec)
         if unit is not None:  # a worker's unit (load, kernel, eigensolver, cache write), plus shipping and overlaps
             left = len(todo) - 1 + len(_uncached(run, spec, todo[-1:]))  # the timed unit is cached now, unless timed before
             return WORKER_START_S * busy + left * (unit + UNIT_OVERHEAD_S * busy) / workers
-    # the planner's rates are this process's (torch.get_num_threads() threads); each worker has one
-    speedup = max(1.0, workers / max(1, torch.get_num_threads()))
-    return (WORKER_START_S + len(todo) * UNIT_OVERHEAD_S) * busy + len(todo) * one / speedup
+    return (WORKER_START_S + len(todo) * UNIT_OVERHEAD_S) * busy + len(todo) * one / planner_speedup()
 
 
 def _uncached(run: Run, spec, epochs: list[int]) -> list[int]:
