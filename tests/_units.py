@@ -57,3 +57,27 @@ def env_value(name: str) -> str | None:
 def niceness() -> int:
     """The worker's scheduling priority (``nice`` value)."""
     return os.nice(0)
+
+
+def parent() -> int:
+    """The worker's parent process (the forkserver that forked it)."""
+    return os.getppid()
+
+
+def pool_parents(progress=None) -> dict:
+    """A job step: start a local pool of two workers here and report who forked them, who
+    forked this job, and whether this job started a forkserver of its own."""
+    from multiprocessing import forkserver
+
+    from entk_core.workflows.executors import LocalExecutor, Unit
+
+    res = LocalExecutor(2).run([Unit(f"p{i}", parent, {}) for i in range(2)])
+    return {"job_parent": os.getppid(), "pool_parents": [r.value for r in res],
+            "own_forkserver": forkserver._forkserver._forkserver_pid}
+
+
+def slow_pool(marker_dir: str, progress=None) -> None:
+    """A job step: two slow units (a minute each) in a local pool of two workers."""
+    from entk_core.workflows.executors import LocalExecutor, Unit
+
+    LocalExecutor(2).run([Unit(f"s{i}", slow, {"seconds": 60.0, "marker_dir": marker_dir, "x": i}) for i in range(2)])

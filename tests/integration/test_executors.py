@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,45 @@ def test_local_workers_take_the_callers_environment_and_priority(monkeypatch):
     t.start()
     t.join()
     assert got == {"env": "set after the forkserver started", "nice": os.nice(0) + 3}
+
+
+def test_a_jobs_own_pools_are_forked_by_the_forkserver_that_forked_the_job():
+    """A page's job (a sweep or dynamics) runs its units in a pool of its own: those workers
+    come from the forkserver that forked the job, not from a second one the job would start
+    (importing torch again: ~3.5 s of CPU, 4 s before a dynamics job's first unit)."""
+    from entk_core.workflows.jobs import Job
+
+    job = Job(steps=[{"target": "_units:pool_parents", "kwargs": {}, "run": "", "return": True}]).start()
+    job.wait(interval=0.05)
+    got = job.results[0]
+    assert got["own_forkserver"] is None
+    assert got["pool_parents"] == [got["job_parent"]] * 2
+
+
+def test_killing_a_job_ends_its_pools_workers_at_once(tmp_path):
+    """Stop kills a page's job; the workers of the job's pool (the forkserver's children, not
+    the job's) end with it instead of finishing their unit."""
+    from entk_core.workflows.jobs import Job
+
+    job = Job(steps=[{"target": "_units:slow_pool", "kwargs": {"marker_dir": str(tmp_path)}, "run": ""}]).start()
+    deadline = time.time() + 60
+    while len(list(tmp_path.glob("running-*"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    pids = [int(f.name.rsplit("-", 1)[1]) for f in tmp_path.glob("running-*")]
+    assert len(pids) == 2, "the pool's units did not start"
+    job.kill()
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    t0 = time.time()
+    while any(alive(p) for p in pids) and time.time() - t0 < 10:
+        time.sleep(0.05)
+    assert not [p for p in pids if alive(p)], "a pool worker outlived its killed job"
+    assert time.time() - t0 < 5
 
 
 def test_default_executor_choice():
