@@ -6,20 +6,26 @@ to the previous and the last checkpoint (Fort et al. 2020), the centred kernel-t
 alignment (Cortes et al. 2012), the effective rank (Roy and Vetterli 2007), and the
 kernel-regression predictor's test accuracy beside the network's. Then the epoch animation
 and, where the family declares feature families, the overlap of its spectral windows with
-them over training (the family's sweep). Every computation is cached and offered with its
-estimate when long; the sidebar's checkpoint marks every curve.
+them over training (the family's sweep).
+
+The first visit is one action of three phases in one worker, offered with one estimate that
+covers them all (:func:`entk_core.ui.jobs.long_calls`): the kernels and their measures
+(:func:`~entk_core.workflows.dynamics.dynamics`), the sweep, whose spectra come from the
+kernels just cached (an eigendecomposition each), and the animation's frames
+(:func:`~entk_core.workflows.dynamics_frames.training_frames`). Everything is cached; the
+sidebar's checkpoint marks every curve.
 """
 import numpy as np
 import streamlit as st
 
 from entk_core.figures import accuracy_figure, overlap_figure
 from entk_core.figures.dynamics import kernel_curves_figure, spectrum_over_training_figure
-from entk_core.ui import (cache_caption, export_buttons, fmt_pct, group_name, groups_of, guarded, long_call,
+from entk_core.ui import (Phase, cache_caption, export_buttons, fmt_pct, group_name, groups_of, guarded, long_calls,
                           require_run, stop, timed, url_selectbox)
 from entk_core.ui.animation import epoch_animation
 from entk_core.workflows import analysis, views
 from entk_core.workflows.dynamics import FIELDS, dynamics, dynamics_seconds
-from entk_core.workflows.dynamics_frames import training_sweep
+from entk_core.workflows.dynamics_frames import training_frames, training_frames_seconds, training_sweep
 from entk_core.workflows.estimates import sweep_seconds
 from entk_core.workflows.sweep import CONSTANT_LABEL, default_spec, resolve_spec
 
@@ -44,13 +50,27 @@ st.caption(
     "left its linearisation."
 )
 
-with guarded("cannot compute the training dynamics"):
+def _first_visit(spec):
+    """The kernels and their measures, then the family's sweep over the spectra they give, then
+    the animation's frames: one action, its estimate covering the three phases."""
     kw = {"group": group, "reduction": reduction}
-    res, dt = timed(long_call, f"dynamics|{run.path}|{group}|{reduction}", "the kernel at every checkpoint",
-                    dynamics, run, target="entk_core.workflows.dynamics:dynamics", kwargs=kw,
-                    estimate_s=lambda: dynamics_seconds(run, group, reduction))
-    if res is None:
+    return long_calls(f"dynamics|{run.path}|{group}|{reduction}", "The training dynamics", run, [
+        Phase(f"the kernel at each of {len(run.epochs)} checkpoints", dynamics,
+              "entk_core.workflows.dynamics:dynamics", kw, estimate_s=lambda: dynamics_seconds(run, group, reduction)),
+        Phase("the windows and overlaps of every checkpoint", training_sweep,
+              "entk_core.workflows.dynamics_frames:training_sweep", kw,
+              estimate_s=lambda: sweep_seconds(run, spec, kernels_cached=True)),
+        Phase("the epoch animation's frames", training_frames, "entk_core.workflows.dynamics_frames:training_frames",
+              kw, estimate_s=lambda: training_frames_seconds(run)),
+    ])
+
+
+with guarded("cannot compute the training dynamics"):
+    spec = resolve_spec(default_spec(run, group, reduction=reduction), run)
+    out, dt = timed(_first_visit, spec)
+    if out is None:
         stop()
+    res, sw, frames = out
     i = int(np.flatnonzero(res.epochs == epoch)[0]) if epoch in res.epochs else len(res.epochs) - 1
     row = res.rows[i]
     marks = res.meta.get("landmarks") or {}
@@ -105,19 +125,9 @@ with guarded("cannot compute the training dynamics"):
     st.caption(f"{len(res.epochs)} checkpoints · n = {res.meta['n']} · effective rank over "
                f"{res.meta['effective_rank_over']} · " + cache_caption(res.meta, dt, res.meta.get("compute_s")))
 
-    # every checkpoint's spectrum and eigenvectors, from the kernels just cached (an eigh each), then
-    # the family's sweep over them (its windows; overlaps where the family has feature families)
-    spec = resolve_spec(default_spec(run, group, reduction=reduction), run)
     st.subheader("Play through training")
-    last_cliffs = [c for c in res.rows[-1]["cliffs"] if c["label"] != CONSTANT_LABEL]
-    vec = last_cliffs[0]["start"] if last_cliffs else 0
     epoch_animation(run, key="dyn_animation", epoch=epoch, group=spec.group, reduction=spec.reduction, top=spec.top,
-                    vector=vec, title=f"{group} eNTK spectrum over training, played in the browser")
-    sw = long_call(f"sweep|{run.path}|{group}|{reduction}", "the windows and overlaps of every checkpoint",
-                   training_sweep, run, target="entk_core.workflows.dynamics_frames:training_sweep", kwargs=kw,
-                   estimate_s=lambda: sweep_seconds(run, spec))
-    if sw is None:
-        stop()
+                    vector=frames.vector, title=f"{group} eNTK spectrum over training, played in the browser")
     st.subheader("Feature overlaps over training")
     ov_fig = None
     if sw.families:

@@ -8,7 +8,8 @@ exactly as the page runs it: the phases' estimates
 
 Actions: Grokking's first visit on ``modadd-mlp-p29-seed0`` (the sweep over 51 checkpoints,
 then the PCA baseline over training); the Training dynamics page on the same run (its default
-group and reduction: the kernel at every checkpoint and its measures); the Transformer page on
+group and reduction: the kernel at every checkpoint and its measures, the sweep from those
+kernels, the animation's frames); the Transformer page on
 ``modadd-transformer-p29-seed2`` (its unembed spectrum, then "the overlap over training": the
 sweep over 201 checkpoints and the PCA baseline). Prints one row per phase with the ratio
 measured / estimate, and the load average before and after (the machine may be shared).
@@ -64,12 +65,20 @@ def actions(runs: Path, only: str | None):
              {"target": "entk_core.workflows.baselines:pca_profile", "kwargs": {}})])
     if only in (None, "dynamics"):
         from entk_core.workflows.dynamics import dynamics_seconds
+        from entk_core.workflows.dynamics_frames import training_frames_seconds
+        from entk_core.workflows.sweep import default_spec, resolve_spec
 
         run = open_run(runs / "modadd-mlp-p29-seed0")
         red = run.family.default_reduction  # the page's defaults: the full group, the family's reduction
+        kw = {"group": "full", "reduction": red}
+        spec = resolve_spec(default_spec(run, "full", reduction=red), run)
         yield ("Training dynamics", run, [
             (f"kernels at {len(run.epochs)} checkpoints", lambda: dynamics_seconds(run, "full", red),
-             {"target": "entk_core.workflows.dynamics:dynamics", "kwargs": {"group": "full", "reduction": red}})])
+             {"target": "entk_core.workflows.dynamics:dynamics", "kwargs": kw}),
+            ("sweep from those kernels", lambda: estimates.sweep_seconds(run, spec, kernels_cached=True),
+             {"target": "entk_core.workflows.dynamics_frames:training_sweep", "kwargs": kw}),
+            ("the animation's frames", lambda: training_frames_seconds(run),
+             {"target": "entk_core.workflows.dynamics_frames:training_frames", "kwargs": kw})])
     if only in (None, "transformer"):
         run = open_run(runs / "modadd-transformer-p29-seed2")
         spec = T.sweep_spec(run, "unembed")

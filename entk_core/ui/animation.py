@@ -24,7 +24,7 @@ import streamlit as st
 
 from ..families.run import Run
 from ..figures.animation import epoch_animation_figure
-from ..workflows.dynamics_frames import epoch_frames, epoch_frames_seconds
+from ..workflows.dynamics_frames import PICTURE_VIEWS, epoch_frames, epoch_frames_seconds
 from .jobs import long_call
 from .urlstate import url_toggle
 
@@ -50,10 +50,6 @@ def _figure(content: tuple, opens_at: int, _frames, _view: str, _title: str):
     (~1.2 MB each for the demo run)."""
     return epoch_animation_figure(_frames.epochs, _frames.eigenvalues, _frames.cliffs, vectors=_frames.vectors,
                                   vector_index=_frames.vector, view=_view, current=opens_at, title=_title)
-
-
-PICTURE_VIEWS = ("grid", "vector")
-"""Eigenvector views (:meth:`ModelFamily.eigenvector_view`) the animation draws beside the spectrum."""
 
 
 def epoch_animation(run: Run, *, key: str, epoch: int, group: str, reduction: str | None, top: int | None,

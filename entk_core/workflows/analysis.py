@@ -28,7 +28,7 @@ from ..families.run import Run
 from ..store.cache import ArrayCache, default_cache, make_key
 
 __all__ = ["SpectrumResult", "kernel_groups", "kernel_size", "spectrum", "spectrum_key", "compute_spectrum", "kernel_matrix",
-           "kernel_key", "compute_kernel", "check_reduction", "REDUCTIONS", "FULL"]
+           "kernel_key", "kernel_cached", "compute_kernel", "check_reduction", "REDUCTIONS", "FULL"]
 
 REDUCTIONS = tuple(r for r in kernels.REDUCTIONS if r not in ("full", "block"))
 """Reductions offered by the CLI and dashboard: the engine's (:data:`entk_core.engine.kernels.REDUCTIONS`)
@@ -127,6 +127,15 @@ def kernel_key(run: Run, epoch: int, *, group: str = FULL, reduction: str, beta:
     the key :func:`kernel_matrix` stores under, for every reduction (``"flat"`` kernels are
     stored under it by :mod:`entk_core.workflows.dynamics`)."""
     return make_key("kernel", **_base_key(run, epoch), group=group, reduction=reduction, beta=beta)
+
+
+def kernel_cached(run: Run, epoch: int, *, group: str = FULL, reduction: str, cache: ArrayCache | None = None,
+                  beta: float | None = None) -> bool:
+    """Whether the ``(N, N)`` kernel a :func:`spectrum` request of this ``reduction`` would read
+    is in the cache (a ``"flat"`` spectrum never reads one: always ``False``), so computing the
+    spectrum costs an eigendecomposition only."""
+    return reduction != "flat" and kernel_key(run, epoch, group=group, reduction=reduction, beta=beta) in (
+        cache if cache is not None else default_cache())
 
 
 def compute_kernel(run: Run, epoch: int, *, group: str = FULL, reduction: str, beta: float | None = None,

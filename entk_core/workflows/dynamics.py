@@ -168,8 +168,8 @@ def dynamics_plan(run: Run, group: str | None = None, reduction: str | None = No
     ``{"cached": whole result cached, "checkpoints": E, "measured": checkpoints whose measures
     are cached, "kernels_cached": of the others, those whose kernel is, "to_compute": kernels
     to compute, "seconds_per_kernel": the planner's estimate of one (``None`` when nothing is
-    to compute), "kernel_bytes": what one cached kernel takes}`` (what a page shows before a
-    Compute button)."""
+    to compute), "kernel_bytes": what one cached kernel takes, "last_to_compute": the last two
+    checkpoints whose kernel is to compute}`` (what a page shows before a Compute button)."""
     req = request(run, group, reduction, top, ridge)
     cache = cache or default_cache()
     if _run_key(run, req) in cache:
@@ -186,18 +186,21 @@ def dynamics_plan(run: Run, group: str | None = None, reduction: str | None = No
         seconds = float(est["seconds"])
     return {"cached": False, "checkpoints": len(run.epochs), "measured": len(measured),
             "kernels_cached": len(kernels), "to_compute": todo, "seconds_per_kernel": seconds,
-            "kernel_bytes": kernel_bytes(run, req)}
+            "kernel_bytes": kernel_bytes(run, req),
+            "last_to_compute": [e for e in rest if e not in kernels][-2:]}
 
 
 def dynamics_seconds(run: Run, group: str | None = None, reduction: str | None = None, top: int | None = None, *,
                      ridge: float = DEFAULT_RIDGE, cache: ArrayCache | None = None) -> float | None:
     """Seconds :func:`dynamics` would take now (0 when cached; ``None`` when the request is
-    invalid: it is refused at once with its own message). The kernels still to compute, at the
-    planner's estimate each, run as :func:`dynamics` runs them (worker processes of one thread
-    from 8 units on, as the sweep: :func:`entk_core.workflows.estimates.sweep_seconds`, with its
-    overhead per unit), plus the eigendecompositions of kernels already cached and the two
-    distance passes (reading every kernel back)."""
-    from .estimates import UNIT_OVERHEAD_S, WORKER_START_S, busy_factor, planner_speedup
+    invalid: it is refused at once with its own message). The kernels still to compute run as
+    :func:`dynamics` runs them (worker processes of one thread from 8 units on, as the sweep:
+    :func:`entk_core.workflows.estimates.sweep_seconds`, with its overhead per unit), plus the
+    eigendecompositions of kernels already cached and the two distance passes (reading every
+    kernel back). A unit is priced by the planner, or, from 8 units on when the planner puts
+    one under :data:`~entk_core.workflows.estimates.MEASURE_UNIT_BELOW_S`, timed: one real unit
+    (:func:`_unit_seconds`, whose kernel and measures are cached for :func:`dynamics`)."""
+    from .estimates import MEASURE_UNIT_BELOW_S, UNIT_OVERHEAD_S, WORKER_START_S, busy_factor, planner_speedup, pool_workers
 
     try:
         plan = dynamics_plan(run, group, reduction, top, ridge=ridge, cache=cache)
@@ -205,18 +208,62 @@ def dynamics_seconds(run: Run, group: str | None = None, reduction: str | None =
         return None
     if plan["cached"]:
         return 0.0
-    n = request(run, group, reduction, top, ridge).n
+    req = request(run, group, reduction, top, ridge)
+    n = req.n
     eig_s = 2e-9 * n ** 3 / 8  # a dense eigh, as the planner counts it
     passes = plan["checkpoints"] * (plan["kernel_bytes"] / 1e9 + 2e-9 * n * n)  # read back + one inner product
     todo = plan["to_compute"]
+    busy = busy_factor()
     compute = 0.0
     if todo:
-        one = (plan["seconds_per_kernel"] or 0.0) + UNIT_OVERHEAD_S * busy_factor()  # as the sweep's units
-        if todo < 8:
-            compute = todo * one
+        planned = plan["seconds_per_kernel"] or 0.0
+        unit = None
+        if todo >= 8 and planned < MEASURE_UNIT_BELOW_S:
+            unit = _unit_seconds(run, req, plan["last_to_compute"], cache or default_cache())
+        if unit is not None:  # the timed units are cached now (unless timed before): the others share the workers
+            c = cache or default_cache()
+            left = todo - sum(checkpoint_key(run, e, req) in c for e in plan["last_to_compute"])
+            compute = WORKER_START_S * busy + left * (unit + UNIT_OVERHEAD_S * busy) / pool_workers()
+        elif todo < 8:
+            compute = todo * (planned + UNIT_OVERHEAD_S * busy)
         else:
-            compute = WORKER_START_S + todo * one / planner_speedup()
+            compute = WORKER_START_S + todo * (planned + UNIT_OVERHEAD_S * busy) / planner_speedup()
     return float(compute + plan["kernels_cached"] * eig_s + passes)
+
+
+_UNIT: dict[tuple, float] = {}
+
+
+def _unit_seconds(run: Run, req: Request, epochs: list[int], cache: ArrayCache) -> float | None:
+    """Seconds one unit of :func:`dynamics` takes here: :func:`checkpoint_unit` with one thread,
+    as a worker runs it, at each of ``epochs`` (two: the first unit of a process still pays
+    one-off costs, 0.64 s where the next took 0.46 s), the fastest kept; their kernels and
+    measures are then cached as the driver caches them, so :func:`dynamics` does not compute
+    them again. Timed once per run and request in this process; ``None`` when a unit fails
+    (:func:`dynamics` reports that itself). The planner put the p = 29 MLP's 51 units at
+    12.2 s in all where they took 16.4 s: it prices a kernel and an eigendecomposition, not
+    the measures beside them."""
+    key = (str(run.path), run.checkpoint_sha(run.epochs[-1]), tuple(sorted(req.options().items())))
+    if key in _UNIT:
+        return _UNIT[key]
+    from .estimates import preload_like_workers
+
+    preload_like_workers()
+    times = []
+    for epoch in epochs:
+        try:
+            with threadpool_limits(1):
+                t0 = time.perf_counter()
+                v = checkpoint_unit(epoch=epoch, **req.options(), **family_kwargs(run),
+                                    **unit_location(run, epoch, ship=False))
+                times.append(time.perf_counter() - t0)
+        except (RuntimeError, ValueError, OSError, MemoryError):
+            return None
+        cache.set(kernel_store_key(run, epoch, req), v["kernel"], {"kernel_s": v["meta"].get("kernel_s")})
+        cache.set(checkpoint_key(run, epoch, req), v["arrays"], v["meta"])
+    unit = min(times)
+    _UNIT[key] = unit
+    return unit
 
 
 def dynamics(

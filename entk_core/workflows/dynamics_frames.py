@@ -10,6 +10,10 @@ eigenvector's sign is arbitrary, so each is flipped to agree with the previous c
 (the first: its largest entry positive) and the picture does not flicker between frames.
 Everything is stored as float32: the figure sends 4-significant-digit values anyway.
 
+:func:`training_frames` is :func:`epoch_frames` as the Training dynamics page asks for it (the
+family's sweep spec and the eigenvector :func:`tracked_vector` picks), with JSON-able arguments
+only, so that page's first visit runs it as its last phase in a worker.
+
 :func:`training_sweep` is the family's sweep (:func:`entk_core.workflows.sweep.sweep`) for
 one group and reduction with JSON-able arguments only, so a page can run it in a worker
 (:class:`~entk_core.workflows.jobs.Job`); the Training dynamics page uses its overlaps and
@@ -22,20 +26,26 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..engine.spectra import CONSTANT_LABEL
 from ..families.base import FULL
 from ..families.run import Run
 from ..store.cache import ArrayCache, default_cache, make_key
 from . import analysis
 from .checkpoint_units import checkpoints_digest
 
-__all__ = ["EpochFrames", "epoch_frames", "epoch_frames_key", "epoch_frames_seconds", "training_sweep", "FRAMES_FORMAT",
-           "MAX_CLIFFS"]
+__all__ = ["EpochFrames", "epoch_frames", "epoch_frames_key", "epoch_frames_seconds", "training_sweep",
+           "training_frames", "training_frames_seconds", "tracked_vector", "PICTURE_VIEWS", "READ_SPECTRUM_S",
+           "FRAMES_FORMAT", "MAX_CLIFFS"]
 
 FRAMES_FORMAT = 1
 """Version of the cached layout (part of its key)."""
 
 MAX_CLIFFS = 12
 """Cliffs kept per checkpoint (the largest spectra have a handful)."""
+
+PICTURE_VIEWS = ("grid", "vector")
+"""Eigenvector views (:meth:`ModelFamily.eigenvector_view`) the animation draws beside the
+spectrum; for the others it tracks no eigenvector."""
 
 Progress = Callable[[int, int, str], None]
 
@@ -161,12 +171,48 @@ def training_sweep(run: Run, group: str = FULL, reduction: str | None = None, *,
     return sweep(run, default_spec(run, group, reduction=reduction), cache=cache, progress=progress)
 
 
+def tracked_vector(run: Run, group: str = FULL, reduction: str | None = None, top: int | None = None, *,
+                   cache: ArrayCache | None = None) -> int | None:
+    """The eigenvector an animation of ``run`` tracks unless told otherwise: the first of the
+    last checkpoint's first cliff that is not the constant mode (0 when there is none), from
+    that checkpoint's spectrum (:func:`entk_core.workflows.analysis.spectrum`, cached);
+    ``None`` where the family's eigenvector view is not a picture (:data:`PICTURE_VIEWS`)."""
+    if run.family.eigenvector_view(run.config) not in PICTURE_VIEWS:
+        return None
+    res = analysis.spectrum(run, run.epochs[-1], group=group, reduction=reduction, top=top,
+                            cache=cache if cache is not None else default_cache())
+    return next((c.start for c, lab in zip(res.cliffs, res.labels) if lab != CONSTANT_LABEL), 0)
+
+
+def training_frames(run: Run, group: str = FULL, reduction: str | None = None, *, cache: ArrayCache | None = None,
+                    progress: Progress | None = None) -> EpochFrames:
+    """:func:`epoch_frames` with the family's sweep spec for ``group`` and ``reduction`` and the
+    eigenvector :func:`tracked_vector` picks: the Training dynamics page's animation, cached
+    under :func:`epoch_frames`'s own key (a Job target)."""
+    from .sweep import default_spec, resolve_spec
+
+    spec = resolve_spec(default_spec(run, group, reduction=reduction), run)
+    vec = tracked_vector(run, spec.group, spec.reduction, spec.top, cache=cache)
+    return epoch_frames(run, spec.group, spec.reduction, spec.top, vec, cache=cache, progress=progress)
+
+
+READ_SPECTRUM_S = 0.01
+"""Seconds to read one cached spectrum back and take its frame (measured in a page's worker:
+0.3-0.5 s for the 51 checkpoints of the demo run)."""
+
+
+def training_frames_seconds(run: Run) -> float:
+    """Seconds :func:`training_frames` takes after the sweep of the same spec (the Training
+    dynamics page's phase before it), which caches every spectrum it reads."""
+    return READ_SPECTRUM_S * len(run.epochs)
+
+
 def epoch_frames_seconds(run: Run, group: str = FULL, reduction: str | None = None, top: int | None = None,
                          vector: int | None = None) -> float | None:
     """Seconds :func:`epoch_frames` would take now: 0 when cached; else, per checkpoint, reading
-    its cached spectrum back (~20 ms), or the eigendecomposition of its cached kernel (after
-    :func:`entk_core.workflows.dynamics.dynamics`), or the planner's estimate of the whole
-    spectrum. ``None`` for an invalid request (refused at once)."""
+    its cached spectrum back (:data:`READ_SPECTRUM_S`), or the eigendecomposition of its cached
+    kernel (after :func:`entk_core.workflows.dynamics.dynamics`), or the planner's estimate of
+    the whole spectrum. ``None`` for an invalid request (refused at once)."""
     from .estimates import spectrum_seconds
 
     try:
@@ -181,8 +227,8 @@ def epoch_frames_seconds(run: Run, group: str = FULL, reduction: str | None = No
     total, one = 0.0, None
     for e in run.epochs:
         if analysis.spectrum_key(run, e, group=group, reduction=reduction, top=top) in cache:
-            total += 0.02
-        elif reduction != "flat" and analysis.kernel_key(run, e, group=group, reduction=reduction) in cache:
+            total += READ_SPECTRUM_S
+        elif analysis.kernel_cached(run, e, group=group, reduction=reduction, cache=cache):
             total += 0.05 + 2e-9 * n ** 3 / 8  # a dense eigh, as the planner counts it
         else:
             one = spectrum_seconds(run, e, group=group, reduction=reduction, top=top) if one is None else one

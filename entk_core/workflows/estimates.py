@@ -35,7 +35,7 @@ from .baselines import hidden_activations, pca_profile_key
 from .sweep import default_spec, resolve_spec
 
 __all__ = ["WORKER_START_S", "UNIT_OVERHEAD_S", "MEASURE_UNIT_BELOW_S", "busy_factor", "pool_workers",
-           "planner_speedup", "spectrum_seconds", "sweep_seconds", "pca_over_training_seconds"]
+           "planner_speedup", "preload_like_workers", "spectrum_seconds", "sweep_seconds", "pca_over_training_seconds"]
 
 WORKER_START_S = 1.5
 """Seconds to start the sweep's worker processes on an idle machine (a fresh interpreter
@@ -77,6 +77,14 @@ def planner_speedup() -> float:
     return max(1.0, pool_workers() / max(1, torch.get_num_threads()))
 
 
+def preload_like_workers() -> None:
+    """Import what every worker has imported before its first unit (the jobs' forkserver
+    preload, :mod:`entk_core.workflows.job_preload`), so that a unit timed here is timed as a
+    worker runs it: in a fresh process the first kernel also paid torch's lazy imports, 2.8 s
+    where the unit takes 0.46 s (the p = 29 MLP, measured)."""
+    from . import job_preload  # noqa: F401
+
+
 _PCA_UNIT: dict[tuple[str, str], float] = {}
 _SWEEP_UNIT: dict[tuple, float] = {}
 _LOCK = threading.Lock()
@@ -93,15 +101,32 @@ def spectrum_seconds(run: Run, epoch: int | None = None, *, group: str, reductio
     return float(e["seconds"]) if e["fits"] else None
 
 
-def sweep_seconds(run: Run, spec=None, *, group: str | None = None) -> float | None:
+def sweep_seconds(run: Run, spec=None, *, group: str | None = None, kernels_cached: bool = False) -> float | None:
     """Seconds :func:`entk_core.workflows.sweep.sweep` of ``run`` would take with ``spec``
     (default: the family's spec for ``group``), counting only the checkpoints whose spectrum
-    is not cached. From 8 such checkpoints on, a small unit is timed (:func:`_unit_seconds`),
-    so the first call may compute (and cache) one checkpoint's spectrum."""
+    is not cached. A checkpoint whose ``(N, N)`` kernel is cached (or, with
+    ``kernels_cached``, will be by then: an action whose earlier phase computes them, as
+    Training dynamics does) costs its eigendecomposition in the sweep's own process
+    (:func:`_local_unit_seconds`). Of the others, from 8 on, a small unit is timed
+    (:func:`_unit_seconds`), so the first call may compute (and cache) one checkpoint's spectrum."""
     spec = resolve_spec(spec or default_spec(run, group), run)
     todo = _uncached(run, spec, run.epochs)
     if not todo:
         return 0.0
+    local = [e for e in todo if spec.reduction != "flat" and (
+        kernels_cached or analysis.kernel_cached(run, e, group=spec.group, reduction=spec.reduction))]
+    if local:
+        todo = [e for e in todo if e not in local]
+        rest = _units_seconds(run, spec, todo) if todo else 0.0
+        if rest is None:
+            return None
+        return rest + len(local) * _local_unit_seconds(analysis.kernel_size(run, spec.reduction), spec.top)
+    return _units_seconds(run, spec, todo)
+
+
+def _units_seconds(run: Run, spec, todo: list[int]) -> float | None:
+    """Seconds the sweep's units for the checkpoints ``todo`` (spectra not cached, kernels not
+    cached) take: :func:`sweep_seconds` without the checkpoints it serves from cached kernels."""
     one = spectrum_seconds(run, todo[-1], group=spec.group, reduction=spec.reduction, top=spec.top)
     if one is None:
         return None
@@ -137,6 +162,7 @@ def _unit_seconds(run: Run, epoch: int, spec) -> float | None:
         return unit
     from threadpoolctl import threadpool_limits
 
+    preload_like_workers()
     try:
         with threadpool_limits(1):  # a sweep worker's one thread (executors.LocalExecutor)
             t0 = time.perf_counter()
@@ -148,6 +174,33 @@ def _unit_seconds(run: Run, epoch: int, spec) -> float | None:
     with _LOCK:
         _SWEEP_UNIT[key] = unit
     return unit
+
+
+_LOCAL_UNIT: dict[tuple[int, int], float] = {}
+
+
+def _local_unit_seconds(n: int, top: int) -> float:
+    """Seconds the sweep's process takes for one checkpoint whose ``(n, n)`` kernel is cached:
+    reading it back and its top-``top`` eigenpairs (:func:`entk_core.engine.eigenpairs.top_eigenpairs`,
+    one thread, as a page's worker runs it; timed once per size in this process on a random
+    symmetric matrix: the engine's planner put the 841-row eigendecomposition at 0.056 s where
+    it takes 0.10 s)."""
+    with _LOCK:
+        t = _LOCAL_UNIT.get((n, top))
+    if t is None:
+        from threadpoolctl import threadpool_limits
+
+        from ..engine.eigenpairs import top_eigenpairs
+
+        A = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+        K = A @ A.T
+        with threadpool_limits(1):
+            t0 = time.perf_counter()
+            top_eigenpairs(K, top)
+            t = time.perf_counter() - t0
+        with _LOCK:
+            _LOCAL_UNIT[(n, top)] = t
+    return t + 4.0 * n * n / 1e9  # + the float32 kernel read back (~1 GB/s); nothing is shipped
 
 
 def pca_over_training_seconds(run: Run) -> float | None:

@@ -209,10 +209,13 @@ def sweep(
             if progress:
                 progress(done[0], total, f"epoch {e}")
 
-        for e in epochs:
-            if e not in todo:
-                one(epochs.index(e))
-                advance(e)
+        # a cached spectrum, or (trace/mean) a cached kernel, e.g. from dynamics: here, an eigh at most
+        local = [e for e in epochs if e not in todo or analysis.kernel_cached(run, e, group=spec.group,
+                                                                              reduction=spec.reduction, cache=cache)]
+        todo = [e for e in todo if e not in local]
+        for e in local:
+            one(epochs.index(e))
+            advance(e)
         ship = bool(ray) or executor is not None
         opts = {"group": spec.group, "reduction": spec.reduction, "top": spec.top, **family_kwargs(run)}
         units = [Unit(f"epoch {e}", spectrum_unit, {"epoch": e, **opts, **unit_location(run, e, ship=ship)})

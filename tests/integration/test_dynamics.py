@@ -340,3 +340,37 @@ def test_a_cached_spectrum_does_not_make_its_kernel_free(plain_run):
     plan = dynamics_plan(run)
     assert plan["to_compute"] == len(run.epochs) - 1 and plan["kernels_cached"] == 1  # that one is kept too
     assert plan["seconds_per_kernel"] > 0
+
+
+def test_the_sweep_after_dynamics_reads_its_kernels_instead_of_computing_them(plain_run, tmp_path, monkeypatch):
+    """Training dynamics caches every checkpoint's (N, N) kernel; the sweep that follows it on
+    that page takes each spectrum from the cached kernel (an eigendecomposition) rather than
+    computing the kernel again in a worker (it did: 12.6 s on the p = 29 run where reading
+    them takes 9.6 s). Its spectra are those of a sweep on an empty cache, and its estimate
+    prices the eigendecompositions without the planner and without computing anything."""
+    from entk_core.store.cache import default_cache
+    from entk_core.workflows import analysis, estimates
+    from entk_core.workflows.sweep import default_spec, resolve_spec
+
+    run = Run(plain_run)
+    ref = sweep(run, cache=ArrayCache(tmp_path / "fresh"), workers=1)
+    dynamics(run, cache=default_cache(), workers=1)
+    spec = resolve_spec(default_spec(run), run)
+    computed = default_cache().computed
+
+    def no_planner(*a, **k):
+        raise AssertionError("the planner priced a checkpoint whose kernel is cached")
+
+    monkeypatch.setattr(estimates, "spectrum_seconds", no_planner)
+    est = estimates.sweep_seconds(run, spec)
+    assert est > 0 and default_cache().computed == computed  # estimating computed nothing
+    assert all(analysis.spectrum_key(run, e, group=spec.group, reduction=spec.reduction, top=spec.top)
+               not in default_cache() for e in run.epochs)
+
+    def no_kernel(*a, **k):
+        raise AssertionError("a kernel was computed again")
+
+    monkeypatch.setattr(analysis, "_compute_kernel", no_kernel)
+    res = sweep(run, spec, workers=1)
+    np.testing.assert_allclose(res.eigenvalues, ref.eigenvalues, rtol=1e-6)
+    assert [(w.start, w.end) for w in res.windows] == [(w.start, w.end) for w in ref.windows]

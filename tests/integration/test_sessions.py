@@ -143,6 +143,37 @@ def test_grokking_first_visit_is_one_action_and_families_come_from_the_cache(ins
     assert jobs.jobs_started() == n0
 
 
+@pytest.mark.slow
+def test_training_dynamics_first_visit_is_one_action_of_three_phases(install_run, tiny_run_dir, monkeypatch):
+    """The Training dynamics page offers the kernels, the sweep and the animation's frames as
+    one action, every phase with its estimate, and computes them in one worker job; the page
+    then draws everything with nothing started after it. (It offered the kernels alone,
+    "Start (~13 s)" on the p = 29 run, then started the other two by itself: 22.4 s from the
+    click to the drawn page.)"""
+    from streamlit.testing.v1 import AppTest
+
+    from entk_core.ui import jobs as ui_jobs
+
+    monkeypatch.setattr(ui_jobs, "ASK_ABOVE_S", 0.0)
+    install_run(tiny_run_dir)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
+    n_before = jobs.jobs_started()
+    at.switch_page("app_pages/dynamics.py").run()
+    offer = " ".join(i.value for i in at.info)
+    for phase in ("the kernel at each of 4 checkpoints (~", "then the windows and overlaps of every checkpoint (~",
+                  "then the epoch animation's frames (~"):
+        assert phase in offer, offer
+    start = [b for b in at.button if b.label.startswith("Start (")]
+    assert len(start) == 1 and jobs.jobs_started() == n_before
+    start[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert jobs.jobs_started() == n_before + 1  # the three phases in one worker, nothing after them
+    assert not [p for p in at.get("progress")]
+    assert not [b for b in at.button if b.label in ("Stop",) or b.label.startswith("Start (")]
+    titles = " ".join(_titles(at))
+    assert "played in the browser" in titles and "Overlap of" in titles and "spectrum over training" in titles
+
+
 def _fake_trainer(monkeypatch, configs: dict):
     """Train the named runs in this process with tiny configs (``name -> (family, overrides)``)
     instead of the paper's presets in a worker: what is under test is the page once the
