@@ -108,6 +108,9 @@ def main(argv=None) -> int:
         os.environ["ENTK_RUNS_DIR"] = str(runs)
         if rates.exists():
             shutil.copy(rates, Path(tmp) / rates.name)
+        from entk_core.workflows.jobs import prestart_workers
+
+        prestart_workers()  # as a page does before its first offer
         for action, run, phases in actions(runs, args.only):
             est = [f() for _, f, _ in phases]
             took = _job(run, [s for _, _, s in phases])

@@ -82,6 +82,7 @@ def long_calls(key: str, label: str, run: Run, phases: list[Phase]) -> list[Any]
     if not todo:
         return results
     runs = [phases[i].run or run for i in todo]
+    prestart_workers()  # the forkserver is ready by the time Start is clicked (and the estimates count on it)
     est = [_estimate(phases[i]) for i in todo]
     known = None if any(e is None for e in est) else sum(est)
     ok, why = compute_allowed(known, label)  # viewer mode: only what is estimated under its limit
@@ -99,7 +100,6 @@ def long_calls(key: str, label: str, run: Run, phases: list[Phase]) -> list[Any]
     stopped = bool(st.session_state.get(wkey + "_stop"))
     if stopped:  # this run answers Stop (the stopped run may not have ended yet): never start again here
         state.pop(key, None)
-    prestart_workers()  # the forkserver is ready by the time Start is clicked
     slot = st.empty()
     with slot.container():
         if known is not None and known > ASK_ABOVE_S and state.get(key) != "started":

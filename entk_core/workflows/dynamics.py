@@ -200,7 +200,8 @@ def dynamics_seconds(run: Run, group: str | None = None, reduction: str | None =
     kernel back). A unit is priced by the planner, or, from 8 units on when the planner puts
     one under :data:`~entk_core.workflows.estimates.MEASURE_UNIT_BELOW_S`, timed: one real unit
     (:func:`_unit_seconds`, whose kernel and measures are cached for :func:`dynamics`)."""
-    from .estimates import MEASURE_UNIT_BELOW_S, UNIT_OVERHEAD_S, WORKER_START_S, busy_factor, planner_speedup, pool_workers
+    from .estimates import (MEASURE_UNIT_BELOW_S, UNIT_OVERHEAD_S, busy_factor, planner_speedup, pool_workers,
+                            worker_start_seconds)
 
     try:
         plan = dynamics_plan(run, group, reduction, top, ridge=ridge, cache=cache)
@@ -223,11 +224,11 @@ def dynamics_seconds(run: Run, group: str | None = None, reduction: str | None =
         if unit is not None:  # the timed units are cached now (unless timed before): the others share the workers
             c = cache or default_cache()
             left = todo - sum(checkpoint_key(run, e, req) in c for e in plan["last_to_compute"])
-            compute = WORKER_START_S * busy + left * (unit + UNIT_OVERHEAD_S * busy) / pool_workers()
+            compute = worker_start_seconds() + left * (unit + UNIT_OVERHEAD_S * busy) / pool_workers()
         elif todo < 8:
             compute = todo * (planned + UNIT_OVERHEAD_S * busy)
         else:
-            compute = WORKER_START_S + todo * (planned + UNIT_OVERHEAD_S * busy) / planner_speedup()
+            compute = worker_start_seconds() + todo * (planned + UNIT_OVERHEAD_S * busy) / planner_speedup()
     return float(compute + plan["kernels_cached"] * eig_s + passes)
 
 

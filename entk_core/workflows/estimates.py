@@ -9,7 +9,7 @@
   here as a worker computes it and kept in the cache (the planner's fixed per-call costs
   dominate such small kernels: it put the 201-checkpoint Transformer sweep at 38 s where it
   took 15 s). Larger units take the planner's estimate. Each unit adds
-  :data:`UNIT_OVERHEAD_S`, and worker processes add their start, :data:`WORKER_START_S`.
+  :data:`UNIT_OVERHEAD_S`, and worker processes add their start (:func:`worker_start_seconds`).
 * The PCA baseline over training (:func:`entk_core.workflows.baselines.pca_profile`, once
   per run for every window size and family): one checkpoint's activations and SVD, timed on
   this machine (once per run and process), times the number of checkpoints.
@@ -34,12 +34,18 @@ from . import analysis
 from .baselines import hidden_activations, pca_profile_key
 from .sweep import default_spec, resolve_spec
 
-__all__ = ["WORKER_START_S", "UNIT_OVERHEAD_S", "MEASURE_UNIT_BELOW_S", "busy_factor", "pool_workers",
-           "planner_speedup", "preload_like_workers", "spectrum_seconds", "sweep_seconds", "pca_over_training_seconds"]
+__all__ = ["WORKER_START_S", "POOL_START_S", "worker_start_seconds", "UNIT_OVERHEAD_S", "MEASURE_UNIT_BELOW_S",
+           "busy_factor", "pool_workers", "planner_speedup", "preload_like_workers", "spectrum_seconds",
+           "sweep_seconds", "pca_over_training_seconds"]
 
 WORKER_START_S = 1.5
-"""Seconds to start the sweep's worker processes on an idle machine (a fresh interpreter
-importing torch and the library; they start in parallel), scaled by the load (:func:`busy_factor`)."""
+"""Seconds to start the sweep's worker processes on an idle machine when this process has no
+forkserver yet (the CLI: a fresh interpreter importing torch and the library), scaled by the
+load (:func:`busy_factor`)."""
+
+POOL_START_S = 0.3
+"""The same when the forkserver runs (the dashboard starts it with its first offer, and its
+jobs' pools take their workers from it): forked workers with everything imported."""
 
 UNIT_OVERHEAD_S = 0.04
 """Seconds per checkpoint of a sweep beside its kernel and eigensolver (the planner's part) on
@@ -62,6 +68,14 @@ def busy_factor() -> float:
     from ..engine.machine import load_per_core
 
     return max(1.0, load_per_core())
+
+
+def worker_start_seconds() -> float:
+    """Seconds before a pool's workers take their first unit, now (:data:`WORKER_START_S` or,
+    with the forkserver running or starting, :data:`POOL_START_S`), scaled by the load."""
+    from .jobs import forkserver_started
+
+    return (POOL_START_S if forkserver_started() else WORKER_START_S) * busy_factor()
 
 
 def pool_workers() -> int:
@@ -135,11 +149,11 @@ def _units_seconds(run: Run, spec, todo: list[int]) -> float | None:
         return len(todo) * (one + UNIT_OVERHEAD_S * busy)
     workers = pool_workers()
     if one < MEASURE_UNIT_BELOW_S:
-        unit = _unit_seconds(run, todo[-1], spec)
-        if unit is not None:  # a worker's unit (load, kernel, eigensolver, cache write), plus shipping and overlaps
-            left = len(todo) - 1 + len(_uncached(run, spec, todo[-1:]))  # the timed unit is cached now, unless timed before
-            return WORKER_START_S * busy + left * (unit + UNIT_OVERHEAD_S * busy) / workers
-    return (WORKER_START_S + len(todo) * UNIT_OVERHEAD_S) * busy + len(todo) * one / planner_speedup()
+        unit = _unit_seconds(run, todo[-2:], spec)
+        if unit is not None:  # a worker's unit (load, kernel, eigensolver), plus shipping, cache write and overlaps
+            left = len(todo) - 2 + len(_uncached(run, spec, todo[-2:]))  # the timed units are cached, unless timed before
+            return worker_start_seconds() + left * (unit + UNIT_OVERHEAD_S * busy) / workers
+    return worker_start_seconds() + len(todo) * UNIT_OVERHEAD_S * busy + len(todo) * one / planner_speedup()
 
 
 def _uncached(run: Run, spec, epochs: list[int]) -> list[int]:
@@ -149,12 +163,14 @@ def _uncached(run: Run, spec, epochs: list[int]) -> list[int]:
             if analysis.spectrum_key(run, e, group=spec.group, reduction=spec.reduction, top=spec.top) not in cache]
 
 
-def _unit_seconds(run: Run, epoch: int, spec) -> float | None:
-    """Seconds one sweep unit took here: the spectrum of ``run`` at ``epoch`` with ``spec``,
-    computed with one thread as a sweep worker computes it, and stored in the cache (the sweep
-    reads it from there). Timed once per run (its last checkpoint) and spec in this process: a
-    unit costs the same at every checkpoint. ``None`` when it fails (the sweep reports that
-    itself)."""
+def _unit_seconds(run: Run, epochs: list[int], spec) -> float | None:
+    """Seconds one sweep unit takes here: the spectrum of ``run`` with ``spec`` at each of
+    ``epochs`` (the last two uncached: the first unit of a process still pays one-off costs,
+    0.64 s where the next took 0.46 s for a dynamics unit), computed with one thread and no
+    cache as a sweep worker computes it (:func:`entk_core.workflows.sweep.spectrum_unit`), the
+    fastest kept; each is then stored in the cache as the sweep's driver stores it, so the sweep
+    reads it from there. Timed once per run and spec in this process: a unit costs the same at
+    every checkpoint. ``None`` when one fails (the sweep reports that itself)."""
     key = (str(run.path), run.checkpoint_sha(run.epochs[-1]), spec.group, spec.reduction, spec.top)
     with _LOCK:
         unit = _SWEEP_UNIT.get(key)
@@ -163,14 +179,19 @@ def _unit_seconds(run: Run, epoch: int, spec) -> float | None:
     from threadpoolctl import threadpool_limits
 
     preload_like_workers()
-    try:
-        with threadpool_limits(1):  # a sweep worker's one thread (executors.LocalExecutor)
-            t0 = time.perf_counter()
-            analysis.spectrum(run, epoch, group=spec.group, reduction=spec.reduction, top=spec.top,
-                              cache=default_cache())
-            unit = time.perf_counter() - t0
-    except (RuntimeError, ValueError, OSError, MemoryError):
-        return None
+    cache, times = default_cache(), []
+    for epoch in epochs:
+        try:
+            with threadpool_limits(1):  # a sweep worker's one thread (executors.LocalExecutor)
+                t0 = time.perf_counter()
+                arrays, meta = analysis.compute_spectrum(run, epoch, group=spec.group, reduction=spec.reduction,
+                                                         top=spec.top)
+                times.append(time.perf_counter() - t0)
+        except (RuntimeError, ValueError, OSError, MemoryError):
+            return None
+        cache.set(analysis.spectrum_key(run, epoch, group=spec.group, reduction=spec.reduction, top=spec.top),
+                  arrays, meta)
+    unit = min(times)
     with _LOCK:
         _SWEEP_UNIT[key] = unit
     return unit

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 __all__ = ["NotCached", "ProbeCache", "cached", "Job", "JobError", "WORKER_NICE", "jobs_started", "worker_threads",
-           "prestart_workers", "worker_context"]
+           "forkserver_started", "prestart_workers", "worker_context"]
 
 WORKER_NICE = 10
 """How much lower a worker's scheduling priority is than the server's (``os.nice``)."""
@@ -123,6 +123,13 @@ def prestart_workers() -> None:
 
 
 _PRESTARTED: list = []
+
+
+def forkserver_started() -> bool:
+    """Whether the jobs' forkserver runs in this process, or is starting (:func:`prestart_workers`)."""
+    from multiprocessing import forkserver
+
+    return bool(_PRESTARTED) or forkserver._forkserver._forkserver_pid is not None
 
 
 class NotCached(LookupError):

@@ -89,11 +89,12 @@ def test_estimates_say_nothing_for_what_cannot_run(tiny_run_dir, tmp_path):
     assert estimates.spectrum_seconds(tms, group="full") >= 0
 
 
-def test_a_sweep_of_small_units_is_estimated_from_one_timed_unit(tmp_path, monkeypatch):
+def test_a_sweep_of_small_units_is_estimated_from_timed_units(tmp_path, monkeypatch):
     """From 8 uncached checkpoints on, a unit the planner puts under MEASURE_UNIT_BELOW_S is
-    timed: one checkpoint's spectrum is computed (and kept in the cache), and the estimate is
-    the workers' start plus the rest of the units at that time, shared by the workers. The
-    timing happens once; a larger unit takes the planner's estimate and computes nothing."""
+    timed: the last two checkpoints' spectra are computed (and kept in the cache), and the
+    estimate is the workers' start plus the rest of the units at the faster one's time, shared
+    by the workers. The timing happens once; a larger unit takes the planner's estimate and
+    computes nothing."""
     import os
 
     from entk_core.families.base import get_family
@@ -114,11 +115,11 @@ def test_a_sweep_of_small_units_is_estimated_from_one_timed_unit(tmp_path, monke
     monkeypatch.setattr(estimates, "MEASURE_UNIT_BELOW_S", threshold)
 
     est = estimates.sweep_seconds(run, spec)
-    assert estimates._uncached(run, spec, run.epochs) == run.epochs[:-1]  # the timed unit is kept
+    assert estimates._uncached(run, spec, run.epochs) == run.epochs[:-2]  # the two timed units are kept
     key = (str(run.path), run.checkpoint_sha(run.epochs[-1]), spec.group, spec.reduction, spec.top)
     unit = estimates._SWEEP_UNIT[key]
     assert unit > 0
-    assert est == pytest.approx(estimates.WORKER_START_S + 9 * (unit + estimates.UNIT_OVERHEAD_S) / workers)
+    assert est == pytest.approx(estimates.worker_start_seconds() + 8 * (unit + estimates.UNIT_OVERHEAD_S) / workers)
 
     def no_compute(*a, **k):
         raise AssertionError("the unit was timed again")
