@@ -15,8 +15,8 @@ import streamlit as st
 
 from entk_core.engine.spectra import Cliff
 from entk_core.figures import heatmap_figure
-from entk_core.ui import (cache_caption, compare_control, export_buttons, group_name, groups_of, guarded,
-                          kernel_size_of, long_call, not_available, plain, plain_html, require_run, spectrum_explorer, stop,
+from entk_core.ui import (Phase, cache_caption, compare_control, export_buttons, group_name, groups_of, guarded,
+                          kernel_size_of, long_calls, not_available, plain, plain_html, require_run, spectrum_explorer, stop,
                           timed,
                           url_float, url_int, url_multiselect, url_selectbox, url_toggle, vector_figures,
                           view_inputs_of)
@@ -58,20 +58,33 @@ if fam.offers("beta"):
 other = compare_control(run, epoch, key="align_compare")
 
 
-def _spectrum(g: str, r=None, e=None, label: str = ""):
+def _phase(g: str, r=None, e=None, label: str = "") -> Phase:
     r, e = (run, epoch) if r is None else (r, e)
     kw = {"epoch": e, "group": g, "reduction": fam.default_reduction, "top": int(top), "beta": beta}
-    return long_call(f"spectrum|{r.path}|{sorted(kw.items())}", f"the {g} eNTK spectrum{label and ' of ' + label}",
-                     analysis.spectrum, r, target="entk_core.workflows.analysis:spectrum", kwargs=kw,
-                     estimate_s=lambda: spectrum_seconds(r, e, group=g, top=int(top), beta=beta))
+    return Phase(f"the {g} eNTK spectrum{label and ' of ' + label}", analysis.spectrum,
+                 "entk_core.workflows.analysis:spectrum", kw,
+                 estimate_s=lambda: spectrum_seconds(r, e, group=g, top=int(top), beta=beta), run=r)
+
+
+def _spectra():
+    """The group's spectrum, the one whose cliffs give the windows (when another group's), and
+    the compared checkpoint's: one action, whose estimate covers them all."""
+    phases = [_phase(group)]
+    if windows_from != group:
+        phases.append(_phase(windows_from))
+    if other is not None:
+        phases.append(_phase(group, other[0], other[1], other[2]))
+    key = "alignment|" + "|".join(f"{p.run.path}|{sorted(p.kwargs.items())}" for p in phases)
+    return long_calls(key, "The alignment view", run, phases)
 
 
 with guarded("cannot compute the alignment"):
-    res, dt = timed(_spectrum, group)
-    ref = res if windows_from == group else _spectrum(windows_from)
-    if res is None or ref is None:
+    out, dt = timed(_spectra)
+    if out is None:
         stop()
-    r2 = _spectrum(group, other[0], other[1], other[2]) if other is not None else None  # asks first when long
+    res = out[0]
+    ref = out[1] if windows_from != group else res
+    r2 = out[-1] if other is not None else None
     V = res.eigenvectors
     wins = [w for w in views.cliff_windows(ref) if w[2] < V.shape[1]]
     blocks = [w for w in wins if w[0] != CONSTANT_LABEL]

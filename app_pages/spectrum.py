@@ -3,9 +3,9 @@ eigenvector in its family's form, a comparison with another checkpoint or run, e
 import streamlit as st
 
 from entk_core.figures import principal_angles_figure
-from entk_core.ui import (cache_caption, compare_control, export_buttons, fmt_pct, group_name, groups_of, guarded,
-                          kernel_size_of, long_call, plain, plain_html, require_run, spectrum_explorer, stop, timed, url_float, url_int,
-                          url_selectbox, url_toggle, vector_figures)
+from entk_core.ui import (Phase, cache_caption, compare_control, export_buttons, fmt_pct, group_name, groups_of, guarded,
+                          kernel_size_of, long_calls, plain, plain_html, require_run, spectrum_explorer, stop, timed,
+                          url_float, url_int, url_selectbox, url_toggle, vector_figures)
 from entk_core.workflows import analysis, views
 from entk_core.workflows.alignment import compare_spectra
 from entk_core.workflows.estimates import spectrum_seconds
@@ -66,27 +66,24 @@ with guarded("cannot draw the spectrum"):
         m2.metric("Train loss", "–" if metrics.get("train_loss") is None else f"{metrics['train_loss']:.3g}")
 
     kw = {"epoch": epoch, "group": group, "reduction": reduction, "top": int(top), "beta": beta}
-    (res, dt) = timed(long_call, f"spectrum|{run.path}|{sorted(kw.items())}", "the eNTK spectrum", analysis.spectrum,
-                      run, target="entk_core.workflows.analysis:spectrum", kwargs=kw,
-                      estimate_s=lambda: spectrum_seconds(run, epoch, group=group, reduction=reduction,
-                                                          top=int(top), beta=beta))
-    if res is None:
-        stop()
-    labels = res.labels
-    res2 = None
-    extra = None
-    if other is not None:
+    phases = [Phase("the eNTK spectrum", analysis.spectrum, "entk_core.workflows.analysis:spectrum", kw,
+                    estimate_s=lambda: spectrum_seconds(run, epoch, group=group, reduction=reduction, top=int(top),
+                                                        beta=beta))]
+    if other is not None and other[0].family.name != run.family.name:
+        st.warning("compare: pick a run of the same family")
+    elif other is not None:  # the compared checkpoint's spectrum: the same action, one estimate for both
         run2, epoch2, lab2 = other
-        if run2.family.name != run.family.name:
-            st.warning("compare: pick a run of the same family")
-        else:
-            kw2 = {**kw, "epoch": epoch2}
-            res2 = long_call(f"spectrum|{run2.path}|{sorted(kw2.items())}", f"the spectrum at {lab2}",
-                             analysis.spectrum, run2, target="entk_core.workflows.analysis:spectrum", kwargs=kw2,
-                             estimate_s=lambda: spectrum_seconds(run2, epoch2, group=group, reduction=reduction,
-                                                                 top=int(top), beta=beta))
-            if res2 is not None:
-                extra = {plain_html(lab2): res2.eigenvalues}  # a legend name: Plotly renders HTML
+        kw2 = {**kw, "epoch": epoch2}
+        phases.append(Phase(f"the spectrum at {lab2}", analysis.spectrum, "entk_core.workflows.analysis:spectrum",
+                            kw2, estimate_s=lambda: spectrum_seconds(run2, epoch2, group=group, reduction=reduction,
+                                                                     top=int(top), beta=beta), run=run2))
+    key = "spectrum|" + "|".join(f"{(p.run or run).path}|{sorted(p.kwargs.items())}" for p in phases)
+    (out, dt) = timed(long_calls, key, "The spectrum" if len(phases) > 1 else "the eNTK spectrum", run, phases)
+    if out is None:
+        stop()
+    res, res2 = out[0], (out[1] if len(out) > 1 else None)
+    labels = res.labels
+    extra = None if res2 is None else {plain_html(other[2]): res2.eigenvalues}  # a legend name: Plotly renders HTML
     V = res.eigenvectors
     title = f"{fam.title}: {group} eNTK ({reduction}{', β = %g' % beta if beta else ''}), epoch {epoch}"
     idx, fig, vfigs = spectrum_explorer(

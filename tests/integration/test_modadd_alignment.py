@@ -68,6 +68,32 @@ def test_alignment_page(install_run, tiny_run_dir):
     assert not at.exception and not at.error
 
 
+def test_the_alignment_views_spectra_are_one_action(install_run, tiny_run_dir, monkeypatch):
+    """Windows from another group and a compared checkpoint need three spectra: one offer states
+    each with its estimate, and one worker computes them (each was its own action, started
+    after the one before it ended)."""
+    from streamlit.testing.v1 import AppTest
+
+    from entk_core.ui import jobs as ui_jobs
+    from entk_core.workflows import jobs
+
+    monkeypatch.setattr(ui_jobs, "ASK_ABOVE_S", 0.0)  # the tiny run is quick: ask anyway
+    name = install_run(tiny_run_dir)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    at.query_params.update({"run": name, "windows": "net.0", "compare": "10"})
+    at.run()
+    at.switch_page("app_pages/alignment.py").run()
+    offer = " ".join(i.value for i in at.info)
+    for part in ("the full eNTK spectrum (~", "then the net.0 eNTK spectrum (~", "then the full eNTK spectrum of "):
+        assert part in offer, offer
+    n0 = jobs.jobs_started()
+    [b for b in at.button if b.label.startswith("Start (")][0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert jobs.jobs_started() == n0 + 1
+    assert not [b for b in at.button if b.label == "Stop" or b.label.startswith("Start (")]
+    assert any("phase-insensitive correlation" in t for t in _titles(at))
+
+
 def test_alignment_page_is_generic_over_families(tmp_path, monkeypatch):
     """The Alignment page over TMS's feature indicators (β offered, no rotation: TMS declares
     none), and a family without feature families told so in one line."""
