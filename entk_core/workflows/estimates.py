@@ -198,6 +198,9 @@ def _unit_seconds(run: Run, epochs: list[int], spec) -> float | None:
 
 
 _LOCAL_UNIT: dict[tuple[int, int], float] = {}
+LOCAL_TIMED_MAX = 4096
+"""Kernels up to this many rows have their eigendecomposition timed (:func:`_local_unit_seconds`,
+about a second at this size); larger ones take the planner's count."""
 
 
 def _local_unit_seconds(n: int, top: int) -> float:
@@ -206,6 +209,10 @@ def _local_unit_seconds(n: int, top: int) -> float:
     one thread, as a page's worker runs it; timed once per size in this process on a random
     symmetric matrix: the engine's planner put the 841-row eigendecomposition at 0.056 s where
     it takes 0.10 s)."""
+    if n > LOCAL_TIMED_MAX:  # not worth a random matrix of this size: the planner's count
+        from ..engine.machine import eigh_seconds, machine_rates
+
+        return eigh_seconds(n, machine_rates()) + 4.0 * n * n / 1e9
     with _LOCK:
         t = _LOCAL_UNIT.get((n, top))
     if t is None:
