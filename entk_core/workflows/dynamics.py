@@ -238,7 +238,7 @@ _UNIT: dict[tuple, float] = {}
 def _unit_seconds(run: Run, req: Request, epochs: list[int], cache: ArrayCache) -> float | None:
     """Seconds one unit of :func:`dynamics` takes here: :func:`checkpoint_unit` with one thread,
     as a worker runs it, at each of ``epochs`` (two: the first unit of a process still pays
-    one-off costs, 0.64 s where the next took 0.46 s), the fastest kept; their kernels and
+    one-off costs: 0.37-0.54 s where the next took 0.27-0.34 s), the fastest kept; their kernels and
     measures are then cached as the driver caches them, so :func:`dynamics` does not compute
     them again. Timed once per run and request in this process; ``None`` when a unit fails
     (:func:`dynamics` reports that itself). The planner put the p = 29 MLP's 51 units at

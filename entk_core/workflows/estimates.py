@@ -166,7 +166,7 @@ def _uncached(run: Run, spec, epochs: list[int]) -> list[int]:
 def _unit_seconds(run: Run, epochs: list[int], spec) -> float | None:
     """Seconds one sweep unit takes here: the spectrum of ``run`` with ``spec`` at each of
     ``epochs`` (the last two uncached: the first unit of a process still pays one-off costs,
-    0.64 s where the next took 0.46 s for a dynamics unit), computed with one thread and no
+    0.37-0.54 s where the next took 0.27-0.34 s for a dynamics unit), computed with one thread and no
     cache as a sweep worker computes it (:func:`entk_core.workflows.sweep.spectrum_unit`), the
     fastest kept; each is then stored in the cache as the sweep's driver stores it, so the sweep
     reads it from there. Timed once per run and spec in this process: a unit costs the same at
