@@ -16,7 +16,7 @@ import streamlit as st
 from entk_core.engine.spectra import Cliff
 from entk_core.figures import heatmap_figure
 from entk_core.ui import (Phase, cache_caption, compare_control, export_buttons, group_name, groups_of, guarded,
-                          kernel_size_of, long_calls, not_available, plain, plain_html, require_run, spectrum_explorer, stop,
+                          kernel_size_of, long_calls, not_available, phases_key, plain, plain_html, require_run, spectrum_explorer, stop,
                           timed,
                           url_float, url_int, url_multiselect, url_selectbox, url_toggle, vector_figures,
                           view_inputs_of)
@@ -74,8 +74,7 @@ def _spectra():
         phases.append(_phase(windows_from))
     if other is not None:
         phases.append(_phase(group, other[0], other[1], other[2]))
-    key = "alignment|" + "|".join(f"{p.run.path}|{sorted(p.kwargs.items())}" for p in phases)
-    return long_calls(key, "The alignment view", run, phases)
+    return long_calls(phases_key("alignment", run, phases), "The alignment view", run, phases)
 
 
 with guarded("cannot compute the alignment"):

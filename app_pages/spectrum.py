@@ -4,7 +4,7 @@ import streamlit as st
 
 from entk_core.figures import principal_angles_figure
 from entk_core.ui import (Phase, cache_caption, compare_control, export_buttons, fmt_pct, group_name, groups_of, guarded,
-                          kernel_size_of, long_calls, plain, plain_html, require_run, spectrum_explorer, stop, timed,
+                          kernel_size_of, long_calls, phases_key, plain, plain_html, require_run, spectrum_explorer, stop, timed,
                           url_float, url_int, url_selectbox, url_toggle, vector_figures)
 from entk_core.workflows import analysis, views
 from entk_core.workflows.alignment import compare_spectra
@@ -77,8 +77,8 @@ with guarded("cannot draw the spectrum"):
         phases.append(Phase(f"the spectrum at {lab2}", analysis.spectrum, "entk_core.workflows.analysis:spectrum",
                             kw2, estimate_s=lambda: spectrum_seconds(run2, epoch2, group=group, reduction=reduction,
                                                                      top=int(top), beta=beta), run=run2))
-    key = "spectrum|" + "|".join(f"{(p.run or run).path}|{sorted(p.kwargs.items())}" for p in phases)
-    (out, dt) = timed(long_calls, key, "The spectrum" if len(phases) > 1 else "the eNTK spectrum", run, phases)
+    (out, dt) = timed(long_calls, phases_key("spectrum", run, phases),
+                      "The spectrum" if len(phases) > 1 else "the eNTK spectrum", run, phases)
     if out is None:
         stop()
     res, res2 = out[0], (out[1] if len(out) > 1 else None)

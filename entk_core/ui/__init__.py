@@ -34,7 +34,7 @@ A family page (a plug-in's too) is a script that starts like a generic one::
 """
 from .errors import error_line, guarded, relative_paths
 from .format import cache_caption, fmt_elapsed, fmt_pct, fmt_seconds, fmt_size, plain, plain_html, timed
-from .jobs import ASK_ABOVE_S, Phase, ProgressBar, long_call, long_calls, run_in_worker
+from .jobs import ASK_ABOVE_S, Phase, ProgressBar, long_call, long_calls, phases_key, run_in_worker
 from .mode import compute_allowed, viewer_max_seconds, viewer_mode
 from .runs import (groups_of, group_name, kernel_size_of, load_model, load_run, not_available, require_run,
                    runs_listing, runs_of_family, select_run_button, selection, train_runs, view_inputs_of)
@@ -63,6 +63,7 @@ __all__ = [
     "load_run",
     "long_call",
     "long_calls",
+    "phases_key",
     "not_available",
     "plain",
     "plain_html",

@@ -26,7 +26,7 @@ from ..workflows.jobs import Job, cached, prestart_workers
 from .format import fmt_seconds, plain
 from .mode import compute_allowed
 
-__all__ = ["ASK_ABOVE_S", "Phase", "long_call", "long_calls", "run_in_worker", "ProgressBar"]
+__all__ = ["ASK_ABOVE_S", "Phase", "phases_key", "long_call", "long_calls", "run_in_worker", "ProgressBar"]
 
 ASK_ABOVE_S = 10.0
 """Requests estimated above this many seconds ask before starting (:func:`long_call`)."""
@@ -47,6 +47,11 @@ class Phase:
     kwargs: dict[str, Any]
     estimate_s: Estimate = None
     run: Run | None = None
+
+
+def phases_key(prefix: str, run: Run, phases: list[Phase]) -> str:
+    """A :func:`long_calls` key naming every phase's run and arguments (what identifies the request)."""
+    return prefix + "|" + "|".join(f"{(p.run or run).path}|{sorted(p.kwargs.items())}" for p in phases)
 
 
 def long_call(key: str, label: str, fn: Callable, run: Run, *, target: str, kwargs: dict[str, Any],

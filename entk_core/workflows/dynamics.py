@@ -178,7 +178,8 @@ def dynamics_plan(run: Run, group: str | None = None, reduction: str | None = No
     measured = [e for e in run.epochs if checkpoint_key(run, e, req) in cache]
     rest = [e for e in run.epochs if e not in measured]
     kernels = [e for e in rest if kernel_store_key(run, e, req) in cache]
-    todo = len(rest) - len(kernels)
+    to_compute = [e for e in rest if e not in kernels]
+    todo = len(to_compute)
     seconds = None
     if todo:
         est = analysis.estimate_spectrum(run, rest[-1], group=req.group, reduction=req.reduction, top=req.top,
@@ -187,7 +188,7 @@ def dynamics_plan(run: Run, group: str | None = None, reduction: str | None = No
     return {"cached": False, "checkpoints": len(run.epochs), "measured": len(measured),
             "kernels_cached": len(kernels), "to_compute": todo, "seconds_per_kernel": seconds,
             "kernel_bytes": kernel_bytes(run, req),
-            "last_to_compute": [e for e in rest if e not in kernels][-2:]}
+            "last_to_compute": to_compute[-2:]}
 
 
 def dynamics_seconds(run: Run, group: str | None = None, reduction: str | None = None, top: int | None = None, *,
@@ -215,15 +216,15 @@ def dynamics_seconds(run: Run, group: str | None = None, reduction: str | None =
     passes = plan["checkpoints"] * (plan["kernel_bytes"] / 1e9 + 2e-9 * n * n)  # read back + one inner product
     todo = plan["to_compute"]
     busy = busy_factor()
+    cache = cache or default_cache()
     compute = 0.0
     if todo:
         planned = plan["seconds_per_kernel"] or 0.0
         unit = None
         if todo >= 8 and planned < MEASURE_UNIT_BELOW_S:
-            unit = _unit_seconds(run, req, plan["last_to_compute"], cache or default_cache())
+            unit = _unit_seconds(run, req, plan["last_to_compute"], cache)
         if unit is not None:  # the timed units are cached now (unless timed before): the others share the workers
-            c = cache or default_cache()
-            left = todo - sum(checkpoint_key(run, e, req) in c for e in plan["last_to_compute"])
+            left = todo - sum(checkpoint_key(run, e, req) in cache for e in plan["last_to_compute"])
             compute = worker_start_seconds() + left * (unit + UNIT_OVERHEAD_S * busy) / pool_workers()
         elif todo < 8:
             compute = todo * (planned + UNIT_OVERHEAD_S * busy)
@@ -236,35 +237,23 @@ _UNIT: dict[tuple, float] = {}
 
 
 def _unit_seconds(run: Run, req: Request, epochs: list[int], cache: ArrayCache) -> float | None:
-    """Seconds one unit of :func:`dynamics` takes here: :func:`checkpoint_unit` with one thread,
-    as a worker runs it, at each of ``epochs`` (two: the first unit of a process still pays
-    one-off costs: 0.37-0.54 s where the next took 0.27-0.34 s), the fastest kept; their kernels and
-    measures are then cached as the driver caches them, so :func:`dynamics` does not compute
-    them again. Timed once per run and request in this process; ``None`` when a unit fails
-    (:func:`dynamics` reports that itself). The planner put the p = 29 MLP's 51 units at
-    12.2 s in all where they took 16.4 s: it prices a kernel and an eigendecomposition, not
-    the measures beside them."""
-    key = (str(run.path), run.checkpoint_sha(run.epochs[-1]), tuple(sorted(req.options().items())))
-    if key in _UNIT:
-        return _UNIT[key]
-    from .estimates import preload_like_workers
+    """Seconds one unit of :func:`dynamics` takes here
+    (:func:`~entk_core.workflows.estimates.timed_unit`): :func:`checkpoint_unit`, its kernel
+    and measures then cached as the driver caches them. Timed once per run and request. The
+    planner put the p = 29 MLP's 51 units at 12.2 s in all where they took 16.4 s: it prices a
+    kernel and an eigendecomposition, not the measures beside them."""
+    from .estimates import timed_unit
 
-    preload_like_workers()
-    times = []
-    for epoch in epochs:
-        try:
-            with threadpool_limits(1):
-                t0 = time.perf_counter()
-                v = checkpoint_unit(epoch=epoch, **req.options(), **family_kwargs(run),
-                                    **unit_location(run, epoch, ship=False))
-                times.append(time.perf_counter() - t0)
-        except (RuntimeError, ValueError, OSError, MemoryError):
-            return None
-        cache.set(kernel_store_key(run, epoch, req), v["kernel"], {"kernel_s": v["meta"].get("kernel_s")})
-        cache.set(checkpoint_key(run, epoch, req), v["arrays"], v["meta"])
-    unit = min(times)
-    _UNIT[key] = unit
-    return unit
+    def unit(epoch: int):
+        v = checkpoint_unit(epoch=epoch, **req.options(), **family_kwargs(run), **unit_location(run, epoch, ship=False))
+
+        def store() -> None:
+            cache.set(kernel_store_key(run, epoch, req), v["kernel"], {"kernel_s": v["meta"].get("kernel_s")})
+            cache.set(checkpoint_key(run, epoch, req), v["arrays"], v["meta"])
+        return store
+
+    key = (str(run.path), run.checkpoint_sha(run.epochs[-1]), tuple(sorted(req.options().items())))
+    return timed_unit(_UNIT, key, epochs, unit)
 
 
 def dynamics(

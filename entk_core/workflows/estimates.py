@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -35,7 +37,7 @@ from .baselines import hidden_activations, pca_profile_key
 from .sweep import default_spec, resolve_spec
 
 __all__ = ["WORKER_START_S", "POOL_START_S", "worker_start_seconds", "UNIT_OVERHEAD_S", "MEASURE_UNIT_BELOW_S",
-           "busy_factor", "pool_workers", "planner_speedup", "preload_like_workers", "spectrum_seconds",
+           "busy_factor", "pool_workers", "planner_speedup", "preload_like_workers", "timed_unit", "spectrum_seconds",
            "sweep_seconds", "pca_over_training_seconds"]
 
 WORKER_START_S = 1.5
@@ -163,38 +165,49 @@ def _uncached(run: Run, spec, epochs: list[int]) -> list[int]:
             if analysis.spectrum_key(run, e, group=spec.group, reduction=spec.reduction, top=spec.top) not in cache]
 
 
-def _unit_seconds(run: Run, epochs: list[int], spec) -> float | None:
-    """Seconds one sweep unit takes here: the spectrum of ``run`` with ``spec`` at each of
-    ``epochs`` (the last two uncached: the first unit of a process still pays one-off costs,
-    0.37-0.54 s where the next took 0.27-0.34 s for a dynamics unit), computed with one thread and no
-    cache as a sweep worker computes it (:func:`entk_core.workflows.sweep.spectrum_unit`), the
-    fastest kept; each is then stored in the cache as the sweep's driver stores it, so the sweep
-    reads it from there. Timed once per run and spec in this process: a unit costs the same at
-    every checkpoint. ``None`` when one fails (the sweep reports that itself)."""
-    key = (str(run.path), run.checkpoint_sha(run.epochs[-1]), spec.group, spec.reduction, spec.top)
-    with _LOCK:
-        unit = _SWEEP_UNIT.get(key)
-    if unit is not None:
-        return unit
+def timed_unit(memo: dict, key, epochs: list[int], unit: Callable[[int], Callable[[], None]]) -> float | None:
+    """Seconds one unit of a sweep-like computation takes here, as its worker runs it: with the
+    workers' imports (:func:`preload_like_workers`) and one thread. ``unit(epoch)`` computes one
+    checkpoint's unit and returns what stores it in the cache (not timed), so the computation
+    does not compute it again. It is timed at each of ``epochs`` (the last two uncached: the
+    first unit of a process still pays one-off costs, 0.37-0.54 s where the next took
+    0.27-0.34 s for a dynamics unit) and the fastest kept, in ``memo`` under ``key``, once per
+    process. ``None`` when a unit fails (the computation reports that itself)."""
     from threadpoolctl import threadpool_limits
 
+    with _LOCK:
+        t = memo.get(key)
+    if t is not None:
+        return t
     preload_like_workers()
-    cache, times = default_cache(), []
+    times = []
     for epoch in epochs:
         try:
-            with threadpool_limits(1):  # a sweep worker's one thread (executors.LocalExecutor)
+            with threadpool_limits(1):  # a worker's one thread (executors.LocalExecutor)
                 t0 = time.perf_counter()
-                arrays, meta = analysis.compute_spectrum(run, epoch, group=spec.group, reduction=spec.reduction,
-                                                         top=spec.top)
+                store = unit(epoch)
                 times.append(time.perf_counter() - t0)
         except (RuntimeError, ValueError, OSError, MemoryError):
             return None
-        cache.set(analysis.spectrum_key(run, epoch, group=spec.group, reduction=spec.reduction, top=spec.top),
-                  arrays, meta)
-    unit = min(times)
+        store()
+    t = min(times)
     with _LOCK:
-        _SWEEP_UNIT[key] = unit
-    return unit
+        memo[key] = t
+    return t
+
+
+def _unit_seconds(run: Run, epochs: list[int], spec) -> float | None:
+    """Seconds one sweep unit takes here (:func:`timed_unit`): the spectrum of ``run`` with
+    ``spec``, computed with no cache as a sweep worker computes it
+    (:func:`entk_core.workflows.sweep.spectrum_unit`), then stored as the sweep's driver stores
+    it. Timed once per run and spec: a unit costs the same at every checkpoint."""
+    def unit(epoch: int):
+        arrays, meta = analysis.compute_spectrum(run, epoch, group=spec.group, reduction=spec.reduction, top=spec.top)
+        key = analysis.spectrum_key(run, epoch, group=spec.group, reduction=spec.reduction, top=spec.top)
+        return lambda: default_cache().set(key, arrays, meta)
+
+    key = (str(run.path), run.checkpoint_sha(run.epochs[-1]), spec.group, spec.reduction, spec.top)
+    return timed_unit(_SWEEP_UNIT, key, epochs, unit)
 
 
 _LOCAL_UNIT: dict[tuple[int, int], float] = {}
