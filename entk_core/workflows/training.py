@@ -140,8 +140,24 @@ def run_lock(out: Path | str) -> Iterator[None]:
                        "wait for it to finish") from None
 
 
+_SAVE_FOLDERS = ("checkpoints", "resume")
+"""Subfolders a run's saves create (:func:`~entk_core.store.runs.atomic_write_bytes`) before its
+first manifest exists."""
+
+
+def _left_by_a_killed_save(p: Path) -> bool:
+    """A save folder holding nothing, or only the temporary files of a save killed before its
+    rename: what a run killed during its first checkpoint leaves (no manifest refers to it)."""
+    return p.name in _SAVE_FOLDERS and p.is_dir() and not p.is_symlink() and all(
+        q.is_file() and q.name.startswith(".") and q.name.endswith(".tmp") for q in p.iterdir())
+
+
 def _foreign_files(out: Path) -> list[str]:
-    return sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) if out.exists() else []
+    """What in ``out`` is not a run's own, before it has a manifest: anything but the lock and
+    what a killed first save leaves (:func:`_left_by_a_killed_save`)."""
+    if not out.exists():
+        return []
+    return sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE and not _left_by_a_killed_save(p))
 
 
 def train(
@@ -182,6 +198,10 @@ def train(
 def _remove_empty_run_folder(out: Path) -> None:
     try:
         if not _foreign_files(out):
+            remove_stale_temp_files(out)
+            for name in _SAVE_FOLDERS:
+                if (out / name).is_dir():
+                    (out / name).rmdir()
             (out / LOCK_FILE).unlink(missing_ok=True)
             out.rmdir()
     except OSError:
@@ -217,6 +237,7 @@ def _train_locked(fam: ModelFamily, cfg: Any, out: Path, progress: Progress | No
     else:
         if _foreign_files(out):
             raise RunError(f"{out}: folder exists and is not a run; choose another --out")
+        remove_stale_temp_files(out)  # a first save killed before its rename: nothing refers to them
         manifest = {
             "format": FORMAT,
             "family": fam.name,

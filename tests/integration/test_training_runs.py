@@ -74,6 +74,29 @@ def test_train_refuses_other_config_and_foreign_folder(tmp_path):
         train(FAM, small_cfg(), tmp_path / "junk")
 
 
+def test_a_run_killed_during_its_first_save_starts_again(tmp_path):
+    """A run killed before its first manifest (a grid's Ray task cancelled by Ctrl-C left the lock
+    and an empty ``checkpoints/``; a save killed before its rename leaves a temporary file in it)
+    is trained from the start by the next call, as if the folder were empty. Anything else in the
+    folder still makes it "not a run", untouched."""
+    ref = train(FAM, small_cfg(epochs=5), tmp_path / "ref")
+    for name, leftovers in (("empty", []), ("temp", [".epoch_000000.safetensors.abc123.tmp"])):
+        out = tmp_path / name
+        (out / "checkpoints").mkdir(parents=True)
+        (out / ".lock").write_text("")
+        for f in leftovers:
+            (out / "checkpoints" / f).write_bytes(b"partial")
+        run = train(FAM, small_cfg(epochs=5), out)
+        assert run.status == "complete" and run.checkpoint_sha(5) == ref.checkpoint_sha(5)
+        assert not list(out.rglob("*.tmp"))
+    out = tmp_path / "mine"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "notes.txt").write_text("mine")
+    with pytest.raises(RunError, match="not a run"):
+        train(FAM, small_cfg(epochs=5), out)
+    assert (out / "checkpoints" / "notes.txt").read_text() == "mine"
+
+
 def test_manifest_errors_are_one_line(tmp_path):
     run = train(FAM, small_cfg(epochs=5), tmp_path / "r")
     mpath = run.path / "manifest.json"
