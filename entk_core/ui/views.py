@@ -108,10 +108,10 @@ def spectrum_explorer(run: Run, *, key: str, eigenvalues: np.ndarray, cliffs, la
     beside the index input."""
     chart_key, vkey = f"{key}_chart", f"{key}_vector"
     n_vectors = max(1, int(n_vectors))
-    clicked = _clicked_index(chart_key)
-    if clicked is not None and st.session_state.get(f"{key}_lastclick") != clicked:
-        st.session_state[f"{key}_lastclick"] = clicked
-        if 0 <= clicked < n_vectors:
+
+    def take_click() -> None:  # called by Streamlit when a click changes the selection, before the rerun
+        clicked = _clicked_index(chart_key)
+        if clicked is not None and 0 <= clicked < n_vectors:
             set_control(vkey, clicked)
     left, right = st.columns([3, 1])
     idx = url_int("vector", "Eigenvector index", 0, n_vectors - 1, min(default_vector, n_vectors - 1), key=vkey,
@@ -122,7 +122,9 @@ def spectrum_explorer(run: Run, *, key: str, eigenvalues: np.ndarray, cliffs, la
             side(idx)
     fig = spectrum_figure(eigenvalues, cliffs, labels=labels, title=title, log=log, extra=extra,
                           reference_lines=reference_lines, selected=idx, height=height)
-    left.plotly_chart(fig, key=chart_key, on_select="rerun", selection_mode="points", width="stretch")
+    # a new figure (another index or epoch) is a new chart with no selection, so the same
+    # eigenvalue clicked again is a new selection: the callback sees every click
+    left.plotly_chart(fig, key=chart_key, on_select=take_click, selection_mode="points", width="stretch")
     vfigs = vector_of(idx)
     cols = st.columns(len(vfigs)) if len(vfigs) > 1 else [st]
     for j, (c, f) in enumerate(zip(cols, vfigs)):

@@ -361,6 +361,12 @@ def test_clicking_an_eigenvalue_shows_its_vector_on_every_spectrum_page(page, se
         assert _query(page).get("vector") == shown, (path, page.url)
         titles = plot_titles(page)
         assert any(re.search(rf"(eigenvector {shown}\b|position {shown}\)|direction {shown}\b)", t) for t in titles), (path, titles)
+        if path == "grokking":  # typed elsewhere, then the same eigenvalue clicked again: it is shown again
+            _set_widget(page, "number", "Eigenvector index", 0)
+            after_interaction(page)
+            assert _widget_value(page, "number", "Eigenvector index") == "0", path
+            again = _click_an_eigenvalue(page, chart)
+            assert again == target and _widget_value(page, "number", "Eigenvector index") == shown, (path, again, shown)
 
 
 def test_compare_and_export(page, server):
