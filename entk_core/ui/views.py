@@ -113,6 +113,7 @@ def spectrum_explorer(run: Run, *, key: str, eigenvalues: np.ndarray, cliffs, la
         clicked = _clicked_index(chart_key)
         if clicked is not None and 0 <= clicked < n_vectors:
             set_control(vkey, clicked)
+
     left, right = st.columns([3, 1])
     idx = url_int("vector", "Eigenvector index", 0, n_vectors - 1, min(default_vector, n_vectors - 1), key=vkey,
                   where=right, help=f"0 to {n_vectors - 1}; or click an eigenvalue on the spectrum")
