@@ -312,14 +312,14 @@ async def _bench(url: str, server_pid: int, n: int, steps: int, hold: float, log
         c1, m1 = _cpu_s(server_pid), _cpu_s()
         log(f"{n} sessions at once: {CONCURRENT_WARMUP_ROUNDS} round(s) not counted, then {steps} ...")
         first_rounds = await _rounds(sessions, CONCURRENT_WARMUP_ROUNDS)
-        c1, m1 = _cpu_s(server_pid), _cpu_s()
+        c2, m2 = _cpu_s(server_pid), _cpu_s()  # the counted rounds start here
         many = await _rounds(sessions, steps)
-        c2, m2 = _cpu_s(server_pid), _cpu_s()
+        c3, m3 = _cpu_s(server_pid), _cpu_s()
         # where a step's CPU goes: the server's own process, against the whole machine (the
         # browsers rendering every step run on the same cores in this benchmark)
         out["cpu_ms_per_step"] = {
             "alone": {"server": 1000 * (c1 - c0) / steps, "machine": 1000 * (m1 - m0) / steps},
-            "sessions": {"server": 1000 * (c2 - c1) / (steps * n), "machine": 1000 * (m2 - m1) / (steps * n)}}
+            "sessions": {"server": 1000 * (c3 - c2) / (steps * n), "machine": 1000 * (m3 - m2) / (steps * n)}}
         log(f"{n} sessions at once + one long computation ...")
         long = _Long(browser, url, runs_dir)
         await long.start()
